@@ -1,0 +1,172 @@
+"""The protocol every crdtkit type follows, and the checks its boundaries share.
+
+A CRDT here is a mutable join-semilattice (Shapiro et al., 2011) in the
+delta-state style (Almeida, Shoker and Baquero, 2018):
+
+- ``merge(other)`` joins ``other`` into ``self`` in place and returns None; it is
+  commutative, associative and idempotent, and only ever inflates the state;
+- each mutator changes ``self`` and returns a *delta*, a state of the same type
+  small enough to ship, such that joining it into the old state gives the new;
+- ``copy()`` is an independent copy, ``==`` compares structure;
+- ``to_payload()`` / ``from_payload()`` turn the state into plain lists, ints,
+  strings and bytes and back, so that ``crdts.codec`` can write canonical CBOR
+  for any registered type without knowing it.
+
+Generic code (the replicator, the snapshot checker, ``crdts.testing``) relies on
+nothing else, so a user's own type that follows :class:`CRDT` replicates too.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from itertools import islice
+from typing import ClassVar, Protocol, Self, TypeAlias, TypeVar, cast, runtime_checkable
+
+from crdts.errors import DecodeError, InvalidOperation
+
+__all__ = [
+    "CRDT",
+    "MAX_UINT",
+    "Atom",
+    "check_amount",
+    "check_atom",
+    "check_replica",
+    "join",
+    "leq",
+]
+
+#: The values an OR-Set may hold and a register may take: they have one
+#: canonical CBOR encoding each and hash without attacker-chosen collisions.
+Atom: TypeAlias = str | int | bytes
+
+#: Counters, timestamps and dot counters are CBOR unsigned integers.
+MAX_UINT = 2**64 - 1
+_MIN_NINT = -(2**64)
+
+
+@runtime_checkable
+class CRDT(Protocol):
+    """A state-based CRDT: what the codec, the replicator and the test kit use.
+
+    >>> from crdts import GCounter
+    >>> isinstance(GCounter(), CRDT)
+    True
+    """
+
+    TYPE_TAG: ClassVar[str]
+    FORMAT_VERSION: ClassVar[int]
+
+    def merge(self, other: Self) -> None: ...
+
+    def copy(self) -> Self: ...
+
+    def to_payload(self) -> list[object]: ...
+
+    @classmethod
+    def from_payload(cls, payload: object, version: int) -> Self: ...
+
+
+C = TypeVar("C", bound=CRDT)
+
+
+def join(a: C, b: C) -> C:
+    """The join of two states as a new object; neither argument changes.
+
+    >>> from crdts import GCounter
+    >>> a, b = GCounter(), GCounter()
+    >>> _ = a.increment("a", 2); _ = b.increment("b", 3)
+    >>> join(a, b).value
+    5
+
+    Cost: a ``copy`` of ``a`` plus a ``merge`` of ``b``.
+    """
+    out = a.copy()
+    out.merge(b)
+    return out
+
+
+def leq(a: C, b: C) -> bool:
+    """Whether ``a <= b`` in the lattice order, that is ``a ⊔ b == b``.
+
+    >>> from crdts import GCounter
+    >>> a = GCounter(); _ = a.increment("a")
+    >>> b = a.copy(); _ = b.increment("b")
+    >>> leq(a, b), leq(b, a)
+    (True, False)
+
+    Cost: a ``copy`` of ``b``, a ``merge`` of ``a`` and a comparison.
+    """
+    return join(b, a) == b
+
+
+def check_replica(replica: object) -> str:
+    """Return ``replica`` if it is a usable replica id, else raise InvalidOperation."""
+    if type(replica) is not str or not replica:
+        raise InvalidOperation(f"a replica id is a non-empty str, not {replica!r}")
+    return replica
+
+
+def check_amount(amount: object) -> int:
+    """Return ``amount`` if it is a non-negative int (not a bool), else raise."""
+    if type(amount) is not int:
+        raise InvalidOperation(f"an amount is an int, not {type(amount).__name__} {amount!r}")
+    if amount < 0:
+        raise InvalidOperation(f"an amount is never negative, got {amount}")
+    return amount
+
+
+def check_atom(value: object) -> Atom:
+    """Return ``value`` if it is an :data:`Atom` that CBOR holds without a tag."""
+    kind = type(value)
+    if kind is str or kind is bytes:
+        return value  # type: ignore[return-value]
+    if kind is int:
+        if not _MIN_NINT <= value <= MAX_UINT:  # type: ignore[operator]
+            raise InvalidOperation(f"an int value must lie in [-2**64, 2**64 - 1], got {value}")
+        return value  # type: ignore[return-value]
+    raise InvalidOperation(f"values are str, int or bytes, not {kind.__name__} {value!r}")
+
+
+# Decoding helpers: payloads come from cbor2, whose natively decoded ints never
+# leave [-2**64, 2**64 - 1] (the codec refuses the bignum tags), so range checks
+# below are about meaning, not about representability.
+
+
+def expect_list(x: object, what: str) -> list[object]:
+    if type(x) is not list:
+        raise DecodeError(f"{what}: expected an array, got {type(x).__name__}")
+    return x
+
+
+def expect_uint(x: object, what: str, low: int = 0) -> int:
+    if type(x) is not int or x < low:
+        raise DecodeError(f"{what}: expected an int >= {low}, got {x!r:.40}")
+    return x
+
+
+def expect_replica(x: object, what: str) -> str:
+    if type(x) is not str or not x:
+        raise DecodeError(f"{what}: expected a non-empty replica id, got {x!r:.40}")
+    return x
+
+
+def expect_atoms(xs: Sequence[object], what: str) -> None:
+    if not set(map(type, xs)) <= {str, int, bytes}:
+        bad = next(x for x in xs if type(x) not in (str, int, bytes))
+        raise DecodeError(f"{what}: values are str, int or bytes, got {type(bad).__name__}")
+
+
+def expect_uints(xs: Sequence[object], what: str, low: int = 0) -> None:
+    """All of ``xs`` are ints >= low; C-speed checks, one pass each."""
+    if not set(map(type, xs)) <= {int} or (xs and min(cast("Sequence[int]", xs)) < low):
+        raise DecodeError(f"{what}: expected ints >= {low}")
+
+
+def expect_increasing(xs: Sequence[object], what: str) -> None:
+    """``xs`` is strictly increasing: the canonical order, with no duplicates.
+
+    Callers have checked that the items are of one comparable type."""
+    ordered = cast("Sequence[int]", xs)
+    if not all(map(operator.lt, ordered, islice(ordered, 1, None))):
+        raise DecodeError(f"{what}: not in strictly increasing order")

@@ -1,0 +1,181 @@
+"""The causal context of a dotted CRDT: which events (dots) a state has seen.
+
+A dot ``(replica, n)`` names the n-th event of a replica. A context is a set of
+dots, kept compact as a version vector (every dot ``n <= vv[r]``) plus a *dot
+cloud* of the dots seen beyond a gap, which only deltas and out-of-order joins
+produce (Almeida, Shoker and Baquero, 2018, section 7). The OR-Set and the
+MV-Register keep one; a dot that is in the context but carries no value is an
+event that was overwritten or removed, so no tombstone is ever stored.
+
+The representation is canonical: ``vv`` holds no zeros and every cloud dot is
+above ``vv[r] + 1``, so equal contexts compare and encode equal.
+
+Cost: ``contains``, ``add`` O(1) amortised; ``merge`` O(size of the other).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from crdts.base import (
+    MAX_UINT,
+    expect_increasing,
+    expect_list,
+    expect_replica,
+    expect_uint,
+    expect_uints,
+)
+from crdts.errors import DecodeError, InvalidOperation
+
+__all__ = ["CausalContext"]
+
+
+class CausalContext:
+    """A compact set of dots.
+
+    >>> c = CausalContext.from_dots([("a", 1), ("a", 2), ("a", 4)])
+    >>> c
+    CausalContext(vv={'a': 2}, cloud={'a': [4]})
+    >>> c.contains("a", 3), c.contains("a", 4), c.next_counter("a")
+    (False, True, 5)
+    >>> c.add("a", 3); c
+    CausalContext(vv={'a': 4}, cloud={})
+    """
+
+    __slots__ = ("cloud", "vv")
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __init__(self) -> None:
+        self.vv: dict[str, int] = {}
+        self.cloud: dict[str, set[int]] = {}
+
+    @classmethod
+    def from_dots(cls, dots: Iterable[tuple[str, int]]) -> CausalContext:
+        """The context holding exactly ``dots``. Cost: O(len(dots))."""
+        out = cls()
+        for replica, counter in dots:
+            out.add(replica, counter)
+        return out
+
+    def contains(self, replica: str, counter: int) -> bool:
+        """Whether the dot ``(replica, counter)`` has been seen. Cost: O(1)."""
+        if counter <= self.vv.get(replica, 0):
+            return True
+        gaps = self.cloud.get(replica)
+        return gaps is not None and counter in gaps
+
+    def next_counter(self, replica: str) -> int:
+        """The counter of ``replica``'s next new dot: above every one seen."""
+        gaps = self.cloud.get(replica)
+        top = max(gaps) if gaps else self.vv.get(replica, 0)
+        if top >= MAX_UINT:
+            raise InvalidOperation(f"the dots of {replica!r} are exhausted")
+        return top + 1
+
+    def count(self, replica: str) -> int:
+        """How many dots of ``replica`` are in the context. Cost: O(1)."""
+        return self.vv.get(replica, 0) + len(self.cloud.get(replica, ()))
+
+    def dots(self, replica: str) -> Iterator[int]:
+        """The counters of ``replica``'s dots, the version vector's range first."""
+        yield from range(1, self.vv.get(replica, 0) + 1)
+        yield from self.cloud.get(replica, ())
+
+    def origins(self) -> set[str]:
+        """The replicas with at least one dot here."""
+        return self.vv.keys() | self.cloud.keys()
+
+    def add(self, replica: str, counter: int) -> None:
+        """Insert one dot, keeping the representation compact. Cost: O(1) amortised."""
+        top = self.vv.get(replica, 0)
+        if counter <= top:
+            return
+        if counter == top + 1:
+            gaps = self.cloud.get(replica)
+            while gaps and counter + 1 in gaps:
+                counter += 1
+                gaps.discard(counter)
+            if gaps is not None and not gaps:
+                del self.cloud[replica]
+            self.vv[replica] = counter
+        else:
+            self.cloud.setdefault(replica, set()).add(counter)
+
+    def merge(self, other: CausalContext) -> None:
+        """Union ``other`` in. Cost: O(r + cloud of other), plus O(own cloud of
+        r) for each replica r whose version vector entry grows past a gap."""
+        vv = self.vv
+        for replica, top in other.vv.items():
+            if top > vv.get(replica, 0):
+                vv[replica] = top
+                gaps = self.cloud.get(replica)
+                if gaps:
+                    self._compact(replica, gaps)
+        for replica, theirs in other.cloud.items():
+            top = vv.get(replica, 0)
+            gaps = self.cloud.setdefault(replica, set())
+            gaps.update(c for c in theirs if c > top)
+            self._compact(replica, gaps)
+
+    def _compact(self, replica: str, gaps: set[int]) -> None:
+        top = self.vv.get(replica, 0)
+        if gaps and min(gaps) <= top:
+            gaps.difference_update([c for c in gaps if c <= top])
+        while top + 1 in gaps:
+            top += 1
+            gaps.discard(top)
+        if top:
+            self.vv[replica] = top
+        if not gaps:
+            del self.cloud[replica]
+
+    def copy(self) -> CausalContext:
+        """An independent copy. Cost: O(size)."""
+        out = CausalContext()
+        out.vv = self.vv.copy()
+        out.cloud = {replica: gaps.copy() for replica, gaps in self.cloud.items()}
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not CausalContext:
+            return NotImplemented
+        return self.vv == other.vv and self.cloud == other.cloud
+
+    def __repr__(self) -> str:
+        vv = dict(sorted(self.vv.items()))
+        cloud = {r: sorted(gaps) for r, gaps in sorted(self.cloud.items())}
+        return f"CausalContext(vv={vv!r}, cloud={cloud!r})"
+
+    def to_payload(self) -> list[object]:
+        """``[replica, vv, [cloud...], ...]`` in replica order."""
+        out: list[object] = []
+        for replica in sorted(self.origins()):
+            out += (replica, self.vv.get(replica, 0), sorted(self.cloud.get(replica, ())))
+        return out
+
+    @classmethod
+    def from_payload(cls, payload: object, what: str) -> CausalContext:
+        """Inverse of :meth:`to_payload` for untrusted input: canonical or DecodeError."""
+        flat = expect_list(payload, what)
+        if len(flat) % 3:
+            raise DecodeError(f"{what}: expected replica/vv/cloud triples")
+        replicas = flat[0::3]
+        for replica in replicas:
+            expect_replica(replica, what)
+        expect_increasing(replicas, what)
+        out = cls()
+        for replica, raw_top, raw_gaps in zip(replicas, flat[1::3], flat[2::3], strict=True):
+            top = expect_uint(raw_top, what)
+            gaps = expect_list(raw_gaps, what)
+            expect_uints(gaps, what)
+            expect_increasing(gaps, what)
+            # Canonical: no empty entry, no cloud dot that the vv could absorb.
+            if not top and not gaps:
+                raise DecodeError(f"{what}: empty entry for {replica!r}")
+            if gaps and gaps[0] <= top + 1:  # type: ignore[operator]
+                raise DecodeError(f"{what}: cloud of {replica!r} not compact")
+            if top:
+                out.vv[replica] = top  # type: ignore[index]
+            if gaps:
+                out.cloud[replica] = set(gaps)  # type: ignore[index, arg-type]
+        return out

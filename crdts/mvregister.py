@@ -1,0 +1,151 @@
+"""MV-Register: a multi-value register (Shapiro et al., 2011; Dynamo's siblings).
+
+An assignment replaces every value it has seen; assignments that did not see
+each other are all kept, and the application sees the concurrent values
+together and decides. Kept as dots plus a causal context like the OR-Set: each
+live value carries the dot of its write, the context remembers overwritten ones.
+
+Cost (v concurrent values, r replicas): ``assign`` O(v); ``merge`` O(v + r);
+``values`` O(v).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Generic, TypeVar
+
+from crdts.base import (
+    check_atom,
+    check_replica,
+    expect_atoms,
+    expect_list,
+    expect_replica,
+    expect_uints,
+)
+from crdts.dotcontext import CausalContext
+from crdts.errors import DecodeError
+
+__all__ = ["MVRegister"]
+
+T = TypeVar("T")
+
+
+class MVRegister(Generic[T]):
+    """A register that keeps every concurrently written value.
+
+    >>> a: MVRegister[str] = MVRegister()
+    >>> _ = a.assign("v0", "a")
+    >>> b = a.copy()
+    >>> _ = a.assign("v1", "a"); _ = b.assign("v2", "b")    # concurrent writes
+    >>> a.merge(b); sorted(a.values)
+    ['v1', 'v2']
+    >>> _ = a.assign("v3", "a"); sorted(a.values)            # a write that saw both
+    ['v3']
+    """
+
+    __slots__ = ("_ctx", "_entries")
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    TYPE_TAG: ClassVar[str] = "MVRegister"
+    FORMAT_VERSION: ClassVar[int] = 1
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, int], T] = {}
+        self._ctx = CausalContext()
+
+    def assign(self, value: T, replica: str) -> MVRegister[T]:
+        """Write ``value`` on behalf of ``replica``, replacing what it has seen;
+        return the delta.
+
+        >>> r: MVRegister[int] = MVRegister(); r.assign(5, "a").values
+        frozenset({5})
+
+        Cost: O(v).
+        """
+        check_atom(value)
+        check_replica(replica)
+        dot = (replica, self._ctx.next_counter(replica))
+        delta: MVRegister[T] = MVRegister()
+        delta._ctx = CausalContext.from_dots(self._entries)
+        delta._ctx.add(*dot)
+        delta._entries[dot] = value
+        self._ctx.add(*dot)
+        self._entries = {dot: value}
+        return delta
+
+    def merge(self, other: MVRegister[T]) -> None:
+        """Join ``other`` in place; ``other`` is unchanged.
+
+        Cost: O(v + r).
+        """
+        if type(other) is not MVRegister:
+            raise TypeError(f"cannot merge {type(other).__name__} into MVRegister")
+        mine, theirs = self._entries, other._entries
+        kept = {
+            dot: value
+            for dot, value in mine.items()
+            if dot in theirs or not other._ctx.contains(*dot)
+        }
+        kept.update(
+            (dot, value)
+            for dot, value in theirs.items()
+            if dot not in mine and not self._ctx.contains(*dot)
+        )
+        self._entries = kept
+        self._ctx.merge(other._ctx)
+
+    @property
+    def values(self) -> frozenset[T]:
+        """The concurrent values; empty before any assignment. Cost: O(v)."""
+        return frozenset(self._entries.values())
+
+    @property
+    def value(self) -> frozenset[T]:
+        """Same as :attr:`values`, for generic code."""
+        return self.values
+
+    def copy(self) -> MVRegister[T]:
+        """An independent copy. Cost: O(v + r)."""
+        out: MVRegister[T] = MVRegister()
+        out._entries = self._entries.copy()
+        out._ctx = self._ctx.copy()
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not MVRegister:
+            return NotImplemented
+        return self._entries == other._entries and self._ctx == other._ctx
+
+    def __repr__(self) -> str:
+        return f"MVRegister({dict(sorted(self._entries.items()))!r}, {self._ctx!r})"
+
+    def to_payload(self) -> list[object]:
+        """``[context, [replica, counter, value, ...]]`` in dot order. Cost: O(v log v + r)."""
+        entries: list[object] = []
+        for (replica, counter), value in sorted(self._entries.items()):
+            entries += (replica, counter, value)
+        return [self._ctx.to_payload(), entries]
+
+    @classmethod
+    def from_payload(cls, payload: object, version: int) -> MVRegister[T]:
+        """Inverse of :meth:`to_payload`; raises DecodeError on anything else."""
+        parts = expect_list(payload, "MVRegister")
+        if len(parts) != 2:
+            raise DecodeError("MVRegister: expected [context, entries]")
+        ctx = CausalContext.from_payload(parts[0], "MVRegister context")
+        flat = expect_list(parts[1], "MVRegister entries")
+        if len(flat) % 3:
+            raise DecodeError("MVRegister entries: expected replica/counter/value triples")
+        replicas, counters, values = flat[0::3], flat[1::3], flat[2::3]
+        for replica in replicas:
+            expect_replica(replica, "MVRegister entries")
+        expect_uints(counters, "MVRegister entries", low=1)
+        expect_atoms(values, "MVRegister values")
+        dots: list[tuple[str, int]] = list(zip(replicas, counters, strict=True))  # type: ignore[arg-type]
+        if dots != sorted(set(dots)):
+            raise DecodeError("MVRegister entries: dots not in strictly increasing order")
+        if not all(ctx.contains(*dot) for dot in dots):
+            raise DecodeError("MVRegister: a dot lies outside the causal context")
+        out: MVRegister[T] = cls()
+        out._ctx = ctx
+        out._entries = dict(zip(dots, values, strict=True))  # type: ignore[arg-type]
+        return out

@@ -1,0 +1,379 @@
+"""OR-Set: an add-wins observed-remove set without tombstones.
+
+This is the optimized OR-Set of Bieniusa et al. (2012) in delta-state form
+(Almeida, Shoker and Baquero, 2018): every live element carries the dots of the
+adds that put it there, and the set carries a causal context of every dot it
+has seen. A remove drops the element's *observed* dots and keeps nothing else;
+a concurrent add carries a dot the remover never saw, so the add wins. A dot in
+the context without an element is how "added, then removed" is remembered.
+
+Join rule, for states ``(E1, C1)`` and ``(E2, C2)``: a dot survives if both
+sides hold it, or one side holds it and the other side has not seen it.
+
+Layout, chosen for speed (see PERFORMANCE.md): entries are kept *per origin
+replica*, ``origin -> {element: counter}``, with a reverse index
+``origin -> {counter: element}``. A full-state join of replicas that have not
+seen each other's adds then copies whole dicts at C speed, a join of mostly
+equal states touches only the items that differ (a dict-items set difference,
+also at C speed), and a small delta touches only the elements it names or whose
+dots its context covers. An element normally has one dot per origin; an
+out-of-order join of deltas can leave it two from the same origin for a while,
+which is stored as a frozenset and is the only slow path.
+
+Cost (n elements, r replicas that added live elements, d the size of the other
+state or delta): ``add``, ``remove`` O(r); ``in`` O(r); ``merge`` O(d) for a
+delta, O(n) at C speed for full states; ``len`` O(1) after local updates and
+delta merges, O(n) at C speed once after a full-state merge; ``value`` O(n).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from itertools import chain
+from typing import ClassVar, Generic, TypeAlias, TypeVar
+
+from crdts.base import (
+    check_atom,
+    check_replica,
+    expect_atoms,
+    expect_increasing,
+    expect_list,
+    expect_replica,
+    expect_uints,
+)
+from crdts.dotcontext import CausalContext
+from crdts.errors import DecodeError
+
+__all__ = ["ORSet"]
+
+T = TypeVar("T")
+
+#: The counters of one element's dots from one origin: nearly always one.
+Dots: TypeAlias = int | frozenset[int]
+
+
+def _as_set(dots: Dots | None) -> frozenset[int]:
+    if dots is None:
+        return frozenset()
+    if type(dots) is int:
+        return frozenset((dots,))
+    return dots  # type: ignore[return-value]
+
+
+class ORSet(Generic[T]):
+    """An add-wins set of ``str``, ``int`` or ``bytes`` values.
+
+    >>> a: ORSet[str] = ORSet()
+    >>> _ = a.add("x", "a"); _ = a.add("y", "a")
+    >>> b = a.copy()
+    >>> _ = a.remove("x")          # a removes the x it has seen ...
+    >>> _ = b.add("x", "b")        # ... while b adds x again, concurrently
+    >>> a.merge(b); sorted(a)      # the unobserved add wins
+    ['x', 'y']
+    >>> "x" in a, len(a)
+    (True, 2)
+    """
+
+    __slots__ = ("_ctx", "_entries", "_len", "_owner")
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    TYPE_TAG: ClassVar[str] = "ORSet"
+    FORMAT_VERSION: ClassVar[int] = 1
+
+    def __init__(self) -> None:
+        self._entries: dict[str, dict[T, Dots]] = {}
+        self._owner: dict[str, dict[int, T]] = {}
+        self._ctx = CausalContext()
+        self._len: int | None = 0
+
+    # -- updates ---------------------------------------------------------------
+
+    def add(self, element: T, replica: str) -> ORSet[T]:
+        """Add ``element`` on behalf of ``replica``; return the delta.
+
+        The delta holds the new dot and, in its context, the dots of ``element``
+        it replaces, so it also carries the fact that those are gone.
+
+        >>> s: ORSet[int] = ORSet(); s.add(7, "a")
+        ORSet({'a': {7: 1}}, CausalContext(vv={'a': 1}, cloud={}))
+
+        Cost: O(r).
+        """
+        check_atom(element)
+        check_replica(replica)
+        counter = self._ctx.next_counter(replica)
+        replaced = self._pop(element)
+        self._ctx.add(replica, counter)
+        self._put(replica, element, counter)
+        if self._len is not None and not replaced:
+            self._len += 1
+        delta: ORSet[T] = ORSet()
+        delta._ctx = CausalContext.from_dots(replaced)
+        delta._ctx.add(replica, counter)
+        delta._put(replica, element, counter)
+        delta._len = 1
+        return delta
+
+    def remove(self, element: T) -> ORSet[T]:
+        """Remove ``element`` as far as this replica has seen it; return the delta.
+
+        Removing an absent element changes nothing and returns an empty delta.
+
+        >>> s: ORSet[str] = ORSet(); _ = s.add("x", "a")
+        >>> s.remove("x"), len(s)
+        (ORSet({}, CausalContext(vv={'a': 1}, cloud={})), 0)
+        >>> s.remove("x")
+        ORSet({}, CausalContext(vv={}, cloud={}))
+
+        Cost: O(r).
+        """
+        check_atom(element)
+        removed = self._pop(element)
+        if removed and self._len is not None:
+            self._len -= 1
+        delta: ORSet[T] = ORSet()
+        delta._ctx = CausalContext.from_dots(removed)
+        return delta
+
+    def _pop(self, element: T) -> list[tuple[str, int]]:
+        """Drop every dot of ``element``; return them."""
+        dropped: list[tuple[str, int]] = []
+        emptied: list[str] = []
+        for origin, elements in self._entries.items():
+            dots = elements.pop(element, None)
+            if dots is None:
+                continue
+            owner = self._owner[origin]
+            for counter in _as_set(dots):
+                del owner[counter]
+                dropped.append((origin, counter))
+            if not elements:
+                emptied.append(origin)
+        for origin in emptied:
+            del self._entries[origin], self._owner[origin]
+        return dropped
+
+    def _put(self, origin: str, element: T, counter: int) -> None:
+        elements = self._entries.setdefault(origin, {})
+        held = elements.get(element)
+        elements[element] = counter if held is None else _as_set(held) | {counter}
+        self._owner.setdefault(origin, {})[counter] = element
+
+    # -- join ------------------------------------------------------------------
+
+    def merge(self, other: ORSet[T]) -> None:
+        """Join ``other`` in place; ``other`` is unchanged.
+
+        >>> a: ORSet[str] = ORSet(); b: ORSet[str] = ORSet()
+        >>> _ = a.add("x", "a"); delta = b.add("y", "b")
+        >>> a.merge(delta); a.merge(delta); sorted(a)
+        ['x', 'y']
+
+        Cost: O(size of ``other``) when it is a delta; for full states, O(n)
+        dict work at C speed plus O(1) Python work per item that differs.
+        """
+        if type(other) is not ORSet:
+            raise TypeError(f"cannot merge {type(other).__name__} into ORSet")
+        if other is self:
+            return
+        theirs_ctx = other._ctx
+        # Only origins where other holds entries can add; only origins whose
+        # dots other has seen can remove.
+        for origin in other._entries.keys() | (theirs_ctx.origins() & self._entries.keys()):
+            self._merge_origin(origin, other)
+        # Last: the entry rules above compare against the contexts as they were.
+        self._ctx.merge(theirs_ctx)
+
+    def _merge_origin(self, origin: str, other: ORSet[T]) -> None:
+        mine = self._entries.get(origin)
+        theirs = other._entries.get(origin)
+        candidates: Iterable[T]
+        if not theirs:
+            if not mine:
+                return
+            candidates = self._covered(origin, other._ctx)
+        elif not mine:
+            if not self._ctx.count(origin):
+                # Nothing of this origin seen here: everything of theirs is new.
+                self._entries[origin] = theirs.copy()
+                self._owner[origin] = other._owner[origin].copy()
+                self._len = None
+                return
+            candidates = theirs.keys()
+        elif mine == theirs:
+            return
+        elif other._ctx.count(origin) + len(theirs) < len(mine):
+            candidates = self._covered(origin, other._ctx) | theirs.keys()
+        else:
+            candidates = {element for element, _ in mine.items() ^ theirs.items()}
+            self._len = None
+        self._join_elements(origin, candidates, theirs or {}, other._ctx)
+
+    def _covered(self, origin: str, ctx: CausalContext) -> set[T]:
+        """Elements holding a dot of ``origin`` that ``ctx`` has seen."""
+        owner = self._owner[origin]
+        if ctx.count(origin) < len(owner):
+            return {owner[c] for c in ctx.dots(origin) if c in owner}
+        top = ctx.vv.get(origin, 0)
+        gaps = ctx.cloud.get(origin, ())
+        return {element for c, element in owner.items() if c <= top or c in gaps}
+
+    def _join_elements(
+        self,
+        origin: str,
+        candidates: Iterable[T],
+        theirs: dict[T, Dots],
+        theirs_ctx: CausalContext,
+    ) -> None:
+        """Apply the join rule to the dots of ``origin`` on each candidate."""
+        mine_ctx = self._ctx
+        mine = self._entries.setdefault(origin, {})
+        owner = self._owner.setdefault(origin, {})
+        track = self._len is not None
+        for element in candidates:
+            held = mine.get(element)
+            offered = theirs.get(element)
+            if held == offered:
+                continue
+            if type(held) is not frozenset and type(offered) is not frozenset:
+                # The common case: at most one dot on each side.
+                keep_held = held is not None and not theirs_ctx.contains(origin, held)  # type: ignore[arg-type]
+                take = offered is not None and not mine_ctx.contains(origin, offered)  # type: ignore[arg-type]
+                if keep_held and take:
+                    result: Dots | None = frozenset((held, offered))  # type: ignore[arg-type]
+                elif keep_held:
+                    continue
+                else:
+                    result = offered if take else None
+            else:
+                old, new = _as_set(held), _as_set(offered)
+                kept = {c for c in old if c in new or not theirs_ctx.contains(origin, c)}
+                kept.update(c for c in new - old if not mine_ctx.contains(origin, c))
+                result = (next(iter(kept)) if len(kept) == 1 else frozenset(kept)) if kept else None
+                if result == held:
+                    continue
+            was_present = track and self._present(element)
+            old_dots, new_dots = _as_set(held), _as_set(result)
+            for c in old_dots - new_dots:
+                del owner[c]
+            for c in new_dots - old_dots:
+                owner[c] = element
+            if result is None:
+                del mine[element]
+            else:
+                mine[element] = result
+            if track and self._len is not None:
+                self._len += self._present(element) - was_present
+        if not mine:
+            del self._entries[origin], self._owner[origin]
+
+    def _present(self, element: T) -> bool:
+        return any(element in elements for elements in self._entries.values())
+
+    # -- reads -----------------------------------------------------------------
+
+    def __contains__(self, element: object) -> bool:
+        """Whether ``element`` is in the set. Cost: O(r)."""
+        try:
+            return any(element in elements for elements in self._entries.values())
+        except TypeError:  # unhashable: never an element
+            return False
+
+    def __len__(self) -> int:
+        """The number of elements. Cost: O(1), or O(n) at C speed once after
+        a full-state merge."""
+        if self._len is None:
+            groups = list(self._entries.values())
+            self._len = len(groups[0]) if len(groups) == 1 else len(set().union(*groups))
+        return self._len
+
+    def __iter__(self) -> Iterator[T]:
+        """The elements, in no set order (iterate ``sorted(s)`` for one). Cost: O(n)."""
+        return iter(self.value)
+
+    @property
+    def value(self) -> frozenset[T]:
+        """The elements as a frozenset. Cost: O(n)."""
+        return frozenset().union(*self._entries.values())
+
+    @property
+    def context(self) -> CausalContext:
+        """A copy of the causal context: every dot this state has seen."""
+        return self._ctx.copy()
+
+    def copy(self) -> ORSet[T]:
+        """An independent copy. Cost: O(n) at C speed."""
+        out: ORSet[T] = ORSet()
+        out._entries = {origin: elements.copy() for origin, elements in self._entries.items()}
+        out._owner = {origin: owner.copy() for origin, owner in self._owner.items()}
+        out._ctx = self._ctx.copy()
+        out._len = self._len
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not ORSet:
+            return NotImplemented
+        return self._entries == other._entries and self._ctx == other._ctx
+
+    def __repr__(self) -> str:
+        shown = {
+            origin: {e: self._entries[origin][e] for _, e in sorted(owner.items())}
+            for origin, owner in sorted(self._owner.items())
+        }
+        return f"ORSet({shown!r}, {self._ctx!r})"
+
+    # -- wire ------------------------------------------------------------------
+
+    def to_payload(self) -> list[object]:
+        """``[context, [origin, [counter, element, ...], ...]]``, every list in
+        canonical order (origins by id, dots by counter). Cost: O(n log n)."""
+        entries: list[object] = []
+        for origin in sorted(self._owner):
+            entries += (origin, list(chain.from_iterable(sorted(self._owner[origin].items()))))
+        return [self._ctx.to_payload(), entries]
+
+    @classmethod
+    def from_payload(cls, payload: object, version: int) -> ORSet[T]:
+        """Inverse of :meth:`to_payload`; raises DecodeError on anything else,
+        including a dot outside the causal context."""
+        parts = expect_list(payload, "ORSet")
+        if len(parts) != 2:
+            raise DecodeError("ORSet: expected [context, entries]")
+        ctx = CausalContext.from_payload(parts[0], "ORSet context")
+        flat = expect_list(parts[1], "ORSet entries")
+        if len(flat) % 2:
+            raise DecodeError("ORSet entries: expected origin/dots pairs")
+        origins = flat[0::2]
+        for origin in origins:
+            expect_replica(origin, "ORSet entries")
+        expect_increasing(origins, "ORSet entries")
+        out: ORSet[T] = cls()
+        out._ctx = ctx
+        for origin, group in zip(origins, flat[1::2], strict=True):
+            dots = expect_list(group, "ORSet entries")
+            if not dots or len(dots) % 2:
+                raise DecodeError("ORSet entries: expected non-empty counter/element pairs")
+            counters, elements = dots[0::2], dots[1::2]
+            expect_uints(counters, "ORSet dots", low=1)
+            expect_increasing(counters, "ORSet dots")
+            expect_atoms(elements, "ORSet elements")
+            _check_seen(ctx, origin, counters)  # type: ignore[arg-type]
+            owner: dict[int, T] = dict(zip(counters, elements, strict=True))  # type: ignore[arg-type]
+            by_element: dict[T, Dots] = dict(zip(elements, counters, strict=True))  # type: ignore[arg-type]
+            if len(by_element) != len(owner):  # some element has several dots here
+                by_element = {}
+                for counter, element in owner.items():
+                    held = by_element.get(element)
+                    by_element[element] = counter if held is None else _as_set(held) | {counter}
+            out._entries[origin] = by_element  # type: ignore[index]
+            out._owner[origin] = owner  # type: ignore[index]
+        out._len = None
+        return out
+
+
+def _check_seen(ctx: CausalContext, origin: str, counters: list[int]) -> None:
+    top = ctx.vv.get(origin, 0)
+    if counters[-1] > top and not ctx.cloud.get(origin, set()).issuperset(
+        c for c in counters if c > top
+    ):
+        raise DecodeError(f"ORSet: a dot of {origin!r} lies outside the causal context")
