@@ -245,6 +245,8 @@ class ORSet(Generic[T]):
                     continue
                 else:
                     result = offered if take else None
+                    if result is None and held is None:
+                        continue
             else:
                 old, new = _as_set(held), _as_set(offered)
                 kept = {c for c in old if c in new or not theirs_ctx.contains(origin, c)}
