@@ -1,0 +1,251 @@
+"""The OR-Set against a naive reference, and the cases users get wrong.
+
+The optimized OR-Set keeps entries per origin with a reverse index and several
+join paths (adopt, delta, bulk); the reference keeps element -> set of dots and
+a plain set of seen dots, and joins by the textbook rule. Driven in lockstep
+through random adds, removes, state merges and out-of-order delta merges, both
+must hold exactly the same dots and context after every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import given, note
+
+from crdts import ORSet, codec
+from crdts.orset import _as_set
+
+Dot = tuple[str, int]
+
+
+@dataclass
+class NaiveORSet:
+    """Bieniusa et al.'s optimized OR-Set, written the obvious way."""
+
+    dots: dict[object, set[Dot]] = field(default_factory=dict)
+    ctx: set[Dot] = field(default_factory=set)
+
+    def add(self, element: object, replica: str) -> NaiveORSet:
+        counter = max((c for r, c in self.ctx if r == replica), default=0) + 1
+        old = self.dots.pop(element, set())
+        self.dots[element] = {(replica, counter)}
+        self.ctx.add((replica, counter))
+        return NaiveORSet({element: {(replica, counter)}}, old | {(replica, counter)})
+
+    def remove(self, element: object) -> NaiveORSet:
+        return NaiveORSet({}, self.dots.pop(element, set()))
+
+    def merge(self, other: NaiveORSet) -> None:
+        joined: dict[object, set[Dot]] = {}
+        for element in self.dots.keys() | other.dots.keys():
+            mine, theirs = self.dots.get(element, set()), other.dots.get(element, set())
+            keep = (mine & theirs) | {d for d in mine if d not in other.ctx}
+            keep |= {d for d in theirs if d not in self.ctx}
+            if keep:
+                joined[element] = keep
+        self.dots = joined
+        self.ctx |= other.ctx
+
+    def copy(self) -> NaiveORSet:
+        return NaiveORSet({x: set(d) for x, d in self.dots.items()}, set(self.ctx))
+
+
+def dots_of(s: ORSet[object]) -> dict[object, set[Dot]]:
+    out: dict[object, set[Dot]] = {}
+    for origin, elements in s._entries.items():
+        for element, counters in elements.items():
+            out.setdefault(element, set()).update((origin, c) for c in _as_set(counters))
+    return out
+
+
+def context_of(s: ORSet[object]) -> set[Dot]:
+    ctx = s.context
+    return {(r, c) for r in ctx.origins() for c in ctx.dots(r)}
+
+
+def assert_same(fast: ORSet[object], naive: NaiveORSet) -> None:
+    assert dots_of(fast) == naive.dots
+    assert context_of(fast) == naive.ctx
+    # The reverse index is exactly the inverse of the entries.
+    for origin, elements in fast._entries.items():
+        assert elements, "an empty origin map was kept"
+        flat = {c: e for e, cs in elements.items() for c in _as_set(cs)}
+        assert flat == fast._owner[origin]
+        assert all(isinstance(v, int) or len(v) > 1 for v in elements.values())
+    assert fast._owner.keys() == fast._entries.keys()
+    assert len(fast) == len(naive.dots)
+    assert fast.value == frozenset(naive.dots)
+    for element in ("x", "y", "z"):
+        assert (element in fast) == (element in naive.dots)
+
+
+REPLICAS = ("a", "b", "c")
+# Two hot elements so that adds, removes and re-adds collide often.
+ELEMENTS = st.sampled_from(["x", "y"]) | st.sampled_from(["z", 1, b"x"])
+Step = tuple[str, int, object]
+
+
+def steps(elements: st.SearchStrategy[object], size: int) -> st.SearchStrategy[list[Step]]:
+    return st.lists(
+        st.one_of(
+            st.tuples(st.just("add"), st.integers(0, 2), elements),
+            st.tuples(st.just("remove"), st.integers(0, 2), elements),
+            st.tuples(st.just("merge"), st.integers(0, 2), st.integers(0, 2)),
+            st.tuples(st.just("delta"), st.integers(0, 2), st.integers(0, 10**6)),
+            st.tuples(st.just("delta"), st.integers(0, 2), st.integers(0, 10**6)),
+        ),
+        max_size=size,
+    )
+
+
+@given(steps(ELEMENTS, 60))
+def test_matches_the_reference(steps: list[Step]) -> None:
+    run_in_lockstep(steps)
+
+
+@given(steps(st.integers(0, 40), 150))
+def test_matches_the_reference_on_larger_sets(steps: list[Step]) -> None:
+    """Big states against small deltas: the join paths that touch only what
+    the delta names."""
+    run_in_lockstep(steps)
+
+
+def run_in_lockstep(steps: list[Step]) -> None:
+    fast: list[ORSet[object]] = [ORSet() for _ in REPLICAS]
+    naive = [NaiveORSet() for _ in REPLICAS]
+    deltas: list[tuple[ORSet[object], NaiveORSet]] = []
+    for kind, i, arg in steps:
+        note(f"{kind} {REPLICAS[i]} {arg!r}")
+        if kind == "add":
+            deltas.append((fast[i].add(arg, REPLICAS[i]), naive[i].add(arg, REPLICAS[i])))
+        elif kind == "remove":
+            deltas.append((fast[i].remove(arg), naive[i].remove(arg)))
+        elif kind == "merge":
+            j = arg
+            assert isinstance(j, int)
+            fast[i].merge(fast[j])
+            naive[i].merge(naive[j])
+        elif deltas:
+            assert isinstance(arg, int)
+            fast_delta, naive_delta = deltas[arg % len(deltas)]
+            fast[i].merge(fast_delta)
+            naive[i].merge(naive_delta)
+        assert_same(fast[i], naive[i])
+    for fast_delta, naive_delta in deltas:
+        assert_same(fast_delta, naive_delta)
+        assert codec.decode(codec.encode(fast_delta)) == fast_delta
+
+
+def test_two_dots_from_one_origin() -> None:
+    """Regression: an out-of-order delta join leaves x with two dots of "a"
+    until the remove between them arrives; neither may be dropped early."""
+    a: ORSet[str] = ORSet()
+    first = a.add("x", "a")
+    removal = a.remove("x")
+    second = a.add("x", "a")
+    b: ORSet[str] = ORSet()
+    b.merge(first)
+    b.merge(second)
+    assert dots_of(b) == {"x": {("a", 1), ("a", 2)}}  # type: ignore[arg-type]
+    assert codec.decode(codec.encode(b)) == b
+    c: ORSet[str] = ORSet()  # a replica that saw only the re-add, then removed it
+    c.merge(second)
+    late_removal = c.remove("x")
+    b.merge(late_removal)
+    assert dots_of(b) == {"x": {("a", 1)}}  # type: ignore[arg-type]
+    assert "x" in b  # the first add is not yet known to be removed
+    b.merge(removal)
+    assert "x" not in b and len(b) == 0
+    assert b == ORSet.from_payload(b.to_payload(), 1)
+
+
+def test_concurrent_add_and_remove_add_wins() -> None:
+    a: ORSet[str] = ORSet()
+    a.add("x", "a")
+    b = a.copy()
+    b.remove("x")  # removes the add it observed ...
+    a.add("x", "a")  # ... while a adds again: a dot b never saw
+    for left, right in ((a.copy(), b), (b.copy(), a)):
+        left.merge(right)
+        assert "x" in left
+    joined = a.copy()
+    joined.merge(b)
+    assert sorted(joined) == ["x"]
+
+
+def test_remove_only_removes_what_it_observed() -> None:
+    a: ORSet[str] = ORSet()
+    b: ORSet[str] = ORSet()
+    a.add("x", "a")
+    b.add("x", "b")  # concurrent add of the same element elsewhere
+    b_view = b.copy()
+    b_view.remove("x")  # b removes only its own add
+    a.merge(b_view)
+    assert "x" in a  # a's add was never observed by the remove
+    a.merge(b)
+    a.remove("x")  # now a has seen both adds
+    b.merge(a)
+    assert "x" not in a and "x" not in b
+
+
+def test_add_remove_readd_across_three_replicas() -> None:
+    a: ORSet[str] = ORSet()
+    b: ORSet[str] = ORSet()
+    c: ORSet[str] = ORSet()
+    to_b = a.add("x", "a")
+    b.merge(to_b)
+    to_c = b.remove("x")  # b removed the x it saw
+    c.merge(to_b)
+    c.merge(to_c)
+    assert "x" not in c
+    readd = c.add("x", "c")  # and c adds it back
+    for replica in (a, b):
+        replica.merge(to_c)
+        assert "x" not in replica
+        replica.merge(readd)
+        assert "x" in replica
+    for replica in (a, b, c):
+        for other in (a, b, c):
+            replica.merge(other)
+    assert a == b == c
+    assert sorted(a) == ["x"]
+    assert codec.encode(a) == codec.encode(b) == codec.encode(c)
+
+
+def test_remove_of_absent_element_is_empty_delta() -> None:
+    s: ORSet[str] = ORSet()
+    s.add("y", "a")
+    before = s.copy()
+    delta = s.remove("x")
+    assert delta == ORSet()
+    assert s == before
+
+
+@pytest.mark.parametrize("bad", [1.5, None, True, ("t",), 2**64, -(2**64) - 1])
+def test_elements_are_atoms(bad: object) -> None:
+    from crdts import InvalidOperation
+
+    s: ORSet[object] = ORSet()
+    s.add("x", "a")
+    before = s.copy()
+    with pytest.raises(InvalidOperation):
+        s.add(bad, "a")
+    with pytest.raises(InvalidOperation):
+        s.remove(bad)
+    assert s == before
+
+
+def test_mixed_kinds_have_one_canonical_order() -> None:
+    left: ORSet[object] = ORSet()
+    right: ORSet[object] = ORSet()
+    for element in ("b", 2, b"a", "a", -1):
+        left.add(element, "a")
+    for element in (-1, "a", b"a", 2, "b"):
+        right.add(element, "b")
+    one, two = left.copy(), right.copy()
+    one.merge(right)
+    two.merge(left)
+    assert codec.encode(one) == codec.encode(two)
