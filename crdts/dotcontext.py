@@ -58,14 +58,27 @@ class CausalContext:
         return out
 
     def contains(self, replica: str, counter: int) -> bool:
-        """Whether the dot ``(replica, counter)`` has been seen. Cost: O(1)."""
+        """Whether the dot ``(replica, counter)`` has been seen.
+
+        >>> c = CausalContext.from_dots([("a", 1), ("a", 3)])
+        >>> [c.contains("a", n) for n in (1, 2, 3)]
+        [True, False, True]
+
+        Cost: O(1).
+        """
         if counter <= self.vv.get(replica, 0):
             return True
         gaps = self.cloud.get(replica)
         return gaps is not None and counter in gaps
 
     def next_counter(self, replica: str) -> int:
-        """The counter of ``replica``'s next new dot: above every one seen."""
+        """The counter of ``replica``'s next new dot: above every one seen.
+
+        >>> CausalContext.from_dots([("a", 1), ("a", 7)]).next_counter("a")
+        8
+
+        Cost: O(1) without gaps, O(cloud of ``replica``) with them.
+        """
         gaps = self.cloud.get(replica)
         top = max(gaps) if gaps else self.vv.get(replica, 0)
         if top >= MAX_UINT:
@@ -73,20 +86,44 @@ class CausalContext:
         return top + 1
 
     def count(self, replica: str) -> int:
-        """How many dots of ``replica`` are in the context. Cost: O(1)."""
+        """How many dots of ``replica`` are in the context.
+
+        >>> CausalContext.from_dots([("a", 1), ("a", 2), ("a", 9)]).count("a")
+        3
+
+        Cost: O(1).
+        """
         return self.vv.get(replica, 0) + len(self.cloud.get(replica, ()))
 
     def dots(self, replica: str) -> Iterator[int]:
-        """The counters of ``replica``'s dots, the version vector's range first."""
+        """The counters of ``replica``'s dots, the version vector's range first.
+
+        >>> list(CausalContext.from_dots([("a", 1), ("a", 2), ("a", 9)]).dots("a"))
+        [1, 2, 9]
+
+        Cost: O(1) per dot.
+        """
         yield from range(1, self.vv.get(replica, 0) + 1)
         yield from self.cloud.get(replica, ())
 
     def origins(self) -> set[str]:
-        """The replicas with at least one dot here."""
+        """The replicas with at least one dot here.
+
+        >>> sorted(CausalContext.from_dots([("b", 2), ("a", 1)]).origins())
+        ['a', 'b']
+
+        Cost: O(r).
+        """
         return self.vv.keys() | self.cloud.keys()
 
     def add(self, replica: str, counter: int) -> None:
-        """Insert one dot, keeping the representation compact. Cost: O(1) amortised."""
+        """Insert one dot, keeping the representation compact.
+
+        >>> c = CausalContext.from_dots([("a", 2)]); c.add("a", 1); c
+        CausalContext(vv={'a': 2}, cloud={})
+
+        Cost: O(1) amortised.
+        """
         top = self.vv.get(replica, 0)
         if counter <= top:
             return
@@ -102,8 +139,15 @@ class CausalContext:
             self.cloud.setdefault(replica, set()).add(counter)
 
     def merge(self, other: CausalContext) -> None:
-        """Union ``other`` in. Cost: O(r + cloud of other), plus O(own cloud of
-        r) for each replica r whose version vector entry grows past a gap."""
+        """Union ``other`` in.
+
+        >>> c = CausalContext.from_dots([("a", 1), ("a", 3)])
+        >>> c.merge(CausalContext.from_dots([("a", 2), ("b", 1)])); c
+        CausalContext(vv={'a': 3, 'b': 1}, cloud={})
+
+        Cost: O(r + cloud of other), plus O(own cloud of r) for each replica r
+        whose version vector entry grows past a gap.
+        """
         vv = self.vv
         for replica, top in other.vv.items():
             if top > vv.get(replica, 0):
@@ -130,7 +174,13 @@ class CausalContext:
             del self.cloud[replica]
 
     def copy(self) -> CausalContext:
-        """An independent copy. Cost: O(size)."""
+        """An independent copy.
+
+        >>> c = CausalContext(); d = c.copy(); d.add("a", 1); c.count("a"), d.count("a")
+        (0, 1)
+
+        Cost: O(size).
+        """
         out = CausalContext()
         out.vv = self.vv.copy()
         out.cloud = {replica: gaps.copy() for replica, gaps in self.cloud.items()}

@@ -79,11 +79,23 @@ class GCounter:
 
     @property
     def value(self) -> int:
-        """The sum of all increments this state has seen. Cost: O(r)."""
+        """The sum of all increments this state has seen.
+
+        >>> c = GCounter(); _ = c.increment("a", 2); _ = c.increment("b"); c.value
+        3
+
+        Cost: O(r).
+        """
         return sum(self._slots.values())
 
     def copy(self) -> GCounter:
-        """An independent copy. Cost: O(r)."""
+        """An independent copy.
+
+        >>> c = GCounter(); d = c.copy(); _ = d.increment("a"); c.value, d.value
+        (0, 1)
+
+        Cost: O(r).
+        """
         out = GCounter()
         out._slots = self._slots.copy()
         return out

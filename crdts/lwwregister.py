@@ -111,7 +111,15 @@ class LWWRegister(Generic[T]):
         return timestamp
 
     def merge(self, other: LWWRegister[T]) -> None:
-        """Keep the greater of the two writes; ``other`` is unchanged. Cost: O(1)."""
+        """Keep the greater of the two writes; ``other`` is unchanged.
+
+        >>> a: LWWRegister[str] = LWWRegister(); b: LWWRegister[str] = LWWRegister()
+        >>> _ = a.assign("old", "a", timestamp=1); _ = b.assign("new", "b", timestamp=2)
+        >>> a.merge(b); a.value
+        'new'
+
+        Cost: O(1).
+        """
         if type(other) is not LWWRegister:
             raise TypeError(f"cannot merge {type(other).__name__} into LWWRegister")
         if other._write is not None and (
@@ -121,21 +129,46 @@ class LWWRegister(Generic[T]):
 
     @property
     def value(self) -> T | None:
-        """The winning value, or None before any write. Cost: O(1)."""
+        """The winning value, or None before any write.
+
+        >>> r: LWWRegister[int] = LWWRegister(); _ = r.assign(4, "a"); r.value
+        4
+
+        Cost: O(1).
+        """
         return None if self._write is None else self._write[2]
 
     @property
     def timestamp(self) -> int | None:
-        """The winning write's timestamp, or None before any write. Cost: O(1)."""
+        """The winning write's timestamp, or None before any write.
+
+        >>> r: LWWRegister[int] = LWWRegister(); _ = r.assign(4, "a", timestamp=9); r.timestamp
+        9
+
+        Cost: O(1).
+        """
         return None if self._write is None else self._write[0]
 
     @property
     def replica(self) -> str | None:
-        """The replica of the winning write, or None before any write. Cost: O(1)."""
+        """The replica of the winning write, or None before any write.
+
+        >>> r: LWWRegister[int] = LWWRegister(); _ = r.assign(4, "a"); r.replica
+        'a'
+
+        Cost: O(1).
+        """
         return None if self._write is None else self._write[1]
 
     def copy(self) -> LWWRegister[T]:
-        """An independent copy (with the same clock). Cost: O(1)."""
+        """An independent copy (with the same clock).
+
+        >>> r: LWWRegister[int] = LWWRegister(); s = r.copy(); _ = s.assign(1, "a")
+        >>> r.value, s.value
+        (None, 1)
+
+        Cost: O(1).
+        """
         out: LWWRegister[T] = LWWRegister(clock=self._clock)
         out._write = self._write
         return out

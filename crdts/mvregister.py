@@ -75,6 +75,11 @@ class MVRegister(Generic[T]):
     def merge(self, other: MVRegister[T]) -> None:
         """Join ``other`` in place; ``other`` is unchanged.
 
+        >>> a: MVRegister[int] = MVRegister(); b: MVRegister[int] = MVRegister()
+        >>> _ = a.assign(1, "a"); _ = b.assign(2, "b")
+        >>> a.merge(b); sorted(a.values)
+        [1, 2]
+
         Cost: O(v + r).
         """
         if type(other) is not MVRegister:
@@ -95,16 +100,35 @@ class MVRegister(Generic[T]):
 
     @property
     def values(self) -> frozenset[T]:
-        """The concurrent values; empty before any assignment. Cost: O(v)."""
+        """The concurrent values; empty before any assignment.
+
+        >>> r: MVRegister[str] = MVRegister(); r.values
+        frozenset()
+
+        Cost: O(v).
+        """
         return frozenset(self._entries.values())
 
     @property
     def value(self) -> frozenset[T]:
-        """Same as :attr:`values`, for generic code."""
+        """Same as :attr:`values`, for generic code.
+
+        >>> r: MVRegister[str] = MVRegister(); _ = r.assign("v", "a"); r.value
+        frozenset({'v'})
+
+        Cost: O(v).
+        """
         return self.values
 
     def copy(self) -> MVRegister[T]:
-        """An independent copy. Cost: O(v + r)."""
+        """An independent copy.
+
+        >>> r: MVRegister[int] = MVRegister(); s = r.copy(); _ = s.assign(1, "a")
+        >>> r.values, s.values
+        (frozenset(), frozenset({1}))
+
+        Cost: O(v + r).
+        """
         out: MVRegister[T] = MVRegister()
         out._entries = self._entries.copy()
         out._ctx = self._ctx.copy()

@@ -77,11 +77,23 @@ class PNCounter:
 
     @property
     def value(self) -> int:
-        """Increments minus decrements seen by this state. Cost: O(r)."""
+        """Increments minus decrements seen by this state.
+
+        >>> p = PNCounter(); _ = p.increment("a", 2); _ = p.decrement("a", 5); p.value
+        -3
+
+        Cost: O(r).
+        """
         return self._p.value - self._n.value
 
     def copy(self) -> PNCounter:
-        """An independent copy. Cost: O(r)."""
+        """An independent copy.
+
+        >>> p = PNCounter(); q = p.copy(); _ = q.decrement("a"); p.value, q.value
+        (0, -1)
+
+        Cost: O(r).
+        """
         out = PNCounter()
         out._p = self._p.copy()
         out._n = self._n.copy()

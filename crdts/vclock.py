@@ -139,11 +139,23 @@ class VectorClock:
 
     @property
     def value(self) -> dict[str, int]:
-        """The counts as a new dict. Cost: O(r)."""
+        """The counts as a new dict.
+
+        >>> VectorClock({"b": 1, "a": 2}).value == {"a": 2, "b": 1}
+        True
+
+        Cost: O(r).
+        """
         return dict(self._slots)
 
     def copy(self) -> VectorClock:
-        """An independent copy. Cost: O(r)."""
+        """An independent copy.
+
+        >>> v = VectorClock(); w = v.copy(); _ = w.increment("a"); v["a"], w["a"]
+        (0, 1)
+
+        Cost: O(r).
+        """
         out = VectorClock()
         out._slots = self._slots.copy()
         return out
