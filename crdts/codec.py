@@ -57,8 +57,11 @@ from crdts.vclock import VectorClock
 
 __all__ = ["DEFAULT_MAX_SIZE", "MAX_DEPTH", "decode", "encode", "register", "registered"]
 
-#: The largest input ``decode`` reads unless told otherwise: 64 MiB.
-DEFAULT_MAX_SIZE = 64 * 1024 * 1024
+#: The largest input ``decode`` reads unless told otherwise: 16 MiB. A hostile
+#: payload of many tiny arrays costs cbor2 about 70 bytes of memory per input
+#: byte before any check can run, so this also bounds memory near 1.2 GB; pass
+#: a larger ``max_size`` for larger states (an OR-Set element costs ~16 bytes).
+DEFAULT_MAX_SIZE = 16 * 1024 * 1024
 #: The deepest nesting any registered payload needs is 4; leave some room.
 MAX_DEPTH = 8
 

@@ -381,10 +381,15 @@ class ORSet(Generic[T]):
             owner: dict[int, T] = dict(zip(counters, elements, strict=True))  # type: ignore[arg-type]
             by_element: dict[T, Dots] = dict(zip(elements, counters, strict=True))  # type: ignore[arg-type]
             if len(by_element) != len(owner):  # some element has several dots here
-                by_element = {}
+                # Gather first, freeze once: growing a frozenset dot by dot is
+                # quadratic in the dots of one element, which the input chooses.
+                grouped: dict[T, list[int]] = {}
                 for counter, element in owner.items():
-                    held = by_element.get(element)
-                    by_element[element] = counter if held is None else _as_set(held) | {counter}
+                    grouped.setdefault(element, []).append(counter)
+                by_element = {
+                    element: found[0] if len(found) == 1 else frozenset(found)
+                    for element, found in grouped.items()
+                }
             out._entries[origin] = by_element  # type: ignore[index]
             out._owner[origin] = owner  # type: ignore[index]
         out._len = None
