@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from itertools import chain
 
-from crdts.base import expect_increasing, expect_list, expect_replica, expect_uints
+from crdts.base import expect_increasing, expect_list, expect_uints
 from crdts.errors import DecodeError
 
 
@@ -29,7 +29,9 @@ def leq_slots(mine: dict[str, int], theirs: dict[str, int]) -> bool:
 def to_flat(slots: dict[str, int]) -> list[object]:
     """``[replica, count, replica, count, ...]`` in replica order: one flat array
     encodes and decodes several times faster than a map of small entries."""
-    return list(chain.from_iterable(sorted(slots.items())))
+    # Sorting the keys alone is several times faster than sorting the items.
+    replicas = sorted(slots)
+    return list(chain.from_iterable(zip(replicas, map(slots.__getitem__, replicas), strict=True)))
 
 
 def from_flat(payload: object, what: str) -> dict[str, int]:
@@ -38,9 +40,11 @@ def from_flat(payload: object, what: str) -> dict[str, int]:
     if len(flat) % 2:
         raise DecodeError(f"{what}: expected replica/count pairs")
     replicas, counts = flat[0::2], flat[1::2]
-    for replica in replicas:
-        expect_replica(replica, what)
+    if not set(map(type, replicas)) <= {str}:
+        raise DecodeError(f"{what}: replica ids are str")
     expect_increasing(replicas, what)
+    if replicas and not replicas[0]:  # strictly increasing: only the first can be ""
+        raise DecodeError(f"{what}: empty replica id")
     # Zero slots are never written: a zero would give equal states two encodings.
     expect_uints(counts, what, low=1)
     return dict(zip(replicas, counts, strict=True))  # type: ignore[arg-type]

@@ -185,88 +185,75 @@ class ORSet(Generic[T]):
         self._ctx.merge(theirs_ctx)
 
     def _merge_origin(self, origin: str, other: ORSet[T]) -> None:
-        mine = self._entries.get(origin)
-        theirs = other._entries.get(origin)
-        candidates: Iterable[T]
+        # The join rule acts on dots, and a dot names one element, so only the
+        # dots that one side holds and the other does not can change anything.
+        mine = self._owner.get(origin)
+        theirs = other._owner.get(origin)
+        mine_ctx, theirs_ctx = self._ctx, other._ctx
+        dropped: Iterable[int] = ()
+        added: Iterable[int] = ()
         if not theirs:
             if not mine:
                 return
-            candidates = self._covered(origin, other._ctx)
+            dropped = self._seen_by(mine, origin, theirs_ctx)
         elif not mine:
-            if not self._ctx.count(origin):
+            if not mine_ctx.count(origin):
                 # Nothing of this origin seen here: everything of theirs is new.
-                self._entries[origin] = theirs.copy()
-                self._owner[origin] = other._owner[origin].copy()
+                self._entries[origin] = other._entries[origin].copy()
+                self._owner[origin] = theirs.copy()
                 self._len = None
                 return
-            candidates = theirs.keys()
-        elif mine == theirs:
-            return
-        elif other._ctx.count(origin) + len(theirs) < len(mine):
-            candidates = self._covered(origin, other._ctx) | theirs.keys()
+            added = [c for c in theirs if not mine_ctx.contains(origin, c)]
+        elif theirs_ctx.count(origin) + len(theirs) < len(mine):
+            # A delta: touch only the dots it holds or has seen.
+            dropped = [c for c in theirs_ctx.dots(origin) if c in mine and c not in theirs]
+            added = [c for c in theirs if c not in mine and not mine_ctx.contains(origin, c)]
         else:
-            candidates = {element for element, _ in mine.items() ^ theirs.items()}
+            # Full states: set differences of the dot keys run at C speed.
+            top, gaps = theirs_ctx.vv.get(origin, 0), theirs_ctx.cloud.get(origin, ())
+            dropped = [c for c in mine.keys() - theirs.keys() if c <= top or c in gaps]
+            top, gaps = mine_ctx.vv.get(origin, 0), mine_ctx.cloud.get(origin, ())
+            added = [c for c in theirs.keys() - mine.keys() if c > top and c not in gaps]
+            # Counting membership per dot would cost more than one recount.
             self._len = None
-        self._join_elements(origin, candidates, theirs or {}, other._ctx)
+        if dropped or added:
+            self._apply(origin, dropped, added, theirs or {})
 
-    def _covered(self, origin: str, ctx: CausalContext) -> set[T]:
-        """Elements holding a dot of ``origin`` that ``ctx`` has seen."""
-        owner = self._owner[origin]
+    @staticmethod
+    def _seen_by(owner: dict[int, T], origin: str, ctx: CausalContext) -> list[int]:
+        """The dots of ``origin`` in ``owner`` that ``ctx`` has seen."""
         if ctx.count(origin) < len(owner):
-            return {owner[c] for c in ctx.dots(origin) if c in owner}
-        top = ctx.vv.get(origin, 0)
-        gaps = ctx.cloud.get(origin, ())
-        return {element for c, element in owner.items() if c <= top or c in gaps}
+            return [c for c in ctx.dots(origin) if c in owner]
+        top, gaps = ctx.vv.get(origin, 0), ctx.cloud.get(origin, ())
+        return [c for c in owner if c <= top or c in gaps]
 
-    def _join_elements(
-        self,
-        origin: str,
-        candidates: Iterable[T],
-        theirs: dict[T, Dots],
-        theirs_ctx: CausalContext,
+    def _apply(
+        self, origin: str, dropped: Iterable[int], added: Iterable[int], theirs: dict[int, T]
     ) -> None:
-        """Apply the join rule to the dots of ``origin`` on each candidate."""
-        mine_ctx = self._ctx
-        mine = self._entries.setdefault(origin, {})
+        """Drop and add dots of ``origin``, keeping entries, index and length in step."""
+        elements = self._entries.setdefault(origin, {})
         owner = self._owner.setdefault(origin, {})
-        track = self._len is not None
-        for element in candidates:
-            held = mine.get(element)
-            offered = theirs.get(element)
-            if held == offered:
-                continue
-            if type(held) is not frozenset and type(offered) is not frozenset:
-                # The common case: at most one dot on each side.
-                keep_held = held is not None and not theirs_ctx.contains(origin, held)  # type: ignore[arg-type]
-                take = offered is not None and not mine_ctx.contains(origin, offered)  # type: ignore[arg-type]
-                if keep_held and take:
-                    result: Dots | None = frozenset((held, offered))  # type: ignore[arg-type]
-                elif keep_held:
-                    continue
-                else:
-                    result = offered if take else None
-                    if result is None and held is None:
-                        continue
+        for c in dropped:
+            element = owner.pop(c)
+            held = elements[element]
+            if held == c:
+                del elements[element]
+                if self._len is not None and not self._present(element):
+                    self._len -= 1
             else:
-                old, new = _as_set(held), _as_set(offered)
-                kept = {c for c in old if c in new or not theirs_ctx.contains(origin, c)}
-                kept.update(c for c in new - old if not mine_ctx.contains(origin, c))
-                result = (next(iter(kept)) if len(kept) == 1 else frozenset(kept)) if kept else None
-                if result == held:
-                    continue
-            was_present = track and self._present(element)
-            old_dots, new_dots = _as_set(held), _as_set(result)
-            for c in old_dots - new_dots:
-                del owner[c]
-            for c in new_dots - old_dots:
-                owner[c] = element
-            if result is None:
-                del mine[element]
+                rest = _as_set(held) - {c}
+                elements[element] = next(iter(rest)) if len(rest) == 1 else rest
+        for c in added:
+            element = theirs[c]
+            owner[c] = element
+            present = elements.get(element)
+            if present is None:
+                if self._len is not None and not self._present(element):
+                    self._len += 1
+                elements[element] = c
             else:
-                mine[element] = result
-            if track and self._len is not None:
-                self._len += self._present(element) - was_present
-        if not mine:
+                elements[element] = _as_set(present) | {c}
+        if not elements:
             del self._entries[origin], self._owner[origin]
 
     def _present(self, element: T) -> bool:
