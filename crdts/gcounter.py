@@ -18,6 +18,8 @@ from crdts.errors import InvalidOperation
 
 __all__ = ["GCounter"]
 
+_new = object.__new__
+
 
 class GCounter:
     """A counter that only goes up.
@@ -52,15 +54,20 @@ class GCounter:
 
         Cost: O(1).
         """
-        check_replica(replica)
-        check_amount(amount)
-        delta = GCounter()
+        # The type tests inline are the hot path; the checkers raise the errors.
+        if type(replica) is not str or not replica:
+            check_replica(replica)
+        if type(amount) is not int or amount < 0:
+            check_amount(amount)
+        delta = _new(GCounter)
         if amount:
             count = self._slots.get(replica, 0) + amount
             if count > MAX_UINT:
                 raise InvalidOperation(f"the slot of {replica!r} would pass 2**64 - 1")
             self._slots[replica] = count
-            delta._slots[replica] = count
+            delta._slots = {replica: count}
+        else:
+            delta._slots = {}
         return delta
 
     def merge(self, other: GCounter) -> None:

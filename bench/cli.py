@@ -1,0 +1,78 @@
+"""The command line: run every benchmark, print the table, optionally write JSON.
+
+python -m bench [--quick] [--repeat N] [--seed S] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import version
+from pathlib import Path
+from random import Random
+
+from bench import codec, counters, peers, sets
+from bench.harness import Config, Row, render, write_json
+
+Benchmark = Callable[[Config, Random], list[Row]]
+
+#: Each benchmark with the name of its seed stream; the disjoint OR-Set and
+#: the peers share one, so they run on identical strings.
+BENCHMARKS: list[tuple[str, Benchmark]] = [
+    ("orset-disjoint", sets.disjoint_merge),
+    ("orset-interleaved", sets.interleaved_merge),
+    ("orset-delta", sets.delta_merge),
+    ("counter-merge", counters.counter_merge),
+    ("counter-increment", counters.counter_increment),
+    ("codec-orset", codec.orset_codec),
+    ("codec-gcounter", codec.gcounter_codec),
+]
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description="crdtkit benchmarks beside plain-Python floors."
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes and few repetitions: checks that it runs, in seconds",
+    )
+    parser.add_argument(
+        "--repeat", type=int, metavar="N", help="timed repetitions per figure (default 7, quick 3)"
+    )
+    parser.add_argument("--seed", type=int, default=2024, help="workload seed (default 2024)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the rows as JSON")
+    args = parser.parse_args(argv)
+    if args.repeat is not None and args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the suite; print the table to stdout and progress to stderr."""
+    args = _parse(argv)
+    config = Config.small(args.repeat) if args.quick else Config.full(args.repeat)
+    rows: list[Row] = []
+    for stream, benchmark in BENCHMARKS:
+        print(f"running {stream} ...", file=sys.stderr, flush=True)
+        rows += benchmark(config, Random(f"{args.seed}:{stream}"))
+    print("running peers ...", file=sys.stderr, flush=True)
+    peer_rows, notes = peers.peer_merge(config, Random(f"{args.seed}:orset-disjoint"))
+    rows += peer_rows
+    print(render(rows, notes))
+    if args.json is not None:
+        meta: dict[str, object] = {
+            "python": sys.version.split()[0],
+            "implementation": platform.python_implementation(),
+            "machine": platform.machine(),
+            "cbor2": version("cbor2"),
+            "quick": config.quick,
+            "repeat": config.repeat,
+            "warmup": config.warmup,
+            "seed": args.seed,
+        }
+        write_json(args.json, rows, notes, meta)
+    return 0

@@ -1,0 +1,213 @@
+"""Timing and reporting shared by every benchmark.
+
+A *trial* is one thing to time: ``setup`` builds fresh input outside the clock
+(copies of the states to merge into, say, which cost O(n) themselves) and
+``run`` is the only thing timed. A floor and a figure are timed alternately,
+repetition by repetition, so that a shared machine's slow moments hit both.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from time import perf_counter
+from typing import Generic, TypeVar
+
+S = TypeVar("S")
+F = TypeVar("F")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Sizes and repetitions for one run; ``quick`` shrinks everything so the
+    whole suite runs in seconds (for the smoke test), with no meaning for speed."""
+
+    quick: bool
+    repeat: int
+    warmup: int
+    set_size: int  # elements each replica adds in the disjoint OR-Set workload
+    pool_size: int  # the shared element space of the interleaved workload
+    rounds: int  # interleaved workload: rounds of local updates, then gossip
+    ops_per_round: int  # interleaved workload: updates per replica per round
+    delta_small: int  # elements in the small set a delta joins
+    delta_big: int  # elements in the big set a delta joins
+    deltas: int  # distinct one-element deltas joined per timed repetition
+    replicas: int  # replica slots in each counter state
+    counter_merges: int  # counter merges per timed repetition (one is ~50 us)
+    increments: int  # increments per timed repetition
+    codec_size: int  # elements (or replicas) in the encoded states
+
+    @classmethod
+    def full(cls, repeat: int | None = None) -> Config:
+        """The sizes PERFORMANCE.md names."""
+        return cls(
+            quick=False,
+            repeat=repeat or 7,
+            warmup=1,
+            set_size=50_000,
+            pool_size=50_000,
+            rounds=10,
+            ops_per_round=6_000,
+            delta_small=1_000,
+            delta_big=100_000,
+            deltas=200,
+            replicas=1_000,
+            counter_merges=50,
+            increments=100_000,
+            codec_size=100_000,
+        )
+
+    @classmethod
+    def small(cls, repeat: int | None = None) -> Config:
+        """Small enough for a smoke test; the numbers only show it runs."""
+        return cls(
+            quick=True,
+            repeat=repeat or 3,
+            warmup=1,
+            set_size=2_000,
+            pool_size=2_000,
+            rounds=3,
+            ops_per_round=300,
+            delta_small=500,
+            delta_big=5_000,
+            deltas=50,
+            replicas=200,
+            counter_merges=5,
+            increments=5_000,
+            codec_size=2_000,
+        )
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per operation over the timed repetitions."""
+
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, samples: Sequence[float]) -> Timing:
+        return cls(statistics.median(samples), min(samples), max(samples))
+
+    def to_json(self) -> dict[str, float]:
+        return {"median_s": self.median, "min_s": self.low, "max_s": self.high}
+
+
+@dataclass(frozen=True)
+class Trial(Generic[S]):
+    """``run(setup())`` is timed, ``setup()`` is not; one run is ``ops`` operations."""
+
+    setup: Callable[[], S]
+    run: Callable[[S], object]
+    ops: int = 1
+
+
+def _time_once(trial: Trial[S]) -> float:
+    state = trial.setup()
+    # Collect the setup's garbage now, so that the run does not pay for it.
+    gc.collect()
+    start = perf_counter()
+    trial.run(state)
+    return (perf_counter() - start) / trial.ops
+
+
+def compare(floor: Trial[F], figure: Trial[S], config: Config) -> tuple[Timing, Timing]:
+    """Time ``floor`` and ``figure`` alternately: warm-up rounds first, then
+    ``config.repeat`` timed rounds. Returns (floor, figure) seconds per operation."""
+    floors: list[float] = []
+    figures: list[float] = []
+    for i in range(config.warmup + config.repeat):
+        floor_s, figure_s = _time_once(floor), _time_once(figure)
+        if i >= config.warmup:
+            floors.append(floor_s)
+            figures.append(figure_s)
+    return Timing.of(floors), Timing.of(figures)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One reported figure beside its floor.
+
+    ``target`` is the largest acceptable ratio figure / floor (None: reported
+    for information only). ``per`` names one timed operation, ``floor_is`` says
+    what the floor is.
+    """
+
+    name: str
+    per: str
+    floor_is: str
+    floor: Timing
+    figure: Timing
+    target: float | None
+    note: str = ""
+
+    @property
+    def ratio(self) -> float:
+        return self.figure.median / self.floor.median
+
+    @property
+    def met(self) -> bool | None:
+        return None if self.target is None else self.ratio <= self.target
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "per": self.per,
+            "floor_is": self.floor_is,
+            "floor": self.floor.to_json(),
+            "figure": self.figure.to_json(),
+            "ratio": self.ratio,
+            "target_ratio": self.target,
+            "met": self.met,
+            "note": self.note,
+        }
+
+
+def _unit(seconds: float) -> tuple[str, float]:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if seconds >= scale:
+            return unit, scale
+    return "ns", 1e-9
+
+
+def _show(t: Timing) -> str:
+    unit, scale = _unit(t.median)
+    return f"{t.median / scale:.3g} {unit} [{t.low / scale:.3g}-{t.high / scale:.3g}]"
+
+
+def render(rows: Sequence[Row], notes: Sequence[str]) -> str:
+    """The table for people: median [min-max] per operation, then the notes."""
+    head = ("benchmark", "per", "floor", "figure", "ratio", "target", "met")
+    body = [
+        (
+            row.name,
+            row.per,
+            _show(row.floor),
+            _show(row.figure),
+            f"{row.ratio:.2f}x",
+            "-" if row.target is None else f"<= {row.target:g}x",
+            {True: "yes", False: "NO", None: "-"}[row.met],
+        )
+        for row in rows
+    ]
+    widths = [max(len(line[i]) for line in (head, *body)) for i in range(len(head))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in (head, *body)
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    footnotes = [f"- {row.name}: floor = {row.floor_is}. {row.note}".rstrip() for row in rows]
+    return "\n".join([*lines, "", "Notes:", *footnotes, *(f"- {n}" for n in notes)])
+
+
+def write_json(
+    path: Path, rows: Sequence[Row], notes: Sequence[str], meta: dict[str, object]
+) -> None:
+    """The same rows for machines."""
+    document = {"meta": meta, "rows": [row.to_json() for row in rows], "notes": list(notes)}
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")

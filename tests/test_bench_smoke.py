@@ -1,0 +1,51 @@
+"""The benchmark suite runs end to end in quick mode and writes every row.
+
+Nothing here is about speed: the numbers of a quick run mean nothing, and
+timing assertions on a shared machine only flake. It checks the plumbing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import main
+
+#: Every row the issue asks for, by the start of its name.
+EXPECTED = [
+    "ORSet merge, 2 x",
+    "ORSet merge, 8 replicas",
+    "ORSet add-delta",
+    "ORSet remove-delta",
+    "GCounter merge",
+    "PNCounter merge",
+    "GCounter increment",
+    "codec encode ORSet",
+    "codec decode ORSet",
+    "codec encode GCounter",
+    "codec decode GCounter",
+]
+
+
+def test_quick_run_writes_every_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    assert main(["--quick", "--json", str(out)]) == 0
+    report = json.loads(out.read_text(encoding="utf-8"))
+    rows = report["rows"]
+    names = [row["name"] for row in rows]
+    for prefix in EXPECTED:
+        assert any(name.startswith(prefix) for name in names), prefix
+    # The full-state merges are reported with and without the first reads.
+    assert sum(name.endswith("+ first reads") for name in names) == 2
+    for row in rows:
+        for side in ("floor", "figure"):
+            timing = row[side]
+            assert 0 < timing["min_s"] <= timing["median_s"] <= timing["max_s"], row["name"]
+        assert row["ratio"] > 0
+        assert row["met"] in (True, False, None)
+    assert all("identical bytes: yes" in row["note"] for row in rows if "codec" in row["name"])
+    assert report["meta"]["quick"] is True
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in names)
