@@ -55,7 +55,16 @@ from crdts.orset import ORSet
 from crdts.pncounter import PNCounter
 from crdts.vclock import VectorClock
 
-__all__ = ["DEFAULT_MAX_SIZE", "MAX_DEPTH", "decode", "encode", "register", "registered"]
+__all__ = [
+    "DEFAULT_MAX_SIZE",
+    "MAX_DEPTH",
+    "decode",
+    "decode_plain",
+    "encode",
+    "encode_plain",
+    "register",
+    "registered",
+]
 
 #: The largest input ``decode`` reads unless told otherwise: 16 MiB. A hostile
 #: payload of many tiny arrays costs cbor2 about 70 bytes of memory per input
@@ -130,16 +139,35 @@ _SEMANTIC: dict[int, Any] = {
 }
 
 
-def decode(data: bytes | bytearray | memoryview, *, max_size: int = DEFAULT_MAX_SIZE) -> CRDT:
-    """The state that ``data`` encodes; DecodeError if it is anything else.
+def encode_plain(value: object) -> bytes:
+    """Canonical CBOR of plain data (lists, ints, strs, bytes): the framing of
+    protocol messages above this layer.
 
-    >>> decode(b"\\x83")
+    >>> encode_plain(["digest", 1, bytes(1)]).hex()
+    '8366646967657374014100'
+
+    Cost: O(size), at C speed.
+    """
+    return cbor2.dumps(value, canonical=True)
+
+
+def decode_plain(
+    data: bytes | bytearray | memoryview, *, max_size: int = DEFAULT_MAX_SIZE
+) -> object:
+    """Parse untrusted bytes that must be the canonical CBOR of plain data.
+
+    The same guards as :func:`decode` (size cap first, depth cap, no tags, no
+    indefinite lengths, canonical form only) but no type checks: the caller
+    validates the structure it expects and raises DecodeError otherwise.
+
+    >>> decode_plain(bytes.fromhex("8366646967657374014100"))
+    ['digest', 1, b'\\x00']
+    >>> decode_plain(bytes.fromhex("1801"))  # 1 written in two bytes
     Traceback (most recent call last):
     ...
-    crdts.errors.DecodeError: malformed CBOR: ...
+    crdts.errors.DecodeError: not the canonical encoding of its value
 
-    Cost: O(len(data)); the input is refused before parsing if it is over
-    ``max_size`` bytes.
+    Cost: O(len(data)).
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise DecodeError(f"expected bytes, got {type(data).__name__}")
@@ -156,9 +184,26 @@ def decode(data: bytes | bytearray | memoryview, *, max_size: int = DEFAULT_MAX_
             tag_hook=_refuse_tag,
             semantic_decoders=_SEMANTIC,
         )
+        canonical = cbor2.dumps(raw, canonical=True) == data
     except Exception as exc:  # cbor2 raises several kinds; all mean "bad bytes"
         raise DecodeError(f"malformed CBOR: {exc}") from exc
-    envelope = expect_list(raw, "envelope")
+    if not canonical:
+        raise DecodeError("not the canonical encoding of its value")
+    return raw
+
+
+def decode(data: bytes | bytearray | memoryview, *, max_size: int = DEFAULT_MAX_SIZE) -> CRDT:
+    """The state that ``data`` encodes; DecodeError if it is anything else.
+
+    >>> decode(bytes([0x83]))  # an array of three, then nothing
+    Traceback (most recent call last):
+    ...
+    crdts.errors.DecodeError: malformed CBOR: ...
+
+    Cost: O(len(data)); the input is refused before parsing if it is over
+    ``max_size`` bytes.
+    """
+    envelope = expect_list(decode_plain(data, max_size=max_size), "envelope")
     if len(envelope) != 3:
         raise DecodeError("envelope: expected [type-tag, format-version, payload]")
     tag, version, payload = envelope
@@ -168,11 +213,8 @@ def decode(data: bytes | bytearray | memoryview, *, max_size: int = DEFAULT_MAX_
     if type(version) is not int or not 1 <= version <= cls.FORMAT_VERSION:
         raise DecodeError(f"{tag}: unknown format version {version!r:.20}")
     try:
-        state = cls.from_payload(payload, version)
+        return cls.from_payload(payload, version)
     except DecodeError:
         raise
     except Exception as exc:  # a registered type's own checks failed unexpectedly
         raise DecodeError(f"{tag}: invalid payload: {exc!r:.200}") from exc
-    if cbor2.dumps(raw, canonical=True) != data:
-        raise DecodeError("not the canonical encoding of its value")
-    return state
