@@ -106,6 +106,27 @@ class CausalContext:
         yield from range(1, self.vv.get(replica, 0) + 1)
         yield from self.cloud.get(replica, ())
 
+    def issubset(self, other: CausalContext) -> bool:
+        """Whether every dot here is also in ``other``.
+
+        >>> small = CausalContext.from_dots([("a", 2)])
+        >>> big = CausalContext.from_dots([("a", 1), ("a", 2)])
+        >>> small.issubset(big), small.issubset(CausalContext())
+        (True, False)
+
+        Cost: O(r + cloud) here, plus O(gap) where ``other`` covers a range of
+        this version vector only through its cloud.
+        """
+        for replica, top in self.vv.items():
+            theirs = other.vv.get(replica, 0)
+            if top > theirs:
+                gaps = other.cloud.get(replica, ())
+                if any(c not in gaps for c in range(theirs + 1, top + 1)):
+                    return False
+        return all(
+            other.contains(replica, c) for replica, gaps in self.cloud.items() for c in gaps
+        )
+
     def origins(self) -> set[str]:
         """The replicas with at least one dot here.
 

@@ -1,0 +1,231 @@
+"""The gossip protocol's messages and their wire form.
+
+Every message is a frozen dataclass; on the wire it is the canonical CBOR array
+``[kind, version, sender, ...fields]`` written by ``crdts.codec.encode_plain``,
+with each CRDT state nested as its own ``crdts.codec`` encoding (bytes), so the
+hostile-input decoder checks every state. :func:`parse` turns untrusted bytes
+into a message or raises ``DecodeError``; it validates the whole frame before
+returning, so a caller never acts on half a message.
+
+The messages (see ``replication.replicator`` for the protocol):
+
+- :class:`Push`: part of a delta interval ``(start, end]`` of the sender's log;
+- :class:`Ack`: "I have your log up to ``position``" (-1: nothing of it);
+- :class:`Digest`: one chunk of the sender's per-key digests, opening a sync;
+- :class:`SyncReply`: the receiver's states that differ in that chunk, and the
+  keys it wants from the sender;
+- :class:`SyncAnswer`: the wanted states, completing the chunk.
+
+Cost: encoding and parsing are O(frame size) plus the codec's cost per state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from crdts import codec
+from crdts.base import CRDT, expect_list, expect_replica
+from crdts.dotcontext import CausalContext
+from crdts.errors import DecodeError
+
+__all__ = [
+    "MAX_FRAME",
+    "Ack",
+    "Digest",
+    "Entry",
+    "Message",
+    "Push",
+    "SyncAnswer",
+    "SyncReply",
+    "encode",
+    "parse",
+]
+
+#: Frames above this size are refused before parsing.
+MAX_FRAME = 16 * 1024 * 1024
+VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One key's state or delta, with the operations (dots) it carries."""
+
+    key: str
+    state: CRDT
+    ops: CausalContext
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    """Part ``part`` of ``parts`` of the sender's log interval ``(start, end]``."""
+
+    sender: str
+    start: int
+    end: int
+    part: int
+    parts: int
+    reply: bool
+    entries: tuple[Entry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The receiver holds everything of the sender's log up to ``position``."""
+
+    sender: str
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """Chunk ``chunk`` of ``chunks`` of a sync session: digests of the sender's
+    keys in ``[low, high)`` (``high`` None: no upper bound), taken at log
+    position ``seq``."""
+
+    sender: str
+    session: int
+    seq: int
+    chunk: int
+    chunks: int
+    low: str
+    high: str | None
+    digests: tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncReply:
+    """The answer to a digest chunk: states that differ, keys wanted."""
+
+    sender: str
+    session: int
+    chunk: int
+    want: tuple[str, ...]
+    entries: tuple[Entry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SyncAnswer:
+    """The states a :class:`SyncReply` wanted."""
+
+    sender: str
+    session: int
+    chunk: int
+    entries: tuple[Entry, ...]
+
+
+Message: TypeAlias = Push | Ack | Digest | SyncReply | SyncAnswer
+
+
+def _entries(entries: tuple[Entry, ...]) -> list[object]:
+    return [[e.key, codec.encode(e.state), e.ops.to_payload()] for e in entries]
+
+
+def encode(message: Message) -> bytes:
+    """The frame for ``message``.
+
+    >>> frame = encode(Ack("a", 7)); parse(frame)
+    Ack(sender='a', position=7)
+
+    Cost: O(size of the message).
+    """
+    m = message
+    fields: list[object]
+    if isinstance(m, Push):
+        fields = ["push", VERSION, m.sender, m.start, m.end, m.part, m.parts, int(m.reply)]
+        fields.append(_entries(m.entries))
+    elif isinstance(m, Ack):
+        fields = ["ack", VERSION, m.sender, m.position]
+    elif isinstance(m, Digest):
+        fields = ["digest", VERSION, m.sender, m.session, m.seq, m.chunk, m.chunks, m.low]
+        fields += [m.high, [list(d) for d in m.digests]]
+    elif isinstance(m, SyncReply):
+        fields = ["reply", VERSION, m.sender, m.session, m.chunk, list(m.want)]
+        fields.append(_entries(m.entries))
+    else:
+        fields = ["answer", VERSION, m.sender, m.session, m.chunk, _entries(m.entries)]
+    return codec.encode_plain(fields)
+
+
+def _int(x: object, what: str, low: int = 0) -> int:
+    if type(x) is not int or x < low:
+        raise DecodeError(f"{what}: expected an int >= {low}")
+    return x
+
+
+def _key(x: object) -> str:
+    if type(x) is not str:
+        raise DecodeError("a key is a str")
+    return x
+
+
+def _parse_entries(raw: object) -> tuple[Entry, ...]:
+    out = []
+    seen: set[str] = set()
+    for item in expect_list(raw, "entries"):
+        fields = expect_list(item, "entry")
+        if len(fields) != 3 or type(fields[1]) is not bytes:
+            raise DecodeError("entry: expected [key, state, ops]")
+        key = _key(fields[0])
+        if key in seen:
+            raise DecodeError(f"entry: key {key!r:.40} twice in one message")
+        seen.add(key)
+        state = codec.decode(fields[1])
+        out.append(Entry(key, state, CausalContext.from_payload(fields[2], "entry ops")))
+    return tuple(out)
+
+
+_ARITY = {"push": 9, "ack": 4, "digest": 10, "reply": 7, "answer": 6}
+
+
+def parse(frame: bytes, *, max_size: int = MAX_FRAME) -> Message:
+    """The message in ``frame``; DecodeError for anything else.
+
+    >>> parse(b"junk")
+    Traceback (most recent call last):
+    ...
+    crdts.errors.DecodeError: malformed CBOR: ...
+
+    Cost: O(len(frame)); frames over ``max_size`` are refused before parsing.
+    """
+    raw = expect_list(codec.decode_plain(frame, max_size=max_size), "frame")
+    if len(raw) < 3 or type(raw[0]) is not str or raw[0] not in _ARITY:
+        raise DecodeError("frame: unknown message kind")
+    kind = raw[0]
+    if raw[1] != VERSION or type(raw[1]) is not int:
+        raise DecodeError(f"{kind}: unknown version {raw[1]!r:.20}")
+    if len(raw) != _ARITY[kind]:
+        raise DecodeError(f"{kind}: expected {_ARITY[kind]} fields")
+    sender = expect_replica(raw[2], f"{kind} sender")
+    f = raw[3:]
+    if kind == "push":
+        start, end = _int(f[0], "push start", -1), _int(f[1], "push end")
+        part, parts = _int(f[2], "push part"), _int(f[3], "push parts", 1)
+        if start > end or part >= parts or f[4] not in (0, 1) or type(f[4]) is not int:
+            raise DecodeError("push: inconsistent interval or parts")
+        return Push(sender, start, end, part, parts, bool(f[4]), _parse_entries(f[5]))
+    if kind == "ack":
+        return Ack(sender, _int(f[0], "ack position", -1))
+    if kind == "digest":
+        session, seq = _int(f[0], "digest session"), _int(f[1], "digest seq", -1)
+        chunk, chunks = _int(f[2], "digest chunk"), _int(f[3], "digest chunks", 1)
+        low, high = _key(f[4]), None if f[5] is None else _key(f[5])
+        if chunk >= chunks or (high is not None and high <= low):
+            raise DecodeError("digest: inconsistent chunk")
+        digests = []
+        for item in expect_list(f[6], "digests"):
+            pair = expect_list(item, "digest")
+            if len(pair) != 2 or type(pair[1]) is not bytes:
+                raise DecodeError("digest: expected [key, hash]")
+            key = _key(pair[0])
+            if key < low or (high is not None and key >= high):
+                raise DecodeError("digest: key outside the chunk")
+            digests.append((key, pair[1]))
+        if len({k for k, _ in digests}) != len(digests):
+            raise DecodeError("digest: a key twice")
+        return Digest(sender, session, seq, chunk, chunks, low, high, tuple(digests))
+    if kind == "reply":
+        want = tuple(_key(k) for k in expect_list(f[2], "want"))
+        return SyncReply(sender, _int(f[0], "session"), _int(f[1], "chunk"), want,
+                         _parse_entries(f[3]))
+    return SyncAnswer(sender, _int(f[0], "session"), _int(f[1], "chunk"), _parse_entries(f[2]))

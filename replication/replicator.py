@@ -1,0 +1,550 @@
+"""The gossip replicator: one replica's keyspace of CRDTs, kept in sync with
+its peers by push-pull anti-entropy, sans-I/O.
+
+A :class:`Replicator` owns a keyspace of named CRDTs (any type that follows
+the ``crdts.base.CRDT`` protocol and is registered with ``crdts.codec``; no
+type is special-cased). Applications update through it, so every mutation is
+seen and its delta recorded. It takes the time and incoming frames and returns
+the frames to send (see ``replication.transport``); it never sleeps, opens
+sockets or reads clocks.
+
+Causality. Every local update is an *operation* with a dot ``(replica id, n)``.
+Each key carries the set of operation dots its state reflects (a causal
+context), and every state or delta travels with the dots it carries, so a key's
+state is always exactly the join of the deltas of its operations, and the
+replica's clock (the union over keys) says exactly which operations it holds.
+That makes "is this news?" a small set comparison, and gives the snapshot layer
+exact clocks.
+
+Gossip (Almeida, Shoker and Baquero 2018, with the fixes of Enes et al. 2019):
+
+- Each replica appends every change (a local delta, or the new part of a
+  received one) to a *log* with a sequence number.
+- Every interval, it picks ``fanout`` random peers. To a peer that has
+  acknowledged position ``p`` of this replica's log, it pushes the joined
+  deltas of ``(p, head]``, per key, leaving out what came from that peer (no
+  back-propagation), in chunks of at most ``chunk_size`` entries. The peer
+  merges only the entries that carry operations it lacks (no redundant state),
+  acknowledges its true position, and pushes back what it has for the sender
+  (push-pull).
+- To a new peer, one that restarted, or one whose position fell out of the
+  bounded log, it opens a *sync* instead: digests of its keys in chunks of
+  ``chunk_size``, so only the keys that differ travel, both ways. When every
+  chunk is settled the peer holds the sender's log up to the sync's start.
+- A frame that does not parse, claims another node's identity, or would change
+  a key's type is dropped and counted; nothing of it is applied.
+
+Restarting from an older copy of its state, a replica must take a new
+*incarnation* (:meth:`Replicator.restore`): a fresh replica id derived from
+the node id, so its new dots never collide with ones it issued before.
+
+Cost: ``update`` is the type's mutator plus O(1); a push costs O(entries in
+the interval); a sync O(keys) digests; merging an entry costs the type's
+merge plus O(size of its dots).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from random import Random
+from typing import NamedTuple, TypeVar
+
+from sortedcontainers import SortedList
+
+from crdts import codec
+from crdts.base import CRDT, check_replica
+from crdts.dotcontext import CausalContext
+from crdts.errors import DecodeError
+from crdts.vclock import VectorClock
+from replication.messages import (
+    Ack,
+    Digest,
+    Entry,
+    Message,
+    Push,
+    SyncAnswer,
+    SyncReply,
+    encode,
+    parse,
+)
+from replication.transport import Outgoing
+
+__all__ = ["Replicator", "ReplicatorStats"]
+
+C = TypeVar("C", bound=CRDT)
+_SAVE_FORMAT = 1
+
+
+class _Change(NamedTuple):
+    seq: int
+    key: str
+    delta: CRDT
+    ops: CausalContext
+    origin: str  # replica id it came from (this replica's own for updates)
+
+
+@dataclass(slots=True)
+class _Peer:
+    """What this replica knows of one peer node."""
+
+    replica: str | None = None  # the peer's replica id (incarnation) last heard
+    acked: int | None = None  # our log position the peer holds; None: unknown
+
+
+@dataclass(slots=True)
+class _Sync:
+    """A sync session a peer opened with us."""
+
+    session: int
+    seq: int
+    chunks: int
+    settled: set[int] = field(default_factory=set)
+    wanted: dict[int, set[str]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ReplicatorStats:
+    """Counters a driver or a test can read."""
+
+    updates: int = 0
+    merged: int = 0  # entries that brought operations this replica lacked
+    redundant: int = 0  # entries received that carried nothing new
+    malformed: int = 0  # frames that did not parse
+    refused: int = 0  # frames that parsed but were refused (identity, type)
+    syncs: int = 0  # sync sessions opened
+
+
+def _digest(ops: CausalContext) -> bytes:
+    # A key's state is the join of its operations' deltas, so equal operation
+    # sets mean equal states: hashing the dots is enough, and cheaper.
+    return hashlib.blake2b(codec.encode_plain(ops.to_payload()), digest_size=8).digest()
+
+
+def _chunks(items: list[Entry], size: int) -> Iterator[tuple[Entry, ...]]:
+    for i in range(0, len(items), size):
+        yield tuple(items[i : i + size])
+
+
+class Replicator:
+    """One replica: a keyspace of CRDTs and the gossip state toward its peers.
+
+    >>> from random import Random
+    >>> from crdts import GCounter
+    >>> a = Replicator("a", ["b"], rng=Random(1))
+    >>> b = Replicator("b", ["a"], rng=Random(2))
+    >>> _ = a.update("hits", GCounter, lambda c, me: c.increment(me, 3))
+    >>> frames = a.tick(0.0)                  # a opens a sync with b
+    >>> while frames:                         # a perfect network, by hand
+    ...     dest, frame = frames.pop(0)
+    ...     node = {"a": a, "b": b}[dest]
+    ...     frames += node.receive(0.0, "b" if dest == "a" else "a", frame)
+    >>> b.get("hits").value
+    3
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        peers: Iterable[str],
+        *,
+        rng: Random,
+        fanout: int = 1,
+        chunk_size: int = 500,
+        log_limit: int = 10_000,
+        incarnation: int = 0,
+    ) -> None:
+        """A replica for node ``node_id`` gossiping with ``peers`` (node ids).
+
+        ``rng`` makes every random choice (peer selection, incarnations), so
+        a seeded one makes the replica deterministic. ``incarnation`` 0 gives
+        the replica id ``node_id``; any other gives ``"node_id~incarnation"``.
+        """
+        check_replica(node_id)
+        if fanout < 1 or chunk_size < 1 or log_limit < 1:
+            raise ValueError("fanout, chunk_size and log_limit are at least 1")
+        self._node = node_id
+        self._replica = node_id if incarnation == 0 else f"{node_id}~{incarnation}"
+        self._peer_ids = sorted(set(peers) - {node_id})
+        self._rng = rng
+        self._fanout = fanout
+        self._chunk = chunk_size
+        self._log_limit = log_limit
+        self._states: dict[str, CRDT] = {}
+        self._ops: dict[str, CausalContext] = {}
+        self._keys: SortedList[str] = SortedList()
+        self._clock = CausalContext()
+        self._counter = 0  # dots issued by this replica id
+        self._log: deque[_Change] = deque()
+        self._head = 0
+        self._peers: dict[str, _Peer] = {p: _Peer() for p in self._peer_ids}
+        self._positions: dict[str, int] = {}  # replica id -> its log we hold up to
+        self._parts: dict[str, tuple[int, int, set[int]]] = {}
+        self._syncs: dict[str, _Sync] = {}
+        self._sessions = 0
+        self._subscribers: list[Callable[[str, CRDT], None]] = []
+        self.stats = ReplicatorStats()
+
+    # -- identity and reads ------------------------------------------------------
+
+    @property
+    def node_id(self) -> str:
+        """The node's network address: the same across restarts."""
+        return self._node
+
+    @property
+    def replica_id(self) -> str:
+        """The id this incarnation writes its dots under."""
+        return self._replica
+
+    def get(self, key: str) -> CRDT | None:
+        """A copy of the state under ``key``, or None. Cost: the type's copy."""
+        state = self._states.get(key)
+        return None if state is None else state.copy()
+
+    def keys(self) -> list[str]:
+        """The keys, sorted. Cost: O(k)."""
+        return list(self._keys)
+
+    @property
+    def clock(self) -> CausalContext:
+        """A copy of the dots of every operation this replica holds. Cost: O(r)."""
+        return self._clock.copy()
+
+    @property
+    def vclock(self) -> VectorClock:
+        """The version-vector part of :attr:`clock` (exact when it has no gaps)."""
+        return VectorClock(self._clock.vv)
+
+    def ops(self, key: str) -> CausalContext:
+        """A copy of the dots of the operations reflected under ``key``."""
+        return self._ops.get(key, CausalContext()).copy()
+
+    def encode_keyspace(self) -> bytes:
+        """The whole keyspace as canonical CBOR: equal keyspaces, equal bytes.
+
+        Cost: O(total state size).
+        """
+        return codec.encode_plain([[k, codec.encode(self._states[k])] for k in self._keys])
+
+    def subscribe(self, callback: Callable[[str, CRDT], None]) -> Callable[[], None]:
+        """Call ``callback(key, state)`` after every change to a key (the state
+        is the live one: read it, do not mutate it). Returns an unsubscribe."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback)
+
+    # -- updates -------------------------------------------------------------------
+
+    def update(self, key: str, new: Callable[[], C], mutate: Callable[[C, str], C]) -> C:
+        """Apply ``mutate(state, replica_id)`` to the state under ``key``
+        (created empty with ``new()`` if absent) and record the delta it returns.
+
+        If ``mutate`` raises, nothing changes and the error propagates.
+        Cost: the mutator's, plus O(1).
+        """
+        if type(key) is not str:
+            raise TypeError("keys are str")
+        held = self._states.get(key)
+        state: C = new() if held is None else held  # type: ignore[assignment]
+        delta = mutate(state, self._replica)
+        if type(delta) is not type(state):
+            raise TypeError(f"the mutator returned {type(delta).__name__}, not a delta")
+        if held is None:
+            self._states[key] = state
+            self._ops[key] = CausalContext()
+            self._keys.add(key)
+        self._counter += 1
+        dot = (self._replica, self._counter)
+        self._ops[key].add(*dot)
+        self._clock.add(*dot)
+        # The log keeps its own copy: the caller may go on using the delta.
+        self._record(key, delta.copy(), CausalContext.from_dots([dot]), self._replica)
+        self.stats.updates += 1
+        self._notify(key)
+        return delta
+
+    def _record(self, key: str, delta: CRDT, ops: CausalContext, origin: str) -> None:
+        self._head += 1
+        self._log.append(_Change(self._head, key, delta, ops, origin))
+        if len(self._log) > self._log_limit:
+            self._log.popleft()
+
+    def _notify(self, key: str) -> None:
+        for callback in list(self._subscribers):
+            callback(key, self._states[key])
+
+    # -- gossip out -----------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Outgoing]:
+        """One gossip round: push to (or sync with) ``fanout`` random peers."""
+        if not self._peer_ids:
+            return []
+        chosen = self._rng.sample(self._peer_ids, min(self._fanout, len(self._peer_ids)))
+        return [out for peer in chosen for out in self._gossip(peer, reply=True)]
+
+    def _gossip(self, peer: str, *, reply: bool) -> list[Outgoing]:
+        state = self._peers.setdefault(peer, _Peer())
+        log_start = self._log[0].seq if self._log else self._head + 1
+        if state.acked is None or state.acked < log_start - 1:
+            return self._open_sync(peer)
+        return self._push(peer, state, reply)
+
+    def _push(self, peer: str, state: _Peer, reply: bool) -> list[Outgoing]:
+        acked = state.acked
+        assert acked is not None
+        joined: dict[str, tuple[CRDT, CausalContext]] = {}
+        owned: set[str] = set()  # keys whose joined delta is our own copy
+        for change in reversed(self._log):
+            if change.seq <= acked:
+                break
+            if change.origin == state.replica:
+                continue  # it came from that peer: never send it back
+            held = joined.get(change.key)
+            if held is None:
+                joined[change.key] = (change.delta, change.ops)
+                continue
+            if change.key not in owned:
+                held = (held[0].copy(), held[1].copy())
+                joined[change.key] = held
+                owned.add(change.key)
+            held[0].merge(change.delta)
+            held[1].merge(change.ops)
+        entries = [Entry(k, d, o) for k, (d, o) in sorted(joined.items())]
+        parts = list(_chunks(entries, self._chunk)) or [()]
+        return [
+            (peer, encode(Push(self._replica, acked, self._head, i, len(parts), reply, part)))
+            for i, part in enumerate(parts)
+        ]
+
+    def _open_sync(self, peer: str) -> list[Outgoing]:
+        self._sessions += 1
+        self.stats.syncs += 1
+        keys = list(self._keys)
+        groups = [keys[i : i + self._chunk] for i in range(0, len(keys), self._chunk)] or [[]]
+        lows = ["", *(group[0] for group in groups[1:])]
+        highs: list[str | None] = [*lows[1:], None]
+        return [
+            (
+                peer,
+                encode(
+                    Digest(
+                        self._replica,
+                        self._sessions,
+                        self._head,
+                        i,
+                        len(groups),
+                        lows[i],
+                        highs[i],
+                        tuple((k, _digest(self._ops[k])) for k in group),
+                    )
+                ),
+            )
+            for i, group in enumerate(groups)
+        ]
+
+    # -- gossip in ------------------------------------------------------------------
+
+    def receive(self, now: float, sender: str, frame: bytes) -> list[Outgoing]:
+        """Handle one frame from node ``sender``; return the frames to send.
+
+        A frame that does not parse, names a replica that is not ``sender``
+        or one of its incarnations, or would change a key's type is dropped
+        and counted in :attr:`stats`; nothing of it is applied.
+        """
+        try:
+            message = parse(frame)
+        except DecodeError:
+            self.stats.malformed += 1
+            return []
+        if not self._acceptable(sender, message):
+            self.stats.refused += 1
+            return []
+        self._meet(sender, message.sender)
+        if isinstance(message, Push):
+            return self._on_push(sender, message)
+        if isinstance(message, Ack):
+            self._on_ack(sender, message)
+            return []
+        if isinstance(message, Digest):
+            return self._on_digest(sender, message)
+        if isinstance(message, SyncReply):
+            return self._on_reply(sender, message)
+        return self._on_answer(sender, message)
+
+    def _acceptable(self, sender: str, message: Message) -> bool:
+        claimed = message.sender
+        if claimed != sender and not claimed.startswith(sender + "~"):
+            return False
+        if isinstance(message, Push | SyncReply | SyncAnswer):
+            for entry in message.entries:
+                held = self._states.get(entry.key)
+                if held is not None and type(held) is not type(entry.state):
+                    return False
+        return True
+
+    def _meet(self, node: str, replica: str) -> None:
+        peer = self._peers.setdefault(node, _Peer())
+        if peer.replica != replica:
+            # A new incarnation may have lost what the old one acknowledged.
+            peer.replica = replica
+            peer.acked = None
+        if node not in self._peer_ids:
+            self._peer_ids.append(node)
+            self._peer_ids.sort()
+
+    def _merge(self, entries: Iterable[Entry], origin: str) -> None:
+        for entry in entries:
+            known = self._ops.get(entry.key)
+            if known is not None and entry.ops.issubset(known):
+                self.stats.redundant += 1
+                continue
+            state = self._states.get(entry.key)
+            if state is None or known is None:
+                self._states[entry.key] = entry.state.copy()
+                self._ops[entry.key] = entry.ops.copy()
+                self._keys.add(entry.key)
+            else:
+                state.merge(entry.state)
+                known.merge(entry.ops)
+            self._clock.merge(entry.ops)
+            self._record(entry.key, entry.state, entry.ops, origin)
+            self.stats.merged += 1
+            self._notify(entry.key)
+
+    def _on_push(self, node: str, push: Push) -> list[Outgoing]:
+        self._merge(push.entries, push.sender)
+        position = self._positions.get(push.sender, -1)
+        if push.start <= position < push.end:
+            # The interval lifts us to its end once every part has arrived.
+            start, end, parts = self._parts.get(push.sender, (push.start, push.end, set()))
+            if (start, end) != (push.start, push.end):
+                parts = set()
+            parts.add(push.part)
+            if len(parts) == push.parts:
+                self._positions[push.sender] = push.end
+                self._parts.pop(push.sender, None)
+            else:
+                self._parts[push.sender] = (push.start, push.end, parts)
+        out = [(node, encode(Ack(self._replica, self._positions.get(push.sender, -1))))]
+        if push.reply and push.part == 0:
+            out += self._gossip(node, reply=False)
+        return out
+
+    def _on_ack(self, node: str, ack: Ack) -> None:
+        # Set, not max: an ack reports the peer's true position, which drops
+        # when it restarts from an older state. Positions we never reached are lies.
+        if ack.position <= self._head:
+            self._peers[node].acked = None if ack.position < 0 else ack.position
+
+    def _on_digest(self, node: str, digest: Digest) -> list[Outgoing]:
+        sync = self._syncs.get(digest.sender)
+        if sync is None or sync.session != digest.session:
+            sync = self._syncs[digest.sender] = _Sync(digest.session, digest.seq, digest.chunks)
+        theirs = dict(digest.digests)
+        mine = self._keys.irange(digest.low, digest.high, inclusive=(True, False))
+        send = [
+            Entry(k, self._states[k], self._ops[k])
+            for k in mine
+            if theirs.get(k) != _digest(self._ops[k])
+        ]
+        want = tuple(
+            k for k, h in digest.digests if k not in self._ops or _digest(self._ops[k]) != h
+        )
+        if want:
+            sync.wanted[digest.chunk] = set(want)
+        else:
+            sync.settled.add(digest.chunk)
+        parts = list(_chunks(send, self._chunk)) or [()]
+        out = [
+            (node, encode(SyncReply(self._replica, digest.session, digest.chunk,
+                                    want if i == 0 else (), part)))
+            for i, part in enumerate(parts)
+        ]
+        return out + self._settle(node, digest.sender)
+
+    def _on_reply(self, node: str, reply: SyncReply) -> list[Outgoing]:
+        self._merge(reply.entries, reply.sender)
+        wanted = [Entry(k, self._states[k], self._ops[k]) for k in reply.want if k in self._ops]
+        if not reply.want:
+            return []
+        return [
+            (node, encode(SyncAnswer(self._replica, reply.session, reply.chunk, part)))
+            for part in (list(_chunks(wanted, self._chunk)) or [()])
+        ]
+
+    def _on_answer(self, node: str, answer: SyncAnswer) -> list[Outgoing]:
+        self._merge(answer.entries, answer.sender)
+        sync = self._syncs.get(answer.sender)
+        if sync is None or sync.session != answer.session:
+            return []
+        wanted = sync.wanted.get(answer.chunk)
+        if wanted is not None:
+            wanted.difference_update(e.key for e in answer.entries)
+            if not wanted or not answer.entries:
+                # An empty answer: the sender no longer has what we wanted.
+                del sync.wanted[answer.chunk]
+                sync.settled.add(answer.chunk)
+        return self._settle(node, answer.sender)
+
+    def _settle(self, node: str, replica: str) -> list[Outgoing]:
+        sync = self._syncs.get(replica)
+        if sync is None or len(sync.settled) < sync.chunks:
+            return []
+        del self._syncs[replica]
+        if sync.seq > self._positions.get(replica, -1):
+            self._positions[replica] = sync.seq
+        return [(node, encode(Ack(self._replica, self._positions[replica])))]
+
+    # -- durability ----------------------------------------------------------------
+
+    def save(self) -> bytes:
+        """The keyspace and its operation dots as canonical CBOR, for
+        :meth:`restore`. Cost: O(total state size)."""
+        keyspace = [
+            [k, codec.encode(self._states[k]), self._ops[k].to_payload()] for k in self._keys
+        ]
+        return codec.encode_plain(["replica", _SAVE_FORMAT, self._node, keyspace])
+
+    @classmethod
+    def restore(
+        cls,
+        saved: bytes,
+        peers: Iterable[str],
+        *,
+        rng: Random,
+        incarnation: int | None = None,
+        **options: int,
+    ) -> Replicator:
+        """A replica restarted from :meth:`save` output, under a new incarnation.
+
+        The saved copy may be older than what the replica had already sent, so
+        it must not issue dots under its old id again: it takes the replica id
+        ``"node~incarnation"``, with ``incarnation`` drawn from ``rng`` unless
+        given (the caller must never reuse one). Raises DecodeError on a bad copy.
+        """
+        raw = codec.decode_plain(saved)
+        if not isinstance(raw, list) or len(raw) != 4 or raw[:2] != ["replica", _SAVE_FORMAT]:
+            raise DecodeError("not a saved replica")
+        node = raw[2]
+        if type(node) is not str or not node or not isinstance(raw[3], list):
+            raise DecodeError("not a saved replica")
+        entries = []
+        for item in raw[3]:
+            if not isinstance(item, list) or len(item) != 3 or type(item[0]) is not str:
+                raise DecodeError("saved key: expected [key, state, ops]")
+            if type(item[1]) is not bytes:
+                raise DecodeError("saved key: expected [key, state, ops]")
+            ops = CausalContext.from_payload(item[2], "saved ops")
+            entries.append(Entry(item[0], codec.decode(item[1]), ops))
+        number = rng.getrandbits(48) + 1 if incarnation is None else incarnation
+        if number < 1:
+            raise ValueError("a restored replica needs an incarnation >= 1")
+        replica = cls(node, peers, rng=rng, incarnation=number, **options)
+        for entry in entries:
+            replica._states[entry.key] = entry.state
+            replica._ops[entry.key] = entry.ops
+            replica._keys.add(entry.key)
+            replica._clock.merge(entry.ops)
+        return replica
