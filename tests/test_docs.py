@@ -10,6 +10,7 @@ import pytest
 
 import crdts
 from crdts import base, codec
+from replication import Replicator, messages, simnet
 
 CLASSES = [
     crdts.GCounter,
@@ -19,8 +20,19 @@ CLASSES = [
     crdts.MVRegister,
     crdts.VectorClock,
     crdts.CausalContext,
+    Replicator,
+    simnet.SimulatedNetwork,
 ]
-FUNCTIONS = [codec.encode, codec.decode, base.join, base.leq]
+FUNCTIONS = [
+    codec.encode,
+    codec.decode,
+    codec.encode_plain,
+    codec.decode_plain,
+    base.join,
+    base.leq,
+    messages.encode,
+    messages.parse,
+]
 # Wire and generic-protocol plumbing: documented, but an example would only
 # repeat the codec's.
 PLUMBING = {"to_payload", "from_payload", "from_dots"}
