@@ -176,3 +176,35 @@ def test_saved_copy_round_trips_and_bad_copies_are_refused() -> None:
     assert copy.replica_id == "n00~2"
     with pytest.raises(DecodeError):
         Replicator.restore(b"\x80", ["n01"], rng=random.Random(1))
+
+
+def test_mutated_frames_never_raise_and_never_stop_convergence() -> None:
+    net, replicas = cluster(3, 5)
+    rng = random.Random(5)
+    for replica in replicas:
+        replica.update("s", ORSet, lambda s, me: s.add(me, me))
+        replica.update("c", PNCounter, lambda c, me: c.decrement(me, 3))
+    captured: list[bytes] = []
+    victim = replicas[2]
+    original = victim.receive
+
+    def tap(now: float, sender: str, frame: bytes) -> list[tuple[str, bytes]]:
+        captured.append(frame)
+        return original(now, sender, frame)
+
+    victim.receive = tap  # type: ignore[method-assign]
+    net.run_rounds(3)
+    victim.receive = original  # type: ignore[method-assign]
+    assert captured
+    for _ in range(3000):
+        frame = bytearray(rng.choice(captured))
+        for _ in range(rng.randint(1, 4)):
+            if frame and rng.random() < 0.7:
+                frame[rng.randrange(len(frame))] ^= 1 << rng.randrange(8)
+            else:
+                del frame[rng.randrange(len(frame) + 1) :]
+        victim.receive(1.0, rng.choice(["n00", "n01"]), bytes(frame))
+    replicas[0].update("c", PNCounter, lambda c, me: c.increment(me, 10))
+    assert net.run_until(lambda: converged(replicas), max_rounds=30) is not None
+    counter = victim.get("c")
+    assert counter is not None and counter.value == 10 - 9  # type: ignore[attr-defined]
