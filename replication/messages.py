@@ -58,7 +58,9 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class Push:
-    """Part ``part`` of ``parts`` of the sender's log interval ``(start, end]``."""
+    """Part ``part`` of ``parts`` of the sender's log interval ``(start, end]``,
+    with the dots of every operation the sender holds (``clock``), so that
+    the answer leaves out what the sender already has."""
 
     sender: str
     start: int
@@ -66,6 +68,7 @@ class Push:
     part: int
     parts: int
     reply: bool
+    clock: CausalContext
     entries: tuple[Entry, ...]
 
 
@@ -133,7 +136,7 @@ def encode(message: Message) -> bytes:
     fields: list[object]
     if isinstance(m, Push):
         fields = ["push", VERSION, m.sender, m.start, m.end, m.part, m.parts, int(m.reply)]
-        fields.append(_entries(m.entries))
+        fields += [m.clock.to_payload(), _entries(m.entries)]
     elif isinstance(m, Ack):
         fields = ["ack", VERSION, m.sender, m.position]
     elif isinstance(m, Digest):
@@ -175,7 +178,7 @@ def _parse_entries(raw: object) -> tuple[Entry, ...]:
     return tuple(out)
 
 
-_ARITY = {"push": 9, "ack": 4, "digest": 10, "reply": 7, "answer": 6}
+_ARITY = {"push": 10, "ack": 4, "digest": 10, "reply": 7, "answer": 6}
 
 
 def parse(frame: bytes, *, max_size: int = MAX_FRAME) -> Message:
@@ -203,7 +206,8 @@ def parse(frame: bytes, *, max_size: int = MAX_FRAME) -> Message:
         part, parts = _int(f[2], "push part"), _int(f[3], "push parts", 1)
         if start > end or part >= parts or f[4] not in (0, 1) or type(f[4]) is not int:
             raise DecodeError("push: inconsistent interval or parts")
-        return Push(sender, start, end, part, parts, bool(f[4]), _parse_entries(f[5]))
+        clock = CausalContext.from_payload(f[5], "push clock")
+        return Push(sender, start, end, part, parts, bool(f[4]), clock, _parse_entries(f[6]))
     if kind == "ack":
         return Ack(sender, _int(f[0], "ack position", -1))
     if kind == "digest":

@@ -92,6 +92,7 @@ class _Peer:
 
     replica: str | None = None  # the peer's replica id (incarnation) last heard
     acked: int | None = None  # our log position the peer holds; None: unknown
+    clock: CausalContext | None = None  # the operations it held when it last pushed
 
 
 @dataclass(slots=True)
@@ -168,6 +169,7 @@ class Replicator:
         self._node = node_id
         self._replica = node_id if incarnation == 0 else f"{node_id}~{incarnation}"
         self._peer_ids = sorted(set(peers) - {node_id})
+        self._peer_set = set(self._peer_ids)
         self._rng = rng
         self._fanout = fanout
         self._chunk = chunk_size
@@ -179,7 +181,7 @@ class Replicator:
         self._counter = 0  # dots issued by this replica id
         self._log: deque[_Change] = deque()
         self._head = 0
-        self._peers: dict[str, _Peer] = {p: _Peer() for p in self._peer_ids}
+        self._peers: dict[str, _Peer] = {}  # made on first contact
         self._positions: dict[str, int] = {}  # replica id -> its log we hold up to
         self._parts: dict[str, tuple[int, int, set[int]]] = {}
         self._syncs: dict[str, _Sync] = {}
@@ -378,11 +380,14 @@ class Replicator:
         assert acked is not None
         joined: dict[str, tuple[CRDT, CausalContext]] = {}
         owned: set[str] = set()  # keys whose joined delta is our own copy
+        known = state.clock
         for change in reversed(self._log):
             if change.seq <= acked:
                 break
             if change.origin == state.replica:
                 continue  # it came from that peer: never send it back
+            if known is not None and change.ops.issubset(known):
+                continue  # it reached that peer by another route
             held = joined.get(change.key)
             if held is None:
                 joined[change.key] = (change.delta, change.ops)
@@ -396,7 +401,12 @@ class Replicator:
         entries = [Entry(k, d, o) for k, (d, o) in sorted(joined.items())]
         parts = list(_chunks(entries, self._chunk)) or [()]
         return [
-            (peer, encode(Push(self._replica, acked, self._head, i, len(parts), reply, part)))
+            (
+                peer,
+                encode(
+                    Push(self._replica, acked, self._head, i, len(parts), reply, self._clock, part)
+                ),
+            )
             for i, part in enumerate(parts)
         ]
 
@@ -473,14 +483,18 @@ class Replicator:
         return True
 
     def _meet(self, node: str, replica: str) -> None:
-        peer = self._peers.setdefault(node, _Peer())
+        peer = self._peers.get(node)
+        if peer is None:
+            peer = self._peers[node] = _Peer()
+            if node not in self._peer_set:
+                self._peer_set.add(node)
+                self._peer_ids.append(node)
+                self._peer_ids.sort()
         if peer.replica != replica:
             # A new incarnation may have lost what the old one acknowledged.
             peer.replica = replica
             peer.acked = None
-        if node not in self._peer_ids:
-            self._peer_ids.append(node)
-            self._peer_ids.sort()
+            peer.clock = None
 
     def _merge(self, entries: Iterable[Entry], origin: str) -> None:
         for entry in entries:
@@ -502,6 +516,7 @@ class Replicator:
             self._notify(entry.key)
 
     def _on_push(self, node: str, push: Push) -> list[Outgoing]:
+        self._peers[node].clock = push.clock
         self._merge(push.entries, push.sender)
         position = self._positions.get(push.sender, -1)
         if push.start <= position < push.end:
