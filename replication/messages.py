@@ -60,14 +60,17 @@ class Entry:
 class Push:
     """Part ``part`` of ``parts`` of the sender's log interval ``(start, end]``,
     with the dots of every operation the sender holds (``clock``), so that
-    the answer leaves out what the sender already has."""
+    the answer leaves out what the sender already has. ``reply``: 0, none
+    wanted; 1, answer with your push; 2, answer with your push and ask for
+    mine (a round opens with an empty push, so both directions are filtered
+    by a fresh clock)."""
 
     sender: str
     start: int
     end: int
     part: int
     parts: int
-    reply: bool
+    reply: int
     clock: CausalContext
     entries: tuple[Entry, ...]
 
@@ -135,7 +138,7 @@ def encode(message: Message) -> bytes:
     m = message
     fields: list[object]
     if isinstance(m, Push):
-        fields = ["push", VERSION, m.sender, m.start, m.end, m.part, m.parts, int(m.reply)]
+        fields = ["push", VERSION, m.sender, m.start, m.end, m.part, m.parts, m.reply]
         fields += [m.clock.to_payload(), _entries(m.entries)]
     elif isinstance(m, Ack):
         fields = ["ack", VERSION, m.sender, m.position]
@@ -204,10 +207,10 @@ def parse(frame: bytes, *, max_size: int = MAX_FRAME) -> Message:
     if kind == "push":
         start, end = _int(f[0], "push start", -1), _int(f[1], "push end")
         part, parts = _int(f[2], "push part"), _int(f[3], "push parts", 1)
-        if start > end or part >= parts or f[4] not in (0, 1) or type(f[4]) is not int:
+        if start > end or part >= parts or type(f[4]) is not int or f[4] not in (0, 1, 2):
             raise DecodeError("push: inconsistent interval or parts")
         clock = CausalContext.from_payload(f[5], "push clock")
-        return Push(sender, start, end, part, parts, bool(f[4]), clock, _parse_entries(f[6]))
+        return Push(sender, start, end, part, parts, f[4], clock, _parse_entries(f[6]))
     if kind == "ack":
         return Ack(sender, _int(f[0], "ack position", -1))
     if kind == "digest":

@@ -366,16 +366,21 @@ class Replicator:
         if not self._peer_ids:
             return []
         chosen = self._rng.sample(self._peer_ids, min(self._fanout, len(self._peer_ids)))
-        return [out for peer in chosen for out in self._gossip(peer, reply=True)]
+        return [out for peer in chosen for out in self._gossip(peer, reply=2)]
 
-    def _gossip(self, peer: str, *, reply: bool) -> list[Outgoing]:
+    def _gossip(self, peer: str, *, reply: int) -> list[Outgoing]:
         state = self._peers.setdefault(peer, _Peer())
         log_start = self._log[0].seq if self._log else self._head + 1
         if state.acked is None or state.acked < log_start - 1:
             return self._open_sync(peer)
+        if reply == 2:
+            # Open with our clock alone: the peer answers with only what we
+            # lack and asks for ours, which we then filter by its fresh clock.
+            request = Push(self._replica, state.acked, state.acked, 0, 1, 2, self._clock, ())
+            return [(peer, encode(request))]
         return self._push(peer, state, reply)
 
-    def _push(self, peer: str, state: _Peer, reply: bool) -> list[Outgoing]:
+    def _push(self, peer: str, state: _Peer, reply: int) -> list[Outgoing]:
         acked = state.acked
         assert acked is not None
         joined: dict[str, tuple[CRDT, CausalContext]] = {}
@@ -532,7 +537,7 @@ class Replicator:
                 self._parts[push.sender] = (push.start, push.end, parts)
         out = [(node, encode(Ack(self._replica, self._positions.get(push.sender, -1))))]
         if push.reply and push.part == 0:
-            out += self._gossip(node, reply=False)
+            out += self._gossip(node, reply=push.reply - 1)
         return out
 
     def _on_ack(self, node: str, ack: Ack) -> None:
