@@ -13,7 +13,7 @@ from importlib.metadata import version
 from pathlib import Path
 from random import Random
 
-from bench import codec, counters, peers, sets
+from bench import codec, counters, gossip, peers, sets
 from bench.harness import Config, Row, render, write_json
 
 Benchmark = Callable[[Config, Random], list[Row]]
@@ -28,6 +28,10 @@ BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("counter-increment", counters.counter_increment),
     ("codec-orset", codec.orset_codec),
     ("codec-gcounter", codec.gcounter_codec),
+    ("gossip-convergence", gossip.convergence),
+    ("gossip-bytes", gossip.delta_bytes),
+    ("gossip-scale-replicas", gossip.scale_replicas),
+    ("gossip-scale-state", gossip.scale_state),
 ]
 
 

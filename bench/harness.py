@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 S = TypeVar("S")
 F = TypeVar("F")
@@ -40,6 +40,10 @@ class Config:
     counter_merges: int  # counter merges per timed repetition (one is ~50 us)
     increments: int  # increments per timed repetition
     codec_size: int  # elements (or replicas) in the encoded states
+    gossip_replicas: tuple[int, ...]  # cluster sizes for convergence and scale
+    gossip_keys: int  # keys in the bytes-per-round keyspace
+    gossip_rounds: int  # steady-state rounds measured for bytes per round
+    gossip_elements: tuple[int, ...]  # ORSet sizes for the state-size scale
 
     @classmethod
     def full(cls, repeat: int | None = None) -> Config:
@@ -59,6 +63,10 @@ class Config:
             counter_merges=50,
             increments=100_000,
             codec_size=100_000,
+            gossip_replicas=(16, 64, 256, 1_024),
+            gossip_keys=10_000,
+            gossip_rounds=10,
+            gossip_elements=(1_000, 10_000, 100_000),
         )
 
     @classmethod
@@ -79,12 +87,17 @@ class Config:
             counter_merges=5,
             increments=5_000,
             codec_size=2_000,
+            gossip_replicas=(16, 64),
+            gossip_keys=1_000,
+            gossip_rounds=5,
+            gossip_elements=(1_000, 10_000),
         )
 
 
 @dataclass(frozen=True)
 class Timing:
-    """Seconds per operation over the timed repetitions."""
+    """Median, min and max of a figure over its repetitions: seconds per
+    operation unless its row says another unit (rounds, bytes)."""
 
     median: float
     low: float
@@ -94,8 +107,9 @@ class Timing:
     def of(cls, samples: Sequence[float]) -> Timing:
         return cls(statistics.median(samples), min(samples), max(samples))
 
-    def to_json(self) -> dict[str, float]:
-        return {"median_s": self.median, "min_s": self.low, "max_s": self.high}
+    def to_json(self, unit: str = "s") -> dict[str, float]:
+        suffix = "_s" if unit == "s" else ""
+        return {f"median{suffix}": self.median, f"min{suffix}": self.low, f"max{suffix}": self.high}
 
 
 @dataclass(frozen=True)
@@ -119,14 +133,21 @@ def _time_once(trial: Trial[S]) -> float:
 def compare(floor: Trial[F], figure: Trial[S], config: Config) -> tuple[Timing, Timing]:
     """Time ``floor`` and ``figure`` alternately: warm-up rounds first, then
     ``config.repeat`` timed rounds. Returns (floor, figure) seconds per operation."""
-    floors: list[float] = []
-    figures: list[float] = []
+    floor_t, figure_t = alternate([floor, figure], config)
+    return floor_t, figure_t
+
+
+def alternate(trials: Sequence[Trial[Any]], config: Config) -> list[Timing]:
+    """Time ``trials`` in turn, repetition by repetition (as :func:`compare`
+    does for two): ``config.warmup`` untimed rounds, then ``config.repeat``
+    timed ones. Returns seconds per operation for each trial."""
+    samples: list[list[float]] = [[] for _ in trials]
     for i in range(config.warmup + config.repeat):
-        floor_s, figure_s = _time_once(floor), _time_once(figure)
-        if i >= config.warmup:
-            floors.append(floor_s)
-            figures.append(figure_s)
-    return Timing.of(floors), Timing.of(figures)
+        for trial, times in zip(trials, samples, strict=True):
+            seconds = _time_once(trial)
+            if i >= config.warmup:
+                times.append(seconds)
+    return [Timing.of(times) for times in samples]
 
 
 @dataclass(frozen=True)
@@ -135,7 +156,8 @@ class Row:
 
     ``target`` is the largest acceptable ratio figure / floor (None: reported
     for information only). ``per`` names one timed operation, ``floor_is`` says
-    what the floor is.
+    what the floor is. ``unit`` is what floor and figure count: "s" (seconds
+    per operation) unless a row counts something else ("rounds", "B").
     """
 
     name: str
@@ -145,6 +167,7 @@ class Row:
     figure: Timing
     target: float | None
     note: str = ""
+    unit: str = "s"
 
     @property
     def ratio(self) -> float:
@@ -159,8 +182,9 @@ class Row:
             "name": self.name,
             "per": self.per,
             "floor_is": self.floor_is,
-            "floor": self.floor.to_json(),
-            "figure": self.figure.to_json(),
+            "unit": self.unit,
+            "floor": self.floor.to_json(self.unit),
+            "figure": self.figure.to_json(self.unit),
             "ratio": self.ratio,
             "target_ratio": self.target,
             "met": self.met,
@@ -168,27 +192,41 @@ class Row:
         }
 
 
-def _unit(seconds: float) -> tuple[str, float]:
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
-        if seconds >= scale:
-            return unit, scale
-    return "ns", 1e-9
+_SCALES = {
+    "s": (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)),
+    "B": (("GB", 1e9), ("MB", 1e6), ("kB", 1e3), ("B", 1.0)),
+}
 
 
-def _show(t: Timing) -> str:
-    unit, scale = _unit(t.median)
-    return f"{t.median / scale:.3g} {unit} [{t.low / scale:.3g}-{t.high / scale:.3g}]"
+def _scale(unit: str, value: float) -> tuple[str, float]:
+    scales = _SCALES.get(unit)
+    if scales is None:
+        return unit, 1.0
+    for name, scale in scales:
+        if value >= scale:
+            return name, scale
+    return scales[-1]
+
+
+def _show(t: Timing, unit: str = "s") -> str:
+    """``median unit [min-max]``; the range is left out when it is one value."""
+    name, scale = _scale(unit, t.median)
+    shown = f"{t.median / scale:.3g} {name}"
+    if t.low == t.high == t.median:
+        return shown
+    return f"{shown} [{t.low / scale:.3g}-{t.high / scale:.3g}]"
 
 
 def render(rows: Sequence[Row], notes: Sequence[str]) -> str:
-    """The table for people: median [min-max] per operation, then the notes."""
+    """The table for people: median [min-max] per operation (or per what the
+    row counts), then the notes."""
     head = ("benchmark", "per", "floor", "figure", "ratio", "target", "met")
     body = [
         (
             row.name,
             row.per,
-            _show(row.floor),
-            _show(row.figure),
+            _show(row.floor, row.unit),
+            _show(row.figure, row.unit),
             f"{row.ratio:.2f}x",
             "-" if row.target is None else f"<= {row.target:g}x",
             {True: "yes", False: "NO", None: "-"}[row.met],

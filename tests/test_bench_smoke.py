@@ -26,7 +26,16 @@ EXPECTED = [
     "codec decode ORSet",
     "codec encode GCounter",
     "codec decode GCounter",
+    "gossip rounds to converge, 16 replicas",
+    "gossip rounds to converge, 64 replicas",
+    "gossip bytes per round",
+    "gossip scale replicas",
+    "gossip scale state",
 ]
+
+#: What the floor and figure of a row count, by the start of its name; every
+#: other row times seconds per operation.
+UNITS = {"gossip rounds": "rounds", "gossip bytes": "B"}
 
 
 def test_quick_run_writes_every_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -40,9 +49,13 @@ def test_quick_run_writes_every_row(tmp_path: Path, capsys: pytest.CaptureFixtur
     # The full-state merges are reported with and without the first reads.
     assert sum(name.endswith("+ first reads") for name in names) == 2
     for row in rows:
+        unit = next((u for p, u in UNITS.items() if row["name"].startswith(p)), "s")
+        assert row["unit"] == unit, row["name"]
+        suffix = "_s" if unit == "s" else ""
         for side in ("floor", "figure"):
             timing = row[side]
-            assert 0 < timing["min_s"] <= timing["median_s"] <= timing["max_s"], row["name"]
+            low, median, high = (timing[k + suffix] for k in ("min", "median", "max"))
+            assert 0 < low <= median <= high, row["name"]
         assert row["ratio"] > 0
         assert row["met"] in (True, False, None)
     assert all("identical bytes: yes" in row["note"] for row in rows if "codec" in row["name"])
