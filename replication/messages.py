@@ -63,9 +63,12 @@ class Push:
     the answer leaves out what the sender already has. ``reply``: 0, none
     wanted; 1, answer with your push; 2, answer with your push and ask for
     mine (a round opens with an empty push, so both directions are filtered
-    by a fresh clock)."""
+    by a fresh clock). ``to`` is the receiver's replica id the push was
+    computed for: it leaves out what that incarnation held, which a restarted
+    one may have lost, so another incarnation must not take it."""
 
     sender: str
+    to: str
     start: int
     end: int
     part: int
@@ -138,7 +141,7 @@ def encode(message: Message) -> bytes:
     m = message
     fields: list[object]
     if isinstance(m, Push):
-        fields = ["push", VERSION, m.sender, m.start, m.end, m.part, m.parts, m.reply]
+        fields = ["push", VERSION, m.sender, m.to, m.start, m.end, m.part, m.parts, m.reply]
         fields += [m.clock.to_payload(), _entries(m.entries)]
     elif isinstance(m, Ack):
         fields = ["ack", VERSION, m.sender, m.position]
@@ -181,7 +184,7 @@ def _parse_entries(raw: object) -> tuple[Entry, ...]:
     return tuple(out)
 
 
-_ARITY = {"push": 10, "ack": 4, "digest": 10, "reply": 7, "answer": 6}
+_ARITY = {"push": 11, "ack": 4, "digest": 10, "reply": 7, "answer": 6}
 
 
 def parse(frame: bytes, *, max_size: int = MAX_FRAME) -> Message:
@@ -205,12 +208,13 @@ def parse(frame: bytes, *, max_size: int = MAX_FRAME) -> Message:
     sender = expect_replica(raw[2], f"{kind} sender")
     f = raw[3:]
     if kind == "push":
-        start, end = _int(f[0], "push start", -1), _int(f[1], "push end")
-        part, parts = _int(f[2], "push part"), _int(f[3], "push parts", 1)
-        if start > end or part >= parts or type(f[4]) is not int or f[4] not in (0, 1, 2):
+        to = expect_replica(f[0], "push to")
+        start, end = _int(f[1], "push start", -1), _int(f[2], "push end")
+        part, parts = _int(f[3], "push part"), _int(f[4], "push parts", 1)
+        if start > end or part >= parts or type(f[5]) is not int or f[5] not in (0, 1, 2):
             raise DecodeError("push: inconsistent interval or parts")
-        clock = CausalContext.from_payload(f[5], "push clock")
-        return Push(sender, start, end, part, parts, f[4], clock, _parse_entries(f[6]))
+        clock = CausalContext.from_payload(f[6], "push clock")
+        return Push(sender, to, start, end, part, parts, f[5], clock, _parse_entries(f[7]))
     if kind == "ack":
         return Ack(sender, _int(f[0], "ack position", -1))
     if kind == "digest":

@@ -116,6 +116,7 @@ class ReplicatorStats:
     malformed: int = 0  # frames that did not parse
     refused: int = 0  # frames that parsed but were refused (identity, type)
     syncs: int = 0  # sync sessions opened
+    stale: int = 0  # pushes computed for another incarnation of this node
 
 
 def _digest(ops: CausalContext) -> bytes:
@@ -376,13 +377,16 @@ class Replicator:
         if reply == 2:
             # Open with our clock alone: the peer answers with only what we
             # lack and asks for ours, which we then filter by its fresh clock.
-            request = Push(self._replica, state.acked, state.acked, 0, 1, 2, self._clock, ())
+            assert state.replica is not None  # acked implies we heard from it
+            request = Push(
+                self._replica, state.replica, state.acked, state.acked, 0, 1, 2, self._clock, ()
+            )
             return [(peer, encode(request))]
         return self._push(peer, state, reply)
 
     def _push(self, peer: str, state: _Peer, reply: int) -> list[Outgoing]:
-        acked = state.acked
-        assert acked is not None
+        acked, to = state.acked, state.replica
+        assert acked is not None and to is not None  # acked implies we heard from it
         joined: dict[str, tuple[CRDT, CausalContext]] = {}
         owned: set[str] = set()  # keys whose joined delta is our own copy
         known = state.clock
@@ -409,7 +413,17 @@ class Replicator:
             (
                 peer,
                 encode(
-                    Push(self._replica, acked, self._head, i, len(parts), reply, self._clock, part)
+                    Push(
+                        self._replica,
+                        to,
+                        acked,
+                        self._head,
+                        i,
+                        len(parts),
+                        reply,
+                        self._clock,
+                        part,
+                    )
                 ),
             )
             for i, part in enumerate(parts)
@@ -521,6 +535,12 @@ class Replicator:
             self._notify(entry.key)
 
     def _on_push(self, node: str, push: Push) -> list[Outgoing]:
+        if push.to != self._replica:
+            # Computed for another incarnation of ours: it may leave out what
+            # that one held and this one lost. Our answer names this
+            # incarnation, which makes the peer forget what the old one held.
+            self.stats.stale += 1
+            return [(node, encode(Ack(self._replica, self._positions.get(push.sender, -1))))]
         self._peers[node].clock = push.clock
         self._merge(push.entries, push.sender)
         position = self._positions.get(push.sender, -1)

@@ -113,7 +113,7 @@ def test_malformed_and_impersonating_frames_change_nothing() -> None:
     a.update("s", ORSet, lambda s, me: s.add("x", me))
     before = b.encode_keyspace()
     assert b.receive(0.0, "n00", b"\xff\x00garbage") == []
-    forged = encode(Push("n99", -1, 1, 0, 1, 0, CausalContext(), ()))  # claims another node
+    forged = encode(Push("n99", "n01", -1, 1, 0, 1, 0, CausalContext(), ()))  # another node
     assert b.receive(0.0, "n00", forged) == []
     assert (b.stats.malformed, b.stats.refused) == (1, 1)
     assert b.encode_keyspace() == before
