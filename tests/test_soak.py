@@ -17,7 +17,7 @@ import pytest
 
 from replication import Replicator
 from replication.simnet import Faults, SimulatedNetwork
-from replication.testing import History, random_operation
+from replication.testing import History, converged, random_operation
 
 SEEDS = int(os.environ.get("CRDTKIT_SOAK_SEEDS", "20"))
 CHAOS = Faults(loss=0.3, duplication=0.05, reorder=True, long_delay=0.01)
@@ -63,7 +63,7 @@ def soak(seed: int, size: int = 16, operations: int = 1000) -> tuple[int | None,
             net.restart(replicas[i])
         net.run_round()
     net.heal()
-    rounds = net.run_until(lambda: len({r.encode_keyspace() for r in replicas}) == 1, 30)
+    rounds = net.run_until(lambda: converged(replicas), 30)
     return rounds, history.problems(replicas, must_survive)
 
 
