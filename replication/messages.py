@@ -21,11 +21,12 @@ Cost: encoding and parsing are O(frame size) plus the codec's cost per state.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TypeAlias
 
 from crdts import codec
-from crdts.base import CRDT, expect_list, expect_replica
+from crdts.base import CRDT, expect_list, expect_replica, expect_uint
 from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError
 
@@ -39,7 +40,9 @@ __all__ = [
     "SyncAnswer",
     "SyncReply",
     "encode",
+    "encode_entries",
     "parse",
+    "parse_entries",
 ]
 
 #: Frames above this size are refused before parsing.
@@ -126,7 +129,8 @@ class SyncAnswer:
 Message: TypeAlias = Push | Ack | Digest | SyncReply | SyncAnswer
 
 
-def _entries(entries: tuple[Entry, ...]) -> list[object]:
+def encode_entries(entries: Iterable[Entry]) -> list[object]:
+    """``[[key, state bytes, dots], ...]``: how entries travel and are saved."""
     return [[e.key, codec.encode(e.state), e.ops.to_payload()] for e in entries]
 
 
@@ -142,7 +146,7 @@ def encode(message: Message) -> bytes:
     fields: list[object]
     if isinstance(m, Push):
         fields = ["push", VERSION, m.sender, m.to, m.start, m.end, m.part, m.parts, m.reply]
-        fields += [m.clock.to_payload(), _entries(m.entries)]
+        fields += [m.clock.to_payload(), encode_entries(m.entries)]
     elif isinstance(m, Ack):
         fields = ["ack", VERSION, m.sender, m.position]
     elif isinstance(m, Digest):
@@ -150,16 +154,10 @@ def encode(message: Message) -> bytes:
         fields += [m.high, [list(d) for d in m.digests]]
     elif isinstance(m, SyncReply):
         fields = ["reply", VERSION, m.sender, m.session, m.chunk, list(m.want)]
-        fields.append(_entries(m.entries))
+        fields.append(encode_entries(m.entries))
     else:
-        fields = ["answer", VERSION, m.sender, m.session, m.chunk, _entries(m.entries)]
+        fields = ["answer", VERSION, m.sender, m.session, m.chunk, encode_entries(m.entries)]
     return codec.encode_plain(fields)
-
-
-def _int(x: object, what: str, low: int = 0) -> int:
-    if type(x) is not int or x < low:
-        raise DecodeError(f"{what}: expected an int >= {low}")
-    return x
 
 
 def _key(x: object) -> str:
@@ -168,7 +166,8 @@ def _key(x: object) -> str:
     return x
 
 
-def _parse_entries(raw: object) -> tuple[Entry, ...]:
+def parse_entries(raw: object) -> tuple[Entry, ...]:
+    """Inverse of :func:`encode_entries` for untrusted input; DecodeError otherwise."""
     out = []
     seen: set[str] = set()
     for item in expect_list(raw, "entries"):
@@ -209,17 +208,17 @@ def parse(frame: bytes, *, max_size: int = MAX_FRAME) -> Message:
     f = raw[3:]
     if kind == "push":
         to = expect_replica(f[0], "push to")
-        start, end = _int(f[1], "push start", -1), _int(f[2], "push end")
-        part, parts = _int(f[3], "push part"), _int(f[4], "push parts", 1)
+        start, end = expect_uint(f[1], "push start", -1), expect_uint(f[2], "push end")
+        part, parts = expect_uint(f[3], "push part"), expect_uint(f[4], "push parts", 1)
         if start > end or part >= parts or type(f[5]) is not int or f[5] not in (0, 1, 2):
             raise DecodeError("push: inconsistent interval or parts")
         clock = CausalContext.from_payload(f[6], "push clock")
-        return Push(sender, to, start, end, part, parts, f[5], clock, _parse_entries(f[7]))
+        return Push(sender, to, start, end, part, parts, f[5], clock, parse_entries(f[7]))
     if kind == "ack":
-        return Ack(sender, _int(f[0], "ack position", -1))
+        return Ack(sender, expect_uint(f[0], "ack position", -1))
     if kind == "digest":
-        session, seq = _int(f[0], "digest session"), _int(f[1], "digest seq", -1)
-        chunk, chunks = _int(f[2], "digest chunk"), _int(f[3], "digest chunks", 1)
+        session, seq = expect_uint(f[0], "digest session"), expect_uint(f[1], "digest seq", -1)
+        chunk, chunks = expect_uint(f[2], "digest chunk"), expect_uint(f[3], "digest chunks", 1)
         low, high = _key(f[4]), None if f[5] is None else _key(f[5])
         if chunk >= chunks or (high is not None and high <= low):
             raise DecodeError("digest: inconsistent chunk")
@@ -235,8 +234,8 @@ def parse(frame: bytes, *, max_size: int = MAX_FRAME) -> Message:
         if len({k for k, _ in digests}) != len(digests):
             raise DecodeError("digest: a key twice")
         return Digest(sender, session, seq, chunk, chunks, low, high, tuple(digests))
+    session, chunk = expect_uint(f[0], "session"), expect_uint(f[1], "chunk")
     if kind == "reply":
         want = tuple(_key(k) for k in expect_list(f[2], "want"))
-        return SyncReply(sender, _int(f[0], "session"), _int(f[1], "chunk"), want,
-                         _parse_entries(f[3]))
-    return SyncAnswer(sender, _int(f[0], "session"), _int(f[1], "chunk"), _parse_entries(f[2]))
+        return SyncReply(sender, session, chunk, want, parse_entries(f[3]))
+    return SyncAnswer(sender, session, chunk, parse_entries(f[2]))

@@ -55,7 +55,7 @@ from typing import NamedTuple, TypeVar
 from sortedcontainers import SortedList
 
 from crdts import codec
-from crdts.base import CRDT, check_replica
+from crdts.base import CRDT, check_replica, expect_replica
 from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError
 from crdts.vclock import VectorClock
@@ -68,7 +68,9 @@ from replication.messages import (
     SyncAnswer,
     SyncReply,
     encode,
+    encode_entries,
     parse,
+    parse_entries,
 )
 from replication.transport import Outgoing
 
@@ -639,9 +641,7 @@ class Replicator:
 
         Cost: O(total state size).
         """
-        keyspace = [
-            [k, codec.encode(self._states[k]), self._ops[k].to_payload()] for k in self._keys
-        ]
+        keyspace = encode_entries(Entry(k, self._states[k], self._ops[k]) for k in self._keys)
         return codec.encode_plain(["replica", _SAVE_FORMAT, self._node, keyspace])
 
     @classmethod
@@ -670,17 +670,8 @@ class Replicator:
         raw = codec.decode_plain(saved)
         if not isinstance(raw, list) or len(raw) != 4 or raw[:2] != ["replica", _SAVE_FORMAT]:
             raise DecodeError("not a saved replica")
-        node = raw[2]
-        if type(node) is not str or not node or not isinstance(raw[3], list):
-            raise DecodeError("not a saved replica")
-        entries = []
-        for item in raw[3]:
-            if not isinstance(item, list) or len(item) != 3 or type(item[0]) is not str:
-                raise DecodeError("saved key: expected [key, state, ops]")
-            if type(item[1]) is not bytes:
-                raise DecodeError("saved key: expected [key, state, ops]")
-            ops = CausalContext.from_payload(item[2], "saved ops")
-            entries.append(Entry(item[0], codec.decode(item[1]), ops))
+        node = expect_replica(raw[2], "saved node")
+        entries = parse_entries(raw[3])
         number = rng.getrandbits(48) + 1 if incarnation is None else incarnation
         if number < 1:
             raise ValueError("a restored replica needs an incarnation >= 1")
