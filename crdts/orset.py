@@ -264,7 +264,7 @@ class ORSet(Generic[T]):
     def __contains__(self, element: object) -> bool:
         """Whether ``element`` is in the set. Cost: O(r)."""
         try:
-            return any(element in elements for elements in self._entries.values())
+            return self._present(element)  # type: ignore[arg-type]
         except TypeError:  # unhashable: never an element
             return False
 
