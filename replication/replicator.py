@@ -216,6 +216,18 @@ class Replicator:
         """
         return self._replica
 
+    @property
+    def peers(self) -> list[str]:
+        """The node ids this replica gossips with, sorted (it learns new ones
+        when they first send to it).
+
+        >>> Replicator("a", ["c", "b", "a"], rng=Random(1)).peers
+        ['b', 'c']
+
+        Cost: O(p).
+        """
+        return list(self._peer_ids)
+
     def get(self, key: str) -> CRDT | None:
         """A copy of the state under ``key``, or None.
 
@@ -672,11 +684,42 @@ class Replicator:
             raise DecodeError("not a saved replica")
         node = expect_replica(raw[2], "saved node")
         entries = parse_entries(raw[3])
+        return cls.from_entries(
+            node, entries, peers, rng=rng, incarnation=incarnation, **options
+        )
+
+    @classmethod
+    def from_entries(
+        cls,
+        node_id: str,
+        entries: Iterable[Entry],
+        peers: Iterable[str],
+        *,
+        rng: Random,
+        incarnation: int | None = None,
+        **options: int,
+    ) -> Replicator:
+        """A replica of node ``node_id`` restarted from a keyspace given as
+        entries (one per key; the replica takes them over, so pass copies),
+        under a new incarnation as in :meth:`restore`.
+
+        >>> from crdts import GCounter
+        >>> a = Replicator("a", [], rng=Random(1))
+        >>> _ = a.update("k", GCounter, lambda c, me: c.increment(me, 2))
+        >>> entries = [Entry("k", a.get("k"), a.ops("k"))]
+        >>> b = Replicator.from_entries("a", entries, [], rng=Random(2), incarnation=1)
+        >>> b.replica_id, b.get("k").value
+        ('a~1', 2)
+
+        Cost: O(number of entries + size of their dots).
+        """
         number = rng.getrandbits(48) + 1 if incarnation is None else incarnation
         if number < 1:
             raise ValueError("a restored replica needs an incarnation >= 1")
-        replica = cls(node, peers, rng=rng, incarnation=number, **options)
+        replica = cls(node_id, peers, rng=rng, incarnation=number, **options)
         for entry in entries:
+            if entry.key in replica._states:
+                raise ValueError(f"two entries for the key {entry.key!r}")
             replica._states[entry.key] = entry.state
             replica._ops[entry.key] = entry.ops
             replica._keys.add(entry.key)

@@ -1,30 +1,7 @@
-"""Convergence checking: sequential specifications, a seeded soak and a
-Hypothesis state machine for any type.
+"""A Hypothesis state machine that checks convergence for any type.
 
-Every update made through :class:`History` is logged with its dot and with the
-dots its replica had seen on that key (what it *observed*). After the replicas
-have exchanged everything, each key's value must equal its type's sequential
-specification (TESTING.md) over the operations that survived, computed from
-the log alone, never from the CRDT under test:
-
-- G-Counter: the sum of the increments; PN-Counter: increments minus decrements;
-- OR-Set: an element is in iff some add of it was observed by no remove of it;
-- LWW-Register: the write with the greatest ``(timestamp, replica)``;
-- MV-Register: the writes no other write observed;
-- VectorClock: the number of increments per replica.
-
-An operation *survives* when its dot is in the converged replicas' context for
-its key; an operation *acknowledged* by another replica (its dot was in that
-replica's context) must survive, whatever crashes happen.
-
->>> import random
->>> from replication import Replicator
->>> r = Replicator("a", [], rng=random.Random(1))
->>> h = History()
->>> h.apply(r, "cart", "ORSet", "add", "milk")
->>> h.apply(r, "cart", "ORSet", "remove", "milk")
->>> h.problems([r])
-[]
+It builds on :mod:`replication.history` (operation logs and sequential
+specifications), whose names it hands on.
 
 The convergence machine
 -----------------------
@@ -66,18 +43,27 @@ Needs Hypothesis (``pip install 'crdtkit[testing]'``).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
-from functools import partial
+from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
 
 import hypothesis.strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
-from crdts import GCounter, LWWRegister, MVRegister, ORSet, PNCounter, VectorClock
 from crdts.base import CRDT
-from crdts.dotcontext import CausalContext
-from crdts.lwwregister import _order
+from replication.history import (
+    TYPES,
+    Dot,
+    History,
+    Model,
+    Mutate,
+    Operation,
+    TypeSpec,
+    _builtin_spec,
+    _replica_first,
+    converged,
+    expected,
+    random_operation,
+)
 from replication.replicator import Replicator
 from replication.simnet import Faults, SimulatedNetwork
 
@@ -95,226 +81,6 @@ __all__ = [
     "expected",
     "random_operation",
 ]
-
-Dot = tuple[str, int]
-
-
-def _stopped_clock() -> int:
-    # LWW timestamps then come from the logical half of the hybrid clock,
-    # so a soak is deterministic for its seed.
-    return 0
-
-
-#: The built-in types by name: how to make an empty one, and its updates.
-TYPES: dict[str, Callable[[], CRDT]] = {
-    "GCounter": GCounter,
-    "PNCounter": PNCounter,
-    "ORSet": ORSet,
-    "LWWRegister": lambda: LWWRegister(clock=_stopped_clock),
-    "MVRegister": MVRegister,
-    "VectorClock": VectorClock,
-}
-
-_CALLS: dict[tuple[str, str], Callable[[Any, str, tuple[Any, ...]], Any]] = {
-    ("GCounter", "increment"): lambda s, me, a: s.increment(me, *a),
-    ("PNCounter", "increment"): lambda s, me, a: s.increment(me, *a),
-    ("PNCounter", "decrement"): lambda s, me, a: s.decrement(me, *a),
-    ("ORSet", "add"): lambda s, me, a: s.add(a[0], me),
-    ("ORSet", "remove"): lambda s, me, a: s.remove(a[0]),
-    ("LWWRegister", "assign"): lambda s, me, a: s.assign(a[0], me, *a[1:]),
-    ("MVRegister", "assign"): lambda s, me, a: s.assign(a[0], me),
-    ("VectorClock", "increment"): lambda s, me, a: s.increment(me),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Operation:
-    """One logged update."""
-
-    key: str
-    type_name: str
-    kind: str
-    args: tuple[Any, ...]
-    dot: Dot
-    observed: CausalContext
-    delta: CRDT
-
-
-@dataclass
-class History:
-    """The log of every update made through :meth:`apply`."""
-
-    operations: list[Operation] = field(default_factory=list)
-    #: Types beyond the built-ins (or built-ins with another model), by type name.
-    specs: dict[str, TypeSpec] = field(default_factory=dict)
-
-    def spec(self, type_name: str) -> TypeSpec:
-        """The :class:`TypeSpec` in :attr:`specs` for ``type_name``, else the
-        built-in one; ValueError if there is neither."""
-        spec = self.specs.get(type_name)
-        return _builtin_spec(type_name) if spec is None else spec
-
-    def apply(self, replica: Replicator, key: str, type_name: str, kind: str, *args: Any) -> None:
-        """Make one update on ``replica`` and log it with what it observed."""
-        spec = self.spec(type_name)
-        observed = replica.ops(key)
-        delta = replica.update(key, spec.new, lambda s, me: spec.mutate(s, me, kind, args))
-        dot = (replica.replica_id, replica.clock.vv[replica.replica_id])
-        self.operations.append(Operation(key, type_name, kind, args, dot, observed, delta))
-
-    def acknowledged(self, replicas: Sequence[Replicator], by_others_of: str) -> set[Dot]:
-        """Dots that some replica other than node ``by_others_of`` holds."""
-        held: set[Dot] = set()
-        for replica in replicas:
-            if replica.node_id == by_others_of:
-                continue
-            for op in self.operations:
-                if replica.ops(op.key).contains(*op.dot):
-                    held.add(op.dot)
-        return held
-
-    def problems(
-        self, replicas: Sequence[Replicator], must_survive: Collection[Dot] = ()
-    ) -> list[str]:
-        """What is wrong with the replicas now, as sentences; [] when they have
-        converged to byte-identical keyspaces whose every value matches the
-        specification, and every dot in ``must_survive`` survived."""
-        out: list[str] = []
-        encodings = {r.encode_keyspace() for r in replicas}
-        if len(encodings) > 1:
-            out.append(f"the replicas hold {len(encodings)} different keyspaces")
-        reference = replicas[0]
-        by_key: dict[str, list[Operation]] = {}
-        for op in self.operations:
-            by_key.setdefault(op.key, []).append(op)
-        for key, ops in sorted(by_key.items()):
-            context = reference.ops(key)
-            survivors = [op for op in ops if context.contains(*op.dot)]
-            lost = [op.dot for op in ops if op.dot in must_survive and op not in survivors]
-            if lost:
-                out.append(f"{key}: acknowledged operations lost: {lost[:5]}")
-            state = reference.get(key)
-            want = self.spec(ops[0].type_name).model(survivors)
-            got = None if state is None else state.value  # type: ignore[attr-defined]
-            if survivors and got != want:
-                out.append(f"{key}: holds {got!r:.200}, the specification gives {want!r:.200}")
-        return out
-
-
-def expected(type_name: str, ops: Sequence[Operation]) -> object:
-    """The sequential specification of ``type_name`` over ``ops``."""
-    if type_name == "GCounter":
-        return sum(op.args[0] for op in ops)
-    if type_name == "PNCounter":
-        return sum(op.args[0] if op.kind == "increment" else -op.args[0] for op in ops)
-    if type_name == "VectorClock":
-        counts: dict[str, int] = {}
-        for op in ops:
-            counts[op.dot[0]] = counts.get(op.dot[0], 0) + 1
-        return counts
-    if type_name == "ORSet":
-        removes = [op for op in ops if op.kind == "remove"]
-        return frozenset(
-            op.args[0]
-            for op in ops
-            if op.kind == "add"
-            and not any(r.args[0] == op.args[0] and r.observed.contains(*op.dot) for r in removes)
-        )
-    if type_name == "MVRegister":
-        return frozenset(
-            op.args[0]
-            for op in ops
-            if not any(other is not op and other.observed.contains(*op.dot) for other in ops)
-        )
-    if type_name == "LWWRegister":
-        writes = [op.delta._write for op in ops]  # type: ignore[attr-defined]
-        return max(writes, key=_order)[2] if writes else None
-    raise ValueError(f"no specification for {type_name}")
-
-
-_ELEMENTS = ("x", "y", "z", 1, 2, b"b")
-
-
-def random_operation(rng: random.Random) -> tuple[str, str, str, tuple[Any, ...]]:
-    """A random ``(key, type name, kind, args)`` over every built-in type; the
-    key names its type, so a key's type never changes."""
-    type_name = rng.choice(sorted(TYPES))
-    key = f"{type_name}-{rng.randrange(3)}"
-    element = rng.choice(_ELEMENTS)
-    if type_name == "GCounter":
-        return key, type_name, "increment", (rng.randint(0, 9),)
-    if type_name == "PNCounter":
-        return key, type_name, rng.choice(["increment", "decrement"]), (rng.randint(0, 9),)
-    if type_name == "ORSet":
-        return key, type_name, rng.choice(["add", "add", "remove"]), (element,)
-    if type_name == "LWWRegister":
-        timestamp = rng.choice([None, None, rng.randrange(5)])
-        return key, type_name, "assign", (element, timestamp)
-    if type_name == "MVRegister":
-        return key, type_name, "assign", (element,)
-    return key, type_name, "increment", ()
-
-
-# -- a user's own types --------------------------------------------------------------
-
-#: The sequential specification of one type: the value a key must hold, given
-#: the logged operations on it that survived.
-Model: TypeAlias = Callable[[Sequence[Operation]], object]
-#: ``mutate(state, replica id, kind, args)`` applies one update, returns its delta.
-Mutate: TypeAlias = Callable[[Any, str, str, tuple[Any, ...]], CRDT]
-
-
-def _replica_first(state: Any, replica: str, kind: str, args: tuple[Any, ...]) -> CRDT:
-    # The counters' and the vector clock's convention; a type whose mutators
-    # take the replica id elsewhere (or not at all) brings its own ``mutate``.
-    delta: CRDT = getattr(state, kind)(replica, *args)
-    return delta
-
-
-@dataclass(frozen=True, slots=True)
-class TypeSpec:
-    """What :class:`History` needs to know about a type: how to make an empty
-    one, how to apply an update ``(kind, args)`` on behalf of a replica (by
-    default the method ``kind``, called with the replica id and then ``args``),
-    and its model. The value compared with the model is the state's ``value``.
-
-    >>> from crdts import GCounter
-    >>> spec = TypeSpec(GCounter, lambda ops: sum(op.args[0] for op in ops))
-    >>> spec.mutate(GCounter(), "a", "increment", (2,)).value
-    2
-    """
-
-    new: Callable[[], CRDT]
-    model: Model
-    mutate: Mutate = _replica_first
-
-
-def _builtin_spec(type_name: str) -> TypeSpec:
-    if type_name not in TYPES:
-        raise ValueError(f"no built-in type {type_name!r}: give History a TypeSpec for it")
-
-    def mutate(state: Any, replica: str, kind: str, args: tuple[Any, ...]) -> CRDT:
-        delta: CRDT = _CALLS[(type_name, kind)](state, replica, args)
-        return delta
-
-    return TypeSpec(TYPES[type_name], partial(expected, type_name), mutate)
-
-
-# -- the convergence machine -----------------------------------------------------------
-
-
-def converged(replicas: Sequence[Replicator]) -> bool:
-    """Whether the replicas hold byte-identical keyspaces and the same
-    operations on every key. Equal bytes alone do not say every operation has
-    arrived: an update may leave the state as it was (an increment by 0, a
-    write that loses to a later timestamp). Cost: O(total state size)."""
-    first = replicas[0]
-    encoding, keys = first.encode_keyspace(), first.keys()
-    return all(
-        r.encode_keyspace() == encoding and all(r.ops(k) == first.ops(k) for k in keys)
-        for r in replicas[1:]
-    )
-
 
 #: One update as the machine draws it: the mutator's name and its arguments
 #: (the replica id is the replicator's to give, as it changes on a restart).

@@ -1,0 +1,1 @@
+"""The crdtkit command-line application: ``crdtkit demo | check | inspect``."""
