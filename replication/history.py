@@ -192,11 +192,12 @@ def expected(type_name: str, ops: Sequence[Operation]) -> object:
 _ELEMENTS = ("x", "y", "z", 1, 2, b"b")
 
 
-def random_operation(rng: random.Random) -> tuple[str, str, str, tuple[Any, ...]]:
-    """A random ``(key, type name, kind, args)`` over every built-in type; the
-    key names its type, so a key's type never changes."""
+def random_operation(rng: random.Random, keys: int = 3) -> tuple[str, str, str, tuple[Any, ...]]:
+    """A random ``(key, type name, kind, args)`` over every built-in type, on
+    one of ``keys`` keys per type; the key names its type, so a key's type
+    never changes."""
     type_name = rng.choice(sorted(TYPES))
-    key = f"{type_name}-{rng.randrange(3)}"
+    key = f"{type_name}-{rng.randrange(keys)}"
     element = rng.choice(_ELEMENTS)
     if type_name == "GCounter":
         return key, type_name, "increment", (rng.randint(0, 9),)

@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 _TAG = "crdtkit-snapshot"
+_LOCAL_TAG = "crdtkit-checkpoint"
 FORMAT_VERSION = 1
 
 
@@ -60,9 +61,11 @@ class SnapshotId(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class LocalState:
-    """One replica's recorded state: its node, its replica id (incarnation)
-    and its keyspace, one entry per key, sorted by key. Treat the states as
-    read-only.
+    """One replica's recorded state: its node, its replica id (incarnation),
+    its keyspace (one entry per key, sorted by key; treat the states as
+    read-only) and ``epochs``, the snapshots it had recorded by then (for each
+    initiator, the latest number; see ``snapshot.marker``), so that a node
+    restarted from it never records those again with a later state.
 
     >>> from random import Random
     >>> from crdts import GCounter
@@ -71,13 +74,17 @@ class LocalState:
     >>> local = LocalState.capture(r)
     >>> local.replica, local.state("hits").value, local.clock
     ('a', 2, CausalContext(vv={'a': 1}, cloud={}))
+    >>> LocalState.from_bytes(local.to_bytes()) == local
+    True
 
-    Cost: :meth:`capture` copies the keyspace, O(total state size).
+    Cost: :meth:`capture` copies the keyspace, O(total state size), as do
+    the encodings.
     """
 
     node: str
     replica: str
     entries: tuple[Entry, ...]
+    epochs: Mapping[str, int] = field(default_factory=dict)
     clock: CausalContext = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -88,14 +95,15 @@ class LocalState:
         object.__setattr__(self, "clock", clock)
 
     @classmethod
-    def capture(cls, replica: Replicator) -> LocalState:
-        """A copy of ``replica``'s keyspace as it is now. Cost: O(total state size)."""
+    def capture(cls, replica: Replicator, epochs: Mapping[str, int] | None = None) -> LocalState:
+        """A copy of ``replica``'s keyspace as it is now, with ``epochs``.
+        Cost: O(total state size)."""
         entries = tuple(
             Entry(k, state, replica.ops(k))
             for k in replica.keys()  # noqa: SIM118  (a Replicator is not a dict)
             if (state := replica.get(k)) is not None
         )
-        return cls(replica.node_id, replica.replica_id, entries)
+        return cls(replica.node_id, replica.replica_id, entries, dict(epochs or {}))
 
     def state(self, key: str) -> CRDT | None:
         """The recorded state under ``key``, or None. Cost: O(k)."""
@@ -109,12 +117,36 @@ class LocalState:
         ``Replicator.encode_keyspace()``. Cost: O(total state size)."""
         return codec.encode_plain([[e.key, codec.encode(e.state)] for e in self.entries])
 
+    def to_bytes(self) -> bytes:
+        """The canonical CBOR encoding (a node's checkpoint). Cost: O(total size)."""
+        return codec.encode_plain([_LOCAL_TAG, FORMAT_VERSION, *self._fields()])
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, max_size: int = 1 << 30) -> LocalState:
+        """Parse :meth:`to_bytes` output; DecodeError on anything else.
+        Cost: O(len(data)); refused before parsing above ``max_size``."""
+        return cls._parse(_envelope(data, _LOCAL_TAG, "checkpoint", 4, max_size))
+
+    def _fields(self) -> list[object]:
+        return [self.node, self.replica, _encode_entries(self.entries), encode_epochs(self.epochs)]
+
+    @classmethod
+    def _parse(cls, raw: list[object]) -> LocalState:
+        node, replica, entries, epochs = raw
+        return cls(
+            expect_replica(node, "node"),
+            expect_replica(replica, "replica"),
+            parse_entries(entries),
+            parse_epochs(epochs),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class GlobalSnapshot:
-    """A consistent cut: the local state of every node, by node id, and the
+    """A recorded cut: the local state of every node, by node id, and the
     replicator frames in flight on each channel ``(source, destination)``, in
-    the order they arrived.
+    the order they arrived. ``snapshot.marker`` records consistent ones;
+    ``snapshot.sec`` checks that a cut is.
 
     >>> from random import Random
     >>> from crdts import GCounter
@@ -154,10 +186,7 @@ class GlobalSnapshot:
 
     def to_bytes(self) -> bytes:
         """The canonical CBOR encoding. Cost: O(total size)."""
-        states = [
-            [node, local.replica, _encode_entries(local.entries)]
-            for node, local in sorted(self.states.items())
-        ]
+        states = [local._fields() for _, local in sorted(self.states.items())]
         channels = [[s, d, list(frames)] for (s, d), frames in sorted(self.channels.items())]
         return codec.encode_plain(
             [_TAG, FORMAT_VERSION, self.id.initiator, self.id.number, states, channels]
@@ -167,23 +196,20 @@ class GlobalSnapshot:
     def from_bytes(cls, data: bytes, *, max_size: int = 1 << 30) -> GlobalSnapshot:
         """Parse :meth:`to_bytes` output; DecodeError on anything else.
         Cost: O(len(data)); refused before parsing above ``max_size``."""
-        raw = expect_list(codec.decode_plain(data, max_size=max_size), "snapshot")
-        if len(raw) != 6 or raw[0] != _TAG:
-            raise DecodeError("not a crdtkit snapshot")
-        if raw[1] != FORMAT_VERSION:
-            raise DecodeError(f"snapshot: unknown format version {raw[1]!r:.20}")
-        initiator = expect_replica(raw[2], "snapshot initiator")
-        number = expect_uint(raw[3], "snapshot number", 1)
+        raw = _envelope(data, _TAG, "snapshot", 4, max_size)
+        initiator = expect_replica(raw[0], "snapshot initiator")
+        number = expect_uint(raw[1], "snapshot number", 1)
         states: dict[str, LocalState] = {}
-        for item in expect_list(raw[4], "snapshot states"):
-            node, replica, entries = _triple(item, "snapshot state")
-            node = expect_replica(node, "snapshot node")
-            if node in states or (states and node < max(states)):
+        for item in expect_list(raw[2], "snapshot states"):
+            fields = expect_list(item, "snapshot state")
+            if len(fields) != 4:
+                raise DecodeError("snapshot state: expected four fields")
+            local = LocalState._parse(fields)
+            if states and local.node <= max(states):
                 raise DecodeError("snapshot states: nodes not in increasing order")
-            states[node] = LocalState(node, expect_replica(replica, "replica"),
-                                      parse_entries(entries))
+            states[local.node] = local
         channels: dict[tuple[str, str], tuple[bytes, ...]] = {}
-        for item in expect_list(raw[5], "snapshot channels"):
+        for item in expect_list(raw[3], "snapshot channels"):
             source, destination, frames = _triple(item, "snapshot channel")
             pair = (expect_replica(source, "channel"), expect_replica(destination, "channel"))
             if channels and pair <= max(channels):
@@ -193,6 +219,39 @@ class GlobalSnapshot:
                 raise DecodeError("channel frames: expected bytes")
             channels[pair] = tuple(frame_list)  # type: ignore[arg-type]
         return cls(SnapshotId(initiator, number), states, channels)
+
+
+def encode_epochs(epochs: Mapping[str, int]) -> list[object]:
+    """``{initiator: number}`` as the flat ``[initiator, number, ...]`` list of
+    the wire and the files, sorted by initiator. Cost: O(i log i)."""
+    return [x for initiator in sorted(epochs) for x in (initiator, epochs[initiator])]
+
+
+def parse_epochs(raw: object, limit: int = 1 << 20) -> dict[str, int]:
+    """The inverse of :func:`encode_epochs` on untrusted data: DecodeError
+    unless it is at most ``limit`` pairs, in increasing order, with numbers
+    from 1. Cost: O(len(raw))."""
+    items = expect_list(raw, "epochs")
+    if len(items) % 2 or len(items) > 2 * limit:
+        raise DecodeError(f"epochs: expected at most {limit} [initiator, number] pairs")
+    epochs: dict[str, int] = {}
+    last = ""
+    for i in range(0, len(items), 2):
+        initiator = expect_replica(items[i], "epoch initiator")
+        if initiator <= last:
+            raise DecodeError("epochs: initiators not in increasing order")
+        epochs[initiator] = expect_uint(items[i + 1], "epoch number", 1)
+        last = initiator
+    return epochs
+
+
+def _envelope(data: bytes, tag: str, what: str, fields: int, max_size: int) -> list[object]:
+    raw = expect_list(codec.decode_plain(data, max_size=max_size), what)
+    if len(raw) != 2 + fields or raw[0] != tag:
+        raise DecodeError(f"not a crdtkit {what}")
+    if raw[1] != FORMAT_VERSION:
+        raise DecodeError(f"{what}: unknown format version {raw[1]!r:.20}")
+    return raw[2:]
 
 
 def _triple(item: object, what: str) -> tuple[object, object, object]:
@@ -218,47 +277,42 @@ def _joined(entries: Iterable[Entry]) -> list[Entry]:
 
 
 def restore_replica(
-    snapshot: GlobalSnapshot,
-    node: str,
-    peers: Iterable[str] | None = None,
+    local: LocalState,
+    peers: Iterable[str],
     *,
     rng: Random,
     incarnation: int | None = None,
+    arriving: Iterable[Entry] = (),
     **options: int,
 ) -> Replicator:
-    """Node ``node`` restarted from ``snapshot``: its recorded keyspace joined
-    with the entries in flight to it, under a new incarnation (drawn from
-    ``rng`` unless given; never reuse one). ``peers`` defaults to the other
-    nodes of the snapshot; ``options`` go to the ``Replicator``.
+    """Node ``local.node`` restarted from its recorded state, joined with the
+    entries ``arriving`` (those in flight to it, when restoring from a cut),
+    under a new incarnation (drawn from ``rng`` unless given; never reuse
+    one). ``options`` go to the ``Replicator``.
 
     >>> from random import Random
     >>> from crdts import GCounter
-    >>> r = Replicator("a", [], rng=Random(1))
+    >>> r = Replicator("a", ["b"], rng=Random(1))
     >>> _ = r.update("hits", GCounter, lambda c, me: c.increment(me, 2))
-    >>> cut = GlobalSnapshot(SnapshotId("a", 1), {"a": LocalState.capture(r)})
-    >>> back = restore_replica(cut, "a", rng=Random(2), incarnation=1)
+    >>> back = restore_replica(LocalState.capture(r), ["b"], rng=Random(2), incarnation=1)
     >>> back.replica_id, back.get("hits").value
     ('a~1', 2)
 
-    Cost: O(size of the node's state and of the frames in flight to it).
+    Cost: O(size of the state and of the arriving entries).
     """
-    local = snapshot.states.get(node)
-    if local is None:
-        raise KeyError(f"the snapshot holds no state for node {node!r}")
-    arriving = [entry for _, dest, entry in snapshot.in_flight() if dest == node]
     entries = _joined([*local.entries, *arriving])
-    if peers is None:
-        peers = [n for n in snapshot.states if n != node]
     return Replicator.from_entries(
-        node, entries, peers, rng=rng, incarnation=incarnation, **options
+        local.node, entries, peers, rng=rng, incarnation=incarnation, **options
     )
 
 
 def restore_cluster(
     snapshot: GlobalSnapshot, *, rng: Random, **options: int
 ) -> dict[str, Replicator]:
-    """Every node of ``snapshot`` restarted from it (see :func:`restore_replica`),
-    each with its own generator seeded from ``rng`` and a new incarnation.
+    """Every node of ``snapshot`` restarted from it, each with the entries that
+    were in flight to it (Chandy-Lamport replays the channels), its own
+    generator seeded from ``rng``, and a new incarnation; they gossip with
+    each other.
 
     >>> from random import Random
     >>> from crdts import GCounter
@@ -272,7 +326,16 @@ def restore_cluster(
 
     Cost: O(total size of the snapshot).
     """
+    arriving: dict[str, list[Entry]] = {}
+    for _, destination, entry in snapshot.in_flight():
+        arriving.setdefault(destination, []).append(entry)
     return {
-        node: restore_replica(snapshot, node, None, rng=Random(rng.getrandbits(64)), **options)
-        for node in sorted(snapshot.states)
+        node: restore_replica(
+            local,
+            [n for n in snapshot.states if n != node],
+            rng=Random(rng.getrandbits(64)),
+            arriving=arriving.get(node, ()),
+            **options,
+        )
+        for node, local in sorted(snapshot.states.items())
     }
