@@ -62,6 +62,14 @@ def _stopped_clock() -> int:
     return 0
 
 
+def _logical(state: LWWRegister[Any], timestamp: int | None = None) -> int:
+    # The stopped clock's timestamp, max(0, current + 1), also for a register
+    # that arrived from another replica: a decoded one reads the wall clock.
+    if timestamp is not None:
+        return timestamp
+    return 0 if state.timestamp is None else state.timestamp + 1
+
+
 #: The built-in types by name: how to make an empty one, and its updates.
 TYPES: dict[str, Callable[[], CRDT]] = {
     "GCounter": GCounter,
@@ -78,7 +86,7 @@ _CALLS: dict[tuple[str, str], Callable[[Any, str, tuple[Any, ...]], Any]] = {
     ("PNCounter", "decrement"): lambda s, me, a: s.decrement(me, *a),
     ("ORSet", "add"): lambda s, me, a: s.add(a[0], me),
     ("ORSet", "remove"): lambda s, me, a: s.remove(a[0]),
-    ("LWWRegister", "assign"): lambda s, me, a: s.assign(a[0], me, *a[1:]),
+    ("LWWRegister", "assign"): lambda s, me, a: s.assign(a[0], me, _logical(s, *a[1:])),
     ("MVRegister", "assign"): lambda s, me, a: s.assign(a[0], me),
     ("VectorClock", "increment"): lambda s, me, a: s.increment(me),
 }

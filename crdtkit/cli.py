@@ -1,0 +1,240 @@
+"""``crdtkit``: the command line. The only module that parses arguments or
+prints for people.
+
+- ``crdtkit demo``: the main job (see ``crdtkit.demo``); exit 0 when the
+  cluster converged to the specification and both cuts pass the SEC checker.
+- ``crdtkit check FILE``: the SEC verdicts on a saved snapshot; exit 0 when
+  they pass, 1 when one fails.
+- ``crdtkit inspect FILE``: what a snapshot holds.
+
+A bad argument or a bad file gets one line on stderr and exit status 2,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn, TextIO
+
+from crdts import codec
+from snapshot.cut import GlobalSnapshot
+from snapshot.errors import SnapshotCorrupt
+from snapshot.files import read_snapshot, write_snapshot
+from snapshot.sec import SECReport, check, join_cut
+
+__all__ = ["main"]
+
+
+class _Usage(Exception):
+    """A bad command line: one line for the user."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _Usage(message)
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a probability is between 0 and 1, got {text}")
+    return value
+
+
+def _bounded(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low:,} and {high:,}, got {text}")
+        return value
+
+    return parse
+
+
+def _parser() -> _Parser:
+    parser = _Parser(prog="crdtkit", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    demo = commands.add_parser("demo", help="simulate a cluster under faults and check it")
+    demo.add_argument("--nodes", type=_bounded(2, 1024), default=16, help="replicas (16)")
+    demo.add_argument(
+        "--operations", type=_bounded(0, 1_000_000), default=1000, help="operations (1000)"
+    )
+    demo.add_argument(
+        "--keys", type=_bounded(1, 100_000), default=50, help="keys per type (50)"
+    )
+    demo.add_argument("--seed", type=_bounded(0, 2**63), default=1, help="random seed (1)")
+    demo.add_argument("--loss", type=_probability, default=0.3, help="frame loss (0.3)")
+    demo.add_argument(
+        "--duplication", type=_probability, default=0.05, help="frame duplication (0.05)"
+    )
+    demo.add_argument("--no-reorder", action="store_true", help="FIFO channels")
+    demo.add_argument("--no-partitions", action="store_true", help="never partition")
+    demo.add_argument("--snapshot-file", metavar="PATH", help="write the mid-run cut here")
+    demo.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress lines on stderr (default: when stderr is a terminal)",
+    )
+    for name, text in (("check", "SEC verdicts on a snapshot file"),
+                       ("inspect", "what a snapshot file holds")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("file", metavar="FILE")
+    return parser
+
+
+def main(
+    argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
+    """Run the command line (``argv``, default ``sys.argv[1:]``), writing to
+    ``out`` and ``err`` (default stdout and stderr); returns the exit status.
+
+    >>> main(["check", "/nonexistent/cut.snap"], err=sys.stdout)
+    crdtkit: cannot read /nonexistent/cut.snap: No such file or directory
+    2
+
+    Cost: that of the command.
+    """
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    try:
+        args = _parser().parse_args(argv)
+        if args.command == "demo":
+            return _demo(args, out, err)
+        snapshot = _load(args.file)
+        if args.command == "check":
+            report = check(snapshot)
+            print(_verdicts(f"snapshot {snapshot.id} in {args.file}", report), file=out)
+            return 0 if report.passed else 1
+        print(_inspect(args.file, snapshot), file=out)
+        return 0
+    except _Usage as exc:
+        print(f"crdtkit: {exc} (see crdtkit --help)", file=err)
+        return 2
+    except (SnapshotCorrupt, OSError) as exc:
+        print(f"crdtkit: {exc}", file=err)
+        return 2
+    except KeyboardInterrupt:
+        print("crdtkit: interrupted", file=err)
+        return 130
+
+
+def _load(path: str) -> GlobalSnapshot:
+    try:
+        return read_snapshot(path)
+    except OSError as exc:
+        raise OSError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from crdtkit.demo import DemoConfig, run_demo
+
+    config = DemoConfig(
+        nodes=args.nodes,
+        operations=args.operations,
+        keys=args.keys,
+        seed=args.seed,
+        loss=args.loss,
+        duplication=args.duplication,
+        reorder=not args.no_reorder,
+        partitions=not args.no_partitions,
+    )
+    show = err.isatty() if args.progress is None else args.progress
+    report = run_demo(config, (lambda line: print(f"  .. {line}", file=err)) if show else None)
+    c, net = report.config, report.network
+    faults = f"{c.loss:.0%} loss, {c.duplication:.0%} duplication"
+    faults += ", reordering" if c.reorder else ", FIFO channels"
+    faults += f", {report.partitions} partitions" if c.partitions else ""
+    lines = [
+        f"crdtkit demo: {c.nodes} replicas, {c.operations:,} random operations on "
+        f"{6 * c.keys} keys of 6 types, seed {c.seed}",
+        f"  network     {faults}",
+        f"  gossip      {report.rounds} rounds; {net.sent:,} frames sent, "
+        f"{net.delivered:,} delivered, {net.lost:,} lost, {net.duplicated:,} duplicated, "
+        f"{net.partitioned:,} cut by partitions",
+        f"  bytes       {_size(net.bytes_sent)} sent; full-state push-pull over the same rounds: "
+        f"{_size(report.full_state_bytes)} (deltas send "
+        f"{net.bytes_sent / max(1, report.full_state_bytes):.1%} of it)",
+    ]
+    if report.rounds_to_converge is None:
+        lines.append(f"  converged   NO, not within {c.max_rounds} rounds of the heal")
+    else:
+        lines.append(
+            f"  converged   {report.rounds_to_converge} rounds after the last operation and "
+            "heal: byte-identical replicas"
+        )
+    problems = report.specification_problems
+    lines.append(
+        "  values      every key equals its sequential specification"
+        if not problems
+        else f"  values      {len(problems)} keys differ from the specification: {problems[0]}"
+    )
+    if report.mid_run is None or report.mid_run_report is None:
+        lines.append("  snapshot    the mid-run snapshot did not complete")
+    else:
+        cut = report.mid_run
+        frames = sum(len(f) for f in cut.channels.values())
+        entries = sum(1 for _ in cut.in_flight())
+        lines.append(
+            f"  snapshot    {cut.id} initiated in round {report.mid_run_started}, complete in "
+            f"round {report.mid_run_completed}: {len(cut.states)} states, {frames} frames "
+            f"({entries} entries) in flight; {report.markers:,} markers sent"
+        )
+        lines.append(_verdicts("mid-run cut", report.mid_run_report, indent="  "))
+        if args.snapshot_file:
+            write_snapshot(args.snapshot_file, cut)
+            lines.append(f"  written     {args.snapshot_file} (crdtkit check / inspect it)")
+    if report.final_report is not None:
+        lines.append(_verdicts("final cut", report.final_report, indent="  "))
+    lines.append(f"verdict: {'PASS' if report.passed else 'FAIL'}")
+    print("\n".join(lines), file=out)
+    return 0 if report.passed else 1
+
+
+def _verdicts(title: str, report: SECReport, indent: str = "") -> str:
+    lines = [f"{indent}SEC on the {title}:"]
+    lines += [f"{indent}  {line}" for line in str(report).splitlines()]
+    return "\n".join(lines)
+
+
+def _inspect(path: str, snapshot: GlobalSnapshot) -> str:
+    lines = [
+        f"{path}: snapshot {snapshot.id}, {os.path.getsize(path):,} bytes",
+        f"  {len(snapshot.states)} replicas:",
+    ]
+    for node, local in sorted(snapshot.states.items()):
+        operations = sum(local.clock.count(r) for r in local.clock.origins())
+        lines.append(
+            f"    {node:<12} replica {local.replica:<16} {len(local.entries):>4} keys "
+            f"{operations:>7,} operations"
+        )
+    frames = sum(len(f) for f in snapshot.channels.values())
+    lines.append(f"  {frames} frames in flight on {len(snapshot.channels)} channels:")
+    for (source, destination), channel in sorted(snapshot.channels.items()):
+        lines.append(f"    {source} -> {destination}: {len(channel)} frames")
+    joined = join_cut(snapshot)
+    lines.append(f"  {len(joined)} keys, joined over the cut and its channels:")
+    for key, entry in sorted(joined.items()):
+        state = entry.state
+        value = repr(getattr(state, "value", state))
+        size = len(codec.encode(state))
+        lines.append(f"    {key} ({state.TYPE_TAG}, {size:,} bytes): {value:.60}")
+    return "\n".join(lines)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:,.1f} GiB"
+

@@ -1,0 +1,126 @@
+"""The ``crdtkit`` command: the demo, check and inspect, and one clear line
+with exit status 2 for every bad argument or file."""
+
+from __future__ import annotations
+
+import io
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from crdtkit.cli import main
+from crdtkit.demo import DemoConfig, run_demo
+from crdts import GCounter
+from replication import Replicator
+from snapshot import GlobalSnapshot, LocalState, SnapshotId, write_checkpoint, write_snapshot
+
+SMALL = ["--nodes", "4", "--operations", "80", "--keys", "3", "--seed", "5"]
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    status = main(list(argv), out=out, err=err)
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_demo_takes_a_snapshot_mid_run_and_every_verdict_passes(tmp_path: Path) -> None:
+    path = tmp_path / "cut.snap"
+    status, out, err = run("demo", *SMALL, "--snapshot-file", str(path), "--no-progress")
+    assert status == 0, out + err
+    assert err == ""
+    assert out.splitlines()[-1] == "verdict: PASS"
+    for line in ("SEC on the mid-run cut:", "SEC on the final cut:", "byte-identical"):
+        assert line in out
+    assert out.count("join equals specification .. ok") == 2
+    status, out, _ = run("check", str(path))
+    assert status == 0
+    assert "consistent cut ............. ok" in out
+    assert "not checked (no operation log)" in out
+    status, out, _ = run("inspect", str(path))
+    assert status == 0
+    assert "4 replicas:" in out and "joined over the cut" in out
+
+
+def test_demo_shows_progress_when_asked() -> None:
+    status, _, err = run("demo", *SMALL, "--progress")
+    assert status == 0
+    assert "80/80 operations" in err and "initiated" in err
+
+
+def test_the_demo_is_deterministic_for_its_seed() -> None:
+    config = DemoConfig(nodes=3, operations=40, keys=2, seed=9)
+    first, second = run_demo(config), run_demo(config)
+    assert first.mid_run == second.mid_run
+    assert first.network == second.network
+
+
+def test_check_fails_an_inconsistent_cut(tmp_path: Path) -> None:
+    a = Replicator("a", ["b"], rng=random.Random(1))
+    b = Replicator("b", ["a"], rng=random.Random(2))
+    early_a = LocalState.capture(a)  # a's state is recorded, then a updates ...
+    delta = a.update("hits", GCounter, lambda c, me: c.increment(me))
+    b_entries = (LocalState.capture(a).entries[0],)  # ... and b holds the update
+    late_b = LocalState("b", b.replica_id, b_entries)
+    path = tmp_path / "bad.snap"
+    write_snapshot(path, GlobalSnapshot(SnapshotId("a", 1), {"a": early_a, "b": late_b}))
+    status, out, _ = run("check", str(path))
+    assert delta.value == 1
+    assert status == 1
+    assert "consistent cut ............. FAILED: b holds 1 operation of a" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "the following arguments are required: command"),
+        (["dance"], "invalid choice: 'dance'"),
+        (["demo", "--nodes", "1"], "--nodes: must be between 2 and 1,024, got 1"),
+        (["demo", "--nodes", "many"], "--nodes: not a whole number: 'many'"),
+        (["demo", "--loss", "1.5"], "--loss: a probability is between 0 and 1, got 1.5"),
+        (["demo", "--duplication", "nan%"], "--duplication: not a number: 'nan%'"),
+        (["demo", "--operations", "-3"], "--operations: must be between 0 and 1,000,000"),
+        (["demo", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+        (["check"], "the following arguments are required: FILE"),
+        (["check", "a", "b"], "unrecognized arguments: b"),
+    ],
+)
+def test_a_bad_argument_gets_one_line(argv: list[str], message: str) -> None:
+    status, out, err = run(*argv)
+    assert status == 2
+    assert out == ""
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_a_bad_file_gets_one_line(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.snap"
+    garbage.write_bytes(b"CRDTSNAP but then nonsense")
+    checkpoint = tmp_path / "a.ckpt"
+    write_checkpoint(checkpoint, LocalState.capture(Replicator("a", [], rng=random.Random(1))))
+    cases = {
+        str(tmp_path / "missing.snap"): "cannot read",
+        str(tmp_path): "cannot read",  # a folder
+        str(garbage): "snapshot file",
+        str(checkpoint): "not a valid snapshot",
+    }
+    for path, message in cases.items():
+        for command in ("check", "inspect"):
+            status, out, err = run(command, path)
+            assert status == 2, (command, path)
+            assert out == ""
+            assert err.count("\n") == 1 and message in err, err
+
+
+def test_the_installed_command_never_prints_a_traceback(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "crdtkit", "check", str(tmp_path / "nothing.snap")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.startswith("crdtkit: cannot read") and "Traceback" not in done.stderr
