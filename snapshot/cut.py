@@ -97,7 +97,13 @@ class LocalState:
     @classmethod
     def capture(cls, replica: Replicator, epochs: Mapping[str, int] | None = None) -> LocalState:
         """A copy of ``replica``'s keyspace as it is now, with ``epochs``.
-        Cost: O(total state size)."""
+
+        >>> from random import Random
+        >>> LocalState.capture(Replicator("a", [], rng=Random(1)), {"b": 2}).epochs
+        {'b': 2}
+
+        Cost: O(total state size).
+        """
         entries = tuple(
             Entry(k, state, replica.ops(k))
             for k in replica.keys()  # noqa: SIM118  (a Replicator is not a dict)
@@ -106,7 +112,14 @@ class LocalState:
         return cls(replica.node_id, replica.replica_id, entries, dict(epochs or {}))
 
     def state(self, key: str) -> CRDT | None:
-        """The recorded state under ``key``, or None. Cost: O(k)."""
+        """The recorded state under ``key``, or None.
+
+        >>> from random import Random
+        >>> LocalState.capture(Replicator("a", [], rng=Random(1))).state("nothing") is None
+        True
+
+        Cost: O(k).
+        """
         for entry in self.entries:
             if entry.key == key:
                 return entry.state
@@ -114,7 +127,15 @@ class LocalState:
 
     def keyspace(self) -> bytes:
         """The keyspace as canonical CBOR, comparable with
-        ``Replicator.encode_keyspace()``. Cost: O(total state size)."""
+        ``Replicator.encode_keyspace()``.
+
+        >>> from random import Random
+        >>> r = Replicator("a", [], rng=Random(1))
+        >>> LocalState.capture(r).keyspace() == r.encode_keyspace()
+        True
+
+        Cost: O(total state size).
+        """
         return codec.encode_plain([[e.key, codec.encode(e.state)] for e in self.entries])
 
     def to_bytes(self) -> bytes:
@@ -173,7 +194,15 @@ class GlobalSnapshot:
     def in_flight(self) -> Iterator[tuple[str, str, Entry]]:
         """``(source, destination, entry)`` for every entry carried by a frame
         in flight; frames that carry no entries (acks, digests) or do not parse
-        are skipped. Cost: O(size of the channel frames)."""
+        are skipped.
+
+        >>> from replication.messages import Ack, encode
+        >>> cut = GlobalSnapshot(SnapshotId("a", 1), {}, {("a", "b"): (encode(Ack("a", 3)),)})
+        >>> list(cut.in_flight())
+        []
+
+        Cost: O(size of the channel frames).
+        """
         for (source, destination), frames in sorted(self.channels.items()):
             for frame in frames:
                 try:

@@ -239,7 +239,18 @@ def write_checkpoint(path: _PathLike, local: LocalState) -> None:
 
 def read_checkpoint(path: _PathLike, *, max_size: int = DEFAULT_MAX_SIZE) -> LocalState:
     """The checkpoint in the file at ``path``, checked as :func:`read_snapshot`
-    checks a snapshot: SnapshotCorrupt unless it verifies and parses.
+    checks a snapshot: SnapshotCorrupt unless it verifies and parses (see
+    :func:`write_checkpoint` for an example).
+
+    >>> import os, tempfile
+    >>> from snapshot.cut import SnapshotId
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = os.path.join(folder, "cut.snap")
+    ...     write_snapshot(path, GlobalSnapshot(SnapshotId("a", 1), {}))
+    ...     read_checkpoint(path)                # a snapshot, not a checkpoint
+    Traceback (most recent call last):
+    ...
+    snapshot.errors.SnapshotCorrupt: snapshot file '...cut.snap': not a valid checkpoint: ...
 
     Cost: O(file size), refused in O(1) above ``max_size``.
     """

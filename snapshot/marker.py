@@ -164,17 +164,37 @@ class SnapshotNode:
 
     @property
     def node_id(self) -> str:
-        """The wrapped replica's node id. Cost: O(1)."""
+        """The wrapped replica's node id.
+
+        >>> from random import Random
+        >>> SnapshotNode(Replicator("a", [], rng=Random(1))).node_id
+        'a'
+
+        Cost: O(1).
+        """
         return self._replica.node_id
 
     @property
     def replica(self) -> Replicator:
-        """The wrapped replica: update and read it directly. Cost: O(1)."""
+        """The wrapped replica: update and read it directly.
+
+        >>> from random import Random
+        >>> SnapshotNode(Replicator("a", [], rng=Random(1))).replica.replica_id
+        'a'
+
+        Cost: O(1).
+        """
         return self._replica
 
     def checkpoint(self) -> LocalState:
         """This replica's state now, with the snapshots it has recorded: what
         to write down (``snapshot.files.write_checkpoint``) to restart from.
+
+        >>> from random import Random
+        >>> node = SnapshotNode(Replicator("a", [], rng=Random(1)))
+        >>> _ = node.initiate()
+        >>> node.checkpoint().epochs
+        {'a': 1}
 
         Cost: O(state size).
         """
@@ -250,7 +270,15 @@ class SnapshotNode:
         return LocalRecording(rec.state, {p: tuple(f) for p, f in sorted(rec.frames.items())})
 
     def forget(self, snapshot: SnapshotId) -> None:
-        """Drop this node's part of ``snapshot`` (complete or not). Cost: O(1)."""
+        """Drop this node's part of ``snapshot`` (complete or not).
+
+        >>> from random import Random
+        >>> node = SnapshotNode(Replicator("a", [], rng=Random(1)))
+        >>> taken = node.initiate(); node.forget(taken); node.recording(taken) is None
+        True
+
+        Cost: O(1).
+        """
         self._recordings.pop(snapshot, None)
 
     def _record(self, initiator: str, number: int) -> list[Outgoing]:
@@ -289,8 +317,16 @@ class SnapshotNode:
 
     def tick(self, now: float) -> list[Outgoing]:
         """The replica's gossip round, plus markers to peers that have not
-        acknowledged this node's latest recordings. Cost: the replica's tick,
-        plus O(peers x initiators)."""
+        acknowledged this node's latest recordings.
+
+        >>> from random import Random
+        >>> node = SnapshotNode(Replicator("a", ["b"], rng=Random(1)))
+        >>> _ = node.initiate()
+        >>> len(node.tick(0.0))    # a sync opening to b, and a marker
+        2
+
+        Cost: the replica's tick, plus O(peers x initiators).
+        """
         out = [(dest, self._wrap(_DATA, f)) for dest, f in self._replica.tick(now)]
         return out + self._markers(self._unacked()) if self._epochs else out
 
@@ -344,7 +380,19 @@ class SnapshotNode:
 
 def gather(nodes: Iterable[SnapshotNode], snapshot: SnapshotId) -> GlobalSnapshot | None:
     """The snapshot assembled from every node's part, or None while some
-    part is incomplete (see :func:`take_snapshot` for an example).
+    part is incomplete.
+
+    >>> from random import Random
+    >>> a = SnapshotNode(Replicator("a", ["b"], rng=Random(1)))
+    >>> b = SnapshotNode(Replicator("b", ["a"], rng=Random(2)))
+    >>> taken = a.initiate()
+    >>> gather([a, b], taken) is None          # b has not heard of it yet
+    True
+    >>> marker = [frame for dest, frame in a.tick(0.0) if dest == "b"][-1]
+    >>> ack = b.receive(0.0, "a", marker)      # b records; its channel from a closes
+    >>> _ = a.receive(0.0, "b", ack[0][1])     # a's channel from b closes
+    >>> sorted(gather([a, b], taken).states)
+    ['a', 'b']
 
     Cost: O(nodes + frames recorded).
     """
@@ -368,6 +416,14 @@ def take_snapshot(
     Raises SnapshotIncomplete after ``max_rounds`` (a node down or cut off).
     To take one mid-run instead, call :meth:`SnapshotNode.initiate` and poll
     :func:`gather` between rounds.
+
+    >>> from random import Random
+    >>> from replication.simnet import SimulatedNetwork
+    >>> net = SimulatedNetwork(seed=1)
+    >>> for name in "ab":
+    ...     net.add(SnapshotNode(Replicator(name, "ab", rng=Random(name))))
+    >>> take_snapshot(net, "b").id
+    SnapshotId(initiator='b', number=1)
 
     Cost: O(rounds) of gossip, plus a state copy per node.
     """

@@ -9,8 +9,10 @@ from collections.abc import Iterator
 import pytest
 
 import crdts
+from crdtkit import demo
 from crdts import base, codec
 from replication import Replicator, messages, simnet
+from snapshot import cut, files, marker, sec
 
 CLASSES = [
     crdts.GCounter,
@@ -22,6 +24,11 @@ CLASSES = [
     crdts.CausalContext,
     Replicator,
     simnet.SimulatedNetwork,
+    cut.GlobalSnapshot,
+    cut.LocalState,
+    marker.SnapshotNode,
+    sec.SECReport,
+    sec.Verdict,
 ]
 FUNCTIONS = [
     codec.encode,
@@ -32,10 +39,23 @@ FUNCTIONS = [
     base.leq,
     messages.encode,
     messages.parse,
+    cut.restore_replica,
+    cut.restore_cluster,
+    marker.gather,
+    marker.take_snapshot,
+    sec.check,
+    sec.join_cut,
+    files.write_atomic,
+    files.read_verified,
+    files.write_snapshot,
+    files.read_snapshot,
+    files.write_checkpoint,
+    files.read_checkpoint,
+    demo.run_demo,
 ]
 # Wire and generic-protocol plumbing: documented, but an example would only
 # repeat the codec's.
-PLUMBING = {"to_payload", "from_payload", "from_dots"}
+PLUMBING = {"to_payload", "from_payload", "from_dots", "to_bytes", "from_bytes"}
 
 
 def public_members() -> Iterator[tuple[str, object]]:
