@@ -20,9 +20,11 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn, TextIO
 
 from crdts import codec
+from crdts.errors import DecodeError
+from replication.history import History
 from snapshot.cut import GlobalSnapshot
 from snapshot.errors import SnapshotCorrupt
-from snapshot.files import read_snapshot, write_snapshot
+from snapshot.files import read_snapshot, read_verified, write_atomic, write_snapshot
 from snapshot.sec import SECReport, check, join_cut
 
 __all__ = ["main"]
@@ -79,16 +81,21 @@ def _parser() -> _Parser:
     demo.add_argument("--no-reorder", action="store_true", help="FIFO channels")
     demo.add_argument("--no-partitions", action="store_true", help="never partition")
     demo.add_argument("--snapshot-file", metavar="PATH", help="write the mid-run cut here")
+    demo.add_argument("--log-file", metavar="PATH", help="write the operation log here")
     demo.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="progress lines on stderr (default: when stderr is a terminal)",
     )
-    for name, text in (("check", "SEC verdicts on a snapshot file"),
-                       ("inspect", "what a snapshot file holds")):
-        command = commands.add_parser(name, help=text)
-        command.add_argument("file", metavar="FILE")
+    check = commands.add_parser("check", help="SEC verdicts on a snapshot file")
+    check.add_argument("file", metavar="FILE")
+    check.add_argument(
+        "--log", metavar="LOG", help="the operation log (crdtkit demo --log-file), for the "
+        "join-versus-specification verdict"
+    )
+    inspect = commands.add_parser("inspect", help="what a snapshot file holds")
+    inspect.add_argument("file", metavar="FILE")
     return parser
 
 
@@ -112,7 +119,7 @@ def main(
             return _demo(args, out, err)
         snapshot = _load(args.file)
         if args.command == "check":
-            report = check(snapshot)
+            report = check(snapshot, None if args.log is None else _load_log(args.log))
             print(_verdicts(f"snapshot {snapshot.id} in {args.file}", report), file=out)
             return 0 if report.passed else 1
         print(_inspect(args.file, snapshot), file=out)
@@ -133,6 +140,17 @@ def _load(path: str) -> GlobalSnapshot:
         return read_snapshot(path)
     except OSError as exc:
         raise OSError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _load_log(path: str) -> History:
+    try:
+        body = read_verified(path)
+    except OSError as exc:
+        raise OSError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        return History.from_bytes(body)
+    except DecodeError as exc:
+        raise SnapshotCorrupt(f"operation log {path!r}: not a valid log: {exc}") from exc
 
 
 def _demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -193,6 +211,9 @@ def _demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if args.snapshot_file:
             write_snapshot(args.snapshot_file, cut)
             lines.append(f"  written     {args.snapshot_file} (crdtkit check / inspect it)")
+    if args.log_file:
+        write_atomic(args.log_file, report.history.to_bytes())
+        lines.append(f"  written     {args.log_file} (crdtkit check --log it)")
     if report.final_report is not None:
         lines.append(_verdicts("final cut", report.final_report, indent="  "))
     lines.append(f"verdict: {'PASS' if report.passed else 'FAIL'}")

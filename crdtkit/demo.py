@@ -89,6 +89,7 @@ class DemoReport:
     final: GlobalSnapshot | None
     final_report: SECReport | None
     markers: int
+    history: History  # every operation made
 
     @property
     def passed(self) -> bool:
@@ -200,4 +201,5 @@ def run_demo(config: DemoConfig, progress: Callable[[str], None] | None = None) 
         final=final,
         final_report=None if final is None else check(final, history),
         markers=sum(n.stats.markers for n in nodes),
+        history=history,
     )

@@ -34,9 +34,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeAlias
 
-from crdts import GCounter, LWWRegister, MVRegister, ORSet, PNCounter, VectorClock
-from crdts.base import CRDT
+from crdts import GCounter, LWWRegister, MVRegister, ORSet, PNCounter, VectorClock, codec
+from crdts.base import CRDT, MAX_UINT, expect_list, expect_replica, expect_uint
 from crdts.dotcontext import CausalContext
+from crdts.errors import DecodeError
 from crdts.lwwregister import _order
 from replication.replicator import Replicator
 
@@ -113,6 +114,77 @@ class History:
     #: Types beyond the built-ins (or built-ins with another model), by type name.
     specs: dict[str, TypeSpec] = field(default_factory=dict)
 
+    def to_bytes(self) -> bytes:
+        """The log of the built-in types' operations as canonical CBOR, for
+        :meth:`from_bytes` (``crdtkit check --log`` reads it).
+
+        >>> r = Replicator("a", [], rng=random.Random(1))
+        >>> h = History()
+        >>> h.apply(r, "n", "GCounter", "increment", 2)
+        >>> History.from_bytes(h.to_bytes()).operations == h.operations
+        True
+
+        Cost: O(total size of the operations).
+        """
+        return codec.encode_plain(
+            [
+                _LOG_TAG,
+                _LOG_VERSION,
+                [
+                    [
+                        op.key,
+                        op.type_name,
+                        op.kind,
+                        list(op.args),
+                        *op.dot,
+                        op.observed.to_payload(),
+                        codec.encode(op.delta),
+                    ]
+                    for op in self.operations
+                ],
+            ]
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, max_size: int = 1 << 30) -> History:
+        """Parse :meth:`to_bytes` output (untrusted): DecodeError unless every
+        operation is a well-formed update of a built-in type whose delta has
+        that type. Cost: O(len(data))."""
+        raw = expect_list(codec.decode_plain(data, max_size=max_size), "log")
+        if len(raw) != 3 or raw[:2] != [_LOG_TAG, _LOG_VERSION]:
+            raise DecodeError("not a crdtkit operation log")
+        operations = []
+        for item in expect_list(raw[2], "log"):
+            fields = expect_list(item, "operation")
+            if len(fields) != 8:
+                raise DecodeError("operation: expected eight fields")
+            key, type_name, kind, args, replica, counter, observed, delta = fields
+            if not (isinstance(key, str) and isinstance(type_name, str) and isinstance(kind, str)):
+                raise DecodeError("operation: the key, type and kind are str")
+            shape = _ARGS.get((type_name, kind))
+            if shape is None:
+                raise DecodeError(f"operation: no update {type_name!r:.40}.{kind!r:.40}")
+            args = expect_list(args, "operation arguments")
+            if len(args) != len(shape) or not all(map(_fits, shape, args)):
+                raise DecodeError(f"operation: bad arguments for {type_name}.{kind}")
+            if type(delta) is not bytes:
+                raise DecodeError("operation: the delta is not bytes")
+            state = codec.decode(delta)
+            if type_name != state.TYPE_TAG:
+                raise DecodeError(f"operation: a {state.TYPE_TAG} delta for a {type_name}")
+            operations.append(
+                Operation(
+                    key,
+                    type_name,
+                    kind,
+                    tuple(args),
+                    (expect_replica(replica, "dot"), expect_uint(counter, "dot", 1)),
+                    CausalContext.from_payload(observed, "observed"),
+                    state,
+                )
+            )
+        return cls(operations)
+
     def spec(self, type_name: str) -> TypeSpec:
         """The :class:`TypeSpec` in :attr:`specs` for ``type_name``, else the
         built-in one; ValueError if there is neither."""
@@ -164,6 +236,29 @@ class History:
             if survivors and got != want:
                 out.append(f"{key}: holds {got!r:.200}, the specification gives {want!r:.200}")
         return out
+
+
+_LOG_TAG, _LOG_VERSION = "crdtkit-log", 1
+
+#: The arguments of each built-in update: an amount, a value, a timestamp or None.
+_ARGS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("GCounter", "increment"): ("amount",),
+    ("PNCounter", "increment"): ("amount",),
+    ("PNCounter", "decrement"): ("amount",),
+    ("ORSet", "add"): ("atom",),
+    ("ORSet", "remove"): ("atom",),
+    ("LWWRegister", "assign"): ("atom", "timestamp"),
+    ("MVRegister", "assign"): ("atom",),
+    ("VectorClock", "increment"): (),
+}
+
+
+def _fits(shape: str, arg: object) -> bool:
+    if shape == "atom":
+        return type(arg) in (str, bytes, int)
+    if shape == "timestamp" and arg is None:
+        return True
+    return type(arg) is int and 0 <= arg <= MAX_UINT
 
 
 def expected(type_name: str, ops: Sequence[Operation]) -> object:

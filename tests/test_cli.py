@@ -44,6 +44,18 @@ def test_demo_takes_a_snapshot_mid_run_and_every_verdict_passes(tmp_path: Path) 
     assert "4 replicas:" in out and "joined over the cut" in out
 
 
+def test_check_with_the_operation_log_gives_every_verdict(tmp_path: Path) -> None:
+    cut, log = tmp_path / "cut.snap", tmp_path / "ops.log"
+    status, out, _ = run("demo", *SMALL, "--snapshot-file", str(cut), "--log-file", str(log))
+    assert status == 0, out
+    status, out, _ = run("check", str(cut), "--log", str(log))
+    assert status == 0, out
+    assert "join equals specification .. ok" in out
+    status, _, err = run("check", str(cut), "--log", str(cut))  # a snapshot is not a log
+    assert status == 2
+    assert err.count("\n") == 1 and "not a valid log" in err
+
+
 def test_demo_shows_progress_when_asked() -> None:
     status, _, err = run("demo", *SMALL, "--progress")
     assert status == 0
