@@ -193,8 +193,9 @@ class GlobalSnapshot:
 
     def in_flight(self) -> Iterator[tuple[str, str, Entry]]:
         """``(source, destination, entry)`` for every entry carried by a frame
-        in flight; frames that carry no entries (acks, digests) or do not parse
-        are skipped.
+        in flight; frames that carry no entries (acks, digests), do not parse,
+        or name a sender other than the channel's source node are skipped, as
+        the replica receiving them would.
 
         >>> from replication.messages import Ack, encode
         >>> cut = GlobalSnapshot(SnapshotId("a", 1), {}, {("a", "b"): (encode(Ack("a", 3)),)})
@@ -209,6 +210,9 @@ class GlobalSnapshot:
                     message = parse(frame)
                 except DecodeError:
                     continue
+                claimed = message.sender
+                if claimed != source and not claimed.startswith(source + "~"):
+                    continue  # the replica would refuse it: another node's name
                 if isinstance(message, Push | SyncReply | SyncAnswer):
                     for entry in message.entries:
                         yield source, destination, entry

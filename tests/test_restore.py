@@ -8,9 +8,19 @@ import random
 from crdts import GCounter
 from replication import Replicator
 from replication.history import History, converged, random_operation
+from replication.messages import Entry, Push, encode
 from replication.simnet import Faults, SimulatedNetwork
 from replication.transport import Outgoing
-from snapshot import SnapshotNode, check, gather, restore_cluster, restore_replica
+from snapshot import (
+    GlobalSnapshot,
+    LocalState,
+    SnapshotId,
+    SnapshotNode,
+    check,
+    gather,
+    restore_cluster,
+    restore_replica,
+)
 
 Nodes = dict[str, SnapshotNode]
 
@@ -102,3 +112,16 @@ def test_a_replica_restored_from_an_older_checkpoint_never_reuses_a_dot() -> Non
     assert isinstance(merged, GCounter) and isinstance(state, GCounter)
     merged.merge(state)
     assert merged.value == 111  # both histories count, none overwrites the other
+
+
+def test_a_frame_in_flight_under_another_nodes_name_is_not_replayed() -> None:
+    a = Replicator("a", [], rng=random.Random(1))
+    a.update("hits", GCounter, lambda c, me: c.increment(me, 3))
+    entry = Entry("hits", a.get("hits"), a.ops("hits"))  # type: ignore[arg-type]
+    forged = encode(Push("a", "c", 0, 1, 0, 1, 0, a.clock, (entry,)))
+    c = LocalState.capture(Replicator("c", [], rng=random.Random(2)))
+    cut = GlobalSnapshot(SnapshotId("c", 1), {"c": c}, {("b", "c"): (forged,)})
+    assert list(cut.in_flight()) == []
+    assert restore_cluster(cut, rng=random.Random(3))["c"].keys() == []
+    honest = GlobalSnapshot(SnapshotId("c", 1), {"c": c}, {("a", "c"): (forged,)})
+    assert [e.key for _, _, e in honest.in_flight()] == ["hits"]
