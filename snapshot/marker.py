@@ -82,8 +82,11 @@ __all__ = [
 _TAG = "cl"
 _VERSION = 1
 _DATA, _MARKER, _ACK = 0, 1, 2
-#: Initiators one frame may name; more is refused as malformed.
-MAX_INITIATORS = 256
+#: Initiators a node keeps epochs for (every node that ever initiated a
+#: snapshot, each incarnation apart); a frame that names more, or would take
+#: this node over, is dropped as malformed, so a peer cannot grow the header
+#: of every frame without bound.
+MAX_INITIATORS = 4096
 _MAX_SIZE = MAX_FRAME + 64 * 1024
 
 Epochs = dict[str, int]
@@ -346,6 +349,8 @@ class SnapshotNode:
         """
         try:
             kind, epochs, body = _parse(frame)
+            if len(self._epochs.keys() | epochs.keys()) > MAX_INITIATORS:
+                raise DecodeError("too many initiators")
         except DecodeError:
             self.stats.malformed += 1
             return []

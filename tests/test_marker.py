@@ -5,6 +5,7 @@ loss, duplication, reordering, partitions and restarts."""
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import event, given
@@ -218,8 +219,8 @@ def test_a_restarted_node_initiates_under_its_new_incarnation() -> None:
     assert second.states["r1"].replica == "r1~9"
 
 
-def _frame(kind: int, epochs: list[object], body: object) -> bytes:
-    return codec.encode_plain(["cl", 1, kind, epochs, body])
+def _frame(kind: int, epochs: Sequence[object], body: object) -> bytes:
+    return codec.encode_plain(["cl", 1, kind, list(epochs), body])
 
 
 @pytest.mark.parametrize(
@@ -247,6 +248,17 @@ def test_a_malformed_frame_is_dropped_whole(frame: bytes) -> None:
     assert a.stats.malformed == 1
     assert a.stats.recorded == 0
     assert a.replica.encode_keyspace() == before
+
+
+def test_no_peer_can_grow_the_epochs_past_the_limit() -> None:
+    a, _ = _pair()
+    half = MAX_INITIATORS // 2 + 1
+    first = [x for i in range(half) for x in (f"m{i:04d}", 1)]
+    second = [x for i in range(half) for x in (f"n{i:04d}", 1)]
+    assert a.receive(0.0, "b", _frame(1, first, b""))  # acknowledged
+    assert a.receive(0.0, "b", _frame(1, second, b"")) == []
+    assert a.stats.malformed == 1
+    assert len(a.checkpoint().epochs) == half
 
 
 def test_recordings_beyond_max_open_are_dropped_oldest_first() -> None:
