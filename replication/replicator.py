@@ -179,6 +179,7 @@ class Replicator:
         self._log_limit = log_limit
         self._states: dict[str, CRDT] = {}
         self._ops: dict[str, CausalContext] = {}
+        self._digests: dict[str, bytes] = {}  # of _ops, per key, made on demand
         self._keys: SortedList[str] = SortedList()
         self._clock = CausalContext()
         self._counter = 0  # dots issued by this replica id
@@ -350,6 +351,7 @@ class Replicator:
         self._counter += 1
         dot = (self._replica, self._counter)
         self._ops[key].add(*dot)
+        self._digests.pop(key, None)
         self._clock.add(*dot)
         # The log keeps its own copy: the caller may go on using the delta.
         self._record(key, delta.copy(), CausalContext.from_dots([dot]), self._replica)
@@ -443,6 +445,12 @@ class Replicator:
             for i, part in enumerate(parts)
         ]
 
+    def _digest(self, key: str) -> bytes:
+        digest = self._digests.get(key)
+        if digest is None:
+            digest = self._digests[key] = _digest(self._ops[key])
+        return digest
+
     def _open_sync(self, peer: str) -> list[Outgoing]:
         self._sessions += 1
         self.stats.syncs += 1
@@ -462,7 +470,7 @@ class Replicator:
                         len(groups),
                         lows[i],
                         highs[i],
-                        tuple((k, _digest(self._ops[k])) for k in group),
+                        tuple((k, self._digest(k)) for k in group),
                     )
                 ),
             )
@@ -543,6 +551,7 @@ class Replicator:
             else:
                 state.merge(entry.state)
                 known.merge(entry.ops)
+            self._digests.pop(entry.key, None)
             self._clock.merge(entry.ops)
             self._record(entry.key, entry.state, entry.ops, origin)
             self.stats.merged += 1
@@ -589,10 +598,10 @@ class Replicator:
         send = [
             Entry(k, self._states[k], self._ops[k])
             for k in mine
-            if theirs.get(k) != _digest(self._ops[k])
+            if theirs.get(k) != self._digest(k)
         ]
         want = tuple(
-            k for k, h in digest.digests if k not in self._ops or _digest(self._ops[k]) != h
+            k for k, h in digest.digests if k not in self._ops or self._digest(k) != h
         )
         if want:
             sync.wanted[digest.chunk] = set(want)

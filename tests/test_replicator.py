@@ -213,3 +213,25 @@ def test_mutated_frames_never_raise_and_truncated_ones_change_nothing() -> None:
     assert net.run_until(lambda: converged(replicas), max_rounds=30) is not None
     counter = victim.get("c")
     assert counter is not None and counter.value == 10 - 9  # type: ignore[attr-defined]
+
+
+def test_the_cached_key_digests_follow_every_change() -> None:
+    from replication import replicator
+
+    a = Replicator("a", ["b"], rng=random.Random(1))
+    b = Replicator("b", ["a"], rng=random.Random(2))
+
+    def fresh(r: Replicator) -> bool:
+        return all(r._digest(k) == replicator._digest(r.ops(k)) for k in r.keys())  # noqa: SIM118
+
+    a.update("k", GCounter, lambda c, me: c.increment(me))
+    b.update("k", GCounter, lambda c, me: c.increment(me))
+    assert fresh(a) and fresh(b)  # cached now
+    a.update("k", GCounter, lambda c, me: c.increment(me))  # a local change ...
+    frames = a.tick(0.0)
+    while frames:  # ... and merged ones
+        dest, frame = frames.pop(0)
+        node, sender = (b, "a") if dest == "b" else (a, "b")
+        frames += node.receive(0.0, sender, frame)
+        assert fresh(a) and fresh(b)
+    assert a.ops("k") == b.ops("k")
