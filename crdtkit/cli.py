@@ -3,9 +3,10 @@ prints for people.
 
 - ``crdtkit demo``: the main job (see ``crdtkit.demo``); exit 0 when the
   cluster converged to the specification and both cuts pass the SEC checker.
-- ``crdtkit check FILE``: the SEC verdicts on a saved snapshot; exit 0 when
-  they pass, 1 when one fails.
-- ``crdtkit inspect FILE``: what a snapshot holds.
+- ``crdtkit check FILE [--log LOG]``: the SEC verdicts on a saved snapshot
+  (or a node's checkpoint, as a cut of one); exit 0 when they pass, 1 when
+  one fails.
+- ``crdtkit inspect FILE``: what a snapshot or a checkpoint holds.
 
 A bad argument or a bad file gets one line on stderr and exit status 2,
 never a traceback.
@@ -22,9 +23,9 @@ from typing import NoReturn, TextIO
 from crdts import codec
 from crdts.errors import DecodeError
 from replication.history import History
-from snapshot.cut import GlobalSnapshot
+from snapshot.cut import GlobalSnapshot, LocalState, SnapshotId
 from snapshot.errors import SnapshotCorrupt
-from snapshot.files import read_snapshot, read_verified, write_atomic, write_snapshot
+from snapshot.files import read_verified, write_atomic, write_snapshot
 from snapshot.sec import SECReport, check, join_cut
 
 __all__ = ["main"]
@@ -117,12 +118,12 @@ def main(
         args = _parser().parse_args(argv)
         if args.command == "demo":
             return _demo(args, out, err)
-        snapshot = _load(args.file)
+        title, snapshot = _load(args.file)
         if args.command == "check":
             report = check(snapshot, None if args.log is None else _load_log(args.log))
-            print(_verdicts(f"snapshot {snapshot.id} in {args.file}", report), file=out)
+            print(_verdicts(f"{title} in {args.file}", report), file=out)
             return 0 if report.passed else 1
-        print(_inspect(args.file, snapshot), file=out)
+        print(_inspect(args.file, title, snapshot), file=out)
         return 0
     except _Usage as exc:
         print(f"crdtkit: {exc} (see crdtkit --help)", file=err)
@@ -135,18 +136,30 @@ def main(
         return 130
 
 
-def _load(path: str) -> GlobalSnapshot:
+def _read(path: str) -> bytes:
     try:
-        return read_snapshot(path)
+        return read_verified(path)
     except OSError as exc:
         raise OSError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _load(path: str) -> tuple[str, GlobalSnapshot]:
+    """A snapshot file, or a checkpoint file as a cut of one replica."""
+    body = _read(path)
+    try:
+        snapshot = GlobalSnapshot.from_bytes(body)
+        return f"snapshot {snapshot.id}", snapshot
+    except DecodeError as exc:
+        try:
+            local = LocalState.from_bytes(body)
+        except DecodeError:
+            raise SnapshotCorrupt(f"{path!r}: not a valid snapshot or checkpoint: {exc}") from exc
+    cut = GlobalSnapshot(SnapshotId(local.replica, 1), {local.node: local})
+    return f"checkpoint of {local.node} ({local.replica})", cut
 
 
 def _load_log(path: str) -> History:
-    try:
-        body = read_verified(path)
-    except OSError as exc:
-        raise OSError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    body = _read(path)
     try:
         return History.from_bytes(body)
     except DecodeError as exc:
@@ -227,9 +240,9 @@ def _verdicts(title: str, report: SECReport, indent: str = "") -> str:
     return "\n".join(lines)
 
 
-def _inspect(path: str, snapshot: GlobalSnapshot) -> str:
+def _inspect(path: str, title: str, snapshot: GlobalSnapshot) -> str:
     lines = [
-        f"{path}: snapshot {snapshot.id}, {os.path.getsize(path):,} bytes",
+        f"{path}: {title}, {os.path.getsize(path):,} bytes",
         f"  {len(snapshot.states)} replicas:",
     ]
     for node, local in sorted(snapshot.states.items()):

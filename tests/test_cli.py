@@ -15,7 +15,16 @@ from crdtkit.cli import main
 from crdtkit.demo import DemoConfig, run_demo
 from crdts import GCounter
 from replication import Replicator
-from snapshot import GlobalSnapshot, LocalState, SnapshotId, write_checkpoint, write_snapshot
+from replication.history import History
+from snapshot import (
+    GlobalSnapshot,
+    LocalState,
+    SnapshotId,
+    SnapshotNode,
+    write_checkpoint,
+    write_snapshot,
+)
+from snapshot.files import write_atomic
 
 SMALL = ["--nodes", "4", "--operations", "80", "--keys", "3", "--seed", "5"]
 
@@ -54,6 +63,21 @@ def test_check_with_the_operation_log_gives_every_verdict(tmp_path: Path) -> Non
     status, _, err = run("check", str(cut), "--log", str(cut))  # a snapshot is not a log
     assert status == 2
     assert err.count("\n") == 1 and "not a valid log" in err
+
+
+def test_a_checkpoint_is_checked_and_inspected_as_a_cut_of_one(tmp_path: Path) -> None:
+    node = SnapshotNode(Replicator("a", [], rng=random.Random(1)))
+    history = History()
+    history.apply(node.replica, "hits", "GCounter", "increment", 3)
+    write_checkpoint(tmp_path / "a.ckpt", node.checkpoint())
+    write_atomic(tmp_path / "ops.log", history.to_bytes())
+    status, out, _ = run("check", str(tmp_path / "a.ckpt"), "--log", str(tmp_path / "ops.log"))
+    assert status == 0
+    assert out.startswith(f"SEC on the checkpoint of a (a) in {tmp_path / 'a.ckpt'}:")
+    assert "join equals specification .. ok" in out
+    status, out, _ = run("inspect", str(tmp_path / "a.ckpt"))
+    assert status == 0
+    assert "hits (GCounter, " in out and "): 3" in out
 
 
 def test_demo_shows_progress_when_asked() -> None:
@@ -109,13 +133,12 @@ def test_a_bad_argument_gets_one_line(argv: list[str], message: str) -> None:
 def test_a_bad_file_gets_one_line(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.snap"
     garbage.write_bytes(b"CRDTSNAP but then nonsense")
-    checkpoint = tmp_path / "a.ckpt"
-    write_checkpoint(checkpoint, LocalState.capture(Replicator("a", [], rng=random.Random(1))))
+    write_atomic(tmp_path / "ops.log", History().to_bytes())
     cases = {
         str(tmp_path / "missing.snap"): "cannot read",
         str(tmp_path): "cannot read",  # a folder
         str(garbage): "snapshot file",
-        str(checkpoint): "not a valid snapshot",
+        str(tmp_path / "ops.log"): "not a valid snapshot or checkpoint",
     }
     for path, message in cases.items():
         for command in ("check", "inspect"):
