@@ -64,7 +64,11 @@ def _bounded(low: int, high: int) -> Callable[[str], int]:
 
 
 def _parser() -> _Parser:
-    parser = _Parser(prog="crdtkit", description=__doc__.split("\n\n")[0])
+    parser = _Parser(
+        prog="crdtkit",
+        description="CRDT replication: simulate a cluster under faults, take consistent "
+        "snapshots and check strong eventual consistency on them.",
+    )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     demo = commands.add_parser("demo", help="simulate a cluster under faults and check it")
     demo.add_argument("--nodes", type=_bounded(2, 1024), default=16, help="replicas (16)")
@@ -89,13 +93,13 @@ def _parser() -> _Parser:
         default=None,
         help="progress lines on stderr (default: when stderr is a terminal)",
     )
-    check = commands.add_parser("check", help="SEC verdicts on a snapshot file")
+    check = commands.add_parser("check", help="SEC verdicts on a snapshot or checkpoint file")
     check.add_argument("file", metavar="FILE")
     check.add_argument(
         "--log", metavar="LOG", help="the operation log (crdtkit demo --log-file), for the "
         "join-versus-specification verdict"
     )
-    inspect = commands.add_parser("inspect", help="what a snapshot file holds")
+    inspect = commands.add_parser("inspect", help="what a snapshot or checkpoint file holds")
     inspect.add_argument("file", metavar="FILE")
     return parser
 
