@@ -30,7 +30,7 @@ from bench.workloads import keys
 from crdts import GCounter, ORSet
 from crdts import codec as crdt_codec
 from replication import Replicator
-from replication.messages import Entry, Push, SyncAnswer, SyncReply, parse
+from replication.messages import Entry, Push, parse
 from replication.simnet import SimulatedNetwork
 from replication.transport import Outgoing
 
@@ -213,7 +213,7 @@ class _Tally:
         if not self.on:
             return
         message = parse(frame)
-        if not isinstance(message, Push | SyncReply | SyncAnswer):
+        if not isinstance(message, Push):
             return
         for entry in message.entries:
             held = "held" if entry.ops.issubset(receiver.ops(entry.key)) else "new"
@@ -256,10 +256,10 @@ def delta_bytes(config: Config, rng: Random) -> list[Row]:
 
     ``gossip_keys`` GCounter keys, each created by one increment at a random
     replica, on ``BYTES_REPLICAS`` replicas; the cluster converges (the
-    initial sync), then every round 2% of the keys, drawn at random, are
+    initial catch-ups), then every round 2% of the keys, drawn at random, are
     incremented once each at a random replica before the round runs. Warm-up
-    rounds run until every replica has opened its first-contact syncs and
-    none opened one for 5 rounds; then ``gossip_rounds`` rounds are measured.
+    rounds run until every replica has sent its first-contact catch-ups and
+    none sent one for 5 rounds; then ``gossip_rounds`` rounds are measured.
 
     The floor, full-state push-pull, is computed from the same rounds: in each
     exchange the replica that ticked would ship its whole keyspace and its
@@ -288,18 +288,18 @@ def delta_bytes(config: Config, rng: Random) -> list[Row]:
             rng.choice(replicas).update(name, GCounter, _increment)
         increments += churn
 
-    def syncs() -> int:
-        return sum(r.stats.syncs for r in replicas)
+    def catch_ups() -> int:
+        return sum(r.stats.catch_ups for r in replicas)
 
-    warmup, quiet, last = 0, 0, syncs()
-    while warmup < MAX_ROUNDS and (quiet < 5 or any(r.stats.syncs < n - 1 for r in replicas)):
+    warmup, quiet, last = 0, 0, catch_ups()
+    while warmup < MAX_ROUNDS and (quiet < 5 or any(r.stats.catch_ups < n - 1 for r in replicas)):
         update_some()
         net.run_round()
         warmup += 1
-        quiet = 0 if syncs() != last else quiet + 1
-        last = syncs()
+        quiet = 0 if catch_ups() != last else quiet + 1
+        last = catch_ups()
 
-    syncs_before = syncs()
+    catch_ups_before = catch_ups()
     merged_before = sum(r.stats.merged for r in replicas)
     redundant_before = sum(r.stats.redundant for r in replicas)
     full: list[float] = []
@@ -313,7 +313,7 @@ def delta_bytes(config: Config, rng: Random) -> list[Row]:
         )
     tally.on = False
     delta = [float(b) for b in net.stats.bytes_sent_per_round[-config.gossip_rounds :]]
-    window_syncs = syncs() - syncs_before
+    window_catch_ups = catch_ups() - catch_ups_before
     merged = sum(r.stats.merged for r in replicas) - merged_before
     redundant = sum(r.stats.redundant for r in replicas) - redundant_before
     if sum(tally.bytes_by_kind.values()) != sum(delta):
@@ -337,10 +337,10 @@ def delta_bytes(config: Config, rng: Random) -> list[Row]:
     entry_total = tally.entry_bytes["new"] + tally.entry_bytes["held"]
     note = (
         f"{k:,} GCounter keys, {churn} updated per round at random replicas; "
-        f"initial sync {initial_rounds} rounds, then {warmup} warm-up rounds, then "
+        f"initial catch-up {initial_rounds} rounds, then {warmup} warm-up rounds, then "
         f"{config.gossip_rounds} measured; mean {_size(statistics.mean(delta))} vs "
         f"{_size(statistics.mean(full))} per round ({sum(delta) / sum(full):.2%}); "
-        f"syncs opened while measuring: {window_syncs}. Where the bytes go: {kinds}; "
+        f"catch-ups while measuring: {window_catch_ups}. Where the bytes go: {kinds}; "
         f"of the entries received, {tally.entries['held']:,} carried only operations the "
         f"receiver already held ({tally.entry_bytes['held'] / max(1, entry_total):.0%} of "
         f"entry bytes) and {tally.entries['new']:,} brought news; sending only those would "

@@ -9,12 +9,10 @@ returning, so a caller never acts on half a message.
 
 The messages (see ``replication.replicator`` for the protocol):
 
-- :class:`Push`: part of a delta interval ``(start, end]`` of the sender's log;
-- :class:`Ack`: "I have your log up to ``position``" (-1: nothing of it);
-- :class:`Digest`: one chunk of the sender's per-key digests, opening a sync;
-- :class:`SyncReply`: the receiver's states that differ in that chunk, and the
-  keys it wants from the sender;
-- :class:`SyncAnswer`: the wanted states, completing the chunk.
+- :class:`Push`: part of a delta interval ``(start, end]`` of the sender's log
+  (``start`` -1: a catch-up, the whole log as the keys it changed), or, with
+  no entries and an empty interval, the opening of a round;
+- :class:`Ack`: "I have your log up to ``position``" (-1: nothing of it).
 
 Cost: encoding and parsing are O(frame size) plus the codec's cost per state.
 """
@@ -33,12 +31,9 @@ from crdts.errors import DecodeError
 __all__ = [
     "MAX_FRAME",
     "Ack",
-    "Digest",
     "Entry",
     "Message",
     "Push",
-    "SyncAnswer",
-    "SyncReply",
     "encode",
     "encode_entries",
     "parse",
@@ -89,44 +84,7 @@ class Ack:
     position: int
 
 
-@dataclass(frozen=True, slots=True)
-class Digest:
-    """Chunk ``chunk`` of ``chunks`` of a sync session: digests of the sender's
-    keys in ``[low, high)`` (``high`` None: no upper bound), taken at log
-    position ``seq``."""
-
-    sender: str
-    session: int
-    seq: int
-    chunk: int
-    chunks: int
-    low: str
-    high: str | None
-    digests: tuple[tuple[str, bytes], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class SyncReply:
-    """The answer to a digest chunk: states that differ, keys wanted."""
-
-    sender: str
-    session: int
-    chunk: int
-    want: tuple[str, ...]
-    entries: tuple[Entry, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class SyncAnswer:
-    """The states a :class:`SyncReply` wanted."""
-
-    sender: str
-    session: int
-    chunk: int
-    entries: tuple[Entry, ...]
-
-
-Message: TypeAlias = Push | Ack | Digest | SyncReply | SyncAnswer
+Message: TypeAlias = Push | Ack
 
 
 def encode_entries(entries: Iterable[Entry]) -> list[object]:
@@ -147,16 +105,8 @@ def encode(message: Message) -> bytes:
     if isinstance(m, Push):
         fields = ["push", VERSION, m.sender, m.to, m.start, m.end, m.part, m.parts, m.reply]
         fields += [m.clock.to_payload(), encode_entries(m.entries)]
-    elif isinstance(m, Ack):
-        fields = ["ack", VERSION, m.sender, m.position]
-    elif isinstance(m, Digest):
-        fields = ["digest", VERSION, m.sender, m.session, m.seq, m.chunk, m.chunks, m.low]
-        fields += [m.high, [list(d) for d in m.digests]]
-    elif isinstance(m, SyncReply):
-        fields = ["reply", VERSION, m.sender, m.session, m.chunk, list(m.want)]
-        fields.append(encode_entries(m.entries))
     else:
-        fields = ["answer", VERSION, m.sender, m.session, m.chunk, encode_entries(m.entries)]
+        fields = ["ack", VERSION, m.sender, m.position]
     return codec.encode_plain(fields)
 
 
@@ -183,7 +133,7 @@ def parse_entries(raw: object) -> tuple[Entry, ...]:
     return tuple(out)
 
 
-_ARITY = {"push": 11, "ack": 4, "digest": 10, "reply": 7, "answer": 6}
+_ARITY = {"push": 11, "ack": 4}
 
 
 def parse(frame: bytes, *, max_size: int = MAX_FRAME) -> Message:
@@ -214,28 +164,4 @@ def parse(frame: bytes, *, max_size: int = MAX_FRAME) -> Message:
             raise DecodeError("push: inconsistent interval or parts")
         clock = CausalContext.from_payload(f[6], "push clock")
         return Push(sender, to, start, end, part, parts, f[5], clock, parse_entries(f[7]))
-    if kind == "ack":
-        return Ack(sender, expect_uint(f[0], "ack position", -1))
-    if kind == "digest":
-        session, seq = expect_uint(f[0], "digest session"), expect_uint(f[1], "digest seq", -1)
-        chunk, chunks = expect_uint(f[2], "digest chunk"), expect_uint(f[3], "digest chunks", 1)
-        low, high = _key(f[4]), None if f[5] is None else _key(f[5])
-        if chunk >= chunks or (high is not None and high <= low):
-            raise DecodeError("digest: inconsistent chunk")
-        digests = []
-        for item in expect_list(f[6], "digests"):
-            pair = expect_list(item, "digest")
-            if len(pair) != 2 or type(pair[1]) is not bytes:
-                raise DecodeError("digest: expected [key, hash]")
-            key = _key(pair[0])
-            if key < low or (high is not None and key >= high):
-                raise DecodeError("digest: key outside the chunk")
-            digests.append((key, pair[1]))
-        if len({k for k, _ in digests}) != len(digests):
-            raise DecodeError("digest: a key twice")
-        return Digest(sender, session, seq, chunk, chunks, low, high, tuple(digests))
-    session, chunk = expect_uint(f[0], "session"), expect_uint(f[1], "chunk")
-    if kind == "reply":
-        want = tuple(_key(k) for k in expect_list(f[2], "want"))
-        return SyncReply(sender, session, chunk, want, parse_entries(f[3]))
-    return SyncAnswer(sender, session, chunk, parse_entries(f[2]))
+    return Ack(sender, expect_uint(f[0], "ack position", -1))

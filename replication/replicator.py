@@ -20,17 +20,19 @@ Gossip (Almeida, Shoker and Baquero 2018, with the fixes of Enes et al. 2019):
 
 - Each replica appends every change (a local delta, or the new part of a
   received one) to a *log* with a sequence number.
-- Every interval, it picks ``fanout`` random peers. To a peer that has
-  acknowledged position ``p`` of this replica's log, it pushes the joined
-  deltas of ``(p, head]``, per key, leaving out what came from that peer (no
-  back-propagation), in chunks of at most ``chunk_size`` entries. The peer
-  merges only the entries that carry operations it lacks (no redundant state),
-  acknowledges its true position, and pushes back what it has for the sender
-  (push-pull).
-- To a new peer, one that restarted, or one whose position fell out of the
-  bounded log, it opens a *sync* instead: digests of its keys in chunks of
-  ``chunk_size``, so only the keys that differ travel, both ways. When every
-  chunk is settled the peer holds the sender's log up to the sync's start.
+- Every interval, it picks ``fanout`` random peers and opens a round with
+  each by sending its clock alone. The peer answers with what the opener
+  lacks and asks for its part, which the opener then filters by the peer's
+  fresh clock (push-pull). To a peer that has acknowledged position ``p`` of
+  its log, a replica pushes the joined deltas of ``(p, head]``, per key,
+  leaving out what came from that peer (no back-propagation). To a new peer,
+  one that restarted, or one whose position fell out of the bounded log, it
+  pushes a *catch-up* instead: the state of every key whose operations the
+  peer's clock does not cover, as the interval ``(-1, head]``, so only the
+  keys that differ travel (the version-vector form of a digest sync, without
+  the digests). Either way entries go in chunks of at most ``chunk_size``,
+  and the peer merges only the entries that carry operations it lacks (no
+  redundant state) and acknowledges its true position.
 - A frame that does not parse, claims another node's identity, or would change
   a key's type is dropped and counted; nothing of it is applied.
 
@@ -39,16 +41,15 @@ Restarting from an older copy of its state, a replica must take a new
 the node id, so its new dots never collide with ones it issued before.
 
 Cost: ``update`` is the type's mutator plus O(1); a push costs O(entries in
-the interval); a sync O(keys) digests; merging an entry costs the type's
-merge plus O(size of its dots).
+the interval); a catch-up O(keys) subset tests; merging an entry costs the
+type's merge plus O(size of its dots).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from random import Random
 from typing import NamedTuple, TypeVar
 
@@ -61,12 +62,9 @@ from crdts.errors import DecodeError
 from crdts.vclock import VectorClock
 from replication.messages import (
     Ack,
-    Digest,
     Entry,
     Message,
     Push,
-    SyncAnswer,
-    SyncReply,
     encode,
     encode_entries,
     parse,
@@ -98,17 +96,6 @@ class _Peer:
 
 
 @dataclass(slots=True)
-class _Sync:
-    """A sync session a peer opened with us."""
-
-    session: int
-    seq: int
-    chunks: int
-    settled: set[int] = field(default_factory=set)
-    wanted: dict[int, set[str]] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
 class ReplicatorStats:
     """Counters a driver or a test can read."""
 
@@ -117,14 +104,8 @@ class ReplicatorStats:
     redundant: int = 0  # entries received that carried nothing new
     malformed: int = 0  # frames that did not parse
     refused: int = 0  # frames that parsed but were refused (identity, type)
-    syncs: int = 0  # sync sessions opened
+    catch_ups: int = 0  # pushes of whole keys to a peer with no usable log position
     stale: int = 0  # pushes computed for another incarnation of this node
-
-
-def _digest(ops: CausalContext) -> bytes:
-    # A key's state is the join of its operations' deltas, so equal operation
-    # sets mean equal states: hashing the dots is enough, and cheaper.
-    return hashlib.blake2b(codec.encode_plain(ops.to_payload()), digest_size=8).digest()
 
 
 def _chunks(items: list[Entry], size: int) -> Iterator[tuple[Entry, ...]]:
@@ -140,7 +121,7 @@ class Replicator:
     >>> a = Replicator("a", ["b"], rng=Random(1))
     >>> b = Replicator("b", ["a"], rng=Random(2))
     >>> _ = a.update("hits", GCounter, lambda c, me: c.increment(me, 3))
-    >>> frames = a.tick(0.0)                  # a opens a sync with b
+    >>> frames = a.tick(0.0)                  # a opens a round with b
     >>> while frames:                         # a perfect network, by hand
     ...     dest, frame = frames.pop(0)
     ...     node = {"a": a, "b": b}[dest]
@@ -179,7 +160,6 @@ class Replicator:
         self._log_limit = log_limit
         self._states: dict[str, CRDT] = {}
         self._ops: dict[str, CausalContext] = {}
-        self._digests: dict[str, bytes] = {}  # of _ops, per key, made on demand
         self._keys: SortedList[str] = SortedList()
         self._clock = CausalContext()
         self._counter = 0  # dots issued by this replica id
@@ -188,8 +168,6 @@ class Replicator:
         self._peers: dict[str, _Peer] = {}  # made on first contact
         self._positions: dict[str, int] = {}  # replica id -> its log we hold up to
         self._parts: dict[str, tuple[int, int, set[int]]] = {}
-        self._syncs: dict[str, _Sync] = {}
-        self._sessions = 0
         self._subscribers: list[Callable[[str, CRDT], None]] = []
         self.stats = ReplicatorStats()
 
@@ -351,7 +329,6 @@ class Replicator:
         self._counter += 1
         dot = (self._replica, self._counter)
         self._ops[key].add(*dot)
-        self._digests.pop(key, None)
         self._clock.add(*dot)
         # The log keeps its own copy: the caller may go on using the delta.
         self._record(key, delta.copy(), CausalContext.from_dots([dot]), self._replica)
@@ -372,13 +349,14 @@ class Replicator:
     # -- gossip out -----------------------------------------------------------------
 
     def tick(self, now: float) -> list[Outgoing]:
-        """One gossip round: push to (or sync with) ``fanout`` random peers.
+        """One gossip round: open a push-pull exchange with ``fanout`` random
+        peers (the pushes follow as replies).
 
         >>> r = Replicator("a", ["b"], rng=Random(1))
-        >>> [dest for dest, frame in r.tick(0.0)]   # b is new: a sync opens
+        >>> [dest for dest, frame in r.tick(0.0)]
         ['b']
 
-        Cost: O(entries in each peer's interval), or O(keys) for a sync.
+        Cost: O(size of the clock) per peer.
         """
         if not self._peer_ids:
             return []
@@ -387,31 +365,32 @@ class Replicator:
 
     def _gossip(self, peer: str, *, reply: int) -> list[Outgoing]:
         state = self._peers.setdefault(peer, _Peer())
-        log_start = self._log[0].seq if self._log else self._head + 1
-        if state.acked is None or state.acked < log_start - 1:
-            return self._open_sync(peer)
         if reply == 2:
             # Open with our clock alone: the peer answers with only what we
             # lack and asks for ours, which we then filter by its fresh clock.
-            assert state.replica is not None  # acked implies we heard from it
-            request = Push(
-                self._replica, state.replica, state.acked, state.acked, 0, 1, 2, self._clock, ()
-            )
+            # Before we have heard from it we can only address it by node id.
+            at = 0 if state.acked is None else state.acked  # an empty interval
+            to = peer if state.replica is None else state.replica
+            request = Push(self._replica, to, at, at, 0, 1, 2, self._clock, ())
             return [(peer, encode(request))]
         return self._push(peer, state, reply)
 
     def _push(self, peer: str, state: _Peer, reply: int) -> list[Outgoing]:
-        acked, to = state.acked, state.replica
-        assert acked is not None and to is not None  # acked implies we heard from it
+        # Only ever a reply: the peer's replica id and clock are fresh.
+        to, known = state.replica, state.clock
+        assert to is not None and known is not None
+        log_start = self._log[0].seq if self._log else self._head + 1
+        if state.acked is None or state.acked < log_start - 1:
+            return self._catch_up(peer, to, known, reply)
+        acked = state.acked
         joined: dict[str, tuple[CRDT, CausalContext]] = {}
         owned: set[str] = set()  # keys whose joined delta is our own copy
-        known = state.clock
         for change in reversed(self._log):
             if change.seq <= acked:
                 break
             if change.origin == state.replica:
                 continue  # it came from that peer: never send it back
-            if known is not None and change.ops.issubset(known):
+            if change.ops.issubset(known):
                 continue  # it reached that peer by another route
             held = joined.get(change.key)
             if held is None:
@@ -424,6 +403,22 @@ class Replicator:
             held[0].merge(change.delta)
             held[1].merge(change.ops)
         entries = [Entry(k, d, o) for k, (d, o) in sorted(joined.items())]
+        return self._send(peer, to, acked, entries, reply)
+
+    def _catch_up(self, peer: str, to: str, known: CausalContext, reply: int) -> list[Outgoing]:
+        # The whole log interval (-1, head], as the keys it changed: every key
+        # holding an operation the peer's clock lacks.
+        self.stats.catch_ups += 1
+        entries = [
+            Entry(k, self._states[k], ops)
+            for k in self._keys
+            if not (ops := self._ops[k]).issubset(known)
+        ]
+        return self._send(peer, to, -1, entries, reply)
+
+    def _send(
+        self, peer: str, to: str, start: int, entries: list[Entry], reply: int
+    ) -> list[Outgoing]:
         parts = list(_chunks(entries, self._chunk)) or [()]
         return [
             (
@@ -432,7 +427,7 @@ class Replicator:
                     Push(
                         self._replica,
                         to,
-                        acked,
+                        start,
                         self._head,
                         i,
                         len(parts),
@@ -443,38 +438,6 @@ class Replicator:
                 ),
             )
             for i, part in enumerate(parts)
-        ]
-
-    def _digest(self, key: str) -> bytes:
-        digest = self._digests.get(key)
-        if digest is None:
-            digest = self._digests[key] = _digest(self._ops[key])
-        return digest
-
-    def _open_sync(self, peer: str) -> list[Outgoing]:
-        self._sessions += 1
-        self.stats.syncs += 1
-        keys = list(self._keys)
-        groups = [keys[i : i + self._chunk] for i in range(0, len(keys), self._chunk)] or [[]]
-        lows = ["", *(group[0] for group in groups[1:])]
-        highs: list[str | None] = [*lows[1:], None]
-        return [
-            (
-                peer,
-                encode(
-                    Digest(
-                        self._replica,
-                        self._sessions,
-                        self._head,
-                        i,
-                        len(groups),
-                        lows[i],
-                        highs[i],
-                        tuple((k, self._digest(k)) for k in group),
-                    )
-                ),
-            )
-            for i, group in enumerate(groups)
         ]
 
     # -- gossip in ------------------------------------------------------------------
@@ -503,20 +466,14 @@ class Replicator:
         self._meet(sender, message.sender)
         if isinstance(message, Push):
             return self._on_push(sender, message)
-        if isinstance(message, Ack):
-            self._on_ack(sender, message)
-            return []
-        if isinstance(message, Digest):
-            return self._on_digest(sender, message)
-        if isinstance(message, SyncReply):
-            return self._on_reply(sender, message)
-        return self._on_answer(sender, message)
+        self._on_ack(sender, message)
+        return []
 
     def _acceptable(self, sender: str, message: Message) -> bool:
         claimed = message.sender
         if claimed != sender and not claimed.startswith(sender + "~"):
             return False
-        if isinstance(message, Push | SyncReply | SyncAnswer):
+        if isinstance(message, Push):
             for entry in message.entries:
                 held = self._states.get(entry.key)
                 if held is not None and type(held) is not type(entry.state):
@@ -551,17 +508,17 @@ class Replicator:
             else:
                 state.merge(entry.state)
                 known.merge(entry.ops)
-            self._digests.pop(entry.key, None)
             self._clock.merge(entry.ops)
             self._record(entry.key, entry.state, entry.ops, origin)
             self.stats.merged += 1
             self._notify(entry.key)
 
     def _on_push(self, node: str, push: Push) -> list[Outgoing]:
-        if push.to != self._replica:
+        if push.to != self._replica and push.entries:
             # Computed for another incarnation of ours: it may leave out what
             # that one held and this one lost. Our answer names this
             # incarnation, which makes the peer forget what the old one held.
+            # (An opener carries nothing, so it is answered as usual.)
             self.stats.stale += 1
             return [(node, encode(Ack(self._replica, self._positions.get(push.sender, -1))))]
         self._peers[node].clock = push.clock
@@ -588,65 +545,6 @@ class Replicator:
         # when it restarts from an older state. Positions we never reached are lies.
         if ack.position <= self._head:
             self._peers[node].acked = None if ack.position < 0 else ack.position
-
-    def _on_digest(self, node: str, digest: Digest) -> list[Outgoing]:
-        sync = self._syncs.get(digest.sender)
-        if sync is None or sync.session != digest.session:
-            sync = self._syncs[digest.sender] = _Sync(digest.session, digest.seq, digest.chunks)
-        theirs = dict(digest.digests)
-        mine = self._keys.irange(digest.low, digest.high, inclusive=(True, False))
-        send = [
-            Entry(k, self._states[k], self._ops[k])
-            for k in mine
-            if theirs.get(k) != self._digest(k)
-        ]
-        want = tuple(
-            k for k, h in digest.digests if k not in self._ops or self._digest(k) != h
-        )
-        if want:
-            sync.wanted[digest.chunk] = set(want)
-        else:
-            sync.settled.add(digest.chunk)
-        parts = list(_chunks(send, self._chunk)) or [()]
-        out = [
-            (node, encode(SyncReply(self._replica, digest.session, digest.chunk,
-                                    want if i == 0 else (), part)))
-            for i, part in enumerate(parts)
-        ]
-        return out + self._settle(node, digest.sender)
-
-    def _on_reply(self, node: str, reply: SyncReply) -> list[Outgoing]:
-        self._merge(reply.entries, reply.sender)
-        wanted = [Entry(k, self._states[k], self._ops[k]) for k in reply.want if k in self._ops]
-        if not reply.want:
-            return []
-        return [
-            (node, encode(SyncAnswer(self._replica, reply.session, reply.chunk, part)))
-            for part in (list(_chunks(wanted, self._chunk)) or [()])
-        ]
-
-    def _on_answer(self, node: str, answer: SyncAnswer) -> list[Outgoing]:
-        self._merge(answer.entries, answer.sender)
-        sync = self._syncs.get(answer.sender)
-        if sync is None or sync.session != answer.session:
-            return []
-        wanted = sync.wanted.get(answer.chunk)
-        if wanted is not None:
-            wanted.difference_update(e.key for e in answer.entries)
-            if not wanted or not answer.entries:
-                # An empty answer: the sender no longer has what we wanted.
-                del sync.wanted[answer.chunk]
-                sync.settled.add(answer.chunk)
-        return self._settle(node, answer.sender)
-
-    def _settle(self, node: str, replica: str) -> list[Outgoing]:
-        sync = self._syncs.get(replica)
-        if sync is None or len(sync.settled) < sync.chunks:
-            return []
-        del self._syncs[replica]
-        if sync.seq > self._positions.get(replica, -1):
-            self._positions[replica] = sync.seq
-        return [(node, encode(Ack(self._replica, self._positions[replica])))]
 
     # -- durability ----------------------------------------------------------------
 

@@ -180,7 +180,7 @@ def convergence_machine(
             return random.Random(f"{self.seed}/{node}/{self.incarnations[node]}")
 
         # A single-entry chunk and a short log drive the replicator down its
-        # chunked-sync and log-overflow paths; both shrink to the defaults.
+        # chunked and catch-up paths; both shrink to the defaults.
         @initialize(
             seed=st.integers(0, 2**32 - 1),
             fanout=st.sampled_from([1, 2]),

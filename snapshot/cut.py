@@ -31,7 +31,7 @@ from crdts import codec
 from crdts.base import CRDT, expect_list, expect_replica, expect_uint
 from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError
-from replication.messages import Entry, Push, SyncAnswer, SyncReply, parse, parse_entries
+from replication.messages import Entry, Push, parse, parse_entries
 from replication.messages import encode_entries as _encode_entries
 from replication.replicator import Replicator
 
@@ -193,7 +193,7 @@ class GlobalSnapshot:
 
     def in_flight(self) -> Iterator[tuple[str, str, Entry]]:
         """``(source, destination, entry)`` for every entry carried by a frame
-        in flight; frames that carry no entries (acks, digests), do not parse,
+        in flight; frames that carry no entries (acks, openers), do not parse,
         or name a sender other than the channel's source node are skipped, as
         the replica receiving them would.
 
@@ -213,7 +213,7 @@ class GlobalSnapshot:
                 claimed = message.sender
                 if claimed != source and not claimed.startswith(source + "~"):
                     continue  # the replica would refuse it: another node's name
-                if isinstance(message, Push | SyncReply | SyncAnswer):
+                if isinstance(message, Push):
                     for entry in message.entries:
                         yield source, destination, entry
 

@@ -325,7 +325,7 @@ class SnapshotNode:
         >>> from random import Random
         >>> node = SnapshotNode(Replicator("a", ["b"], rng=Random(1)))
         >>> _ = node.initiate()
-        >>> len(node.tick(0.0))    # a sync opening to b, and a marker
+        >>> len(node.tick(0.0))    # a round opening with b, and a marker
         2
 
         Cost: the replica's tick, plus O(peers x initiators).

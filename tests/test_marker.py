@@ -119,7 +119,7 @@ def test_a_frame_in_flight_across_the_cut_is_the_channel_state() -> None:
     a, b = _pair()
     a.replica.update("hits", GCounter, lambda c, me: c.increment(me, 5))
     snapshot = b.initiate()  # b records an empty state ...
-    in_flight = a.tick(0.0)  # ... while a's sync is on its way to b
+    in_flight = a.tick(0.0)  # ... while a's opening push is on its way to b
     markers = b.tick(0.0)
     assert in_flight and all(dest == "b" for dest, _ in in_flight)
     acks = _deliver(a, "b", [m for m in markers if m[0] == "a"])  # a records, acks
@@ -132,8 +132,8 @@ def test_a_frame_in_flight_across_the_cut_is_the_channel_state() -> None:
     assert len(part.channels["a"]) == len(in_flight)
     cut = gather([a, b], snapshot)
     assert cut is not None
-    assert [e.key for _, _, e in cut.in_flight()] == []  # a digest carries no entries
-    assert replies  # b answered the digest: gossip went on during the snapshot
+    assert [e.key for _, _, e in cut.in_flight()] == []  # an opening push carries no entries
+    assert replies  # b answered: gossip went on during the snapshot
 
 
 def test_a_frame_sent_after_the_senders_recording_is_never_in_the_cut() -> None:

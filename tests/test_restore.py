@@ -40,7 +40,7 @@ def test_a_cut_with_an_entry_in_flight_restores_it_to_its_destination() -> None:
         "c": SnapshotNode(Replicator("c", ["a"], rng=random.Random(3))),
     }
     history.apply(nodes["a"].replica, "hits", "GCounter", "increment", 4)
-    opening = nodes["c"].tick(0.0)  # c opens a sync with a, its only peer
+    opening = nodes["c"].tick(0.0)  # c opens a round with a, its only peer
     replies = nodes["a"].receive(0.0, "c", opening[0][1])  # a answers with "hits", unmarked
     taken = nodes["b"].initiate()
     markers = nodes["b"].tick(0.0)
