@@ -132,6 +132,12 @@ def main(
     except _Usage as exc:
         print(f"crdtkit: {exc} (see crdtkit --help)", file=err)
         return 2
+    except BrokenPipeError:
+        # The reader went away (``crdtkit demo | head``): stop quietly, and
+        # point stdout at nothing so the interpreter's last flush cannot fail.
+        if out is sys.stdout:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (SnapshotCorrupt, OSError) as exc:
         print(f"crdtkit: {exc}", file=err)
         return 2

@@ -63,7 +63,8 @@ class Push:
     mine (a round opens with an empty push, so both directions are filtered
     by a fresh clock). ``to`` is the receiver's replica id the push was
     computed for: it leaves out what that incarnation held, which a restarted
-    one may have lost, so another incarnation must not take it."""
+    one may have lost, so another incarnation must not take it. ``ack`` is an
+    :class:`Ack` riding along: the sender holds the receiver's log up to it."""
 
     sender: str
     to: str
@@ -74,6 +75,7 @@ class Push:
     reply: int
     clock: CausalContext
     entries: tuple[Entry, ...]
+    ack: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +106,7 @@ def encode(message: Message) -> bytes:
     fields: list[object]
     if isinstance(m, Push):
         fields = ["push", VERSION, m.sender, m.to, m.start, m.end, m.part, m.parts, m.reply]
-        fields += [m.clock.to_payload(), encode_entries(m.entries)]
+        fields += [m.clock.to_payload(), encode_entries(m.entries), m.ack]
     else:
         fields = ["ack", VERSION, m.sender, m.position]
     return codec.encode_plain(fields)
@@ -133,7 +135,7 @@ def parse_entries(raw: object) -> tuple[Entry, ...]:
     return tuple(out)
 
 
-_ARITY = {"push": 11, "ack": 4}
+_ARITY = {"push": 12, "ack": 4}
 
 
 def parse(frame: bytes, *, max_size: int = MAX_FRAME) -> Message:
@@ -163,5 +165,6 @@ def parse(frame: bytes, *, max_size: int = MAX_FRAME) -> Message:
         if start > end or part >= parts or type(f[5]) is not int or f[5] not in (0, 1, 2):
             raise DecodeError("push: inconsistent interval or parts")
         clock = CausalContext.from_payload(f[6], "push clock")
-        return Push(sender, to, start, end, part, parts, f[5], clock, parse_entries(f[7]))
+        entries, ack = parse_entries(f[7]), expect_uint(f[8], "push ack", -1)
+        return Push(sender, to, start, end, part, parts, f[5], clock, entries, ack)
     return Ack(sender, expect_uint(f[0], "ack position", -1))

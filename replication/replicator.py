@@ -371,7 +371,8 @@ class Replicator:
             # Before we have heard from it we can only address it by node id.
             at = 0 if state.acked is None else state.acked  # an empty interval
             to = peer if state.replica is None else state.replica
-            request = Push(self._replica, to, at, at, 0, 1, 2, self._clock, ())
+            held = self._positions.get(to, -1)
+            request = Push(self._replica, to, at, at, 0, 1, 2, self._clock, (), held)
             return [(peer, encode(request))]
         return self._push(peer, state, reply)
 
@@ -420,6 +421,7 @@ class Replicator:
         self, peer: str, to: str, start: int, entries: list[Entry], reply: int
     ) -> list[Outgoing]:
         parts = list(_chunks(entries, self._chunk)) or [()]
+        held = self._positions.get(to, -1)  # of the peer's log: an ack rides along
         return [
             (
                 peer,
@@ -434,6 +436,7 @@ class Replicator:
                         reply,
                         self._clock,
                         part,
+                        held,
                     )
                 ),
             )
@@ -466,7 +469,7 @@ class Replicator:
         self._meet(sender, message.sender)
         if isinstance(message, Push):
             return self._on_push(sender, message)
-        self._on_ack(sender, message)
+        self._on_ack(sender, message.position)
         return []
 
     def _acceptable(self, sender: str, message: Message) -> bool:
@@ -522,6 +525,8 @@ class Replicator:
             self.stats.stale += 1
             return [(node, encode(Ack(self._replica, self._positions.get(push.sender, -1))))]
         self._peers[node].clock = push.clock
+        if push.to == self._replica:  # else its ack is of another incarnation's log
+            self._on_ack(node, push.ack)
         self._merge(push.entries, push.sender)
         position = self._positions.get(push.sender, -1)
         if push.start <= position < push.end:
@@ -535,16 +540,15 @@ class Replicator:
                 self._parts.pop(push.sender, None)
             else:
                 self._parts[push.sender] = (push.start, push.end, parts)
-        out = [(node, encode(Ack(self._replica, self._positions.get(push.sender, -1))))]
         if push.reply and push.part == 0:
-            out += self._gossip(node, reply=push.reply - 1)
-        return out
+            return self._gossip(node, reply=push.reply - 1)  # it carries our ack
+        return [(node, encode(Ack(self._replica, self._positions.get(push.sender, -1))))]
 
-    def _on_ack(self, node: str, ack: Ack) -> None:
+    def _on_ack(self, node: str, position: int) -> None:
         # Set, not max: an ack reports the peer's true position, which drops
         # when it restarts from an older state. Positions we never reached are lies.
-        if ack.position <= self._head:
-            self._peers[node].acked = None if ack.position < 0 else ack.position
+        if position <= self._head:
+            self._peers[node].acked = None if position < 0 else position
 
     # -- durability ----------------------------------------------------------------
 

@@ -231,3 +231,29 @@ def test_mutated_frames_never_raise_and_truncated_ones_change_nothing() -> None:
     counter = victim.get("c")
     assert counter is not None and counter.value == 10 - 9  # type: ignore[attr-defined]
 
+
+
+def test_a_round_is_four_frames_as_acks_ride_on_the_pushes() -> None:
+    a = Replicator("a", ["b"], rng=random.Random(1))
+    b = Replicator("b", ["a"], rng=random.Random(2))
+    nodes = {"a": a, "b": b}
+
+    def round_trip(now: float) -> list[str]:
+        kinds = []
+        frames = [("a", out) for out in a.tick(now)]
+        while frames:
+            sender, (dest, frame) = frames.pop(0)
+            message = parse(frame)
+            kinds.append(f"{type(message).__name__}{getattr(message, 'reply', '')}")
+            frames += [(dest, out) for out in nodes[dest].receive(now, sender, frame)]
+        return kinds
+
+    a.update("k", GCounter, lambda c, me: c.increment(me))
+    b.update("j", GCounter, lambda c, me: c.increment(me))
+    assert round_trip(0.0) == ["Push2", "Push1", "Push0", "Ack"]  # catch-ups both ways
+    assert a.stats.catch_ups == b.stats.catch_ups == 1
+    a.update("k", GCounter, lambda c, me: c.increment(me))
+    assert round_trip(1.0) == ["Push2", "Push1", "Push0", "Ack"]  # deltas from the log now
+    assert a.stats.catch_ups == b.stats.catch_ups == 1
+    assert a.encode_keyspace() == b.encode_keyspace()
+    assert b.stats.merged == 2 and a.stats.merged == 1
