@@ -250,6 +250,20 @@ class Replicator:
         return self._clock.copy()
 
     @property
+    def refusals(self) -> int:
+        """Frames refused so far as malformed or not acceptable from their
+        sender (``stats.malformed + stats.refused``): a driver that sees this
+        grow after a frame can disconnect the peer that sent it.
+
+        >>> r = Replicator("a", ["b"], rng=Random(1))
+        >>> _ = r.receive(0.0, "b", b"junk"); r.refusals
+        1
+
+        Cost: O(1).
+        """
+        return self.stats.malformed + self.stats.refused
+
+    @property
     def vclock(self) -> VectorClock:
         """The version-vector part of :attr:`clock` (exact when it has no gaps).
 

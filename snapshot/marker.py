@@ -178,6 +178,19 @@ class SnapshotNode:
         return self._replica.node_id
 
     @property
+    def refusals(self) -> int:
+        """Frames refused here or by the replica (see ``Replicator.refusals``).
+
+        >>> from random import Random
+        >>> node = SnapshotNode(Replicator("a", ["b"], rng=Random(1)))
+        >>> _ = node.receive(0.0, "b", b"junk"); node.refusals
+        1
+
+        Cost: O(1).
+        """
+        return self.stats.malformed + self._replica.refusals
+
+    @property
     def replica(self) -> Replicator:
         """The wrapped replica: update and read it directly.
 
