@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn, TextIO
 
 from crdts import codec
-from crdts.errors import DecodeError
+from crdts.errors import CRDTError, DecodeError
 from replication.history import History
 from snapshot.cut import GlobalSnapshot, LocalState, SnapshotId
 from snapshot.errors import SnapshotCorrupt
@@ -40,14 +40,21 @@ class _Parser(argparse.ArgumentParser):
         raise _Usage(message)
 
 
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"a probability is between 0 and 1, got {text}")
-    return value
+def _real(low: float, high: float, what: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not low <= value <= high:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{what} is between {low:g} and {high:g}, got {text}")
+        return value
+
+    return parse
+
+
+_probability = _real(0.0, 1.0, "a probability")
+_seconds = _real(0.001, 3600.0, "an interval in seconds")
 
 
 def _bounded(low: int, high: int) -> Callable[[str], int]:
@@ -61,6 +68,20 @@ def _bounded(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _peer(text: str) -> tuple[str, tuple[str, int]]:
+    name, sep, address = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected ID=HOST:PORT, got {text!r}")
+    return name, _address(address)
 
 
 def _parser() -> _Parser:
@@ -101,6 +122,34 @@ def _parser() -> _Parser:
     )
     inspect = commands.add_parser("inspect", help="what a snapshot or checkpoint file holds")
     inspect.add_argument("file", metavar="FILE")
+
+    node = commands.add_parser("node", help="run one replica process")
+    node.add_argument("--id", required=True, help="this node's id")
+    node.add_argument("--listen", required=True, type=_address, metavar="HOST:PORT")
+    node.add_argument(
+        "--peer", action="append", default=[], type=_peer, metavar="ID=HOST:PORT",
+        help="a peer to gossip with (repeat for each)",
+    )
+    node.add_argument("--key-file", required=True, metavar="PATH", help="the cluster key (hex)")
+    node.add_argument("--folder", required=True, metavar="PATH", help="its snapshot folder")
+    node.add_argument("--interval", type=_seconds, default=0.2, help="gossip interval (0.2 s)")
+    for option, text in (
+        ("--tls-cert", "this node's certificate (PEM)"),
+        ("--tls-key", "its private key (PEM)"),
+        ("--tls-ca", "the CA that signs every node's certificate"),
+    ):
+        node.add_argument(option, metavar="PATH", help=text + "; mutual TLS with all three")
+
+    cluster = commands.add_parser("cluster", help="run N local node processes and check them")
+    cluster.add_argument("--nodes", type=_bounded(1, 16), default=3, help="processes (3)")
+    cluster.add_argument(
+        "--operations", type=_bounded(0, 100_000), default=300, help="operations (300)"
+    )
+    cluster.add_argument("--seed", type=_bounded(0, 2**63), default=1, help="random seed (1)")
+    cluster.add_argument("--folder", metavar="PATH", help="keep keys, data and logs here")
+
+    keygen = commands.add_parser("keygen", help="write a new cluster key file")
+    keygen.add_argument("file", metavar="FILE")
     return parser
 
 
@@ -122,6 +171,18 @@ def main(
         args = _parser().parse_args(argv)
         if args.command == "demo":
             return _demo(args, out, err)
+        if args.command == "node":
+            from crdtkit.serve import serve
+
+            return serve(args, err)
+        if args.command == "cluster":
+            from crdtkit.serve import run_cluster
+
+            return run_cluster(args, out)
+        if args.command == "keygen":
+            from crdtkit.serve import keygen
+
+            return keygen(args.file, out)
         title, snapshot = _load(args.file)
         if args.command == "check":
             report = check(snapshot, None if args.log is None else _load_log(args.log))
@@ -138,7 +199,7 @@ def main(
         if out is sys.stdout:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except (SnapshotCorrupt, OSError) as exc:
+    except (CRDTError, OSError, ValueError) as exc:
         print(f"crdtkit: {exc}", file=err)
         return 2
     except KeyboardInterrupt:

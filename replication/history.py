@@ -49,6 +49,7 @@ __all__ = [
     "Mutate",
     "Operation",
     "TypeSpec",
+    "check_update",
     "converged",
     "expected",
     "random_operation",
@@ -159,14 +160,9 @@ class History:
             if len(fields) != 8:
                 raise DecodeError("operation: expected eight fields")
             key, type_name, kind, args, replica, counter, observed, delta = fields
-            if not (isinstance(key, str) and isinstance(type_name, str) and isinstance(kind, str)):
-                raise DecodeError("operation: the key, type and kind are str")
-            shape = _ARGS.get((type_name, kind))
-            if shape is None:
-                raise DecodeError(f"operation: no update {type_name!r:.40}.{kind!r:.40}")
-            args = expect_list(args, "operation arguments")
-            if len(args) != len(shape) or not all(map(_fits, shape, args)):
-                raise DecodeError(f"operation: bad arguments for {type_name}.{kind}")
+            if not isinstance(key, str):
+                raise DecodeError("operation: the key is a str")
+            type_name, kind, args = check_update(type_name, kind, args)
             if type(delta) is not bytes:
                 raise DecodeError("operation: the delta is not bytes")
             state = codec.decode(delta)
@@ -251,6 +247,30 @@ _ARGS: dict[tuple[str, str], tuple[str, ...]] = {
     ("MVRegister", "assign"): ("atom",),
     ("VectorClock", "increment"): (),
 }
+
+
+def check_update(type_name: object, kind: object, args: object) -> tuple[str, str, list[object]]:
+    """``(type_name, kind, args)`` if they name an update of a built-in type
+    with arguments it takes (from untrusted input); DecodeError otherwise.
+
+    >>> check_update("GCounter", "increment", [2])
+    ('GCounter', 'increment', [2])
+    >>> check_update("GCounter", "decrement", [2])
+    Traceback (most recent call last):
+    ...
+    crdts.errors.DecodeError: no update 'GCounter'.'decrement'
+
+    Cost: O(len(args)).
+    """
+    if not (isinstance(type_name, str) and isinstance(kind, str)):
+        raise DecodeError("the type and the kind of an update are str")
+    shape = _ARGS.get((type_name, kind))
+    if shape is None:
+        raise DecodeError(f"no update {type_name!r:.40}.{kind!r:.40}")
+    items = expect_list(args, "update arguments")
+    if len(items) != len(shape) or not all(map(_fits, shape, items)):
+        raise DecodeError(f"bad arguments for {type_name}.{kind}")
+    return type_name, kind, items
 
 
 def _fits(shape: str, arg: object) -> bool:

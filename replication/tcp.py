@@ -40,15 +40,16 @@ import contextlib
 import os
 import ssl
 from collections import Counter, deque
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from random import Random
 
-from replication.auth import AuthError, Handshake, Session
+from replication.auth import AuthError, Handshake, Hello, Session
 from replication.messages import MAX_FRAME
 from replication.transport import Node
 
 __all__ = [
+    "Channel",
     "FrameTooLarge",
     "Limits",
     "NodeRuntime",
@@ -56,6 +57,7 @@ __all__ = [
     "PeerMisbehaved",
     "TcpEndpoint",
     "TcpStats",
+    "connect",
     "read_frame",
 ]
 
@@ -152,7 +154,9 @@ class TcpEndpoint:
     key (see ``replication.auth``). ``rng`` jitters the reconnect backoff;
     the handshake's nonces come from ``os.urandom``, as they must be
     unpredictable. Frames that arrive go to ``on_frame(sender, frame)`` if
-    given, else wait for :meth:`receive`.
+    given, else wait for :meth:`receive`. A connection that authenticates
+    in the ``client`` role is handed to ``await on_client(channel)`` (a
+    :class:`Channel`, closed when it returns), or refused without one.
 
     >>> async def demo():
     ...     key = bytes(32)
@@ -186,6 +190,7 @@ class TcpEndpoint:
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
         on_frame: Callable[[str, bytes], None] | None = None,
+        on_client: Callable[[Channel], Awaitable[None]] | None = None,
     ) -> None:
         self._node = node_id
         self._key = key
@@ -196,6 +201,7 @@ class TcpEndpoint:
         self._server_ssl = server_ssl
         self._client_ssl = client_ssl
         self.on_frame = on_frame
+        self.on_client = on_client
         self._inbox: list[tuple[str, bytes]] = []
         self._queues: dict[str, deque[bytes]] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
@@ -343,22 +349,9 @@ class TcpEndpoint:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, initiator: bool
     ) -> Session:
         limit = self.limits.handshake_timeout
-        shake = Handshake(self._key, self._node, "peer", os.urandom(32), initiator=initiator)
-
-        async def frame() -> bytes:
-            return await read_frame(reader, 4096, limit, limit)
-
-        if initiator:
-            _write_frame(writer, shake.hello())
-            _write_frame(writer, shake.receive_hello(await frame()))
-            session = shake.receive_proof(await frame())
-        else:
-            proof = shake.receive_hello(await frame())
-            _write_frame(writer, shake.hello())
-            session = shake.receive_proof(await frame())  # theirs first: they dialled
-            _write_frame(writer, proof)
-        await writer.drain()
-        return session
+        return await _handshake(
+            reader, writer, self._key, self._node, role="peer", limit=limit, initiator=initiator
+        )
 
     # -- inbound ---------------------------------------------------------------------
 
@@ -378,6 +371,9 @@ class TcpEndpoint:
         try:
             session = await self._handshake(reader, writer, initiator=False)
             peer = session.peer.node
+            if session.peer.role == "client" and self.on_client is not None:
+                await self.on_client(Channel(reader, writer, session, self.limits))
+                return
             if peer == self._node or session.peer.role != "peer":
                 raise AuthError(f"a peer may not call itself {peer!r} ({session.peer.role})")
             limits = self.limits
@@ -422,6 +418,106 @@ _REASONS: tuple[tuple[type[BaseException], str], ...] = (
 
 def _reason(exc: BaseException) -> str:
     return next((why for kind, why in _REASONS if isinstance(exc, kind)), "connection error")
+
+
+class Channel:
+    """A two-way authenticated connection: what a client holds, and what a
+    node's ``on_client`` gets. Frames are sealed both ways.
+
+    Cost: O(size) per frame, as for peers.
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        session: Session,
+        limits: Limits,
+    ) -> None:
+        self._reader, self._writer, self._session, self._limits = reader, writer, session, limits
+
+    @property
+    def peer(self) -> Hello:
+        """Who is at the other end (authenticated). Cost: O(1)."""
+        return self._session.peer
+
+    async def recv(self, timeout: float | None = None) -> bytes:
+        """The next frame's body; PeerClosed at a clean end, AuthError,
+        FrameTooLarge, TimeoutError or IncompleteReadError otherwise.
+        Cost: O(frame size)."""
+        limits = self._limits
+        wait = limits.idle_timeout if timeout is None else timeout
+        sealed = await read_frame(self._reader, limits.max_frame, wait, limits.read_timeout)
+        return self._session.open(sealed)
+
+    async def send(self, body: bytes) -> None:
+        """Seal and send ``body``. Cost: O(len(body))."""
+        _write_frame(self._writer, self._session.seal(body))
+        await self._writer.drain()
+
+    def close(self) -> None:
+        """Close the connection. Cost: O(1)."""
+        self._writer.close()
+
+
+async def connect(
+    address: Address,
+    key: bytes,
+    name: str,
+    *,
+    role: str = "client",
+    ssl_context: ssl.SSLContext | None = None,
+    limits: Limits | None = None,
+) -> Channel:
+    """Dial a node at ``address`` and authenticate as ``name`` in ``role``;
+    raises OSError, TimeoutError or AuthError if that fails.
+
+    Cost: one round trip of the handshake.
+    """
+    limits = limits or Limits()
+    host, port = address
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(
+            host, port, ssl=ssl_context, server_hostname=host if ssl_context else None
+        ),
+        limits.handshake_timeout,
+    )
+    try:
+        session = await _handshake(
+            reader, writer, key, name, role=role, limit=limits.handshake_timeout, initiator=True
+        )
+    except BaseException:
+        writer.close()
+        raise
+    return Channel(reader, writer, session, limits)
+
+
+async def _handshake(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    key: bytes,
+    name: str,
+    *,
+    role: str,
+    limit: float,
+    initiator: bool,
+) -> Session:
+    shake = Handshake(key, name, role, os.urandom(32), initiator=initiator)
+
+    async def frame() -> bytes:
+        return await read_frame(reader, 4096, limit, limit)
+
+    if initiator:
+        _write_frame(writer, shake.hello())
+        _write_frame(writer, shake.receive_hello(await frame()))
+        session = shake.receive_proof(await frame())
+    else:
+        proof = shake.receive_hello(await frame())
+        _write_frame(writer, shake.hello())
+        session = shake.receive_proof(await frame())  # theirs first: they dialled
+        _write_frame(writer, proof)
+    await writer.drain()
+    return session
 
 
 class NodeRuntime:

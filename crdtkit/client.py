@@ -1,0 +1,192 @@
+"""A client for a running node: update and read its replica from another
+process, and take live snapshots, over the node's authenticated port.
+
+>>> async def example(address, key):                       # doctest: +SKIP
+...     async with await Client.connect(address, key) as node:
+...         op = await node.update("cart", "ORSet", "add", "milk")
+...         state = await node.get("cart")
+...         return sorted(state), op.dot
+
+``update`` returns once the node has written the update to its checkpoint
+file; the :class:`~replication.history.Operation` it returns can go into a
+``History`` to check the cluster against the sequential specification.
+:func:`live_snapshot` starts a Chandy-Lamport snapshot at one node and
+gathers every node's part into a ``GlobalSnapshot``.
+
+Every call raises :class:`NodeError` if the node answers with an error, and
+the transport's errors (OSError, TimeoutError, AuthError) if the connection
+fails. Cost: one round trip per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from crdtkit import protocol
+from crdts import codec
+from crdts.base import CRDT, expect_list, expect_replica, expect_uint
+from crdts.dotcontext import CausalContext
+from crdts.errors import CRDTError, DecodeError
+from replication.history import Operation, check_update
+from replication.messages import Entry
+from replication.tcp import Channel, Limits, connect
+from snapshot.cut import GlobalSnapshot, LocalState, SnapshotId
+from snapshot.errors import SnapshotIncomplete
+
+__all__ = ["Client", "NodeError", "live_snapshot"]
+
+
+class NodeError(CRDTError):
+    """The node refused a request, and said why."""
+
+
+class Client:
+    """An open connection to one node (use :meth:`connect`)."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._requests = 0
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def connect(
+        cls,
+        address: tuple[str, int],
+        key: bytes,
+        *,
+        name: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        limits: Limits | None = None,
+    ) -> Client:
+        """Connect and authenticate with the cluster ``key``.
+        Cost: one handshake."""
+        name = name or f"client-{os.urandom(4).hex()}"
+        channel = await connect(
+            address, key, name, role="client", ssl_context=ssl_context, limits=limits
+        )
+        return cls(channel)
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection. Cost: O(1)."""
+        self._channel.close()
+
+    async def _call(self, kind: str, *fields: object) -> list[object]:
+        async with self._lock:  # one request at a time on this connection
+            self._requests += 1
+            request = self._requests
+            await self._channel.send(protocol.encode(kind, request, *fields))
+            answer, number, out = protocol.parse(await self._channel.recv())
+        if number != request:
+            raise DecodeError(f"an answer to request {number}, not {request}")
+        if answer == "error":
+            raise NodeError(str(out[0]))
+        return out
+
+    async def update(self, key: str, type_name: str, kind: str, *args: Any) -> Operation:
+        """Apply an update of a built-in type at the node (for example
+        ``update("hits", "GCounter", "increment", 2)``); returns it as logged,
+        once it is durable at the node. Cost: a round trip and the node's write."""
+        type_name, kind, items = check_update(type_name, kind, list(args))
+        replica, counter, observed, delta = await self._call(
+            "update", key, type_name, kind, items
+        )
+        if type(delta) is not bytes:
+            raise DecodeError("an update's delta is bytes")
+        dot = (expect_replica(replica, "dot"), expect_uint(counter, "dot", 1))
+        context = CausalContext.from_payload(observed, "observed")
+        return Operation(key, type_name, kind, tuple(items), dot, context, codec.decode(delta))
+
+    async def get(self, key: str) -> CRDT | None:
+        """A copy of the state under ``key`` at the node, or None.
+        Cost: a round trip and the state's size."""
+        entry = await self.entry(key)
+        return None if entry is None else entry.state
+
+    async def entry(self, key: str) -> Entry | None:
+        """The state under ``key`` at the node with the dots of the operations
+        it reflects, or None. Cost: a round trip and the state's size."""
+        held, dots = await self._call("get", key)
+        if held is None:
+            return None
+        if type(held) is not bytes:
+            raise DecodeError("a state is bytes")
+        return Entry(key, codec.decode(held), CausalContext.from_payload(dots, "dots"))
+
+    async def keyspace(self) -> bytes:
+        """The node's whole keyspace as canonical CBOR (equal keyspaces, equal
+        bytes). Cost: a round trip and the keyspace's size."""
+        (data,) = await self._call("keyspace")
+        if type(data) is not bytes:
+            raise DecodeError("a keyspace is bytes")
+        return data
+
+    async def snapshot(self) -> SnapshotId:
+        """Start a Chandy-Lamport snapshot at this node. Cost: a round trip."""
+        initiator, number = await self._call("snapshot")
+        return SnapshotId(expect_replica(initiator, "initiator"), expect_uint(number, "n", 1))
+
+    async def recording(
+        self, snapshot: SnapshotId
+    ) -> tuple[LocalState, dict[str, tuple[bytes, ...]]] | None:
+        """This node's part of ``snapshot`` (its state, and the frames in
+        flight to it by source), or None while incomplete. Cost: a round trip."""
+        (part,) = await self._call("recording", *snapshot)
+        if part is None:
+            return None
+        state, channels = expect_list(part, "recording")
+        if type(state) is not bytes:
+            raise DecodeError("a recorded state is bytes")
+        frames: dict[str, tuple[bytes, ...]] = {}
+        for item in expect_list(channels, "channels"):
+            source, held = expect_list(item, "channel")
+            listed = expect_list(held, "frames")
+            if not all(type(f) is bytes for f in listed):
+                raise DecodeError("frames are bytes")
+            frames[expect_replica(source, "source")] = tuple(listed)  # type: ignore[arg-type]
+        return LocalState.from_bytes(state), frames
+
+
+async def live_snapshot(
+    clients: Mapping[str, Client] | Sequence[Client],
+    *,
+    initiator: Client | None = None,
+    timeout: float = 10.0,
+    poll: float = 0.05,
+) -> GlobalSnapshot:
+    """A consistent cut of a running cluster: a snapshot started at
+    ``initiator`` (the first client by default), every node's part gathered
+    through ``clients`` (one per node). Raises SnapshotIncomplete after
+    ``timeout`` seconds. Cost: a round trip per node per poll.
+    """
+    nodes = list(clients.values()) if isinstance(clients, Mapping) else list(clients)
+    taken = await (initiator or nodes[0]).snapshot()
+    parts: dict[int, tuple[LocalState, dict[str, tuple[bytes, ...]]]] = {}
+    for _ in range(max(1, int(timeout / poll))):
+        for i, client in enumerate(nodes):
+            if i not in parts and (part := await client.recording(taken)) is not None:
+                parts[i] = part
+        if len(parts) == len(nodes):
+            break
+        await asyncio.sleep(poll)
+    else:
+        raise SnapshotIncomplete(f"snapshot {taken} incomplete after {timeout} s")
+    states = {local.node: local for local, _ in parts.values()}
+    channels = {
+        (source, local.node): frames
+        for local, incoming in parts.values()
+        for source, frames in incoming.items()
+    }
+    return GlobalSnapshot(taken, states, channels)

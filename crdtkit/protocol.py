@@ -1,0 +1,82 @@
+"""The client protocol: what an application in another process asks a node,
+and what the node answers, over an authenticated ``replication.tcp.Channel``
+in the ``client`` role.
+
+Every message is a canonical CBOR array whose first items are its kind and a
+request id the answer repeats:
+
+- ``["update", id, key, type, kind, [args]]``: apply an update of a built-in
+  type (``replication.history.check_update`` lists them). Answered, once the
+  node has written it to its checkpoint file, with ``["done", id, replica,
+  counter, observed, delta]``: the update's dot, the dots it observed on its
+  key, and its delta, all a caller needs to log it as an ``Operation``.
+- ``["get", id, key]``: ``["state", id, state or null, dots]``.
+- ``["keyspace", id]``: ``["keyspace", id, bytes]`` (``encode_keyspace``).
+- ``["snapshot", id]``: start a Chandy-Lamport snapshot at the node:
+  ``["snapshot", id, initiator, number]``.
+- ``["recording", id, initiator, number]``: the node's part of that snapshot
+  if complete, ``["recording", id, null]`` if not, else ``["recording", id,
+  [checkpoint bytes, [[source, [frames]], ...]]]``.
+
+A request the node cannot serve is answered ``["error", id, message]``.
+:func:`parse` checks shapes only, raising DecodeError; the handlers check the
+values (the codec checks every state).
+
+Cost: O(message size).
+"""
+
+from __future__ import annotations
+
+from crdts import codec
+from crdts.base import expect_list, expect_uint
+from crdts.errors import DecodeError
+
+__all__ = ["MAX_MESSAGE", "encode", "parse"]
+
+#: Client messages above this size are refused before parsing.
+MAX_MESSAGE = 64 * 1024 * 1024
+
+#: How many fields each kind carries after its request id (requests, answers).
+_FIELDS: dict[str, set[int]] = {
+    "update": {4},
+    "done": {4},
+    "get": {1},
+    "state": {2},
+    "keyspace": {0, 1},
+    "snapshot": {0, 2},
+    "recording": {2, 1},
+    "error": {1},
+}
+
+
+def encode(kind: str, request: int, *fields: object) -> bytes:
+    """A message's bytes.
+
+    >>> parse(encode("get", 7, "hits"))
+    ('get', 7, ['hits'])
+
+    Cost: O(size).
+    """
+    return codec.encode_plain([kind, request, *fields])
+
+
+def parse(data: bytes, *, max_size: int = MAX_MESSAGE) -> tuple[str, int, list[object]]:
+    """``(kind, request id, fields)``; DecodeError unless the message has a
+    known kind, a request id and that kind's number of fields (requests for a
+    snapshot or a keyspace have none; answers have theirs).
+
+    >>> parse(b"junk")
+    Traceback (most recent call last):
+    ...
+    crdts.errors.DecodeError: malformed CBOR: ...
+
+    Cost: O(len(data)).
+    """
+    raw = expect_list(codec.decode_plain(data, max_size=max_size), "message")
+    if len(raw) < 2 or type(raw[0]) is not str or raw[0] not in _FIELDS:
+        raise DecodeError("not a client protocol message")
+    kind, fields = raw[0], raw[2:]
+    request = expect_uint(raw[1], "request id")
+    if len(fields) not in _FIELDS[kind]:
+        raise DecodeError(f"{kind}: wrong number of fields")
+    return kind, request, fields

@@ -1,0 +1,138 @@
+"""``crdtkit node``, ``crdtkit cluster`` and ``crdtkit keygen``: the commands
+that run processes. Arguments arrive parsed and checked by ``crdtkit.cli``.
+
+Cost: as long as the processes run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shutil
+import signal
+import ssl
+import tempfile
+from pathlib import Path
+from random import Random
+from typing import TextIO
+
+from crdtkit.client import live_snapshot
+from crdtkit.cluster import LocalCluster, converge, problems
+from crdtkit.node import NodeService
+from replication.auth import generate_key, load_key
+from replication.history import History, random_operation
+from snapshot.sec import check
+
+__all__ = ["keygen", "run_cluster", "serve"]
+
+
+def _tls(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    paths = (args.tls_cert, args.tls_key, args.tls_ca)
+    if not any(paths):
+        return None, None
+    if not all(paths):
+        raise ValueError("mutual TLS needs --tls-cert, --tls-key and --tls-ca together")
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=args.tls_ca)
+    server.load_cert_chain(args.tls_cert, args.tls_key)
+    server.verify_mode = ssl.CERT_REQUIRED
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=args.tls_ca)
+    client.load_cert_chain(args.tls_cert, args.tls_key)
+    return server, client
+
+
+def serve(args: argparse.Namespace, err: TextIO) -> int:
+    """Run one node until SIGTERM or SIGINT, then write a last checkpoint."""
+    logging.basicConfig(stream=err, level=logging.INFO, format="%(asctime)s %(message)s")
+    server_ssl, client_ssl = _tls(args)
+    service = NodeService(
+        args.id,
+        load_key(args.key_file),
+        Path(args.folder),
+        listen=args.listen,
+        peers=dict(args.peer),
+        interval=args.interval,
+        server_ssl=server_ssl,
+        client_ssl=client_ssl,
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(number, stop.set)
+        await service.run(stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def keygen(path: str, out: TextIO) -> int:
+    """Write a new cluster key to ``path`` (never over an existing file)."""
+    target = Path(path)
+    with target.open("x") as file:  # FileExistsError (an OSError) if it exists
+        target.chmod(0o600)
+        file.write(generate_key() + "\n")
+    print(f"wrote a new cluster key to {path}; give every node and client a copy", file=out)
+    return 0
+
+
+def run_cluster(args: argparse.Namespace, out: TextIO) -> int:
+    """Start the node processes, drive random operations through them, take
+    a live snapshot, check it, and stop them."""
+    folder = Path(args.folder) if args.folder else Path(tempfile.mkdtemp(prefix="crdtkit-"))
+    cluster = LocalCluster(args.nodes, folder)
+    cluster.start()
+    try:
+        return asyncio.run(_drive(cluster, args, out))
+    finally:
+        codes = cluster.stop()
+        bad = {node: code for node, code in codes.items() if code != 0}
+        if bad:
+            print(f"  stopping: exit codes {bad}; logs in {folder}", file=out)
+        if not args.folder and not bad:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+async def _drive(cluster: LocalCluster, args: argparse.Namespace, out: TextIO) -> int:
+    loop = asyncio.get_running_loop()
+    clients = await cluster.clients()
+    ports = ", ".join(str(port) for _, port in cluster.addresses.values())
+    print(f"crdtkit cluster: {len(clients)} node processes on 127.0.0.1 ports {ports}", file=out)
+    rng, history = Random(args.seed), History()
+    start = loop.time()
+    for _ in range(args.operations):
+        key, type_name, kind, values = random_operation(rng)
+        node = rng.choice(cluster.ids)
+        history.operations.append(await clients[node].update(key, type_name, kind, *values))
+    spent = loop.time() - start
+    rate = args.operations / spent if spent > 0 else 0.0
+    print(
+        f"  updates     {args.operations:,} random operations through the nodes in "
+        f"{spent:.2f} s ({rate:,.0f}/s, each durable before it was acknowledged)",
+        file=out,
+    )
+    cut = await live_snapshot(clients)
+    frames = sum(len(f) for f in cut.channels.values())
+    print(f"  snapshot    {cut.id}: {len(cut.states)} states, {frames} frames in flight",
+          file=out)
+    report = check(cut, history)
+    for line in str(report).splitlines():
+        print(f"    {line}", file=out)
+    took = await converge(clients, timeout=30.0)
+    if took is None:
+        print("  converged   NO, not within 30 s", file=out)
+        return 1
+    print(f"  converged   {took:.2f} s after the last update: identical keyspaces", file=out)
+    wrong = await problems(clients[cluster.ids[0]], history)
+    print(
+        "  values      every key equals its sequential specification; nothing lost"
+        if not wrong
+        else f"  values      {len(wrong)} problems: {wrong[0]}",
+        file=out,
+    )
+    for client in clients.values():
+        client.close()
+    passed = report.passed and not wrong
+    print(f"verdict: {'PASS' if passed else 'FAIL'}", file=out)
+    return 0 if passed else 1
