@@ -133,6 +133,16 @@ class Client:
             raise DecodeError("a keyspace is bytes")
         return data
 
+    async def stats(self) -> dict[str, int]:
+        """The node's counters (updates, merged, frames and bytes sent and
+        received, refusals). Cost: a round trip."""
+        (flat,) = await self._call("stats")
+        items = expect_list(flat, "stats")
+        names, counts = items[0::2], items[1::2]
+        if len(names) != len(counts) or not all(type(n) is str for n in names):
+            raise DecodeError("stats are [name, count] pairs")
+        return {str(n): expect_uint(c, "count") for n, c in zip(names, counts, strict=True)}
+
     async def snapshot(self) -> SnapshotId:
         """Start a Chandy-Lamport snapshot at this node. Cost: a round trip."""
         initiator, number = await self._call("snapshot")

@@ -222,4 +222,22 @@ class NodeService:
                 return protocol.encode("recording", request, None)
             channels = [[source, list(frames)] for source, frames in part.channels.items()]
             return protocol.encode("recording", request, [part.state.to_bytes(), channels])
+        if kind == "stats" and not fields:
+            return protocol.encode("stats", request, [x for pair in self.counters() for x in pair])
         raise DecodeError(f"a node does not answer {kind!r} requests")
+
+    def counters(self) -> list[tuple[str, int]]:
+        """The node's counters, by name. Cost: O(1)."""
+        r, net = self.replica.stats, self.endpoint.stats
+        return [
+            ("updates", r.updates),
+            ("merged", r.merged),
+            ("redundant", r.redundant),
+            ("catch_ups", r.catch_ups),
+            ("frames_sent", net.sent),
+            ("frames_received", net.received),
+            ("bytes_sent", net.bytes_sent),
+            ("bytes_received", net.bytes_received),
+            ("connections_refused", sum(net.refused.values())),
+            ("frames_refused", self.node.refusals),
+        ]

@@ -17,6 +17,8 @@ request id the answer repeats:
 - ``["recording", id, initiator, number]``: the node's part of that snapshot
   if complete, ``["recording", id, null]`` if not, else ``["recording", id,
   [checkpoint bytes, [[source, [frames]], ...]]]``.
+- ``["stats", id]``: ``["stats", id, [name, count, ...]]``, the node's
+  counters (updates, merges, frames and bytes sent and received, refusals).
 
 A request the node cannot serve is answered ``["error", id, message]``.
 :func:`parse` checks shapes only, raising DecodeError; the handlers check the
@@ -45,6 +47,7 @@ _FIELDS: dict[str, set[int]] = {
     "keyspace": {0, 1},
     "snapshot": {0, 2},
     "recording": {2, 1},
+    "stats": {0, 1},
     "error": {1},
 }
 

@@ -106,6 +106,8 @@ class TcpStats:
     accepted: int = 0
     sent: int = 0
     received: int = 0
+    bytes_sent: int = 0  # on the wire, with length prefixes and MACs (not TLS)
+    bytes_received: int = 0
     dropped: int = 0  # frames for unknown peers or over a full queue
     refused: Counter[str] = field(default_factory=Counter)  # connections closed, by reason
 
@@ -338,8 +340,10 @@ class TcpEndpoint:
             while queue:
                 # Sealed at the moment it goes out: a frame lost with a broken
                 # connection is lost (gossip repairs it), not resent out of order.
-                _write_frame(writer, session.seal(queue.popleft()))
+                sealed = session.seal(queue.popleft())
+                _write_frame(writer, sealed)
                 self.stats.sent += 1
+                self.stats.bytes_sent += _LENGTH + len(sealed)
             await writer.drain()
             wakeup.clear()
             if not queue:
@@ -383,6 +387,7 @@ class TcpEndpoint:
                 )
                 body = session.open(sealed)
                 self.stats.received += 1
+                self.stats.bytes_received += _LENGTH + len(sealed)
                 if self.on_frame is None:
                     self._inbox.append((peer, body))
                 else:
