@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import ssl
 from collections import Counter, deque
@@ -62,6 +63,7 @@ __all__ = [
 ]
 
 Address = tuple[str, int]
+log = logging.getLogger("crdtkit.tcp")
 
 _LENGTH = 4
 #: A sealed frame's overhead (sequence number, MAC) and the snapshot layer's
@@ -317,12 +319,15 @@ class TcpEndpoint:
                 session = await self._handshake(reader, connected, initiator=True)
                 if session.peer.node != peer:
                     raise AuthError(f"dialled {peer!r}, but {session.peer.node!r} answered")
+                log.info("%s: connected to %s%s", self._node, peer,
+                         f" after {failures} failed attempts" if failures else "")
                 failures = 0
                 await self._pump(peer, session, connected)
             except asyncio.CancelledError:
                 raise
             except (AuthError, FrameTooLarge) as exc:
                 self.stats.refused[_reason(exc)] += 1
+                log.warning("%s: dialling %s: %s", self._node, peer, exc)
             except (OSError, PeerClosed, TimeoutError, asyncio.IncompleteReadError, ssl.SSLError):
                 pass  # the peer is down or went away: try again later
             finally:
@@ -367,6 +372,7 @@ class TcpEndpoint:
             or self._open[host] >= self.limits.max_per_address
         ):
             self.stats.refused["too many connections"] += 1
+            log.warning("%s: refused a connection from %s: too many", self._node, host)
             writer.close()
             return
         self._open[host] += 1
@@ -405,6 +411,8 @@ class TcpEndpoint:
             OSError,
         ) as exc:
             self.stats.refused[_reason(exc)] += 1
+            log.warning("%s: closed a connection from %s: %s", self._node, host,
+                        f"{_reason(exc)} ({exc})" if str(exc) else _reason(exc))
         finally:
             self._open[host] -= 1
             self._writers.discard(writer)
