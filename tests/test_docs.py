@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 import crdts
-from crdtkit import demo
+from crdtkit import demo, protocol
 from crdts import base, codec
-from replication import Replicator, messages, simnet
+from replication import Replicator, auth, messages, simnet, tcp
 from snapshot import cut, files, marker, sec
 
 CLASSES = [
@@ -29,6 +29,9 @@ CLASSES = [
     marker.SnapshotNode,
     sec.SECReport,
     sec.Verdict,
+    auth.Hello,
+    auth.Handshake,
+    auth.Session,
 ]
 FUNCTIONS = [
     codec.encode,
@@ -52,6 +55,12 @@ FUNCTIONS = [
     files.write_checkpoint,
     files.read_checkpoint,
     demo.run_demo,
+    auth.check_key,
+    auth.load_key,
+    auth.generate_key,
+    tcp.read_frame,
+    protocol.encode,
+    protocol.parse,
 ]
 # Wire and generic-protocol plumbing: documented, but an example would only
 # repeat the codec's.
