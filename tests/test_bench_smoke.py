@@ -31,11 +31,15 @@ EXPECTED = [
     "gossip bytes per round",
     "gossip scale replicas",
     "gossip scale state",
+    "tcp updates through one node",
+    "tcp convergence after a burst, 3 processes",
+    "tcp convergence after a burst, 5 processes",
+    "tcp bytes on the wire per operation",
 ]
 
 #: What the floor and figure of a row count, by the start of its name; every
 #: other row times seconds per operation.
-UNITS = {"gossip rounds": "rounds", "gossip bytes": "B"}
+UNITS = {"gossip rounds": "rounds", "gossip bytes": "B", "tcp bytes": "B"}
 
 
 def test_quick_run_writes_every_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,414 @@
+"""Nodes in separate processes: updates per second through one node,
+convergence time after a burst, and bytes on the wire per operation with
+deltas against full-state gossip.
+
+Every cluster is a :class:`crdtkit.cluster.LocalCluster` of ``python -m
+crdtkit node`` processes on 127.0.0.1, gossiping every ``INTERVAL`` seconds,
+in a temporary folder; every process is stopped (SIGTERM, then SIGKILL) when
+its rows are done, whatever happens, and every wait is bounded. The workload
+(``replication.history.random_operation``: random updates of every built-in
+type) is seeded from the benchmark's ``random.Random``; the nodes' own choices
+(gossip peers, incarnations) are not, so figures vary from run to run more
+than the simulated ones do. Every run checks its result: all the updates a
+node acknowledged are in the converged keyspace, with the values the
+sequential specification gives (``crdtkit.cluster.problems``).
+
+One cluster per size in ``BURST_CLUSTERS``, started fresh: on the
+``THROUGH``-process one the sequential updates run first, then the preload
+and the bursts; on the others only the preload and the bursts.
+
+Unlike the in-process rows, these measure a whole system (processes, the
+event loop, TCP on loopback, MACs, fsyncs) on a shared machine: read the
+ratios as orders of magnitude.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import math
+import statistics
+import tempfile
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from random import Random
+from time import perf_counter
+from typing import Any, TypeVar
+
+from bench.harness import Config, Row, Timing
+from crdtkit.client import Client
+from crdtkit.cluster import LocalCluster, converge, problems
+from replication import Replicator
+from replication.history import TYPES, History, random_operation
+from snapshot.cut import LocalState
+from snapshot.files import write_checkpoint
+
+T = TypeVar("T")
+
+#: Seconds between a node's gossip rounds (``crdtkit node --interval``).
+INTERVAL = 0.05
+#: Cluster sizes of the burst rows; the sequential updates go through the
+#: first node of the ``THROUGH``-process one, before its bursts.
+BURST_CLUSTERS = (3, 5)
+THROUGH = 3
+#: Keys per type of the sequential updates (``random_operation``'s default).
+THROUGH_KEYS = 3
+#: Bounds: on one convergence, and on all the work with one cluster.
+CONVERGE_TIMEOUT = 20.0
+DEADLINE = 600.0
+
+#: An update as ``random_operation`` gives it: (key, type name, kind, args).
+Op = tuple[str, str, str, tuple[Any, ...]]
+
+
+@dataclass(frozen=True)
+class _Sizes:
+    ops: int  # sequential updates per timed repetition through one node
+    burst: int  # updates per burst, spread over the nodes
+    burst_keys: int  # keys per type of a burst (fresh names each burst)
+    preload: int  # updates spread over the nodes before the bursts
+    preload_keys: int  # keys per type of the preload
+
+
+_FULL = _Sizes(ops=300, burst=100, burst_keys=5, preload=1_000, preload_keys=100)
+_QUICK = _Sizes(ops=20, burst=20, burst_keys=3, preload=30, preload_keys=10)
+
+
+def _run(work: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(asyncio.wait_for(work, DEADLINE))
+
+
+def _ops(rng: Random, count: int, keys: int, prefix: str = "") -> list[Op]:
+    out: list[Op] = []
+    for _ in range(count):
+        key, type_name, kind, args = random_operation(rng, keys)
+        out.append((prefix + key, type_name, kind, args))
+    return out
+
+
+def _size(n: float) -> str:
+    for name, scale in (("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {name}"
+    return f"{n:.0f} B"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.3g} s" if seconds >= 1 else f"{seconds * 1e3:.3g} ms"
+
+
+def _constant(x: float) -> Timing:
+    return Timing(x, x, x)
+
+
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+class _Cluster:
+    """A started :class:`LocalCluster` that is stopped on leaving, even when
+    a node failed to start (``LocalCluster.__enter__`` would leave the nodes
+    it started running)."""
+
+    def __init__(self, size: int, folder: Path) -> None:
+        self.cluster = LocalCluster(size, folder, interval=INTERVAL)
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            self.cluster.start()
+        except BaseException:
+            self.cluster.stop()
+            raise
+        return self.cluster
+
+    def __exit__(self, *exc: object) -> None:
+        self.cluster.stop()
+
+
+async def _check(client: Client, history: History) -> None:
+    wrong = await problems(client, history)
+    if wrong:
+        raise RuntimeError(f"the cluster lost or garbled updates: {wrong[:3]}")
+
+
+# -- 1. sequential updates through one node ------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Through:
+    floor: Timing
+    figure: Timing
+    trip: Timing
+
+
+async def _through_one_node(
+    clients: Mapping[str, Client], folder: Path, config: Config, sizes: _Sizes, rng: Random
+) -> _Through:
+    client = clients["n0"]
+    replica = Replicator("n0", sorted(set(clients) - {"n0"}), rng=Random(rng.getrandbits(64)))
+    path = folder / "floor" / "checkpoint.snap"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    floor_history, figure_history = History(), History()
+    floor: list[float] = []
+    figure: list[float] = []
+    trip: list[float] = []
+    for i in range(config.warmup + config.repeat):
+        ops = _ops(rng, sizes.ops, THROUGH_KEYS)
+        gc.collect()
+        start = perf_counter()
+        for key, type_name, kind, args in ops:
+            floor_history.apply(replica, key, type_name, kind, *args)
+            write_checkpoint(path, LocalState.capture(replica))
+        floor_s = (perf_counter() - start) / len(ops)
+        gc.collect()
+        start = perf_counter()
+        for key, type_name, kind, args in ops:
+            figure_history.operations.append(await client.update(key, type_name, kind, *args))
+        figure_s = (perf_counter() - start) / len(ops)
+        gc.collect()
+        start = perf_counter()
+        for _ in ops:
+            await client.keyspace()
+        trip_s = (perf_counter() - start) / len(ops)
+        if i >= config.warmup:
+            floor.append(floor_s)
+            figure.append(figure_s)
+            trip.append(trip_s)
+    await _check(client, figure_history)
+    if floor_history.problems([replica]):
+        raise RuntimeError("the in-process floor replica does not match its updates")
+    return _Through(Timing.of(floor), Timing.of(figure), Timing.of(trip))
+
+
+def _through_row(config: Config, sizes: _Sizes, result: _Through) -> Row:
+    note = (
+        f"figure = seconds per update (median {1 / result.figure.median:,.0f} updates/s): "
+        f"one client sends {sizes.ops:,} updates (random_operation over every type, "
+        f"{THROUGH_KEYS} keys per type) one after the other to one node of a {THROUGH}-process "
+        f"cluster gossiping every {INTERVAL * 1e3:g} ms, each awaited until the node "
+        "acknowledges it durable (its own checkpoint write, as the client waits alone); "
+        f"{config.repeat} timed repetitions after {config.warmup} warm-up, alternating with "
+        "the floor; the floor does the node's durable work without the process, the "
+        "network and the protocol, so the ratio is what they cost on top. A keyspace() "
+        f"round trip to the same node (no write) takes {result.trip.median * 1e3:.3g} ms "
+        f"[{result.trip.low * 1e3:.3g}-{result.trip.high * 1e3:.3g}] "
+        f"(an update takes {result.figure.median / result.trip.median:.1f}x that). "
+        "No target: PERFORMANCE.md sets none for processes"
+    )
+    return Row(
+        f"tcp updates through one node, {THROUGH} processes",
+        "op",
+        "the same updates applied in-process to a Replicator, each followed by "
+        "write_checkpoint(LocalState.capture(replica)) (two fsyncs), same folder",
+        result.floor,
+        result.figure,
+        None,
+        note,
+    )
+
+
+# -- 2. and 3. bursts: convergence time, bytes on the wire -----------------------------
+
+
+@dataclass(frozen=True)
+class _Burst:
+    converged: float  # seconds from the last acknowledgement to equal keyspaces
+    sending: float  # seconds from the first update sent to the last acknowledgement
+    window: float  # seconds between the two stats readings
+    sent: int  # bytes_sent, summed over the nodes, in the window
+    frames: int  # frames_sent, likewise
+    catch_ups: int
+    keyspace: float  # mean of the summed keyspace sizes before and after
+    full: float  # full-state push-pull over the window, estimated
+
+
+async def _spread(clients: Mapping[str, Client], ops: Sequence[Op], history: History) -> None:
+    """``ops`` dealt round-robin over the nodes; each node's share is sent in
+    order by its own client, the nodes concurrently."""
+    nodes = sorted(clients)
+
+    async def send(client: Client, share: Sequence[Op]) -> None:
+        for key, type_name, kind, args in share:
+            history.operations.append(await client.update(key, type_name, kind, *args))
+
+    await asyncio.gather(
+        *(send(clients[node], ops[i :: len(nodes)]) for i, node in enumerate(nodes))
+    )
+
+
+async def _stats(clients: Mapping[str, Client]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for client in clients.values():
+        for name, count in (await client.stats()).items():
+            total[name] = total.get(name, 0) + count
+    return total
+
+
+async def _keyspaces(clients: Mapping[str, Client]) -> int:
+    return sum([len(await client.keyspace()) for client in clients.values()])
+
+
+async def _converge(clients: Mapping[str, Client]) -> float:
+    took = await converge(clients, CONVERGE_TIMEOUT)
+    if took is None:
+        raise RuntimeError(f"{len(clients)} processes did not converge in {CONVERGE_TIMEOUT} s")
+    return took
+
+
+async def _bursts(
+    clients: Mapping[str, Client], config: Config, sizes: _Sizes, rng: Random
+) -> tuple[list[_Burst], int]:
+    """``config.warmup`` untimed and ``config.repeat`` measured bursts on one
+    cluster, after a preload; returns the bursts and the keyspace's size
+    (one node's) after the preload."""
+    loop = asyncio.get_running_loop()
+    nodes = sorted(clients)
+    history = History()
+    await _spread(clients, _ops(rng, sizes.preload, sizes.preload_keys, "pre-"), history)
+    await _converge(clients)
+    preloaded = len(await clients[nodes[0]].keyspace())
+    runs: list[_Burst] = []
+    for i in range(config.warmup + config.repeat):
+        ops = _ops(rng, sizes.burst, sizes.burst_keys, f"burst{i}-")
+        held_before = await _keyspaces(clients)
+        gc.collect()
+        before = await _stats(clients)
+        start = loop.time()
+        await _spread(clients, ops, history)
+        acked = loop.time()
+        converged = await _converge(clients)
+        after = await _stats(clients)
+        end = loop.time()
+        held = (held_before + await _keyspaces(clients)) / 2
+        # Full-state push-pull: every interval each node sends its whole
+        # keyspace to one peer and the peer sends its own back, so a round
+        # ships twice the keyspaces summed over the nodes.
+        full = (end - start) / INTERVAL * 2 * held
+        if i >= config.warmup:
+            runs.append(
+                _Burst(
+                    converged,
+                    acked - start,
+                    end - start,
+                    after["bytes_sent"] - before["bytes_sent"],
+                    after["frames_sent"] - before["frames_sent"],
+                    after["catch_ups"] - before["catch_ups"],
+                    held / len(clients),
+                    full,
+                )
+            )
+    await _check(clients[nodes[-1]], history)
+    return runs, preloaded
+
+
+async def _on_cluster(
+    cluster: LocalCluster, config: Config, sizes: _Sizes, rng: Random
+) -> tuple[_Through | None, list[_Burst], int]:
+    """The sequential updates (on a ``THROUGH``-process cluster), then the
+    bursts, through one client per node."""
+    clients = await cluster.clients()
+    try:
+        through = None
+        if len(clients) == THROUGH:
+            through = await _through_one_node(clients, cluster.folder, config, sizes, rng)
+        runs, preloaded = await _bursts(clients, config, sizes, rng)
+        return through, runs, preloaded
+    finally:
+        for client in clients.values():
+            client.close()
+
+
+def _theory(n: int) -> float:
+    return math.log(n, 3) + 3
+
+
+def _burst_rows(
+    n: int, config: Config, sizes: _Sizes, runs: Sequence[_Burst], preloaded: int
+) -> tuple[Row, Row]:
+    after = " (after the sequential-update row's updates)" if n == THROUGH else ""
+    workload = (
+        f"{n} processes gossiping every {INTERVAL * 1e3:g} ms, preloaded{after} with "
+        f"{sizes.preload:,} updates on up to {len(TYPES) * sizes.preload_keys:,} keys "
+        f"({_size(preloaded)} keyspace); each burst: {sizes.burst} updates "
+        "(random_operation over every type, "
+        f"{sizes.burst_keys} fresh keys per type) dealt over the nodes, one client per node "
+        "sending its share in order, the nodes concurrently (asyncio.gather); "
+        f"{config.repeat} measured bursts after {config.warmup} warm-up on the same cluster"
+    )
+    theory = _theory(n)
+    seconds = [r.converged for r in runs]
+    sending = _median([r.sending for r in runs])
+    convergence = Row(
+        f"tcp convergence after a burst, {n} processes",
+        "run",
+        f"one gossip interval ({INTERVAL * 1e3:g} ms): the ratio is the time in gossip rounds",
+        _constant(INTERVAL),
+        Timing.of(seconds),
+        None,
+        f"figure = seconds from the last acknowledgement of a burst until every node's "
+        f"keyspace() is equal (crdtkit.cluster.converge, polling every 20 ms, so it can "
+        f"read up to ~20 ms late); rounds {min(seconds) / INTERVAL:.2g}-"
+        f"{max(seconds) / INTERVAL:.2g}, beside the simulated rows' theory for one rumor, "
+        f"log3({n}) + 3 = {theory:.2f} rounds ({INTERVAL * theory * 1e3:.3g} ms here); a "
+        "burst's earlier updates spread while later ones are still being sent, so only "
+        f"its last ones remain at its last acknowledgement. {workload}; sending a burst "
+        f"took {_duration(sending)} (median; {sizes.burst / sending:,.0f} updates/s over "
+        f"the nodes, {_duration(sending * n / sizes.burst)} per update at a node, where each "
+        "acknowledged update waits for a rewrite of the node's whole checkpoint). "
+        "No target: PERFORMANCE.md sets none for processes",
+    )
+    sent, full = sum(r.sent for r in runs), sum(r.full for r in runs)
+    window = _median([r.window for r in runs])
+    wire = Row(
+        f"tcp bytes on the wire per operation, {n} processes",
+        "op",
+        "full-state push-pull over the same window, estimated: (window / interval) x "
+        "2 x keyspace bytes summed over the nodes (mean of before and after the burst)",
+        Timing.of([r.full / sizes.burst for r in runs]),
+        Timing.of([r.sent / sizes.burst for r in runs]),
+        None,
+        f"figure = bytes_sent (Client.stats) summed over the nodes from just before a "
+        f"burst until it converged, divided by its {sizes.burst} updates; they count every "
+        "peer frame as sent (length prefix, sequence number and MAC, snapshot-layer "
+        "header, acks, and the clock exchanges every round makes even when idle), but not "
+        "connection handshakes or client traffic; the floor counts the keyspace encodings "
+        "alone (no framing, dots, MACs), a round every interval exactly, and is an "
+        "estimate, not measured. "
+        f"{workload}; window median {_duration(window)} "
+        f"(~{window / INTERVAL:.2g} intervals), node keyspace mean "
+        f"{_size(_median([r.keyspace for r in runs]))}; in all: {_size(sent)} sent vs "
+        f"{_size(full)} full-state ({sent / full:.2%}), "
+        f"{sum(r.frames for r in runs):,} frames, {sum(r.catch_ups for r in runs)} "
+        "catch-ups. No target: PERFORMANCE.md's 3% is for the simulated steady state at "
+        "2% churn, not a burst",
+        unit="B",
+    )
+    return convergence, wire
+
+
+# -- the benchmark -------------------------------------------------------------------------
+
+
+def processes(config: Config, rng: Random) -> list[Row]:
+    """Local multi-process clusters (see the module docstring): sequential
+    durable updates through one node beside the same updates done in-process;
+    per cluster size in ``BURST_CLUSTERS``, the time from a burst's last
+    acknowledgement to convergence beside one gossip interval, and the bytes
+    the nodes sent per update beside an estimate of full-state gossip over the
+    same time. Reported only: no targets."""
+    sizes = _QUICK if config.quick else _FULL
+    through: _Through | None = None
+    convergence: list[Row] = []
+    wire: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="crdtkit-bench-") as folder:
+        for n in BURST_CLUSTERS:
+            with _Cluster(n, Path(folder) / f"cluster-{n}") as cluster:
+                done, runs, preloaded = _run(_on_cluster(cluster, config, sizes, rng))
+            through = through or done
+            rows = _burst_rows(n, config, sizes, runs, preloaded)
+            convergence.append(rows[0])
+            wire.append(rows[1])
+    if through is None:
+        raise RuntimeError(f"no cluster of {THROUGH} processes in {BURST_CLUSTERS}")
+    return [_through_row(config, sizes, through), *convergence, *wire]
