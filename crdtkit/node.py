@@ -7,16 +7,20 @@ clients (``crdtkit.protocol``) on the same port:
 - On start it restores from ``folder/checkpoint.snap`` if there is one, under
   a new incarnation (the file may be older than what the replica had sent
   before it stopped), else it starts empty.
-- An update from a client is applied, written to the checkpoint file (updates
-  that arrive together share one write), and only then acknowledged: an
-  acknowledged update survives a crash of the process.
-- Every ``checkpoint_interval`` seconds the checkpoint is rewritten if the
-  keyspace changed (merged updates from peers), and once more on shutdown.
+- An update from a client is applied, appended to ``folder/updates.log`` (a
+  ``snapshot.journal.Journal``; updates that arrive together share one
+  fsync), and only then acknowledged: an acknowledged update survives a crash
+  of the process.
+- Every ``checkpoint_interval`` seconds, if the keyspace changed (local or
+  merged updates), the checkpoint is rewritten and the journal emptied; once
+  more on shutdown. Restarting, the node joins the journal into the
+  checkpoint it reads.
 - Clients can start a Chandy-Lamport snapshot and fetch the node's part of it.
 
 Everything it logs goes to the ``crdtkit.node`` logger, one line per event.
 
-Cost: a checkpoint write is O(state size) plus two fsyncs; the rest is the
+Cost: an acknowledged update costs its journal record and a share of one
+fsync; a checkpoint write is O(state size) plus two fsyncs; the rest is the
 runtime's.
 """
 
@@ -33,17 +37,21 @@ from random import Random
 
 from crdtkit import protocol
 from crdts import codec
+from crdts.dotcontext import CausalContext
 from crdts.errors import CRDTError, DecodeError
 from replication.history import History, check_update
+from replication.messages import Entry
 from replication.replicator import Replicator
 from replication.tcp import Channel, Limits, NodeRuntime, PeerClosed, TcpEndpoint
-from snapshot.cut import SnapshotId
+from snapshot.cut import LocalState, SnapshotId
 from snapshot.files import read_checkpoint, write_checkpoint
+from snapshot.journal import Journal, read_journal
 from snapshot.marker import SnapshotNode
 
-__all__ = ["CHECKPOINT", "NodeService"]
+__all__ = ["CHECKPOINT", "JOURNAL", "NodeService"]
 
 CHECKPOINT = "checkpoint.snap"
+JOURNAL = "updates.log"
 log = logging.getLogger("crdtkit.node")
 
 
@@ -69,15 +77,25 @@ class NodeService:
     ) -> None:
         self.folder = folder
         self.path = folder / CHECKPOINT
+        folder.mkdir(parents=True, exist_ok=True)
         rng = Random(os.urandom(16))  # incarnations must not repeat across restarts
-        if self.path.exists():
-            local = read_checkpoint(self.path)
+        journal, torn = read_journal(folder / JOURNAL)
+        if torn:
+            log.warning("%s: %d bytes at the end of %s were torn or damaged; dropped",
+                        node_id, torn, folder / JOURNAL)
+        if self.path.exists() or journal:
+            local = (
+                read_checkpoint(self.path)
+                if self.path.exists()
+                else LocalState(node_id, node_id, ())
+            )
             if local.node != node_id:
                 raise ValueError(f"{self.path} holds node {local.node!r}, not {node_id!r}")
-            self.node = SnapshotNode.restore(local, list(peers), rng=rng)
+            self.node = SnapshotNode.restore(local, list(peers), rng=rng, arriving=journal)
             log.info(
-                "%s: restored %d keys from %s as %s",
-                node_id, len(local.entries), self.path, self.node.replica.replica_id,
+                "%s: restored %d keys from %s and %d updates from its journal as %s",
+                node_id, len(local.entries), self.path, len(journal),
+                self.node.replica.replica_id,
             )
         else:
             self.node = SnapshotNode(Replicator(node_id, list(peers), rng=rng))
@@ -96,6 +114,7 @@ class NodeService:
         self.runtime = NodeRuntime(self.node, self.endpoint, interval=interval)
         self.checkpoint_interval = checkpoint_interval
         self._written = b""  # the keyspace as last written
+        self.journal = Journal(folder / JOURNAL)
         self._waiting: list[asyncio.Future[None]] = []
         self._flush = asyncio.Event()
 
@@ -107,7 +126,6 @@ class NodeService:
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         """Listen, gossip and serve until ``stop`` is set; then write a last
         checkpoint. ``ready`` is set once it listens. Cost: for as long as it runs."""
-        self.folder.mkdir(parents=True, exist_ok=True)
         await self.endpoint.start()
         host, port = self.endpoint.address
         log.info("%s: listening on %s:%d as %s", self.node.node_id, host, port,
@@ -122,6 +140,7 @@ class NodeService:
             await writer
             waiting, self._waiting = self._waiting, []
             self._checkpoint(force=True)
+            self.journal.close()
             for future in waiting:
                 future.set_result(None)
             log.info("%s: stopped; %s; refused %s", self.node.node_id, self._stats(),
@@ -134,22 +153,32 @@ class NodeService:
     # -- durability ------------------------------------------------------------------
 
     def _checkpoint(self, *, force: bool = False) -> None:
+        # No await in here: no update can be applied between the checkpoint
+        # and the emptying of the journal, so nothing acknowledged is in
+        # neither. (A record appended after it is of an update the
+        # checkpoint holds already: read twice, it changes nothing.)
         keyspace = self.replica.encode_keyspace()
         if keyspace == self._written and not force:
             return
         write_checkpoint(self.path, self.node.checkpoint())
+        self.journal.clear()
         self._written = keyspace
 
     async def _checkpoints(self, stop: asyncio.Event) -> None:
-        # Group commit: every update waiting when a write starts is
-        # acknowledged when it ends; otherwise write what merged, now and then.
+        # Group commit: every update appended when a sync starts is
+        # acknowledged when it ends; now and then, fold it all into a checkpoint.
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self.checkpoint_interval
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush.wait(), self.checkpoint_interval)
+                await asyncio.wait_for(self._flush.wait(), max(0.0, due - loop.time()))
             self._flush.clear()
             waiting, self._waiting = self._waiting, []
             try:
-                self._checkpoint(force=bool(waiting))
+                self.journal.sync()
+                if loop.time() >= due:
+                    due = loop.time() + self.checkpoint_interval
+                    self._checkpoint()
             except OSError as exc:
                 log.error("%s: cannot write %s: %s", self.node.node_id, self.path, exc)
                 for future in waiting:
@@ -196,6 +225,7 @@ class NodeService:
             history = History()
             history.apply(replica, key, type_name, update, *items)
             op = history.operations[-1]
+            self.journal.append([Entry(key, op.delta, CausalContext.from_dots([op.dot]))])
             await self._durable()
             return protocol.encode(
                 "done", request, *op.dot, op.observed.to_payload(), codec.encode(op.delta)

@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING
 from crdts import codec
 from crdts.base import expect_list
 from crdts.errors import DecodeError
-from replication.messages import MAX_FRAME
+from replication.messages import MAX_FRAME, Entry
 from replication.replicator import Replicator
 from replication.transport import Outgoing
 from snapshot.cut import (
@@ -225,10 +225,12 @@ class SnapshotNode:
         rng: Random,
         incarnation: int | None = None,
         max_open: int = 8,
+        arriving: Iterable[Entry] = (),
         **options: int,
     ) -> SnapshotNode:
         """A node restarted from a checkpoint (or from its state in a cut),
-        under a new incarnation (see ``snapshot.cut.restore_replica``).
+        under a new incarnation, joined with the entries ``arriving`` (see
+        ``snapshot.cut.restore_replica``).
 
         It keeps the checkpoint's epochs: a snapshot recorded before the
         checkpoint was written is never recorded again here, as the restored
@@ -245,7 +247,7 @@ class SnapshotNode:
         Cost: O(size of the checkpoint).
         """
         replica = restore_replica(
-            local, peers, rng=rng, incarnation=incarnation, arriving=(), **options
+            local, peers, rng=rng, incarnation=incarnation, arriving=arriving, **options
         )
         node = cls(replica, max_open=max_open)
         node._epochs = dict(local.epochs)

@@ -100,3 +100,21 @@ def test_crdtkit_node_refuses_bad_arguments_in_one_line(tmp_path: Path) -> None:
         )
         assert done.returncode == 2, done.stderr
         assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+
+
+def test_acknowledged_updates_survive_a_sigkill_before_any_checkpoint(tmp_path: Path) -> None:
+    async def test(cluster: LocalCluster) -> list[str]:
+        history = History()
+        clients = await cluster.clients()
+        await _operations(clients, history, random.Random(2), 30)
+        clients["n0"].close()
+        cluster.kill("n0")  # at once: the updates are only in the journal
+        cluster.start("n0")
+        client = await cluster.client("n0")
+        wrong = await problems(client, history)
+        client.close()
+        return wrong
+
+    with LocalCluster(1, tmp_path) as cluster:
+        assert asyncio.run(asyncio.wait_for(test(cluster), 60)) == []
+    assert "updates from its journal" in cluster.log("n0")
