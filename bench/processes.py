@@ -39,10 +39,11 @@ from typing import Any, TypeVar
 from bench.harness import Config, Row, Timing
 from crdtkit.client import Client
 from crdtkit.cluster import LocalCluster, converge, problems
+from crdts.dotcontext import CausalContext
 from replication import Replicator
 from replication.history import TYPES, History, random_operation
-from snapshot.cut import LocalState
-from snapshot.files import write_checkpoint
+from replication.messages import Entry
+from snapshot.journal import Journal
 
 T = TypeVar("T")
 
@@ -147,8 +148,9 @@ async def _through_one_node(
 ) -> _Through:
     client = clients["n0"]
     replica = Replicator("n0", sorted(set(clients) - {"n0"}), rng=Random(rng.getrandbits(64)))
-    path = folder / "floor" / "checkpoint.snap"
+    path = folder / "floor" / "updates.log"
     path.parent.mkdir(parents=True, exist_ok=True)
+    journal = Journal(path)
     floor_history, figure_history = History(), History()
     floor: list[float] = []
     figure: list[float] = []
@@ -159,7 +161,9 @@ async def _through_one_node(
         start = perf_counter()
         for key, type_name, kind, args in ops:
             floor_history.apply(replica, key, type_name, kind, *args)
-            write_checkpoint(path, LocalState.capture(replica))
+            op = floor_history.operations[-1]
+            journal.append([Entry(key, op.delta, CausalContext.from_dots([op.dot]))])
+            journal.sync()
         floor_s = (perf_counter() - start) / len(ops)
         gc.collect()
         start = perf_counter()
@@ -175,6 +179,7 @@ async def _through_one_node(
             floor.append(floor_s)
             figure.append(figure_s)
             trip.append(trip_s)
+    journal.close()
     await _check(client, figure_history)
     if floor_history.problems([replica]):
         raise RuntimeError("the in-process floor replica does not match its updates")
@@ -187,7 +192,8 @@ def _through_row(config: Config, sizes: _Sizes, result: _Through) -> Row:
         f"one client sends {sizes.ops:,} updates (random_operation over every type, "
         f"{THROUGH_KEYS} keys per type) one after the other to one node of a {THROUGH}-process "
         f"cluster gossiping every {INTERVAL * 1e3:g} ms, each awaited until the node "
-        "acknowledges it durable (its own checkpoint write, as the client waits alone); "
+        "acknowledges it durable (its own journal record and fsync, as the client waits "
+        "alone); "
         f"{config.repeat} timed repetitions after {config.warmup} warm-up, alternating with "
         "the floor; the floor does the node's durable work without the process, the "
         "network and the protocol, so the ratio is what they cost on top. A keyspace() "
@@ -199,8 +205,8 @@ def _through_row(config: Config, sizes: _Sizes, result: _Through) -> Row:
     return Row(
         f"tcp updates through one node, {THROUGH} processes",
         "op",
-        "the same updates applied in-process to a Replicator, each followed by "
-        "write_checkpoint(LocalState.capture(replica)) (two fsyncs), same folder",
+        "the same updates applied in-process to a Replicator, each appended to a "
+        "snapshot.journal.Journal and synced (one fsync), as the node does, same folder",
         result.floor,
         result.figure,
         None,
@@ -355,7 +361,8 @@ def _burst_rows(
         f"its last ones remain at its last acknowledgement. {workload}; sending a burst "
         f"took {_duration(sending)} (median; {sizes.burst / sending:,.0f} updates/s over "
         f"the nodes, {_duration(sending * n / sizes.burst)} per update at a node, where each "
-        "acknowledged update waits for a rewrite of the node's whole checkpoint). "
+        "acknowledged update waits for its journal record's fsync, shared with the "
+        "updates that arrived with it). "
         "No target: PERFORMANCE.md sets none for processes",
     )
     sent, full = sum(r.sent for r in runs), sum(r.full for r in runs)
