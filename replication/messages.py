@@ -38,6 +38,7 @@ __all__ = [
     "encode_entries",
     "parse",
     "parse_entries",
+    "sent_by",
 ]
 
 #: Frames above this size are refused before parsing.
@@ -87,6 +88,20 @@ class Ack:
 
 
 Message: TypeAlias = Push | Ack
+
+
+def sent_by(message: Message, node: str) -> bool:
+    """Whether ``message`` names node ``node`` (or one of its incarnations,
+    ``node~N``) as its sender: a frame from ``node`` that names another is
+    refused.
+
+    >>> sent_by(Ack("a~3", 0), "a"), sent_by(Ack("ab", 0), "a")
+    (True, False)
+
+    Cost: O(len(node)).
+    """
+    claimed = message.sender
+    return claimed == node or claimed.startswith(node + "~")
 
 
 def encode_entries(entries: Iterable[Entry]) -> list[object]:

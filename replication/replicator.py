@@ -69,6 +69,7 @@ from replication.messages import (
     encode_entries,
     parse,
     parse_entries,
+    sent_by,
 )
 from replication.transport import Outgoing
 
@@ -487,8 +488,7 @@ class Replicator:
         return []
 
     def _acceptable(self, sender: str, message: Message) -> bool:
-        claimed = message.sender
-        if claimed != sender and not claimed.startswith(sender + "~"):
+        if not sent_by(message, sender):
             return False
         if isinstance(message, Push):
             for entry in message.entries:

@@ -31,7 +31,7 @@ from crdts import codec
 from crdts.base import CRDT, expect_list, expect_replica, expect_uint
 from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError
-from replication.messages import Entry, Push, parse, parse_entries
+from replication.messages import Entry, Push, parse, parse_entries, sent_by
 from replication.messages import encode_entries as _encode_entries
 from replication.replicator import Replicator
 
@@ -210,8 +210,7 @@ class GlobalSnapshot:
                     message = parse(frame)
                 except DecodeError:
                     continue
-                claimed = message.sender
-                if claimed != source and not claimed.startswith(source + "~"):
+                if not sent_by(message, source):
                     continue  # the replica would refuse it: another node's name
                 if isinstance(message, Push):
                     for entry in message.entries:
