@@ -39,10 +39,8 @@ from typing import Any, TypeVar
 from bench.harness import Config, Row, Timing
 from crdtkit.client import Client
 from crdtkit.cluster import LocalCluster, converge, problems
-from crdts.dotcontext import CausalContext
 from replication import Replicator
 from replication.history import TYPES, History, random_operation
-from replication.messages import Entry
 from snapshot.journal import Journal
 
 T = TypeVar("T")
@@ -162,7 +160,7 @@ async def _through_one_node(
         for key, type_name, kind, args in ops:
             floor_history.apply(replica, key, type_name, kind, *args)
             op = floor_history.operations[-1]
-            journal.append([Entry(key, op.delta, CausalContext.from_dots([op.dot]))])
+            journal.append([op.entry()])
             journal.sync()
         floor_s = (perf_counter() - start) / len(ops)
         gc.collect()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from crdtkit.client import Client
 from replication.auth import generate_key, load_key
-from replication.history import History, Operation
+from replication.history import History
 
 __all__ = ["LocalCluster", "converge", "problems"]
 
@@ -147,21 +147,7 @@ async def problems(client: Client, history: History) -> list[str]:
     """What is wrong with ``client``'s node against ``history``, as sentences:
     [] when every logged operation survived in its key's dots (each was
     acknowledged, so none may be lost) and every key's value equals the
-    sequential specification. Cost: a round trip per key."""
-    out: list[str] = []
-    by_key: dict[str, list[Operation]] = {}
-    for op in history.operations:
-        by_key.setdefault(op.key, []).append(op)
-    for key, ops in sorted(by_key.items()):
-        entry = await client.entry(key)
-        if entry is None:
-            out.append(f"{key}: missing, with {len(ops)} acknowledged operations")
-            continue
-        lost = [op.dot for op in ops if not entry.ops.contains(*op.dot)]
-        if lost:
-            out.append(f"{key}: acknowledged operations lost: {lost[:5]}")
-        want = history.spec(ops[0].type_name).model(ops)
-        got = getattr(entry.state, "value", None)
-        if got != want:
-            out.append(f"{key}: holds {got!r:.200}, the specification gives {want!r:.200}")
-    return out
+    sequential specification (``History.problems_of``). Cost: a round trip
+    per key."""
+    held = {key: await client.entry(key) for key in sorted({op.key for op in history.operations})}
+    return history.problems_of(held.__getitem__, {op.dot for op in history.operations})

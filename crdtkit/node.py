@@ -37,10 +37,8 @@ from random import Random
 
 from crdtkit import protocol
 from crdts import codec
-from crdts.dotcontext import CausalContext
 from crdts.errors import CRDTError, DecodeError
 from replication.history import History, check_update
-from replication.messages import Entry
 from replication.replicator import Replicator
 from replication.tcp import Channel, Limits, NodeRuntime, PeerClosed, TcpEndpoint
 from snapshot.cut import LocalState, SnapshotId
@@ -225,7 +223,7 @@ class NodeService:
             history = History()
             history.apply(replica, key, type_name, update, *items)
             op = history.operations[-1]
-            self.journal.append([Entry(key, op.delta, CausalContext.from_dots([op.dot]))])
+            self.journal.append([op.entry()])
             await self._durable()
             return protocol.encode(
                 "done", request, *op.dot, op.observed.to_payload(), codec.encode(op.delta)

@@ -39,6 +39,7 @@ from crdts.base import CRDT, MAX_UINT, expect_list, expect_replica, expect_uint
 from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError
 from crdts.lwwregister import _order
+from replication.messages import Entry
 from replication.replicator import Replicator
 
 __all__ = [
@@ -58,15 +59,10 @@ __all__ = [
 Dot = tuple[str, int]
 
 
-def _stopped_clock() -> int:
-    # LWW timestamps then come from the logical half of the hybrid clock,
-    # so a soak is deterministic for its seed.
-    return 0
-
-
 def _logical(state: LWWRegister[Any], timestamp: int | None = None) -> int:
-    # The stopped clock's timestamp, max(0, current + 1), also for a register
-    # that arrived from another replica: a decoded one reads the wall clock.
+    # The logical half of the hybrid clock, max(0, current + 1), whatever
+    # wall clock the register carries (a decoded one reads the real one):
+    # so a run is deterministic for its seed.
     if timestamp is not None:
         return timestamp
     return 0 if state.timestamp is None else state.timestamp + 1
@@ -77,7 +73,7 @@ TYPES: dict[str, Callable[[], CRDT]] = {
     "GCounter": GCounter,
     "PNCounter": PNCounter,
     "ORSet": ORSet,
-    "LWWRegister": lambda: LWWRegister(clock=_stopped_clock),
+    "LWWRegister": LWWRegister,
     "MVRegister": MVRegister,
     "VectorClock": VectorClock,
 }
@@ -105,6 +101,11 @@ class Operation:
     dot: Dot
     observed: CausalContext
     delta: CRDT
+
+    def entry(self) -> Entry:
+        """The update as an entry: its key, its delta and its dot (what a
+        journal keeps of it). Cost: O(1) besides the delta, shared."""
+        return Entry(self.key, self.delta, CausalContext.from_dots([self.dot]))
 
 
 @dataclass
@@ -217,18 +218,35 @@ class History:
         if len(encodings) > 1:
             out.append(f"the replicas hold {len(encodings)} different keyspaces")
         reference = replicas[0]
+
+        def held(key: str) -> Entry | None:
+            state = reference.get(key)
+            return None if state is None else Entry(key, state, reference.ops(key))
+
+        return out + self.problems_of(held, must_survive)
+
+    def problems_of(
+        self, held: Callable[[str], Entry | None], must_survive: Collection[Dot] = ()
+    ) -> list[str]:
+        """What is wrong with one replica, as sentences, given ``held(key)``:
+        its state and dots under a key (None if absent). [] when every value
+        matches the specification over the operations that survived, and
+        every dot in ``must_survive`` survived. Cost: the lookups, plus
+        O(operations) and the models."""
+        out: list[str] = []
         by_key: dict[str, list[Operation]] = {}
         for op in self.operations:
             by_key.setdefault(op.key, []).append(op)
         for key, ops in sorted(by_key.items()):
-            context = reference.ops(key)
+            entry = held(key)
+            context = CausalContext() if entry is None else entry.ops
             survivors = [op for op in ops if context.contains(*op.dot)]
-            lost = [op.dot for op in ops if op.dot in must_survive and op not in survivors]
+            kept = {op.dot for op in survivors}
+            lost = [op.dot for op in ops if op.dot in must_survive and op.dot not in kept]
             if lost:
                 out.append(f"{key}: acknowledged operations lost: {lost[:5]}")
-            state = reference.get(key)
             want = self.spec(ops[0].type_name).model(survivors)
-            got = None if state is None else state.value  # type: ignore[attr-defined]
+            got = None if entry is None else entry.state.value  # type: ignore[attr-defined]
             if survivors and got != want:
                 out.append(f"{key}: holds {got!r:.200}, the specification gives {want!r:.200}")
         return out
