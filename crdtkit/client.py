@@ -37,6 +37,7 @@ from replication.messages import Entry
 from replication.tcp import Channel, Limits, connect
 from snapshot.cut import GlobalSnapshot, LocalState, SnapshotId
 from snapshot.errors import SnapshotIncomplete
+from snapshot.marker import LocalRecording, assemble
 
 __all__ = ["Client", "NodeError", "live_snapshot"]
 
@@ -148,9 +149,7 @@ class Client:
         initiator, number = await self._call("snapshot")
         return SnapshotId(expect_replica(initiator, "initiator"), expect_uint(number, "n", 1))
 
-    async def recording(
-        self, snapshot: SnapshotId
-    ) -> tuple[LocalState, dict[str, tuple[bytes, ...]]] | None:
+    async def recording(self, snapshot: SnapshotId) -> LocalRecording | None:
         """This node's part of ``snapshot`` (its state, and the frames in
         flight to it by source), or None while incomplete. Cost: a round trip."""
         (part,) = await self._call("recording", *snapshot)
@@ -166,7 +165,7 @@ class Client:
             if not all(type(f) is bytes for f in listed):
                 raise DecodeError("frames are bytes")
             frames[expect_replica(source, "source")] = tuple(listed)  # type: ignore[arg-type]
-        return LocalState.from_bytes(state), frames
+        return LocalRecording(LocalState.from_bytes(state), frames)
 
 
 async def live_snapshot(
@@ -183,7 +182,7 @@ async def live_snapshot(
     """
     nodes = list(clients.values()) if isinstance(clients, Mapping) else list(clients)
     taken = await (initiator or nodes[0]).snapshot()
-    parts: dict[int, tuple[LocalState, dict[str, tuple[bytes, ...]]]] = {}
+    parts: dict[int, LocalRecording] = {}
     for _ in range(max(1, int(timeout / poll))):
         for i, client in enumerate(nodes):
             if i not in parts and (part := await client.recording(taken)) is not None:
@@ -193,10 +192,4 @@ async def live_snapshot(
         await asyncio.sleep(poll)
     else:
         raise SnapshotIncomplete(f"snapshot {taken} incomplete after {timeout} s")
-    states = {local.node: local for local, _ in parts.values()}
-    channels = {
-        (source, local.node): frames
-        for local, incoming in parts.values()
-        for source, frames in incoming.items()
-    }
-    return GlobalSnapshot(taken, states, channels)
+    return assemble(taken, parts.values())

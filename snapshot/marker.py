@@ -75,6 +75,7 @@ __all__ = [
     "LocalRecording",
     "SnapshotNode",
     "SnapshotStats",
+    "assemble",
     "gather",
     "take_snapshot",
 ]
@@ -160,7 +161,6 @@ class SnapshotNode:
         self._replica = replica
         self._max_open = max_open
         self._epochs: Epochs = {}
-        self._header: list[object] = []
         self._acked: dict[str, Epochs] = {}  # peer -> our epochs it acknowledged
         self._recordings: dict[SnapshotId, _Recording] = {}
         self.stats = SnapshotStats()
@@ -251,7 +251,6 @@ class SnapshotNode:
         )
         node = cls(replica, max_open=max_open)
         node._epochs = dict(local.epochs)
-        node._header = encode_epochs(node._epochs)
         return node
 
     # -- snapshots -------------------------------------------------------------------
@@ -269,7 +268,7 @@ class SnapshotNode:
         """
         initiator = self._replica.replica_id
         number = self._epochs.get(initiator, 0) + 1
-        self._record(initiator, number)
+        self._record({initiator: number})
         return SnapshotId(initiator, number)
 
     def recording(self, snapshot: SnapshotId) -> LocalRecording | None:
@@ -299,17 +298,20 @@ class SnapshotNode:
         """
         self._recordings.pop(snapshot, None)
 
-    def _record(self, initiator: str, number: int) -> list[Outgoing]:
-        have = self._epochs.get(initiator, 0)
-        if number <= have:
+    def _record(self, epochs: Mapping[str, int]) -> list[Outgoing]:
+        # Every snapshot in ``epochs`` not recorded here yet, all at this one
+        # moment: one copy of the state serves them all.
+        new = {i: (self._epochs.get(i, 0), n) for i, n in epochs.items()
+               if n > self._epochs.get(i, 0)}
+        if not new:
             return []
-        self._epochs[initiator] = number
-        self._header = encode_epochs(self._epochs)
+        self._epochs.update({initiator: number for initiator, (_, number) in new.items()})
         state = LocalState.capture(self._replica, self._epochs)
         peers = self._replica.peers
-        for n in range(max(have + 1, number - self._max_open + 1), number + 1):
-            self._recordings[SnapshotId(initiator, n)] = _Recording(state, set(peers))
-            self.stats.recorded += 1
+        for initiator, (have, number) in new.items():
+            for n in range(max(have + 1, number - self._max_open + 1), number + 1):
+                self._recordings[SnapshotId(initiator, n)] = _Recording(state, set(peers))
+                self.stats.recorded += 1
         while len(self._recordings) > self._max_open:
             del self._recordings[next(iter(self._recordings))]
             self.stats.evicted += 1
@@ -369,9 +371,7 @@ class SnapshotNode:
         except DecodeError:
             self.stats.malformed += 1
             return []
-        out: list[Outgoing] = []
-        for initiator, number in epochs.items():
-            out += self._record(initiator, number)
+        out = self._record(epochs)
         for snapshot, rec in self._recordings.items():
             if sender not in rec.open:
                 continue
@@ -395,7 +395,7 @@ class SnapshotNode:
         return out
 
     def _wrap(self, kind: int, body: bytes | list[object]) -> bytes:
-        return codec.encode_plain([_TAG, _VERSION, kind, self._header, body])
+        return codec.encode_plain([_TAG, _VERSION, kind, encode_epochs(self._epochs), body])
 
 
 def gather(nodes: Iterable[SnapshotNode], snapshot: SnapshotId) -> GlobalSnapshot | None:
@@ -416,15 +416,33 @@ def gather(nodes: Iterable[SnapshotNode], snapshot: SnapshotId) -> GlobalSnapsho
 
     Cost: O(nodes + frames recorded).
     """
-    states: dict[str, LocalState] = {}
-    channels: dict[tuple[str, str], tuple[bytes, ...]] = {}
+    parts = []
     for node in nodes:
         part = node.recording(snapshot)
         if part is None:
             return None
-        states[node.node_id] = part.state
+        parts.append(part)
+    return assemble(snapshot, parts)
+
+
+def assemble(snapshot: SnapshotId, parts: Iterable[LocalRecording]) -> GlobalSnapshot:
+    """The cut made of every node's complete part (however they were
+    fetched: in process by :func:`gather`, over the network by a client).
+
+    >>> from random import Random
+    >>> node = SnapshotNode(Replicator("a", [], rng=Random(1)))
+    >>> taken = node.initiate()
+    >>> assemble(taken, [node.recording(taken)]).id
+    SnapshotId(initiator='a', number=1)
+
+    Cost: O(parts + channels).
+    """
+    states: dict[str, LocalState] = {}
+    channels: dict[tuple[str, str], tuple[bytes, ...]] = {}
+    for part in parts:
+        states[part.state.node] = part.state
         for source, frames in part.channels.items():
-            channels[(source, node.node_id)] = frames
+            channels[(source, part.state.node)] = frames
     return GlobalSnapshot(snapshot, states, channels)
 
 
