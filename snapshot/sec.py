@@ -40,11 +40,11 @@ OR-Set and MV-Register models are quadratic in a key's operations).
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from crdts import codec
 from crdts.base import CRDT, leq
 from crdts.dotcontext import CausalContext
 from replication.history import History, Operation
@@ -61,7 +61,6 @@ STRONG_CONVERGENCE = "strong convergence"
 MONOTONE = "monotone"
 JOIN_EQUALS_SPEC = "join equals specification"
 _NOT_CHECKED = "not checked (no operation log)"
-_MORE = re.compile(r"\.\.\. and (\d+) more")
 _WIDTH = 29  # where SECReport.__str__ starts the status column
 
 
@@ -82,6 +81,7 @@ class Verdict:
     passed: bool | None
     offenders: tuple[str, ...] = ()
     details: tuple[str, ...] = ()
+    problems: int = 0  # in all, when ``details`` shows only the first ones
 
     @property
     def status(self) -> str:
@@ -98,9 +98,7 @@ class Verdict:
         if self.passed is None:
             return self.details[0] if self.details else "not checked"
         first = self.details[0] if self.details else "no details"
-        more = len(self.details) - 1
-        if more and (counted := _MORE.fullmatch(self.details[-1])):
-            more += int(counted.group(1)) - 1
+        more = max(self.problems, len(self.details)) - 1
         if not more:
             return f"FAILED: {first}"
         return f"FAILED: {first} (and {more} more; offenders: {_names(self.offenders)})"
@@ -218,9 +216,10 @@ def _consistent_cut(states: Mapping[str, LocalState]) -> Verdict:
 def _strong_convergence(
     states: Mapping[str, LocalState], keyspaces: Mapping[str, bytes]
 ) -> Verdict:
-    groups: dict[tuple[tuple[str, int, tuple[int, ...]], ...], list[str]] = {}
+    groups: dict[bytes, list[str]] = {}
     for node, local in states.items():
-        groups.setdefault(_clock_key(local.clock), []).append(node)
+        # Equal contexts have equal canonical encodings: a hashable key.
+        groups.setdefault(codec.encode_plain(local.clock.to_payload()), []).append(node)
     offenders: set[str] = set()
     details: list[str] = []
     for nodes in groups.values():
@@ -366,13 +365,6 @@ def _beyond(theirs: CausalContext, mine: CausalContext, replica: str) -> int:
     return count
 
 
-def _clock_key(clock: CausalContext) -> tuple[tuple[str, int, tuple[int, ...]], ...]:
-    return tuple(
-        (r, clock.vv.get(r, 0), tuple(sorted(clock.cloud.get(r, ()))))
-        for r in sorted(clock.origins())
-    )
-
-
 def _not_below(key: str, low: CRDT, a: str, high: CRDT | None, b: str) -> str | None:
     """Why ``a``'s state ``low`` under ``key`` is not below ``b``'s, or None."""
     if high is None:
@@ -395,7 +387,7 @@ def _verdict(name: str, offenders: Iterable[str], details: Sequence[str]) -> Ver
     shown = list(details[:MAX_DETAILS])
     if len(details) > MAX_DETAILS:
         shown.append(f"... and {len(details) - MAX_DETAILS} more")
-    return Verdict(name, not details, tuple(sorted(set(offenders))), tuple(shown))
+    return Verdict(name, not details, tuple(sorted(set(offenders))), tuple(shown), len(details))
 
 
 def _plural(n: int, noun: str) -> str:
