@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from random import Random
 from time import perf_counter
 
-from bench.harness import Config, Row, Timing, Trial, alternate
+from bench.harness import Config, Row, Timing, Trial, alternate, size
 from bench.workloads import keys
 from crdts import GCounter, ORSet
 from crdts import codec as crdt_codec
@@ -109,15 +109,8 @@ def _model_rounds(n: int, rng: Random) -> int:
     return rounds
 
 
-def _size(n: float) -> str:
-    for name, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.3g} {name}"
-    return f"{n:.0f} B"
 
 
-def _constant(x: float) -> Timing:
-    return Timing(x, x, x)
 
 
 # -- 1. rounds to converge ---------------------------------------------------------
@@ -166,7 +159,7 @@ def convergence(config: Config, rng: Random) -> list[Row]:
             f"{CLUSTERS} seeded clusters, rounds {'/'.join(str(r.rounds) for r in runs)}; "
             "workload: one replica increments one GCounter key once; "
             f"per run (median): {statistics.median(r.messages for r in runs):,.0f} messages, "
-            f"{_size(statistics.median(r.sent for r in runs))} sent, "
+            f"{size(statistics.median(r.sent for r in runs))} sent, "
             f"{statistics.median(r.seconds for r in runs):.3g} s of simulation; "
             f"ideal synchronous push-pull with one rumor per node (Karp's model, "
             f"{MODEL_RUNS} seeded runs): mean {statistics.mean(model):.3g} rounds "
@@ -177,7 +170,7 @@ def convergence(config: Config, rng: Random) -> list[Row]:
                 f"gossip rounds to converge, {n:,} replicas",
                 "run",
                 f"theory log3({n:,}) + 3 = {theory:.2f} rounds",
-                _constant(theory),
+                Timing.constant(theory),
                 Timing.of([r.rounds for r in runs]),
                 1.0,
                 note,
@@ -338,13 +331,13 @@ def delta_bytes(config: Config, rng: Random) -> list[Row]:
     note = (
         f"{k:,} GCounter keys, {churn} updated per round at random replicas; "
         f"initial catch-up {initial_rounds} rounds, then {warmup} warm-up rounds, then "
-        f"{config.gossip_rounds} measured; mean {_size(statistics.mean(delta))} vs "
-        f"{_size(statistics.mean(full))} per round ({sum(delta) / sum(full):.2%}); "
+        f"{config.gossip_rounds} measured; mean {size(statistics.mean(delta))} vs "
+        f"{size(statistics.mean(full))} per round ({sum(delta) / sum(full):.2%}); "
         f"catch-ups while measuring: {window_catch_ups}. Where the bytes go: {kinds}; "
         f"of the entries received, {tally.entries['held']:,} carried only operations the "
         f"receiver already held ({tally.entry_bytes['held'] / max(1, entry_total):.0%} of "
         f"entry bytes) and {tally.entries['new']:,} brought news; sending only those would "
-        f"cost {_size(tally.entry_bytes['new'] / len(delta))} per round "
+        f"cost {size(tally.entry_bytes['new'] / len(delta))} per round "
         f"({tally.entry_bytes['new'] / sum(full):.2%} of full state); replicator stats: "
         f"{merged:,} merged, {redundant:,} redundant"
     )

@@ -107,9 +107,22 @@ class Timing:
     def of(cls, samples: Sequence[float]) -> Timing:
         return cls(statistics.median(samples), min(samples), max(samples))
 
+    @classmethod
+    def constant(cls, x: float) -> Timing:
+        """A figure that does not vary: a theory, a setting."""
+        return cls(x, x, x)
+
     def to_json(self, unit: str = "s") -> dict[str, float]:
         suffix = "_s" if unit == "s" else ""
         return {f"median{suffix}": self.median, f"min{suffix}": self.low, f"max{suffix}": self.high}
+
+
+def size(n: float) -> str:
+    """A byte count for people, in decimal units: ``80.7 kB``."""
+    for name, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {name}"
+    return f"{n:.0f} B"
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from random import Random
 from time import perf_counter
 from typing import Any, TypeVar
 
-from bench.harness import Config, Row, Timing
+from bench.harness import Config, Row, Timing, size
 from crdtkit.client import Client
 from crdtkit.cluster import LocalCluster, converge, problems
 from replication import Replicator
@@ -86,23 +86,14 @@ def _ops(rng: Random, count: int, keys: int, prefix: str = "") -> list[Op]:
     return out
 
 
-def _size(n: float) -> str:
-    for name, scale in (("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.3g} {name}"
-    return f"{n:.0f} B"
 
 
 def _duration(seconds: float) -> str:
     return f"{seconds:.3g} s" if seconds >= 1 else f"{seconds * 1e3:.3g} ms"
 
 
-def _constant(x: float) -> Timing:
-    return Timing(x, x, x)
 
 
-def _median(values: Sequence[float]) -> float:
-    return statistics.median(values)
 
 
 class _Cluster:
@@ -334,7 +325,7 @@ def _burst_rows(
     workload = (
         f"{n} processes gossiping every {INTERVAL * 1e3:g} ms, preloaded{after} with "
         f"{sizes.preload:,} updates on up to {len(TYPES) * sizes.preload_keys:,} keys "
-        f"({_size(preloaded)} keyspace); each burst: {sizes.burst} updates "
+        f"({size(preloaded)} keyspace); each burst: {sizes.burst} updates "
         "(random_operation over every type, "
         f"{sizes.burst_keys} fresh keys per type) dealt over the nodes, one client per node "
         "sending its share in order, the nodes concurrently (asyncio.gather); "
@@ -342,12 +333,12 @@ def _burst_rows(
     )
     theory = _theory(n)
     seconds = [r.converged for r in runs]
-    sending = _median([r.sending for r in runs])
+    sending = statistics.median([r.sending for r in runs])
     convergence = Row(
         f"tcp convergence after a burst, {n} processes",
         "run",
         f"one gossip interval ({INTERVAL * 1e3:g} ms): the ratio is the time in gossip rounds",
-        _constant(INTERVAL),
+        Timing.constant(INTERVAL),
         Timing.of(seconds),
         None,
         f"figure = seconds from the last acknowledgement of a burst until every node's "
@@ -364,7 +355,7 @@ def _burst_rows(
         "No target: PERFORMANCE.md sets none for processes",
     )
     sent, full = sum(r.sent for r in runs), sum(r.full for r in runs)
-    window = _median([r.window for r in runs])
+    window = statistics.median([r.window for r in runs])
     wire = Row(
         f"tcp bytes on the wire per operation, {n} processes",
         "op",
@@ -382,8 +373,8 @@ def _burst_rows(
         "estimate, not measured. "
         f"{workload}; window median {_duration(window)} "
         f"(~{window / INTERVAL:.2g} intervals), node keyspace mean "
-        f"{_size(_median([r.keyspace for r in runs]))}; in all: {_size(sent)} sent vs "
-        f"{_size(full)} full-state ({sent / full:.2%}), "
+        f"{size(statistics.median([r.keyspace for r in runs]))}; in all: {size(sent)} sent vs "
+        f"{size(full)} full-state ({sent / full:.2%}), "
         f"{sum(r.frames for r in runs):,} frames, {sum(r.catch_ups for r in runs)} "
         "catch-ups. No target: PERFORMANCE.md's 3% is for the simulated steady state at "
         "2% churn, not a burst",
