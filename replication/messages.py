@@ -36,6 +36,7 @@ __all__ = [
     "Push",
     "encode",
     "encode_entries",
+    "encode_keyspace",
     "parse",
     "parse_entries",
     "sent_by",
@@ -102,6 +103,18 @@ def sent_by(message: Message, node: str) -> bool:
     """
     claimed = message.sender
     return claimed == node or claimed.startswith(node + "~")
+
+
+def encode_keyspace(states: Iterable[tuple[str, CRDT]]) -> bytes:
+    """``[[key, state bytes], ...]`` as canonical CBOR, for ``(key, state)``
+    pairs in key order: a keyspace's identity, equal bytes for equal states.
+
+    >>> encode_keyspace([]).hex()
+    '80'
+
+    Cost: O(total state size).
+    """
+    return codec.encode_plain([[key, codec.encode(state)] for key, state in states])
 
 
 def encode_entries(entries: Iterable[Entry]) -> list[object]:

@@ -67,6 +67,7 @@ from replication.messages import (
     Push,
     encode,
     encode_entries,
+    encode_keyspace,
     parse,
     parse_entries,
     sent_by,
@@ -296,7 +297,7 @@ class Replicator:
 
         Cost: O(total state size).
         """
-        return codec.encode_plain([[k, codec.encode(self._states[k])] for k in self._keys])
+        return encode_keyspace((k, self._states[k]) for k in self._keys)
 
     def subscribe(self, callback: Callable[[str, CRDT], None]) -> Callable[[], None]:
         """Call ``callback(key, state)`` after every change to a key, local or

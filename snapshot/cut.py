@@ -31,7 +31,7 @@ from crdts import codec
 from crdts.base import CRDT, expect_list, expect_replica, expect_uint
 from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError
-from replication.messages import Entry, Push, parse, parse_entries, sent_by
+from replication.messages import Entry, Push, encode_keyspace, parse, parse_entries, sent_by
 from replication.messages import encode_entries as _encode_entries
 from replication.replicator import Replicator
 
@@ -136,7 +136,7 @@ class LocalState:
 
         Cost: O(total state size).
         """
-        return codec.encode_plain([[e.key, codec.encode(e.state)] for e in self.entries])
+        return encode_keyspace((e.key, e.state) for e in self.entries)
 
     def to_bytes(self) -> bytes:
         """The canonical CBOR encoding (a node's checkpoint). Cost: O(total size)."""
@@ -237,14 +237,17 @@ class GlobalSnapshot:
             if len(fields) != 4:
                 raise DecodeError("snapshot state: expected four fields")
             local = LocalState._parse(fields)
-            if states and local.node <= max(states):
+            if states and local.node <= next(reversed(states)):  # the last, the largest
                 raise DecodeError("snapshot states: nodes not in increasing order")
             states[local.node] = local
         channels: dict[tuple[str, str], tuple[bytes, ...]] = {}
         for item in expect_list(raw[3], "snapshot channels"):
-            source, destination, frames = _triple(item, "snapshot channel")
+            fields = expect_list(item, "snapshot channel")
+            if len(fields) != 3:
+                raise DecodeError("snapshot channel: expected three fields")
+            source, destination, frames = fields
             pair = (expect_replica(source, "channel"), expect_replica(destination, "channel"))
-            if channels and pair <= max(channels):
+            if channels and pair <= next(reversed(channels)):
                 raise DecodeError("snapshot channels: not in increasing order")
             frame_list = expect_list(frames, "channel frames")
             if not all(type(f) is bytes for f in frame_list):
@@ -284,13 +287,6 @@ def _envelope(data: bytes, tag: str, what: str, fields: int, max_size: int) -> l
     if raw[1] != FORMAT_VERSION:
         raise DecodeError(f"{what}: unknown format version {raw[1]!r:.20}")
     return raw[2:]
-
-
-def _triple(item: object, what: str) -> tuple[object, object, object]:
-    items = expect_list(item, what)
-    if len(items) != 3:
-        raise DecodeError(f"{what}: expected three fields")
-    return items[0], items[1], items[2]
 
 
 def _joined(entries: Iterable[Entry]) -> list[Entry]:
