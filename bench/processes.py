@@ -40,8 +40,9 @@ from bench.harness import Config, Row, Timing, size
 from crdtkit.client import Client
 from crdtkit.cluster import LocalCluster, converge, problems
 from replication import Replicator
-from replication.history import TYPES, History, random_operation
-from snapshot.journal import Journal
+from replication.history import TYPES, History, Operation, random_operation
+from replication.sqlite import SQLiteStore
+from replication.store import encode_row
 
 T = TypeVar("T")
 
@@ -137,9 +138,7 @@ async def _through_one_node(
 ) -> _Through:
     client = clients["n0"]
     replica = Replicator("n0", sorted(set(clients) - {"n0"}), rng=Random(rng.getrandbits(64)))
-    path = folder / "floor" / "updates.log"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    journal = Journal(path)
+    store = SQLiteStore(folder / "floor", node="n0")
     floor_history, figure_history = History(), History()
     floor: list[float] = []
     figure: list[float] = []
@@ -149,10 +148,7 @@ async def _through_one_node(
         gc.collect()
         start = perf_counter()
         for key, type_name, kind, args in ops:
-            floor_history.apply(replica, key, type_name, kind, *args)
-            op = floor_history.operations[-1]
-            journal.append([op.entry()])
-            journal.sync()
+            _commit_one(replica, store, floor_history, (key, type_name, kind, args))
         floor_s = (perf_counter() - start) / len(ops)
         gc.collect()
         start = perf_counter()
@@ -168,11 +164,25 @@ async def _through_one_node(
             floor.append(floor_s)
             figure.append(figure_s)
             trip.append(trip_s)
-    journal.close()
+    store.close()
     await _check(client, figure_history)
     if floor_history.problems([replica]):
         raise RuntimeError("the in-process floor replica does not match its updates")
     return _Through(Timing.of(floor), Timing.of(figure), Timing.of(trip))
+
+
+def _commit_one(replica: Replicator, store: SQLiteStore, history: History, op: Op) -> None:
+    """One update as the node makes it durable: staged, its key's row and its
+    answer committed, then applied."""
+    key, type_name, kind, args = op
+    spec = history.spec(type_name)
+    batch = replica.stage()
+    delta, dot, observed = batch.update(
+        key, spec.new, lambda s, me: spec.mutate(s, me, kind, args)
+    )
+    store.commit([(key, encode_row(batch.entry(key)))], [(bytes(16), b"answer")])
+    replica.apply(batch)
+    history.operations.append(Operation(key, type_name, kind, args, dot, observed, delta))
 
 
 def _through_row(config: Config, sizes: _Sizes, result: _Through) -> Row:
@@ -181,8 +191,7 @@ def _through_row(config: Config, sizes: _Sizes, result: _Through) -> Row:
         f"one client sends {sizes.ops:,} updates (random_operation over every type, "
         f"{THROUGH_KEYS} keys per type) one after the other to one node of a {THROUGH}-process "
         f"cluster gossiping every {INTERVAL * 1e3:g} ms, each awaited until the node "
-        "acknowledges it durable (its own journal record and fsync, as the client waits "
-        "alone); "
+        "acknowledges it durable (its own SQLite commit, as the client waits alone); "
         f"{config.repeat} timed repetitions after {config.warmup} warm-up, alternating with "
         "the floor; the floor does the node's durable work without the process, the "
         "network and the protocol, so the ratio is what they cost on top. A keyspace() "
@@ -194,8 +203,9 @@ def _through_row(config: Config, sizes: _Sizes, result: _Through) -> Row:
     return Row(
         f"tcp updates through one node, {THROUGH} processes",
         "op",
-        "the same updates applied in-process to a Replicator, each appended to a "
-        "snapshot.journal.Journal and synced (one fsync), as the node does, same folder",
+        "the same updates staged on a Replicator in-process, each key's row and the "
+        "answer committed to a SQLiteStore (one commit per update), then applied, as "
+        "the node does, same folder",
         result.floor,
         result.figure,
         None,
@@ -350,7 +360,7 @@ def _burst_rows(
         f"its last ones remain at its last acknowledgement. {workload}; sending a burst "
         f"took {_duration(sending)} (median; {sizes.burst / sending:,.0f} updates/s over "
         f"the nodes, {_duration(sending * n / sizes.burst)} per update at a node, where each "
-        "acknowledged update waits for its journal record's fsync, shared with the "
+        "acknowledged update waits for its SQLite commit, shared with the "
         "updates that arrived with it). "
         "No target: PERFORMANCE.md sets none for processes",
     )

@@ -131,8 +131,17 @@ def _parser() -> _Parser:
         help="a peer to gossip with (repeat for each)",
     )
     node.add_argument("--key-file", required=True, metavar="PATH", help="the cluster key (hex)")
-    node.add_argument("--folder", required=True, metavar="PATH", help="its snapshot folder")
+    node.add_argument("--folder", required=True, metavar="PATH",
+                      help="its folder: the store (store.db) and the lock")
     node.add_argument("--interval", type=_seconds, default=0.2, help="gossip interval (0.2 s)")
+    node.add_argument(
+        "--repair", action="store_true",
+        help="start on a damaged store: keep what is intact and log what is dropped",
+    )
+    node.add_argument(
+        "--max-state", type=_bounded(1024, 1 << 40), default=64 * 1024 * 1024, metavar="BYTES",
+        help="refuse updates that make a key's state larger (64 MiB)",
+    )
     for option, text in (
         ("--tls-cert", "this node's certificate (PEM)"),
         ("--tls-key", "its private key (PEM)"),

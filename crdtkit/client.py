@@ -7,9 +7,9 @@ process, and take live snapshots, over the node's authenticated port.
 ...         state = await node.get("cart")
 ...         return sorted(state), op.dot
 
-``update`` returns once the node has written the update to its checkpoint
-file; the :class:`~replication.history.Operation` it returns can go into a
-``History`` to check the cluster against the sequential specification.
+``update`` returns once the node's store has committed the update; the
+:class:`~replication.history.Operation` it returns can go into a ``History``
+to check the cluster against the sequential specification.
 :func:`live_snapshot` starts a Chandy-Lamport snapshot at one node and
 gathers every node's part into a ``GlobalSnapshot``.
 
@@ -96,13 +96,25 @@ class Client:
             raise NodeError(str(out[0]))
         return out
 
-    async def update(self, key: str, type_name: str, kind: str, *args: Any) -> Operation:
+    async def update(
+        self, key: str, type_name: str, kind: str, *args: Any, request_id: bytes | None = None
+    ) -> Operation:
         """Apply an update of a built-in type at the node (for example
         ``update("hits", "GCounter", "increment", 2)``); returns it as logged,
-        once it is durable at the node. Cost: a round trip and the node's write."""
+        once the node's store committed it.
+
+        ``request_id`` (1 to 64 bytes; a fresh random one if not given) makes
+        a retry safe: calling again with the same id, on this connection or
+        another, before or after the node restarted, returns the same
+        operation and applies it once. Raises NodeError if the node refused
+        the update or could not commit it ("not applied": nothing of it is
+        visible anywhere, and a retry with the same id may apply it).
+
+        Cost: a round trip and the node's commit."""
         type_name, kind, items = check_update(type_name, kind, list(args))
+        request_id = os.urandom(16) if request_id is None else request_id
         replica, counter, observed, delta = await self._call(
-            "update", key, type_name, kind, items
+            "update", key, type_name, kind, items, request_id
         )
         if type(delta) is not bytes:
             raise DecodeError("an update's delta is bytes")

@@ -1,27 +1,35 @@
 """One replica as a process: what ``crdtkit node`` runs.
 
 A :class:`NodeService` runs a :class:`~snapshot.marker.SnapshotNode` over the
-TCP runtime (``replication.tcp``), keeps its checkpoint in a folder, and serves
-clients (``crdtkit.protocol``) on the same port:
+TCP runtime (``replication.tcp``), keeps its state in a
+:class:`~replication.sqlite.SQLiteStore` in its folder, and serves clients
+(``crdtkit.protocol``) on the same port:
 
-- On start it restores from ``folder/checkpoint.snap`` if there is one, under
-  a new incarnation (the file may be older than what the replica had sent
-  before it stopped), else it starts empty.
-- An update from a client is applied, appended to ``folder/updates.log`` (a
-  ``snapshot.journal.Journal``; updates that arrive together share one
-  fsync), and only then acknowledged: an acknowledged update survives a crash
-  of the process.
-- Every ``checkpoint_interval`` seconds, if the keyspace changed (local or
-  merged updates), the checkpoint is rewritten and the journal emptied; once
-  more on shutdown. Restarting, the node joins the journal into the
-  checkpoint it reads.
+- On start it takes the folder's lock (a second process on the folder is
+  refused), reads and verifies every row (damage refuses to start, unless
+  ``repair``), and restores the replica under a fresh incarnation, the
+  first start and a start on an empty or wiped folder included: it never
+  issues a dot that an earlier start issued.
+- Client updates are staged on copies of their keys (``Replicator.stage``),
+  their keys' rows written in one transaction with the answers, and only
+  once that committed applied to the replica and acknowledged. Updates that
+  arrive while a transaction commits share the next one (group commit). The
+  commit runs on a worker thread, so gossip and reads go on meanwhile. If it
+  fails (disk full, I/O error) nothing of the batch is applied or gossiped,
+  and every client in it is answered "not applied".
+- A request carries an id; the answer is kept with it (the newest
+  ``keep_answers``), so a retried request is answered again, not applied
+  twice, also after a restart.
+- Keys changed by gossip are written every ``flush_interval`` seconds, and
+  on shutdown: writing costs O(changed keys), never O(state).
+- An update whose key would encode to more than ``max_state`` bytes is
+  refused before anything is written.
 - Clients can start a Chandy-Lamport snapshot and fetch the node's part of it.
 
 Everything it logs goes to the ``crdtkit.node`` logger, one line per event.
 
-Cost: an acknowledged update costs its journal record and a share of one
-fsync; a checkpoint write is O(state size) plus two fsyncs; the rest is the
-runtime's.
+Cost: an acknowledged update costs the encoding of its key's row and a share
+of one commit (two fsyncs at most); the rest is the runtime's.
 """
 
 from __future__ import annotations
@@ -31,30 +39,59 @@ import contextlib
 import logging
 import os
 import ssl
+from collections import OrderedDict
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from random import Random
+from typing import NamedTuple
 
 from crdtkit import protocol
 from crdts import codec
+from crdts.base import expect_list
 from crdts.errors import CRDTError, DecodeError
 from replication.history import History, check_update
-from replication.replicator import Replicator
+from replication.replicator import Replicator, Staged
+from replication.sqlite import SQLiteStore
+from replication.store import CommitFailed, WriteBehind, encode_row, restore
 from replication.tcp import Channel, Limits, NodeRuntime, PeerClosed, TcpEndpoint
-from snapshot.cut import LocalState, SnapshotId
-from snapshot.files import read_checkpoint, write_checkpoint
-from snapshot.journal import Journal, read_journal
+from snapshot.cut import SnapshotId, encode_epochs, parse_epochs
 from snapshot.marker import SnapshotNode
 
-__all__ = ["CHECKPOINT", "JOURNAL", "NodeService"]
+__all__ = ["MAX_REQUEST_ID", "MAX_STATE", "NodeService"]
 
-CHECKPOINT = "checkpoint.snap"
-JOURNAL = "updates.log"
+#: The largest state a key may encode to, by default.
+MAX_STATE = 64 * 1024 * 1024
+#: The longest request id a client may send.
+MAX_REQUEST_ID = 64
 log = logging.getLogger("crdtkit.node")
 
 
+@dataclass(slots=True)
+class _Request:
+    """An update waiting for the next commit."""
+
+    key: str
+    type_name: str
+    kind: str
+    args: list[object]
+    request_id: bytes
+    done: asyncio.Future[_Answer] = field(repr=False)
+
+
+class _Answer(NamedTuple):
+    """How an update ended: applied (``fields``: what "done" carries) or not
+    (``fields``: why)."""
+
+    applied: bool
+    fields: bytes
+
+
 class NodeService:
-    """A replica process's work, started with :meth:`run`.
+    """A replica process's work, started with :meth:`run`. Raises
+    ``replication.store.FolderInUse`` or ``StoreDamaged`` (see
+    ``replication.sqlite``) if its folder cannot be used.
 
     Cost: see the module docstring.
     """
@@ -68,36 +105,35 @@ class NodeService:
         listen: tuple[str, int],
         peers: Mapping[str, tuple[str, int]],
         interval: float = 0.2,
-        checkpoint_interval: float = 1.0,
+        flush_interval: float = 1.0,
+        max_state: int = MAX_STATE,
+        repair: bool = False,
+        keep_answers: int = 100_000,
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
         limits: Limits | None = None,
     ) -> None:
         self.folder = folder
-        self.path = folder / CHECKPOINT
-        folder.mkdir(parents=True, exist_ok=True)
-        rng = Random(os.urandom(16))  # incarnations must not repeat across restarts
-        journal, torn = read_journal(folder / JOURNAL)
-        if torn:
-            log.warning("%s: %d bytes at the end of %s were torn or damaged; dropped",
-                        node_id, torn, folder / JOURNAL)
-        if self.path.exists() or journal:
-            local = (
-                read_checkpoint(self.path)
-                if self.path.exists()
-                else LocalState(node_id, node_id, ())
-            )
-            if local.node != node_id:
-                raise ValueError(f"{self.path} holds node {local.node!r}, not {node_id!r}")
-            self.node = SnapshotNode.restore(local, list(peers), rng=rng, arriving=journal)
-            log.info(
-                "%s: restored %d keys from %s and %d updates from its journal as %s",
-                node_id, len(local.entries), self.path, len(journal),
-                self.node.replica.replica_id,
-            )
-        else:
-            self.node = SnapshotNode(Replicator(node_id, list(peers), rng=rng))
-            log.info("%s: no checkpoint in %s, starting empty", node_id, folder)
+        self.store = SQLiteStore(folder, node=node_id, repair=repair, keep_answers=keep_answers)
+        try:
+            stored = self.store.load()
+            for line in self.store.repairs:
+                log.warning("%s: repair: %s", node_id, line)
+            rng = Random(os.urandom(16))  # incarnations must not repeat across restarts
+            replica = restore(stored, node_id, list(peers), rng=rng)
+            epochs = parse_epochs(codec.decode_plain(stored.meta.get("epochs", b"\x80")))
+        except BaseException:
+            self.store.close()
+            raise
+        self.node = SnapshotNode(replica, epochs=epochs)
+        log.info(
+            "%s: %s as %s",
+            node_id,
+            f"restored {len(stored.entries)} keys from {self.store.path}"
+            if stored.entries
+            else f"no keys in {self.store.path}, starting empty",
+            replica.replica_id,
+        )
         self.endpoint = TcpEndpoint(
             node_id,
             key,
@@ -110,11 +146,16 @@ class NodeService:
             on_client=self._serve,
         )
         self.runtime = NodeRuntime(self.node, self.endpoint, interval=interval)
-        self.checkpoint_interval = checkpoint_interval
-        self._written = -1  # the replica's count of changes at the last checkpoint
-        self.journal = Journal(folder / JOURNAL)
-        self._waiting: list[asyncio.Future[None]] = []
-        self._flush = asyncio.Event()
+        self.flush_interval = flush_interval
+        self.max_state = max_state
+        self._keep = keep_answers
+        self._answers: OrderedDict[bytes, bytes] = stored.answers  # request id -> answer
+        self._inflight: dict[bytes, asyncio.Future[_Answer]] = {}
+        self._queue: list[_Request] = []
+        self._wake = asyncio.Event()
+        self._changes = WriteBehind(replica)
+        self._written_epochs = stored.meta.get("epochs", b"\x80")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"{node_id}-store")
 
     @property
     def replica(self) -> Replicator:
@@ -122,27 +163,27 @@ class NodeService:
         return self.node.replica
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
-        """Listen, gossip and serve until ``stop`` is set; then write a last
-        checkpoint. ``ready`` is set once it listens. Cost: for as long as it runs."""
-        await self.endpoint.start()
-        host, port = self.endpoint.address
-        log.info("%s: listening on %s:%d as %s", self.node.node_id, host, port,
-                 self.replica.replica_id)
-        if ready is not None:
-            ready.set()
-        writer = asyncio.create_task(self._checkpoints(stop))
+        """Listen, gossip and serve until ``stop`` is set; then write what is
+        left and release the folder. ``ready`` is set once it listens.
+        Cost: for as long as it runs."""
         try:
-            await self.runtime.run(stop)
-        finally:
-            self._flush.set()
-            await writer
-            waiting, self._waiting = self._waiting, []
-            self._checkpoint(force=True)
-            self.journal.close()
-            for future in waiting:
-                future.set_result(None)
+            await self.endpoint.start()
+            host, port = self.endpoint.address
+            log.info("%s: listening on %s:%d as %s", self.node.node_id, host, port,
+                     self.replica.replica_id)
+            if ready is not None:
+                ready.set()
+            writer = asyncio.create_task(self._writer(stop))
+            try:
+                await self.runtime.run(stop)
+            finally:
+                self._wake.set()
+                await writer
             log.info("%s: stopped; %s; refused %s", self.node.node_id, self._stats(),
                      dict(self.endpoint.stats.refused) or "nothing")
+        finally:
+            self._pool.shutdown()
+            self.store.close()
 
     def _stats(self) -> str:
         s = self.replica.stats
@@ -150,48 +191,116 @@ class NodeService:
 
     # -- durability ------------------------------------------------------------------
 
-    def _checkpoint(self, *, force: bool = False) -> None:
-        # No await in here: no update can be applied between the checkpoint
-        # and the emptying of the journal, so nothing acknowledged is in
-        # neither. (A record appended after it is of an update the
-        # checkpoint holds already: read twice, it changes nothing.)
-        # Every change to the keyspace is an update or a merge: counting them
-        # says whether to write, without encoding the whole keyspace to see.
-        changes = self.replica.stats.updates + self.replica.stats.merged
-        if changes == self._written and not force:
-            return
-        write_checkpoint(self.path, self.node.checkpoint())
-        self.journal.clear()
-        self._written = changes
-
-    async def _checkpoints(self, stop: asyncio.Event) -> None:
-        # Group commit: every update appended when a sync starts is
-        # acknowledged when it ends; now and then, fold it all into a checkpoint.
+    async def _writer(self, stop: asyncio.Event) -> None:
+        # Group commit: every update queued when a commit starts goes into it;
+        # keys changed by gossip go into the first commit after their interval.
         loop = asyncio.get_running_loop()
-        due = loop.time() + self.checkpoint_interval
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush.wait(), max(0.0, due - loop.time()))
-            self._flush.clear()
-            waiting, self._waiting = self._waiting, []
-            try:
-                self.journal.sync()
-                if loop.time() >= due:
-                    due = loop.time() + self.checkpoint_interval
-                    self._checkpoint()
-            except OSError as exc:
-                log.error("%s: cannot write %s: %s", self.node.node_id, self.path, exc)
-                for future in waiting:
-                    future.set_exception(exc)
-                continue
-            for future in waiting:
-                future.set_result(None)
+        due = loop.time() + self.flush_interval
+        while True:
+            if not self._queue and not stop.is_set():
+                timeout = max(0.0, due - loop.time())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            flush = stop.is_set() or loop.time() >= due
+            if self._queue or flush:
+                requests, self._queue = self._queue, []
+                await self._commit(requests, flush=flush)
+            if flush:
+                due = loop.time() + self.flush_interval
+            if stop.is_set() and not self._queue:
+                return
 
-    async def _durable(self) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append(future)
-        self._flush.set()
-        await future
+    async def _commit(self, requests: list[_Request], *, flush: bool) -> None:
+        replica = self.replica
+        batch = replica.stage()
+        rows: dict[str, bytes] = {}
+        staged: list[tuple[_Request, bytes]] = []
+        for request in requests:
+            try:
+                answer = self._stage(batch, request, rows)
+            except (CRDTError, ValueError, TypeError) as exc:
+                request.done.set_result(_Answer(False, f"refused: {exc}".encode()))
+                continue
+            staged.append((request, answer))
+        # The batch's rows hold its keys' gossip too.
+        changes = self._changes
+        written = set(rows) & changes.keys
+        changes.keys -= written
+        if flush:
+            taken = changes.take()
+            written |= taken.keys()
+            rows.update(taken)
+        meta: dict[str, bytes] = {"node": replica.node_id.encode(),
+                                  "replica": replica.replica_id.encode()}
+        epochs = codec.encode_plain(encode_epochs(self.node.epochs))
+        if epochs != self._written_epochs:
+            meta["epochs"] = epochs
+        answers = [(request.request_id, answer) for request, answer in staged]
+        try:
+            if rows or answers or "epochs" in meta:
+                await asyncio.get_running_loop().run_in_executor(
+                    self._pool, self.store.commit, sorted(rows.items()), answers, meta
+                )
+        except CommitFailed as exc:
+            replica.discard(batch)
+            changes.keys |= written
+            log.error("%s: %s; %d updates not applied", replica.node_id, exc, len(staged))
+            for request, _ in staged:
+                request.done.set_result(_Answer(False, f"not applied: {exc}".encode()))
+            return
+        changes.paused = True  # what the batch changes is written already
+        try:
+            replica.apply(batch)
+        finally:
+            changes.paused = False
+        self._written_epochs = epochs
+        for request, answer in staged:
+            self._answers[request.request_id] = answer
+            request.done.set_result(_Answer(True, answer))
+        while len(self._answers) > self._keep:
+            self._answers.popitem(last=False)
+
+    def _stage(self, batch: Staged, request: _Request, rows: dict[str, bytes]) -> bytes:
+        """Stage one update; its answer. Refused (and taken back) if its key
+        would grow over ``max_state``."""
+        spec = History().spec(request.type_name)
+        kind, args = request.kind, tuple(request.args)
+        delta, dot, observed = batch.update(
+            request.key, spec.new, lambda s, me: spec.mutate(s, me, kind, args)
+        )
+        row = encode_row(batch.entry(request.key))
+        if len(row) > self.max_state:
+            batch.undo()
+            raise ValueError(
+                f"the state of {request.key!r:.60} would take {len(row):,} bytes, over the "
+                f"maximum of {self.max_state:,}"
+            )
+        rows[request.key] = row
+        return codec.encode_plain([*dot, observed.to_payload(), codec.encode(delta)])
+
+    async def _update(self, fields: list[object]) -> _Answer:
+        key, type_name, kind, args, request_id = fields
+        if not isinstance(key, str):
+            raise DecodeError("a key is a str")
+        if type(request_id) is not bytes or not 0 < len(request_id) <= MAX_REQUEST_ID:
+            raise DecodeError(f"a request id is 1 to {MAX_REQUEST_ID} bytes")
+        held = self._answers.get(request_id)
+        if held is not None:
+            return _Answer(True, held)
+        waiting = self._inflight.get(request_id)
+        if waiting is not None:  # the same request, retried while it commits
+            return await asyncio.shield(waiting)
+        type_name, kind, items = check_update(type_name, kind, args)
+        done: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
+        self._inflight[request_id] = done
+        self._queue.append(_Request(key, type_name, kind, items, request_id, done))
+        self._wake.set()
+        try:
+            return await asyncio.shield(done)
+        finally:
+            if done.done():
+                self._inflight.pop(request_id, None)
 
     # -- clients ---------------------------------------------------------------------
 
@@ -207,7 +316,7 @@ class NodeService:
                     return
                 try:
                     answer = await self._answer(kind, request, fields)
-                except (CRDTError, ValueError, TypeError, OSError) as exc:
+                except (CRDTError, ValueError, TypeError) as exc:
                     answer = protocol.encode("error", request, f"{exc}"[:500])
                 await channel.send(answer)
         except PeerClosed:
@@ -218,18 +327,11 @@ class NodeService:
     async def _answer(self, kind: str, request: int, fields: list[object]) -> bytes:
         replica = self.replica
         if kind == "update":
-            key, type_name, update, args = fields
-            if not isinstance(key, str):
-                raise DecodeError("a key is a str")
-            type_name, update, items = check_update(type_name, update, args)
-            history = History()
-            history.apply(replica, key, type_name, update, *items)
-            op = history.operations[-1]
-            self.journal.append([op.entry()])
-            await self._durable()
-            return protocol.encode(
-                "done", request, *op.dot, op.observed.to_payload(), codec.encode(op.delta)
-            )
+            applied, answer = await self._update(fields)
+            if not applied:
+                return protocol.encode("error", request, answer.decode()[:500])
+            return protocol.encode("done", request, *expect_list(
+                codec.decode_plain(answer), "answer"))
         if kind == "get":
             (key,) = fields
             if not isinstance(key, str):
@@ -271,3 +373,4 @@ class NodeService:
             ("connections_refused", sum(net.refused.values())),
             ("frames_refused", self.node.refusals),
         ]
+

@@ -5,11 +5,16 @@ in the ``client`` role.
 Every message is a canonical CBOR array whose first items are its kind and a
 request id the answer repeats:
 
-- ``["update", id, key, type, kind, [args]]``: apply an update of a built-in
-  type (``replication.history.check_update`` lists them). Answered, once the
-  node has written it to its checkpoint file, with ``["done", id, replica,
+- ``["update", id, key, type, kind, [args], request id]``: apply an update
+  of a built-in type (``replication.history.check_update`` lists them).
+  Answered, once the node's store committed it, with ``["done", id, replica,
   counter, observed, delta]``: the update's dot, the dots it observed on its
-  key, and its delta, all a caller needs to log it as an ``Operation``.
+  key, and its delta, all a caller needs to log it as an ``Operation``. The
+  request id (1 to 64 bytes, unique per update: the client makes it) makes
+  a retry safe: an update whose request id the node has answered is
+  answered the same again, not applied twice, even after a restart. An
+  update that could not be committed is answered with an error saying "not
+  applied", and is not applied.
 - ``["get", id, key]``: ``["state", id, state or null, dots]``.
 - ``["keyspace", id]``: ``["keyspace", id, bytes]`` (``encode_keyspace``).
 - ``["snapshot", id]``: start a Chandy-Lamport snapshot at the node:
@@ -40,7 +45,7 @@ MAX_MESSAGE = 64 * 1024 * 1024
 
 #: How many fields each kind carries after its request id (requests, answers).
 _FIELDS: dict[str, set[int]] = {
-    "update": {4},
+    "update": {5},
     "done": {4},
     "get": {1},
     "state": {2},

@@ -22,6 +22,7 @@ from crdtkit.cluster import LocalCluster, converge, problems
 from crdtkit.node import NodeService
 from replication.auth import generate_key, load_key
 from replication.history import History, random_operation
+from replication.store import StoreDamaged, StoreError
 from snapshot.sec import check
 
 __all__ = ["keygen", "run_cluster", "serve"]
@@ -42,19 +43,29 @@ def _tls(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, ssl.SSLContex
 
 
 def serve(args: argparse.Namespace, err: TextIO) -> int:
-    """Run one node until SIGTERM or SIGINT, then write a last checkpoint."""
+    """Run one node until SIGTERM or SIGINT, then write what is left.
+    A folder in use or a damaged store: one line on ``err``, exit 2."""
     logging.basicConfig(stream=err, level=logging.INFO, format="%(asctime)s %(message)s")
     server_ssl, client_ssl = _tls(args)
-    service = NodeService(
-        args.id,
-        load_key(args.key_file),
-        Path(args.folder),
-        listen=args.listen,
-        peers=dict(args.peer),
-        interval=args.interval,
-        server_ssl=server_ssl,
-        client_ssl=client_ssl,
-    )
+    try:
+        service = NodeService(
+            args.id,
+            load_key(args.key_file),
+            Path(args.folder),
+            listen=args.listen,
+            peers=dict(args.peer),
+            interval=args.interval,
+            max_state=args.max_state,
+            repair=args.repair,
+            server_ssl=server_ssl,
+            client_ssl=client_ssl,
+        )
+    except StoreDamaged as exc:
+        print(f"crdtkit node: {exc}; start with --repair to keep what is intact", file=err)
+        return 2
+    except StoreError as exc:
+        print(f"crdtkit node: {exc}", file=err)
+        return 2
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -74,7 +74,7 @@ from replication.messages import (
 )
 from replication.transport import Outgoing
 
-__all__ = ["Replicator", "ReplicatorStats"]
+__all__ = ["Replicator", "ReplicatorStats", "Staged"]
 
 C = TypeVar("C", bound=CRDT)
 _SAVE_FORMAT = 1
@@ -171,6 +171,7 @@ class Replicator:
         self._positions: dict[str, int] = {}  # replica id -> its log we hold up to
         self._parts: dict[str, tuple[int, int, set[int]]] = {}
         self._subscribers: list[Callable[[str, CRDT], None]] = []
+        self._staged: Staged | None = None  # updates written down, not yet applied
         self.stats = ReplicatorStats()
 
     # -- identity and reads ------------------------------------------------------
@@ -276,6 +277,22 @@ class Replicator:
         """
         return VectorClock(self._clock.vv)
 
+    def entry(self, key: str) -> Entry | None:
+        """The state under ``key`` with the dots of the operations it
+        reflects, or None: the live objects, to read (encode, write down)
+        before the replica changes again, never to change.
+
+        >>> from crdts import GCounter
+        >>> r = Replicator("a", [], rng=Random(1))
+        >>> _ = r.update("k", GCounter, lambda c, me: c.increment(me, 2))
+        >>> r.entry("k").state.value, r.entry("other")
+        (2, None)
+
+        Cost: O(1).
+        """
+        state = self._states.get(key)
+        return None if state is None else Entry(key, state, self._ops[key])
+
     def ops(self, key: str) -> CausalContext:
         """A copy of the dots of the operations reflected under ``key``.
 
@@ -333,6 +350,8 @@ class Replicator:
         """
         if type(key) is not str:
             raise TypeError("keys are str")
+        if self._staged is not None:
+            raise RuntimeError("updates are staged: apply or discard them first")
         held = self._states.get(key)
         state: C = new() if held is None else held  # type: ignore[assignment]
         delta = mutate(state, self._replica)
@@ -361,6 +380,79 @@ class Replicator:
     def _notify(self, key: str) -> None:
         for callback in list(self._subscribers):
             callback(key, self._states[key])
+
+    def stage(self) -> Staged:
+        """Start a batch of updates made on copies of their keys: nothing of
+        the replica changes until :meth:`apply` (a node writes the batch to
+        its store first, and applies it only once that committed), and
+        :meth:`discard` drops it as if it never was. One batch at a time;
+        :meth:`update` waits for it to end. Gossip goes on meanwhile, but a
+        frame that would give a staged key another type is refused.
+
+        >>> from crdts import GCounter
+        >>> r = Replicator("a", [], rng=Random(1))
+        >>> batch = r.stage()
+        >>> _ = batch.update("hits", GCounter, lambda c, me: c.increment(me, 2))
+        >>> r.get("hits"), batch.entry("hits").state.value
+        (None, 2)
+        >>> r.apply(batch); r.get("hits").value
+        2
+
+        Cost: O(1); see :class:`Staged`.
+        """
+        if self._staged is not None:
+            raise RuntimeError("a batch is staged already")
+        self._staged = Staged(self)
+        return self._staged
+
+    def apply(self, batch: Staged) -> None:
+        """Apply a staged batch, update by update, exactly as :meth:`update`
+        would have (merged into the keys as they are now, which may have
+        taken in gossip since), and end it.
+
+        >>> from crdts import ORSet
+        >>> r = Replicator("a", [], rng=Random(1))
+        >>> batch = r.stage()
+        >>> _ = batch.update("s", ORSet, lambda s, me: s.add("x", me))
+        >>> r.apply(batch); sorted(r.get("s")), r.replica_id in r.clock.vv
+        (['x'], True)
+
+        Cost: each delta's merge plus O(1) per update.
+        """
+        self._end(batch)
+        for key, delta, dot in batch._changes:
+            state = self._states.get(key)
+            if state is None:
+                self._states[key] = delta.copy()
+                self._ops[key] = CausalContext()
+                self._keys.add(key)
+            else:
+                state.merge(delta)
+            self._counter += 1
+            self._ops[key].add(*dot)
+            self._clock.add(*dot)
+            self._record(key, delta, CausalContext.from_dots([dot]), self._replica)
+            self.stats.updates += 1
+            self._notify(key)
+
+    def discard(self, batch: Staged) -> None:
+        """End a staged batch without applying any of it: no dot of it was
+        issued, and the next update takes the next one.
+
+        >>> from crdts import GCounter
+        >>> r = Replicator("a", [], rng=Random(1))
+        >>> batch = r.stage()
+        >>> _ = batch.update("hits", GCounter, lambda c, me: c.increment(me))
+        >>> r.discard(batch); r.get("hits"), r.clock
+        (None, CausalContext(vv={}, cloud={}))
+
+        Cost: O(1)."""
+        self._end(batch)
+
+    def _end(self, batch: Staged) -> None:
+        if batch is not self._staged:
+            raise RuntimeError("not the batch staged on this replica")
+        self._staged = None
 
     # -- gossip out -----------------------------------------------------------------
 
@@ -492,8 +584,11 @@ class Replicator:
         if not sent_by(message, sender):
             return False
         if isinstance(message, Push):
+            staged = self._staged
             for entry in message.entries:
                 held = self._states.get(entry.key)
+                if held is None and staged is not None:
+                    held = staged._states.get(entry.key)
                 if held is not None and type(held) is not type(entry.state):
                     return False
         return True
@@ -651,3 +746,128 @@ class Replicator:
             replica._keys.add(entry.key)
             replica._clock.merge(entry.ops)
         return replica
+
+
+class Staged:
+    """Updates made on copies of their keys, not yet applied to the replica
+    (see :meth:`Replicator.stage`). Each update takes the next dot, as
+    :meth:`Replicator.update` would; a batch that is discarded issued none.
+
+    >>> from random import Random
+    >>> from crdts import GCounter
+    >>> r = Replicator("a", [], rng=Random(1))
+    >>> batch = r.stage()
+    >>> delta, dot, observed = batch.update("k", GCounter, lambda c, me: c.increment(me))
+    >>> dot, len(batch), batch.keys()
+    (('a', 1), 1, ['k'])
+
+    Cost: the first update of a key copies its state, O(size of the key);
+    each update is then the type's mutator plus O(1).
+    """
+
+    __slots__ = ("_changes", "_ops", "_replica", "_states")
+
+    def __init__(self, replica: Replicator) -> None:
+        self._replica = replica
+        self._states: dict[str, CRDT] = {}  # the keys' states with the updates made
+        self._ops: dict[str, CausalContext] = {}
+        self._changes: list[tuple[str, CRDT, tuple[str, int]]] = []
+
+    def __len__(self) -> int:
+        return len(self._changes)
+
+    def update(
+        self, key: str, new: Callable[[], C], mutate: Callable[[C, str], C]
+    ) -> tuple[C, tuple[str, int], CausalContext]:
+        """Like :meth:`Replicator.update`, on this batch's copy of ``key``:
+        returns the delta, the update's dot and (a copy of) the dots it
+        observed on its key. If ``mutate`` raises, nothing changes.
+
+        >>> from random import Random
+        >>> from crdts import PNCounter
+        >>> batch = Replicator("a", [], rng=Random(1)).stage()
+        >>> _ = batch.update("k", PNCounter, lambda c, me: c.increment(me, 5))
+        >>> _, dot, observed = batch.update("k", PNCounter, lambda c, me: c.decrement(me, 2))
+        >>> batch.entry("k").state.value, dot, observed.count("a")
+        (3, ('a', 2), 1)
+
+        Cost: see the class.
+        """
+        if type(key) is not str:
+            raise TypeError("keys are str")
+        replica = self._replica
+        state = self._states.get(key)
+        if state is None:
+            held = replica._states.get(key)
+            state = new() if held is None else held.copy()
+            ops = CausalContext() if held is None else replica._ops[key].copy()
+        else:
+            ops = self._ops[key]
+        typed: C = state  # type: ignore[assignment]
+        delta = mutate(typed, replica._replica)
+        if type(delta) is not type(state):
+            raise TypeError(f"the mutator returned {type(delta).__name__}, not a delta")
+        observed = ops.copy()
+        dot = (replica._replica, replica._counter + len(self._changes) + 1)
+        ops.add(*dot)
+        self._states[key], self._ops[key] = state, ops
+        self._changes.append((key, delta.copy(), dot))
+        return delta, dot, observed
+
+    def undo(self) -> None:
+        """Take back the last update (for example when its key grew too
+        large to keep).
+
+        >>> from random import Random
+        >>> from crdts import GCounter
+        >>> batch = Replicator("a", [], rng=Random(1)).stage()
+        >>> for n in (1, 100):
+        ...     _ = batch.update("k", GCounter, lambda c, me: c.increment(me, n))
+        >>> batch.undo(); batch.entry("k").state.value, len(batch)
+        (1, 1)
+
+        Cost: a copy of its key plus the merges of the batch's other updates
+        of that key.
+        """
+        key, _, _ = self._changes.pop()
+        replica = self._replica
+        held = replica._states.get(key)
+        earlier = [(d, dot) for k, d, dot in self._changes if k == key]
+        if held is None and not earlier:
+            del self._states[key], self._ops[key]
+            return
+        state = (held.copy() if held is not None else earlier[0][0].copy())
+        ops = CausalContext() if held is None else replica._ops[key].copy()
+        for delta, dot in earlier:
+            state.merge(delta)
+            ops.add(*dot)
+        self._states[key], self._ops[key] = state, ops
+
+    def keys(self) -> list[str]:
+        """The keys this batch changed, sorted.
+
+        >>> from random import Random
+        >>> from crdts import GCounter
+        >>> batch = Replicator("a", [], rng=Random(1)).stage()
+        >>> for key in "ba":
+        ...     _ = batch.update(key, GCounter, lambda c, me: c.increment(me))
+        >>> batch.keys()
+        ['a', 'b']
+
+        Cost: O(k log k)."""
+        return sorted(self._states)
+
+    def entry(self, key: str) -> Entry:
+        """Key ``key`` as the batch left it: its state and the dots it
+        reflects (the live objects: read them, do not change them).
+
+        >>> from random import Random
+        >>> from crdts import GCounter
+        >>> batch = Replicator("a", [], rng=Random(1)).stage()
+        >>> _ = batch.update("k", GCounter, lambda c, me: c.increment(me, 4))
+        >>> batch.entry("k").state.value, batch.entry("k").ops
+        (4, CausalContext(vv={'a': 1}, cloud={}))
+
+        Cost: O(1).
+        """
+        return Entry(key, self._states[key], self._ops[key])

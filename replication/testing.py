@@ -8,14 +8,15 @@ The convergence machine
 :func:`convergence_machine` builds a Hypothesis ``RuleBasedStateMachine`` for
 one type: replicas over a :class:`~replication.simnet.SimulatedNetwork`, with
 rules for an update at a replica, gossip rounds, loss, duplication, reordering
-and long delays, partitions and heals, saving a replica's state, and crashing
-a replica back to its saved copy (empty if it never saved) under a new
-incarnation. At the end it heals the network, gossips until the replicas agree
-(:func:`converged`, within ``max_rounds``) and asserts :meth:`History.problems`
-is empty: identical bytes, every value equal to the model over the surviving
-operations, nothing lost that another replica held before a crash or that any
-replica held at the end. A failure shrinks to a short program of rules. In a
-test module, for a built-in type::
+and long delays, partitions and heals, a replica writing its changed keys to
+its store (a ``replication.store.MemoryStore``), and crashing a replica back
+to what its store holds (empty if it never wrote) under a new incarnation,
+through the same restart path as a node. At the end it heals the network,
+gossips until the replicas agree (:func:`converged`, within ``max_rounds``)
+and asserts :meth:`History.problems` is empty: identical bytes, every value
+equal to the model over the surviving operations, nothing lost that another
+replica held before a crash or that any replica held at the end. A failure
+shrinks to a short program of rules. In a test module, for a built-in type::
 
     TestORSetConvergence = convergence_machine("ORSet").TestCase
 
@@ -66,6 +67,7 @@ from replication.history import (
 )
 from replication.replicator import Replicator
 from replication.simnet import Faults, SimulatedNetwork
+from replication.store import MemoryStore, WriteBehind, restore
 
 __all__ = [
     "OPERATIONS",
@@ -169,7 +171,10 @@ def convergence_machine(
             super().__init__()
             self.history = History(specs={type_name: spec})
             self.replicas: dict[str, Replicator] = {}
-            self.saved: dict[str, bytes] = {}
+            # Each replica writes its changed keys to its store, as a node
+            # does, and restarts from the store, through the node's own path.
+            self.stores = {node_id: MemoryStore() for node_id in nodes}
+            self.changes: dict[str, WriteBehind] = {}
             self.incarnations = dict.fromkeys(nodes, 0)
             self.must_survive: set[Dot] = set()
             self.partitioned = False
@@ -195,6 +200,7 @@ def convergence_machine(
                 self.replicas[node_id] = Replicator(
                     node_id, nodes, rng=self._random(node_id), **self.options
                 )
+                self.changes[node_id] = WriteBehind(self.replicas[node_id])
                 self.net.add(self.replicas[node_id])
 
         # A few updates per step, as one rule among seven would leave few.
@@ -228,7 +234,7 @@ def convergence_machine(
 
         @rule(node=node)
         def save(self, node: str) -> None:
-            self.saved[node] = self.replicas[node].save()
+            self.changes[node].flush(self.stores[node])
 
         @rule(node=node)
         def crash_and_restart(self, node: str) -> None:
@@ -237,16 +243,17 @@ def convergence_machine(
             replicas = list(self.replicas.values())
             self.must_survive = self.history.acknowledged(replicas, by_others_of=node)
             self.incarnations[node] += 1
-            number, saved = self.incarnations[node], self.saved.get(node)
-            if saved is None:  # it never wrote its state down: back empty
-                replica = Replicator(
-                    node, nodes, rng=self._random(node), incarnation=number, **self.options
-                )
-            else:
-                replica = Replicator.restore(
-                    saved, nodes, rng=self._random(node), incarnation=number, **self.options
-                )
+            # Back to what its store holds: empty if it never wrote.
+            replica = restore(
+                self.stores[node].load(),
+                node,
+                nodes,
+                rng=self._random(node),
+                incarnation=self.incarnations[node],
+                **self.options,
+            )
             self.replicas[node] = replica
+            self.changes[node] = WriteBehind(replica)
             self.net.restart(replica)
 
         def teardown(self) -> None:

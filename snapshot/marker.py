@@ -155,12 +155,16 @@ class SnapshotNode:
     Cost: see the module docstring.
     """
 
-    def __init__(self, replica: Replicator, *, max_open: int = 8) -> None:
+    def __init__(
+        self, replica: Replicator, *, max_open: int = 8, epochs: Mapping[str, int] | None = None
+    ) -> None:
         if max_open < 1:
             raise ValueError("max_open is at least 1")
         self._replica = replica
         self._max_open = max_open
-        self._epochs: Epochs = {}
+        # Snapshots recorded before a restart are never recorded again: the
+        # restored state may hold updates from after that recording.
+        self._epochs: Epochs = dict(epochs or {})
         self._acked: dict[str, Epochs] = {}  # peer -> our epochs it acknowledged
         self._recordings: dict[SnapshotId, _Recording] = {}
         self.stats = SnapshotStats()
@@ -201,6 +205,20 @@ class SnapshotNode:
         Cost: O(1).
         """
         return self._replica
+
+    @property
+    def epochs(self) -> dict[str, int]:
+        """The snapshots recorded here, as the latest number per initiator:
+        what to keep, with the state, for a restart (``epochs=``).
+
+        >>> from random import Random
+        >>> node = SnapshotNode(Replicator("a", [], rng=Random(1)))
+        >>> _ = node.initiate(); node.epochs
+        {'a': 1}
+
+        Cost: O(initiators).
+        """
+        return dict(self._epochs)
 
     def checkpoint(self) -> LocalState:
         """This replica's state now, with the snapshots it has recorded: what
@@ -249,9 +267,7 @@ class SnapshotNode:
         replica = restore_replica(
             local, peers, rng=rng, incarnation=incarnation, arriving=arriving, **options
         )
-        node = cls(replica, max_open=max_open)
-        node._epochs = dict(local.epochs)
-        return node
+        return cls(replica, max_open=max_open, epochs=local.epochs)
 
     # -- snapshots -------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ import pytest
 import crdts
 from crdtkit import demo, protocol
 from crdts import base, codec
-from replication import Replicator, auth, messages, simnet, tcp
+from replication import Replicator, auth, messages, simnet, sqlite, store, tcp
+from replication.replicator import Staged
 from snapshot import cut, files, marker, sec
 
 CLASSES = [
@@ -23,6 +24,10 @@ CLASSES = [
     crdts.VectorClock,
     crdts.CausalContext,
     Replicator,
+    Staged,
+    store.MemoryStore,
+    store.WriteBehind,
+    sqlite.SQLiteStore,
     simnet.SimulatedNetwork,
     cut.GlobalSnapshot,
     cut.LocalState,
@@ -42,6 +47,9 @@ FUNCTIONS = [
     base.leq,
     messages.encode,
     messages.parse,
+    store.encode_row,
+    store.decode_row,
+    store.restore,
     cut.restore_replica,
     cut.restore_cluster,
     marker.gather,
