@@ -54,7 +54,7 @@ from crdts.errors import CRDTError, DecodeError
 from replication.history import History, check_update
 from replication.replicator import Replicator, Staged
 from replication.sqlite import SQLiteStore
-from replication.store import CommitFailed, WriteBehind, encode_row, restore
+from replication.store import CommitFailed, Stored, WriteBehind, encode_row, restore
 from replication.tcp import Channel, Limits, NodeRuntime, PeerClosed, TcpEndpoint
 from snapshot.cut import SnapshotId, encode_epochs, parse_epochs
 from snapshot.marker import SnapshotNode
@@ -149,7 +149,7 @@ class NodeService:
         self.flush_interval = flush_interval
         self.max_state = max_state
         self._keep = keep_answers
-        self._answers: OrderedDict[bytes, bytes] = stored.answers  # request id -> answer
+        self._answers = _held_answers(stored, node_id)  # request id -> answer
         self._inflight: dict[bytes, asyncio.Future[_Answer]] = {}
         self._queue: list[_Request] = []
         self._wake = asyncio.Event()
@@ -220,7 +220,7 @@ class NodeService:
             try:
                 answer = self._stage(batch, request, rows)
             except (CRDTError, ValueError, TypeError) as exc:
-                request.done.set_result(_Answer(False, f"refused: {exc}".encode()))
+                self._answer_with(request, _Answer(False, f"refused: {exc}".encode()))
                 continue
             staged.append((request, answer))
         # The batch's rows hold its keys' gossip too.
@@ -247,7 +247,7 @@ class NodeService:
             changes.keys |= written
             log.error("%s: %s; %d updates not applied", replica.node_id, exc, len(staged))
             for request, _ in staged:
-                request.done.set_result(_Answer(False, f"not applied: {exc}".encode()))
+                self._answer_with(request, _Answer(False, f"not applied: {exc}".encode()))
             return
         changes.paused = True  # what the batch changes is written already
         try:
@@ -257,9 +257,13 @@ class NodeService:
         self._written_epochs = epochs
         for request, answer in staged:
             self._answers[request.request_id] = answer
-            request.done.set_result(_Answer(True, answer))
+            self._answer_with(request, _Answer(True, answer))
         while len(self._answers) > self._keep:
             self._answers.popitem(last=False)
+
+    def _answer_with(self, request: _Request, answer: _Answer) -> None:
+        self._inflight.pop(request.request_id, None)
+        request.done.set_result(answer)
 
     def _stage(self, batch: Staged, request: _Request, rows: dict[str, bytes]) -> bytes:
         """Stage one update; its answer. Refused (and taken back) if its key
@@ -277,7 +281,9 @@ class NodeService:
                 f"maximum of {self.max_state:,}"
             )
         rows[request.key] = row
-        return codec.encode_plain([*dot, observed.to_payload(), codec.encode(delta)])
+        return codec.encode_plain(
+            [request.key, *dot, observed.to_payload(), codec.encode(delta)]
+        )
 
     async def _update(self, fields: list[object]) -> _Answer:
         key, type_name, kind, args, request_id = fields
@@ -296,11 +302,9 @@ class NodeService:
         self._inflight[request_id] = done
         self._queue.append(_Request(key, type_name, kind, items, request_id, done))
         self._wake.set()
-        try:
-            return await asyncio.shield(done)
-        finally:
-            if done.done():
-                self._inflight.pop(request_id, None)
+        # Shielded: a client that goes away does not take its update out of
+        # the commit it is in.
+        return await asyncio.shield(done)
 
     # -- clients ---------------------------------------------------------------------
 
@@ -330,8 +334,8 @@ class NodeService:
             applied, answer = await self._update(fields)
             if not applied:
                 return protocol.encode("error", request, answer.decode()[:500])
-            return protocol.encode("done", request, *expect_list(
-                codec.decode_plain(answer), "answer"))
+            _, *done = expect_list(codec.decode_plain(answer), "answer")  # after its key
+            return protocol.encode("done", request, *done)
         if kind == "get":
             (key,) = fields
             if not isinstance(key, str):
@@ -374,3 +378,30 @@ class NodeService:
             ("frames_refused", self.node.refusals),
         ]
 
+
+def _held_answers(stored: Stored, node_id: str) -> OrderedDict[bytes, bytes]:
+    """The stored answers whose update the store holds. An answer and its
+    update's row are committed together, so the others are of updates lost
+    to damage (or dropped by a repair): a retry must apply them again."""
+    held = {entry.key: entry.ops for entry in stored.entries}
+    kept: OrderedDict[bytes, bytes] = OrderedDict()
+    for request, answer in stored.answers.items():
+        try:
+            key, replica, counter, *_ = expect_list(codec.decode_plain(answer), "answer")
+        except (DecodeError, ValueError):
+            continue
+        ops = held.get(key) if isinstance(key, str) else None
+        if (
+            ops is not None
+            and isinstance(replica, str)
+            and type(counter) is int
+            and ops.contains(replica, counter)
+        ):
+            kept[request] = answer
+    if len(kept) < len(stored.answers):
+        log.warning(
+            "%s: %d answered updates are not in the store (lost to damage, or dropped by a "
+            "repair); a retry of one applies it again",
+            node_id, len(stored.answers) - len(kept),
+        )
+    return kept

@@ -346,7 +346,7 @@ class SQLiteStore:
             return out
         try:
             # Read-only; SQLite replays the log up to its first bad frame.
-            db = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True)
+            db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
         except sqlite3.Error as exc:
             self.repairs.append(f"dropped everything: {self.path} does not open: {exc}")
             return out

@@ -461,3 +461,30 @@ def test_restored_rows_are_entries_of_the_replica(tmp_path: Path) -> None:
     back = restore(store.load(), "a", [], rng=random.Random(2))
     store.close()
     assert back.ops("s") == r.ops("s") and back.get("s") == r.get("s")
+
+
+def test_after_a_repair_a_retry_of_a_dropped_update_applies_it_again(tmp_path: Path) -> None:
+    ops = {}
+
+    async def first(service: NodeService, client: Client) -> None:
+        ops["a"] = await client.update("a", "GCounter", "increment", 3, request_id=b"x")
+        ops["b"] = await client.update("b", "GCounter", "increment", 4, request_id=b"y")
+
+    asyncio.run(with_node(tmp_path, first))
+    data = bytearray((tmp_path / DATABASE).read_bytes())
+    old = counter_row("a", 3, ops["a"].dot[0])
+    at = data.find(old[-10:])
+    assert at > 0
+    data[at + 4] ^= 0x01
+    (tmp_path / DATABASE).write_bytes(bytes(data))
+    with pytest.raises(StoreDamaged, match="the row of 'a'"):
+        NodeService("n", KEY, tmp_path, listen=("127.0.0.1", 0), peers={})
+
+    async def retried(service: NodeService, client: Client) -> None:
+        assert await client.get("a") is None  # dropped by the repair
+        again = await client.update("a", "GCounter", "increment", 3, request_id=b"x")
+        assert again.dot != ops["a"].dot  # applied again, as it was lost
+        assert await client.update("b", "GCounter", "increment", 4, request_id=b"y") == ops["b"]
+        assert value(await client.get("a")) == 3 and value(await client.get("b")) == 4
+
+    asyncio.run(with_node(tmp_path, retried, repair=True))
