@@ -36,9 +36,10 @@ Gossip (Almeida, Shoker and Baquero 2018, with the fixes of Enes et al. 2019):
 - A frame that does not parse, claims another node's identity, or would change
   a key's type is dropped and counted; nothing of it is applied.
 
-Restarting from an older copy of its state, a replica must take a new
-*incarnation* (:meth:`Replicator.restore`): a fresh replica id derived from
-the node id, so its new dots never collide with ones it issued before.
+Restarting from an older copy of its state (its store: ``replication.store``),
+a replica must take a new *incarnation* (:meth:`Replicator.from_entries`): a
+fresh replica id derived from the node id, so its new dots never collide with
+ones it issued before.
 
 Cost: ``update`` is the type's mutator plus O(1); a push costs O(entries in
 the interval); a catch-up O(keys) subset tests; merging an entry costs the
@@ -55,8 +56,7 @@ from typing import NamedTuple, TypeVar
 
 from sortedcontainers import SortedList
 
-from crdts import codec
-from crdts.base import CRDT, check_replica, expect_replica
+from crdts.base import CRDT, check_replica
 from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError
 from crdts.vclock import VectorClock
@@ -66,10 +66,8 @@ from replication.messages import (
     Message,
     Push,
     encode,
-    encode_entries,
     encode_keyspace,
     parse,
-    parse_entries,
     sent_by,
 )
 from replication.transport import Outgoing
@@ -77,7 +75,6 @@ from replication.transport import Outgoing
 __all__ = ["Replicator", "ReplicatorStats", "Staged"]
 
 C = TypeVar("C", bound=CRDT)
-_SAVE_FORMAT = 1
 
 
 class _Change(NamedTuple):
@@ -660,54 +657,7 @@ class Replicator:
         if position <= self._head:
             self._peers[node].acked = None if position < 0 else position
 
-    # -- durability ----------------------------------------------------------------
-
-    def save(self) -> bytes:
-        """The keyspace and its operation dots as canonical CBOR, for
-        :meth:`restore` (the log and the gossip state are not kept).
-
-        >>> from crdts import GCounter
-        >>> r = Replicator("a", [], rng=Random(1))
-        >>> _ = r.update("k", GCounter, lambda c, me: c.increment(me))
-        >>> Replicator.restore(r.save(), [], rng=Random(2)).get("k").value
-        1
-
-        Cost: O(total state size).
-        """
-        keyspace = encode_entries(Entry(k, self._states[k], self._ops[k]) for k in self._keys)
-        return codec.encode_plain(["replica", _SAVE_FORMAT, self._node, keyspace])
-
-    @classmethod
-    def restore(
-        cls,
-        saved: bytes,
-        peers: Iterable[str],
-        *,
-        rng: Random,
-        incarnation: int | None = None,
-        **options: int,
-    ) -> Replicator:
-        """A replica restarted from :meth:`save` output, under a new incarnation.
-
-        The saved copy may be older than what the replica had already sent, so
-        it must not issue dots under its old id again: it takes the replica id
-        ``"node~incarnation"``, with ``incarnation`` drawn from ``rng`` unless
-        given (the caller must never reuse one). Raises DecodeError on a bad copy.
-
-        >>> saved = Replicator("a", [], rng=Random(1)).save()
-        >>> Replicator.restore(saved, ["b"], rng=Random(2), incarnation=7).replica_id
-        'a~7'
-
-        Cost: O(size of the copy).
-        """
-        raw = codec.decode_plain(saved)
-        if not isinstance(raw, list) or len(raw) != 4 or raw[:2] != ["replica", _SAVE_FORMAT]:
-            raise DecodeError("not a saved replica")
-        node = expect_replica(raw[2], "saved node")
-        entries = parse_entries(raw[3])
-        return cls.from_entries(
-            node, entries, peers, rng=rng, incarnation=incarnation, **options
-        )
+    # -- restarting ---------------------------------------------------------------------
 
     @classmethod
     def from_entries(
@@ -722,7 +672,9 @@ class Replicator:
     ) -> Replicator:
         """A replica of node ``node_id`` restarted from a keyspace given as
         entries (one per key; the replica takes them over, so pass copies),
-        under a new incarnation as in :meth:`restore`.
+        under a new incarnation: ``incarnation`` is drawn from ``rng`` unless
+        given, and the caller must never reuse one (``replication.store.restore``
+        restarts a replica from its store this way).
 
         >>> from crdts import GCounter
         >>> a = Replicator("a", [], rng=Random(1))

@@ -18,6 +18,7 @@ from crdts import codec
 from crdts.errors import DecodeError
 from replication import Replicator
 from replication.messages import Push, parse
+from replication.store import MemoryStore, restore
 from replication.testing import History, Operation, converged, convergence_machine
 
 # Steps per run, bounded so that all six machines under the ``ci`` profile
@@ -173,7 +174,7 @@ def _round(nodes: dict[str, Replicator], *, hold_pushes_to: str | None = None) -
 def test_a_push_meant_for_a_previous_incarnation_keeps_each_origins_order() -> None:
     history = History()
     nodes = {"a": Replicator("a", ["b"], rng=Random(1)), "b": Replicator("b", ["a"], rng=Random(2))}
-    saved = {node: r.save() for node, r in nodes.items()}  # both write down an empty state
+    saved = {node: MemoryStore.of(r).load() for node, r in nodes.items()}  # both empty
     history.apply(nodes["a"], "hits", "GCounter", "increment", 1)
     for _ in range(3):
         _round(nodes)  # b now holds a's first increment, and says so
@@ -182,7 +183,7 @@ def test_a_push_meant_for_a_previous_incarnation_keeps_each_origins_order() -> N
     in_flight = _round(nodes, hold_pushes_to="b")
     # Both crash back to their saved copies; then the push reaches b's new incarnation.
     for number, (node, peer) in enumerate([("a", "b"), ("b", "a")], start=3):
-        nodes[node] = Replicator.restore(saved[node], [peer], rng=Random(number), incarnation=1)
+        nodes[node] = restore(saved[node], node, [peer], rng=Random(number), incarnation=1)
     _exchange(nodes, in_flight[:1])
     for _ in range(3):
         _round(nodes)

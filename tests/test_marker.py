@@ -15,6 +15,7 @@ from crdts import GCounter, codec
 from replication import Replicator
 from replication.history import History, converged, random_operation
 from replication.simnet import Faults, SimulatedNetwork
+from replication.store import MemoryStore, restore
 from replication.transport import Outgoing
 from snapshot import GlobalSnapshot, LocalState, SnapshotId, SnapshotIncomplete
 from snapshot.marker import MAX_INITIATORS, SnapshotNode, gather, take_snapshot
@@ -209,9 +210,9 @@ def test_a_node_that_is_down_holds_the_snapshot_up() -> None:
 def test_a_restarted_node_initiates_under_its_new_incarnation() -> None:
     net = _cluster(5, 3, Faults())
     first = take_snapshot(net, "r1", max_rounds=10)
-    saved = _node(net, "r1").replica.save()
+    saved = MemoryStore.of(_node(net, "r1").replica).load()
     net.crash("r1")
-    back = Replicator.restore(saved, ["r0", "r2"], rng=random.Random(5), incarnation=9)
+    back = restore(saved, "r1", ["r0", "r2"], rng=random.Random(5), incarnation=9)
     net.restart(SnapshotNode(back))
     second = take_snapshot(net, "r1", max_rounds=10)
     assert first.id == SnapshotId("r1", 1)

@@ -12,6 +12,7 @@ from crdts import CausalContext, DecodeError, GCounter, ORSet, PNCounter
 from replication import Replicator
 from replication.messages import Ack, Entry, Push, encode, parse
 from replication.simnet import Faults, SimulatedNetwork
+from replication.store import MemoryStore, decode_row, restore
 
 CHAOS = Faults(loss=0.3, duplication=0.05, reorder=True, long_delay=0.02)
 
@@ -171,11 +172,11 @@ def test_restore_takes_a_new_incarnation_and_loses_nothing_acknowledged() -> Non
     rng = random.Random(11)
     total = random_counter_updates(replicas, rng, 30)
     net.run_until(lambda: converged(replicas), max_rounds=40)
-    saved = replicas[1].save()  # an old copy ...
+    saved = MemoryStore.of(replicas[1]).load()  # an old copy ...
     total += random_counter_updates(replicas, rng, 30)  # ... then more updates, some by n01
     net.run_until(lambda: converged(replicas), max_rounds=40)  # acknowledged everywhere
     net.crash("n01")
-    restored = Replicator.restore(saved, [r.node_id for r in replicas], rng=random.Random(5))
+    restored = restore(saved, "n01", [r.node_id for r in replicas], rng=random.Random(5))
     assert restored.node_id == "n01" and restored.replica_id.startswith("n01~")
     net.restart(restored)
     replicas[1] = restored
@@ -185,14 +186,14 @@ def test_restore_takes_a_new_incarnation_and_loses_nothing_acknowledged() -> Non
     assert {total_of(r) for r in replicas} == {total}
 
 
-def test_saved_copy_round_trips_and_bad_copies_are_refused() -> None:
+def test_a_stored_copy_round_trips_and_bad_rows_are_refused() -> None:
     _, (a, _b) = cluster(2, 1)
     a.update("s", ORSet, lambda s, me: s.add("x", me))
-    copy = Replicator.restore(a.save(), ["n01"], rng=random.Random(1), incarnation=2)
+    copy = restore(MemoryStore.of(a).load(), "n00", ["n01"], rng=random.Random(1), incarnation=2)
     assert copy.encode_keyspace() == a.encode_keyspace()
     assert copy.replica_id == "n00~2"
     with pytest.raises(DecodeError):
-        Replicator.restore(b"\x80", ["n01"], rng=random.Random(1))
+        decode_row("s", b"\x80")
 
 
 def test_mutated_frames_never_raise_and_truncated_ones_change_nothing() -> None:

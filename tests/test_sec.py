@@ -14,6 +14,7 @@ from crdts import CausalContext, GCounter, ORSet
 from replication import Replicator
 from replication.history import History, converged
 from replication.messages import Entry, Push, encode, parse
+from replication.store import MemoryStore, restore
 from snapshot.cut import GlobalSnapshot, LocalState, SnapshotId
 from snapshot.sec import MAX_DETAILS, SECReport, Verdict, check, join_cut
 
@@ -129,10 +130,10 @@ def test_dots_of_an_old_incarnation_have_no_owner_to_check_against() -> None:
     replicas = cluster("a", "b")
     h = History()
     h.apply(replicas["a"], "hits", "GCounter", "increment", 2)
-    saved = replicas["a"].save()
+    saved = MemoryStore.of(replicas["a"]).load()
     h.apply(replicas["a"], "hits", "GCounter", "increment", 3)
     settle(replicas)
-    restarted = Replicator.restore(saved, ["b"], rng=random.Random(7), incarnation=1)
+    restarted = restore(saved, "a", ["b"], rng=random.Random(7), incarnation=1)
 
     report = check(cut([LocalState.capture(restarted), LocalState.capture(replicas["b"])]), h)
     assert restarted.replica_id == "a~1"
@@ -221,12 +222,12 @@ def test_an_operation_only_in_flight_is_joined() -> None:
     # before it: the frame in flight is the only place the increment lives.
     replicas = cluster("a", "b")
     a = replicas["a"]
-    saved = a.save()
+    saved = MemoryStore.of(a).load()
     h = History()
     h.apply(a, "hits", "GCounter", "increment", 2)
     h.apply(a, "cart", "ORSet", "add", "milk")
     frame = encode(Push("a", "b", 0, 2, 0, 1, 0, a.clock, LocalState.capture(a).entries))
-    restarted = Replicator.restore(saved, ["b"], rng=random.Random(7), incarnation=1)
+    restarted = restore(saved, "a", ["b"], rng=random.Random(7), incarnation=1)
     states = [LocalState.capture(restarted), LocalState.capture(replicas["b"])]
     assert all(s.entries == () for s in states)
 
