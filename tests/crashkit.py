@@ -82,19 +82,29 @@ class Request:
     answered as failed (``failed``, the node's message), or neither (in doubt:
     the connection broke before the answer)."""
 
-    rid: bytes
+    rid: bytes  # the test's name for it; sent as its request id if ``idempotent``
     key: str
     type_name: str
     kind: str
     args: tuple[object, ...]
+    idempotent: bool = True
     op: Operation | None = None
     failed: str | None = None
 
+    def __repr__(self) -> str:  # never a 1 MiB value in a failure message
+        state = "acknowledged" if self.op else "failed" if self.failed else "in doubt"
+        return f"<request {self.rid!r}: {self.type_name}.{self.kind} on {self.key}, {state}>"
+
     async def send(self, client: Client) -> Operation:
-        """Send (or resend) it with its request id; record and return the
-        acknowledgement, which must equal any earlier one. Cost: a round trip."""
-        op = await send(client, self.key, self.type_name, self.kind, *self.args,
-                        request_id=self.rid)
+        """Send (or resend) it, with its request id if idempotent; record and
+        return the acknowledgement, which must equal any earlier one.
+        Cost: a round trip."""
+        op = (
+            await send(client, self.key, self.type_name, self.kind, *self.args,
+                       request_id=self.rid)
+            if self.idempotent
+            else await client.update(self.key, self.type_name, self.kind, *self.args)
+        )
         assert op.key == self.key and op.args == self.args, (self, op)
         assert self.op is None or op == self.op, (
             f"request {self.rid!r} answered twice differently: {self.op} then {op}"
@@ -105,14 +115,18 @@ class Request:
 
 @dataclass
 class Ledger:
-    """Every request a test sent, by request id, in order."""
+    """Every request a test sent, by request id, in order. A test that never
+    sends a request twice makes its ledger not ``idempotent``: its requests go
+    without an explicit id (the client makes one per call), so that it runs,
+    and shows its bug, on a node that knows no request ids."""
 
+    idempotent: bool = True
     requests: dict[bytes, Request] = field(default_factory=dict)
 
     def new(self, rid: bytes, key: str, type_name: str, kind: str, *args: object) -> Request:
         """Record a request about to be sent. Cost: O(1)."""
         assert rid not in self.requests, f"request id {rid!r} reused by the test"
-        request = Request(rid, key, type_name, kind, tuple(args))
+        request = Request(rid, key, type_name, kind, tuple(args), self.idempotent)
         self.requests[rid] = request
         return request
 
