@@ -279,7 +279,7 @@ def attempt(command: Sequence[str], port: int, stderr: Path, timeout: float = 30
     return Attempt(code, stderr.read_text(errors="replace"))
 
 
-async def client_of(cluster: LocalCluster, node: str, timeout: float = 15.0) -> Client:
+async def client_of(cluster: LocalCluster, node: str, timeout: float = 30.0) -> Client:
     """A client of ``node``, retrying while it starts; AssertionError, with
     the end of its log, if it exits or does not listen within ``timeout``.
     Cost: a handshake, once the node listens."""
