@@ -107,7 +107,7 @@ class Request:
         )
         assert op.key == self.key and op.args == self.args, (self, op)
         assert self.op is None or op == self.op, (
-            f"request {self.rid!r} answered twice differently: {self.op} then {op}"
+            f"request {self.rid!r} answered twice differently: as {self.op.dot}, then as {op.dot}"
         )
         self.op = op
         return op

@@ -269,10 +269,9 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(
         asyncio.run(asyncio.wait_for(
             _crash_run(cluster, kills, big, Random(f"{SEED}-{big}")), 60 + kills * 20
         ))
-        codes = cluster.stop()
     finally:
-        cluster.stop()
-    assert codes == {"n0": 0}, cluster.log("n0")[-2000:]
+        codes = cluster.stop()
+    assert codes == {"n0": 0}, f"exit codes {codes} on SIGTERM: " + cluster.log("n0")[-2000:]
 
 
 # -- 2. a torn WAL tail ---------------------------------------------------------------
