@@ -105,7 +105,7 @@ class Request:
             if self.idempotent
             else await client.update(self.key, self.type_name, self.kind, *self.args)
         )
-        assert op.key == self.key and op.args == self.args, (self, op)
+        assert op.key == self.key and op.args == self.args, f"{self} answered for another"
         assert self.op is None or op == self.op, (
             f"request {self.rid!r} answered twice differently: as {self.op.dot}, then as {op.dot}"
         )
