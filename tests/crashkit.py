@@ -105,9 +105,9 @@ class Request:
             if self.idempotent
             else await client.update(self.key, self.type_name, self.kind, *self.args)
         )
-        assert op.key == self.key and op.args == self.args, (self, op)
+        assert op.key == self.key and op.args == self.args, f"{self} answered for another"
         assert self.op is None or op == self.op, (
-            f"request {self.rid!r} answered twice differently: {self.op} then {op}"
+            f"request {self.rid!r} answered twice differently: as {self.op.dot}, then as {op.dot}"
         )
         self.op = op
         return op
@@ -279,7 +279,7 @@ def attempt(command: Sequence[str], port: int, stderr: Path, timeout: float = 30
     return Attempt(code, stderr.read_text(errors="replace"))
 
 
-async def client_of(cluster: LocalCluster, node: str, timeout: float = 15.0) -> Client:
+async def client_of(cluster: LocalCluster, node: str, timeout: float = 30.0) -> Client:
     """A client of ``node``, retrying while it starts; AssertionError, with
     the end of its log, if it exits or does not listen within ``timeout``.
     Cost: a handshake, once the node listens."""
