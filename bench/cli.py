@@ -1,6 +1,6 @@
 """The command line: run every benchmark, print the table, optionally write JSON.
 
-python -m bench [--quick] [--repeat N] [--seed S] [--json PATH]
+python -m bench [--quick] [--repeat N] [--seed S] [--json PATH] [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from importlib.metadata import version
 from pathlib import Path
 from random import Random
 
-from bench import codec, counters, gossip, peers, processes, sets
+from bench import codec, counters, gossip, peers, processes, sets, store
 from bench.harness import Config, Row, render, write_json
 
 Benchmark = Callable[[Config, Random], list[Row]]
@@ -32,6 +32,7 @@ BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("gossip-bytes", gossip.delta_bytes),
     ("gossip-scale-replicas", gossip.scale_replicas),
     ("gossip-scale-state", gossip.scale_state),
+    ("store-flush", store.flush_changed),
     ("tcp-processes", processes.processes),
 ]
 
@@ -50,6 +51,14 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=2024, help="workload seed (default 2024)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the rows as JSON")
+    names = [stream for stream, _ in BENCHMARKS] + ["peers"]
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=names,
+        metavar="NAME",
+        help=f"run only this benchmark (repeatable): {', '.join(names)}",
+    )
     args = parser.parse_args(argv)
     if args.repeat is not None and args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -61,12 +70,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     config = Config.small(args.repeat) if args.quick else Config.full(args.repeat)
     rows: list[Row] = []
+    chosen = set(args.only or [*(stream for stream, _ in BENCHMARKS), "peers"])
     for stream, benchmark in BENCHMARKS:
-        print(f"running {stream} ...", file=sys.stderr, flush=True)
-        rows += benchmark(config, Random(f"{args.seed}:{stream}"))
-    print("running peers ...", file=sys.stderr, flush=True)
-    peer_rows, notes = peers.peer_merge(config, Random(f"{args.seed}:orset-disjoint"))
-    rows += peer_rows
+        if stream in chosen:
+            print(f"running {stream} ...", file=sys.stderr, flush=True)
+            rows += benchmark(config, Random(f"{args.seed}:{stream}"))
+    notes: list[str] = []
+    if "peers" in chosen:
+        print("running peers ...", file=sys.stderr, flush=True)
+        peer_rows, notes = peers.peer_merge(config, Random(f"{args.seed}:orset-disjoint"))
+        rows += peer_rows
     print(render(rows, notes))
     if args.json is not None:
         meta: dict[str, object] = {
@@ -78,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "repeat": config.repeat,
             "warmup": config.warmup,
             "seed": args.seed,
+            "only": sorted(chosen),
         }
         write_json(args.json, rows, notes, meta)
     return 0

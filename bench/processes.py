@@ -1,6 +1,6 @@
-"""Nodes in separate processes: updates per second through one node,
-convergence time after a burst, and bytes on the wire per operation with
-deltas against full-state gossip.
+"""Nodes in separate processes: updates per second through one node (one
+client, and ``CLIENTS`` concurrent ones), convergence time after a burst,
+and bytes on the wire per operation with deltas against full-state gossip.
 
 Every cluster is a :class:`crdtkit.cluster.LocalCluster` of ``python -m
 crdtkit node`` processes on 127.0.0.1, gossiping every ``INTERVAL`` seconds,
@@ -13,7 +13,9 @@ than the simulated ones do. Every run checks its result: all the updates a
 node acknowledged are in the converged keyspace, with the values the
 sequential specification gives (``crdtkit.cluster.problems``).
 
-One cluster per size in ``BURST_CLUSTERS``, started fresh: on the
+First a 1-process cluster for the ``CLIENTS`` concurrent clients (a node
+takes at most 8 connections from one address, peers included); then one
+cluster per size in ``BURST_CLUSTERS``, started fresh: on the
 ``THROUGH``-process one the sequential updates run first, then the preload
 and the bursts; on the others only the preload and the bursts.
 
@@ -39,8 +41,12 @@ from typing import Any, TypeVar
 from bench.harness import Config, Row, Timing, size
 from crdtkit.client import Client
 from crdtkit.cluster import LocalCluster, converge, problems
+from crdtkit.node import MAX_IN_FLIGHT
+from crdts.base import CRDT
+from crdts.dotcontext import CausalContext
 from replication import Replicator
 from replication.history import TYPES, History, Operation, random_operation
+from replication.replicator import Staged
 from replication.sqlite import SQLiteStore
 from replication.store import encode_row
 
@@ -54,6 +60,15 @@ BURST_CLUSTERS = (3, 5)
 THROUGH = 3
 #: Keys per type of the sequential updates (``random_operation``'s default).
 THROUGH_KEYS = 3
+#: Connections of the concurrent-clients row, each to the same node. A node
+#: accepts at most ``Limits.max_per_address`` (8) connections from one IP
+#: address, its peers' included, so that row runs on a node of its own.
+CLIENTS = 8
+#: The issue's target for ``CLIENTS`` concurrent clients, updates per second.
+TARGET_RATE = 10_000
+#: Updates one pipelining client keeps in flight on its one connection
+#: (``crdtkit.node.MAX_IN_FLIGHT``, what a node serves at once per connection).
+PIPELINE = MAX_IN_FLIGHT
 #: Bounds: on one convergence, and on all the work with one cluster.
 CONVERGE_TIMEOUT = 20.0
 DEADLINE = 600.0
@@ -69,10 +84,13 @@ class _Sizes:
     burst_keys: int  # keys per type of a burst (fresh names each burst)
     preload: int  # updates spread over the nodes before the bursts
     preload_keys: int  # keys per type of the preload
+    concurrent: int  # updates per timed repetition over the ``CLIENTS`` connections
 
 
-_FULL = _Sizes(ops=300, burst=100, burst_keys=5, preload=1_000, preload_keys=100)
-_QUICK = _Sizes(ops=20, burst=20, burst_keys=3, preload=30, preload_keys=10)
+_FULL = _Sizes(
+    ops=300, burst=100, burst_keys=5, preload=1_000, preload_keys=100, concurrent=2_000
+)
+_QUICK = _Sizes(ops=20, burst=20, burst_keys=3, preload=30, preload_keys=10, concurrent=128)
 
 
 def _run(work: Coroutine[Any, Any, T]) -> T:
@@ -174,15 +192,34 @@ async def _through_one_node(
 def _commit_one(replica: Replicator, store: SQLiteStore, history: History, op: Op) -> None:
     """One update as the node makes it durable: staged, its key's row and its
     answer committed, then applied."""
+    _commit_batch(replica, store, history, [op])
+
+
+def _commit_batch(
+    replica: Replicator, store: SQLiteStore, history: History, ops: Sequence[Op]
+) -> None:
+    """Updates as the node makes a group of them durable: all staged, their
+    keys' rows (each once, as staged last) and their answers committed in one
+    transaction, then applied."""
+    batch = replica.stage()
+    rows: dict[str, bytes] = {}
+    answers: list[tuple[bytes, bytes]] = []
+    done: list[Operation] = []
+    for key, type_name, kind, args in ops:
+        delta, dot, observed = _stage(batch, history, (key, type_name, kind, args))
+        rows[key] = encode_row(batch.entry(key))
+        request = len(history.operations) + len(done)
+        answers.append((request.to_bytes(16, "big"), b"answer"))
+        done.append(Operation(key, type_name, kind, args, dot, observed, delta))
+    store.commit(sorted(rows.items()), answers)
+    replica.apply(batch)
+    history.operations += done
+
+
+def _stage(batch: Staged, history: History, op: Op) -> tuple[CRDT, tuple[str, int], CausalContext]:
     key, type_name, kind, args = op
     spec = history.spec(type_name)
-    batch = replica.stage()
-    delta, dot, observed = batch.update(
-        key, spec.new, lambda s, me: spec.mutate(s, me, kind, args)
-    )
-    store.commit([(key, encode_row(batch.entry(key)))], [(bytes(16), b"answer")])
-    replica.apply(batch)
-    history.operations.append(Operation(key, type_name, kind, args, dot, observed, delta))
+    return batch.update(key, spec.new, lambda s, me: spec.mutate(s, me, kind, args))
 
 
 def _through_row(config: Config, sizes: _Sizes, result: _Through) -> Row:
@@ -198,7 +235,7 @@ def _through_row(config: Config, sizes: _Sizes, result: _Through) -> Row:
         f"round trip to the same node (no write) takes {result.trip.median * 1e3:.3g} ms "
         f"[{result.trip.low * 1e3:.3g}-{result.trip.high * 1e3:.3g}] "
         f"(an update takes {result.figure.median / result.trip.median:.1f}x that). "
-        "No target: PERFORMANCE.md sets none for processes"
+        "Target (the issue): within 2x of the floor"
     )
     return Row(
         f"tcp updates through one node, {THROUGH} processes",
@@ -208,8 +245,147 @@ def _through_row(config: Config, sizes: _Sizes, result: _Through) -> Row:
         "the node does, same folder",
         result.floor,
         result.figure,
-        None,
+        2.0,
         note,
+    )
+
+
+# -- 1b. concurrent clients through one node -------------------------------------------
+
+
+async def _concurrent(
+    clients: Sequence[Client],
+    folder: Path,
+    config: Config,
+    sizes: _Sizes,
+    rng: Random,
+    *,
+    prefix: str,
+) -> tuple[Timing, Timing]:
+    """Seconds per update: (floor, figure). Each repetition's updates are
+    dealt round-robin over ``clients`` (connections to one node, or the same
+    one several times: then its calls are pipelined), each sending its share
+    one at a time, all at once; the floor commits the same updates in-process
+    in groups of ``len(clients)``."""
+    width = len(clients)
+    replica = Replicator("n0", [], rng=Random(rng.getrandbits(64)))
+    store = SQLiteStore(folder, node="n0")
+    floor_history, figure_history = History(), History()
+    floor: list[float] = []
+    figure: list[float] = []
+
+    async def send(client: Client, share: Sequence[Op]) -> None:
+        for key, type_name, kind, args in share:
+            figure_history.operations.append(await client.update(key, type_name, kind, *args))
+
+    try:
+        for i in range(config.warmup + config.repeat):
+            ops = _ops(rng, sizes.concurrent, THROUGH_KEYS, f"{prefix}{i}-")
+            gc.collect()
+            start = perf_counter()
+            for at in range(0, len(ops), width):
+                _commit_batch(replica, store, floor_history, ops[at : at + width])
+            floor_s = (perf_counter() - start) / len(ops)
+            gc.collect()
+            start = perf_counter()
+            await asyncio.gather(
+                *(send(client, ops[j::width]) for j, client in enumerate(clients))
+            )
+            figure_s = (perf_counter() - start) / len(ops)
+            if i >= config.warmup:
+                floor.append(floor_s)
+                figure.append(figure_s)
+    finally:
+        store.close()
+    await _check(clients[0], figure_history)
+    if floor_history.problems([replica]):
+        raise RuntimeError("the in-process floor replica does not match its updates")
+    return Timing.of(floor), Timing.of(figure)
+
+
+async def _on_node(
+    cluster: LocalCluster, config: Config, sizes: _Sizes, rng: Random
+) -> tuple[tuple[Timing, Timing], tuple[Timing, Timing]]:
+    """``CLIENTS`` concurrent clients, then one client pipelining
+    ``PIPELINE`` updates on its one connection: (floor, figure) of each."""
+    clients = [await cluster.client("n0") for _ in range(CLIENTS)]
+    try:
+        folder = cluster.folder
+        concurrent = await _concurrent(clients, folder / "floor-c", config, sizes, rng, prefix="c")
+        pipelined = await _concurrent(
+            [clients[0]] * PIPELINE, folder / "floor-p", config, sizes, rng, prefix="p"
+        )
+        return concurrent, pipelined
+    finally:
+        for client in clients:
+            client.close()
+
+
+def _concurrent_rows(config: Config, sizes: _Sizes, floor: Timing, figure: Timing
+                     ) -> tuple[Row, Row]:
+    rate, floor_rate = 1 / figure.median, 1 / floor.median
+    workload = (
+        f"{CLIENTS} connections to one node (a 1-process cluster: the node's cap of "
+        f"{CLIENTS} connections per IP address leaves no room for peers), each sending its "
+        f"share of {sizes.concurrent:,} updates (random_operation over every type, "
+        f"{THROUGH_KEYS} fresh keys per type per repetition, dealt round-robin) one at a "
+        "time, each awaited until the node acknowledges it durable, all connections at once "
+        f"(asyncio.gather); {config.repeat} timed repetitions after {config.warmup} warm-up, "
+        "alternating with the floor; median "
+        f"{rate:,.0f} updates/s [{1 / figure.high:,.0f}-{1 / figure.low:,.0f}], floor "
+        f"{floor_rate:,.0f} updates/s"
+    )
+    measured = Row(
+        f"tcp updates through one node, {CLIENTS} concurrent clients",
+        "op",
+        "the same updates staged on a Replicator in-process, committed to a SQLiteStore "
+        f"in groups of {CLIENTS} (stage {CLIENTS}, their rows and answers in one commit, "
+        "apply), as the node's group commit does at best, same file system",
+        floor,
+        figure,
+        None,
+        f"figure = seconds per update over all the connections: {workload}. The ratio is "
+        "what the process, the network, the protocol and the batching as it happens cost "
+        f"on top of ideal groups of {CLIENTS}; the floor is itself a bound on this figure, "
+        f"since {CLIENTS} clients that each wait for their answer put at most {CLIENTS} "
+        f"updates into one commit. Target: see the next row",
+    )
+    target = Row(
+        f"tcp updates/s target, {CLIENTS} concurrent clients",
+        "op",
+        f"the issue's target, {TARGET_RATE:,} acknowledged durable updates/s "
+        f"({1e6 / TARGET_RATE:g} us per update)",
+        Timing.constant(1 / TARGET_RATE),
+        figure,
+        1.0,
+        f"figure = the previous row's ({rate:,.0f} updates/s, "
+        f"{'met' if rate >= TARGET_RATE else f'{TARGET_RATE / rate:.1f}x short'}); "
+        f"its in-process floor of groups of {CLIENTS} reaches {floor_rate:,.0f} updates/s "
+        f"here ({'above' if floor_rate >= TARGET_RATE else 'below'} the target)",
+    )
+    return measured, target
+
+
+def _pipelined_row(config: Config, sizes: _Sizes, floor: Timing, figure: Timing) -> Row:
+    rate, floor_rate = 1 / figure.median, 1 / floor.median
+    return Row(
+        f"tcp updates through one node, 1 client pipelining {PIPELINE}",
+        "op",
+        "the same updates staged on a Replicator in-process, committed to a SQLiteStore "
+        f"in groups of {PIPELINE} (stage, one commit, apply), same file system",
+        floor,
+        figure,
+        None,
+        f"figure = seconds per update: one Client (one connection) to the node of the "
+        f"previous rows, {PIPELINE} of its update() calls in flight at once (asyncio.gather "
+        f"of {PIPELINE} senders, each sending its share of {sizes.concurrent:,} updates one "
+        "at a time): the node serves a connection's requests concurrently (up to "
+        f"crdtkit.node.MAX_IN_FLIGHT = {MAX_IN_FLIGHT}) and each waits for its commit, so "
+        "they share commits; same workload and repetitions as the previous rows; median "
+        f"{rate:,.0f} updates/s [{1 / figure.high:,.0f}-{1 / figure.low:,.0f}], floor "
+        f"{floor_rate:,.0f} updates/s. The issue's target of {TARGET_RATE:,} updates/s "
+        "with 8 concurrent or pipelining clients: "
+        + ("met" if rate >= TARGET_RATE else f"{TARGET_RATE / rate:.1f}x short"),
     )
 
 
@@ -397,17 +573,26 @@ def _burst_rows(
 
 
 def processes(config: Config, rng: Random) -> list[Row]:
-    """Local multi-process clusters (see the module docstring): sequential
-    durable updates through one node beside the same updates done in-process;
-    per cluster size in ``BURST_CLUSTERS``, the time from a burst's last
-    acknowledgement to convergence beside one gossip interval, and the bytes
-    the nodes sent per update beside an estimate of full-state gossip over the
-    same time. Reported only: no targets."""
+    """Local multi-process clusters (see the module docstring): durable
+    updates through one node, from one client and from ``CLIENTS`` concurrent
+    ones, beside the same updates committed in-process (one commit per
+    update; one per group of ``CLIENTS``); per cluster size in
+    ``BURST_CLUSTERS``, the time from a burst's last acknowledgement to
+    convergence beside one gossip interval, and the bytes the nodes sent per
+    update beside an estimate of full-state gossip over the same time.
+    Targets (the issue): one client within 2x of its floor; ``CLIENTS``
+    clients at least ``TARGET_RATE`` updates/s; the rest reported only."""
     sizes = _QUICK if config.quick else _FULL
     through: _Through | None = None
     convergence: list[Row] = []
     wire: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="crdtkit-bench-") as folder:
+        with _Cluster(1, Path(folder) / "cluster-1") as cluster:
+            measured, pipelined = _run(_on_node(cluster, config, sizes, rng))
+        concurrent = [
+            *_concurrent_rows(config, sizes, *measured),
+            _pipelined_row(config, sizes, *pipelined),
+        ]
         for n in BURST_CLUSTERS:
             with _Cluster(n, Path(folder) / f"cluster-{n}") as cluster:
                 done, runs, preloaded = _run(_on_cluster(cluster, config, sizes, rng))
@@ -417,4 +602,4 @@ def processes(config: Config, rng: Random) -> list[Row]:
             wire.append(rows[1])
     if through is None:
         raise RuntimeError(f"no cluster of {THROUGH} processes in {BURST_CLUSTERS}")
-    return [_through_row(config, sizes, through), *convergence, *wire]
+    return [_through_row(config, sizes, through), *concurrent, *convergence, *wire]

@@ -47,12 +47,20 @@ class NodeError(CRDTError):
 
 
 class Client:
-    """An open connection to one node (use :meth:`connect`)."""
+    """An open connection to one node (use :meth:`connect`).
+
+    Calls may run concurrently (``asyncio.gather``): they are pipelined on
+    the one connection, and the node serves them concurrently (up to
+    ``crdtkit.node.MAX_IN_FLIGHT`` at a time), so concurrent updates share
+    the node's commits. Each call still returns its own answer.
+    """
 
     def __init__(self, channel: Channel) -> None:
         self._channel = channel
         self._requests = 0
-        self._lock = asyncio.Lock()
+        # Answers awaited, by request number; a reader runs while any is.
+        self._waiting: dict[int, asyncio.Future[tuple[str, list[object]]]] = {}
+        self._reader: asyncio.Task[None] | None = None
 
     @classmethod
     async def connect(
@@ -83,18 +91,53 @@ class Client:
     def close(self) -> None:
         """Close the connection. Cost: O(1)."""
         self._channel.close()
+        if self._reader is not None:
+            self._reader.cancel()
 
     async def _call(self, kind: str, *fields: object) -> list[object]:
-        async with self._lock:  # one request at a time on this connection
-            self._requests += 1
-            request = self._requests
+        self._requests += 1
+        request = self._requests
+        waiter: asyncio.Future[tuple[str, list[object]]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._waiting[request] = waiter
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read())
+        try:
             await self._channel.send(protocol.encode(kind, request, *fields))
-            answer, number, out = protocol.parse(await self._channel.recv())
-        if number != request:
-            raise DecodeError(f"an answer to request {number}, not {request}")
+            answer, out = await waiter
+        finally:
+            self._waiting.pop(request, None)
         if answer == "error":
             raise NodeError(str(out[0]))
         return out
+
+    async def _read(self) -> None:
+        # Hands each answer to its caller, for as long as any waits (so an
+        # idle connection is not read, and never times out); the transport's
+        # and the protocol's errors go to every caller waiting.
+        try:
+            while self._waiting:
+                answer, number, out = protocol.parse(await self._channel.recv())
+                waiter = self._waiting.pop(number, None)
+                if waiter is None:
+                    if number > self._requests:
+                        raise DecodeError(f"an answer to request {number}, never sent")
+                    continue  # its caller gave up waiting (cancelled)
+                if not waiter.done():
+                    waiter.set_result((answer, out))
+        except asyncio.CancelledError:  # closed
+            for waiter in self._waiting.values():
+                waiter.cancel()
+            self._waiting.clear()
+            raise
+        except Exception as exc:
+            for waiter in self._waiting.values():
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            self._waiting.clear()
+        finally:
+            self._reader = None
 
     async def update(
         self, key: str, type_name: str, kind: str, *args: Any, request_id: bytes | None = None

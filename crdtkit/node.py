@@ -20,6 +20,10 @@ TCP runtime (``replication.tcp``), keeps its state in a
 - A request carries an id; the answer is kept with it (the newest
   ``keep_answers``), so a retried request is answered again, not applied
   twice, also after a restart.
+- A client may pipeline: the requests of one connection are served
+  concurrently, up to ``MAX_IN_FLIGHT`` at a time, and answered as they are
+  ready (each answer repeats its request's number), so updates sent without
+  waiting share commits.
 - Keys changed by gossip are written every ``flush_interval`` seconds, and
   on shutdown: writing costs O(changed keys), never O(state).
 - An update whose key would encode to more than ``max_state`` bytes is
@@ -59,12 +63,14 @@ from replication.tcp import Channel, Limits, NodeRuntime, PeerClosed, TcpEndpoin
 from snapshot.cut import SnapshotId, encode_epochs, parse_epochs
 from snapshot.marker import SnapshotNode
 
-__all__ = ["MAX_REQUEST_ID", "MAX_STATE", "NodeService"]
+__all__ = ["MAX_IN_FLIGHT", "MAX_REQUEST_ID", "MAX_STATE", "NodeService"]
 
 #: The largest state a key may encode to, by default.
 MAX_STATE = 64 * 1024 * 1024
 #: The longest request id a client may send.
 MAX_REQUEST_ID = 64
+#: Requests one client connection may have in flight at once (pipelining).
+MAX_IN_FLIGHT = 64
 log = logging.getLogger("crdtkit.node")
 
 
@@ -220,7 +226,7 @@ class NodeService:
             try:
                 answer = self._stage(batch, request, rows)
             except (CRDTError, ValueError, TypeError) as exc:
-                self._answer_with(request, _Answer(False, f"refused: {exc}".encode()))
+                request.done.set_result(_Answer(False, f"refused: {exc}".encode()))
                 continue
             staged.append((request, answer))
         # The batch's rows hold its keys' gossip too.
@@ -247,7 +253,7 @@ class NodeService:
             changes.keys |= written
             log.error("%s: %s; %d updates not applied", replica.node_id, exc, len(staged))
             for request, _ in staged:
-                self._answer_with(request, _Answer(False, f"not applied: {exc}".encode()))
+                request.done.set_result(_Answer(False, f"not applied: {exc}".encode()))
             return
         changes.paused = True  # what the batch changes is written already
         try:
@@ -257,13 +263,9 @@ class NodeService:
         self._written_epochs = epochs
         for request, answer in staged:
             self._answers[request.request_id] = answer
-            self._answer_with(request, _Answer(True, answer))
+            request.done.set_result(_Answer(True, answer))
         while len(self._answers) > self._keep:
             self._answers.popitem(last=False)
-
-    def _answer_with(self, request: _Request, answer: _Answer) -> None:
-        self._inflight.pop(request.request_id, None)
-        request.done.set_result(answer)
 
     def _stage(self, batch: Staged, request: _Request, rows: dict[str, bytes]) -> bytes:
         """Stage one update; its answer. Refused (and taken back) if its key
@@ -300,6 +302,8 @@ class NodeService:
         type_name, kind, items = check_update(type_name, kind, args)
         done: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
         self._inflight[request_id] = done
+        # Forgotten when answered, even if the client that asked has gone.
+        done.add_done_callback(lambda _: self._inflight.pop(request_id, None))
         self._queue.append(_Request(key, type_name, kind, items, request_id, done))
         self._wake.set()
         # Shielded: a client that goes away does not take its update out of
@@ -309,7 +313,21 @@ class NodeService:
     # -- clients ---------------------------------------------------------------------
 
     async def _serve(self, channel: Channel) -> None:
+        # Requests on one connection are served concurrently (up to
+        # MAX_IN_FLIGHT at a time), so that a client may pipeline: updates it
+        # sends without waiting share commits. Answers go out as they are
+        # ready, each with its request's number.
         name = channel.peer.node
+        room = asyncio.Semaphore(MAX_IN_FLIGHT)
+        pending: set[asyncio.Task[None]] = set()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            pending.discard(task)
+            room.release()
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                log.error("%s: serving client %s failed: %r", self.node.node_id, name, exc)
+                channel.close()
+
         try:
             while True:
                 try:
@@ -318,15 +336,27 @@ class NodeService:
                     log.warning("%s: client %s sent a bad message: %s", self.node.node_id,
                                 name, exc)
                     return
-                try:
-                    answer = await self._answer(kind, request, fields)
-                except (CRDTError, ValueError, TypeError) as exc:
-                    answer = protocol.encode("error", request, f"{exc}"[:500])
-                await channel.send(answer)
+                await room.acquire()
+                task = asyncio.create_task(self._reply(channel, kind, request, fields))
+                pending.add(task)
+                task.add_done_callback(finished)
         except PeerClosed:
             pass
         finally:
+            # The client is gone: no one to answer. An update in flight still
+            # commits (it is queued) and its answer is kept for a retry.
+            for task in list(pending):
+                task.cancel()
             channel.close()
+
+    async def _reply(self, channel: Channel, kind: str, request: int, fields: list[object]
+                     ) -> None:
+        try:
+            answer = await self._answer(kind, request, fields)
+        except (CRDTError, ValueError, TypeError) as exc:
+            answer = protocol.encode("error", request, f"{exc}"[:500])
+        with contextlib.suppress(ConnectionError):
+            await channel.send(answer)
 
     async def _answer(self, kind: str, request: int, fields: list[object]) -> bytes:
         replica = self.replica

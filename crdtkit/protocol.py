@@ -26,6 +26,10 @@ request id the answer repeats:
   counters (updates, merges, frames and bytes sent and received, refusals).
 
 A request the node cannot serve is answered ``["error", id, message]``.
+A client may send several requests without waiting for their answers (up to
+``crdtkit.node.MAX_IN_FLIGHT`` per connection; the node reads no further
+meanwhile): the node serves them concurrently and answers each when it is
+ready, in any order, so answers are matched to requests by their id.
 :func:`parse` checks shapes only, raising DecodeError; the handlers check the
 values (the codec checks every state).
 
