@@ -18,8 +18,8 @@ TCP runtime (``replication.tcp``), keeps its state in a
   fails (disk full, I/O error) nothing of the batch is applied or gossiped,
   and every client in it is answered "not applied".
 - A request carries an id; the answer is kept with it (the newest
-  ``keep_answers``), so a retried request is answered again, not applied
-  twice, also after a restart.
+  ``keep_answers`` answers, ``keep_answer_bytes`` in all), so a retried
+  request is answered again, not applied twice, also after a restart.
 - A client may pipeline: the requests of one connection are served
   concurrently, up to ``MAX_IN_FLIGHT`` at a time, and answered as they are
   ready (each answer repeats its request's number), so updates sent without
@@ -58,7 +58,16 @@ from crdts.errors import CRDTError, DecodeError
 from replication.history import History, check_update
 from replication.replicator import Replicator, Staged
 from replication.sqlite import SQLiteStore
-from replication.store import CommitFailed, Stored, WriteBehind, encode_row, restore
+from replication.store import (
+    KEEP_ANSWER_BYTES,
+    KEEP_ANSWERS,
+    AnswerWindow,
+    CommitFailed,
+    Stored,
+    WriteBehind,
+    encode_row,
+    restore,
+)
 from replication.tcp import Channel, Limits, NodeRuntime, PeerClosed, TcpEndpoint
 from snapshot.cut import SnapshotId, encode_epochs, parse_epochs
 from snapshot.marker import SnapshotNode
@@ -114,13 +123,19 @@ class NodeService:
         flush_interval: float = 1.0,
         max_state: int = MAX_STATE,
         repair: bool = False,
-        keep_answers: int = 100_000,
+        keep_answers: int = KEEP_ANSWERS,
+        keep_answer_bytes: int = KEEP_ANSWER_BYTES,
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
         limits: Limits | None = None,
     ) -> None:
         self.folder = folder
-        self.store = SQLiteStore(folder, node=node_id, repair=repair, keep_answers=keep_answers)
+        self.store = SQLiteStore(
+            folder,
+            node=node_id,
+            repair=repair,
+            window=AnswerWindow(keep_answers, keep_answer_bytes),
+        )
         try:
             stored = self.store.load()
             for line in self.store.repairs:
@@ -154,8 +169,10 @@ class NodeService:
         self.runtime = NodeRuntime(self.node, self.endpoint, interval=interval)
         self.flush_interval = flush_interval
         self.max_state = max_state
-        self._keep = keep_answers
         self._answers = _held_answers(stored, node_id)  # request id -> answer
+        self._window = AnswerWindow(keep_answers, keep_answer_bytes)
+        for request_id, answer in self._answers.items():
+            self._window.add(request_id, len(answer))
         self._inflight: dict[bytes, asyncio.Future[_Answer]] = {}
         self._queue: list[_Request] = []
         self._wake = asyncio.Event()
@@ -264,8 +281,8 @@ class NodeService:
         for request, answer in staged:
             self._answers[request.request_id] = answer
             request.done.set_result(_Answer(True, answer))
-        while len(self._answers) > self._keep:
-            self._answers.popitem(last=False)
+            for old in self._window.add(request.request_id, len(answer)):
+                self._answers.pop(old, None)
 
     def _stage(self, batch: Staged, request: _Request, rows: dict[str, bytes]) -> bytes:
         """Stage one update; its answer. Refused (and taken back) if its key

@@ -8,8 +8,8 @@ refused with the holder's pid and node (the kernel drops the lock when its
 holder dies, even by SIGKILL).
 
 Tables: ``rows`` (key, the row's bytes, their BLAKE2b digest), ``answers``
-(request id, answer, digest, in order of arrival; the newest
-``keep_answers`` are kept) and ``meta`` (name, value). A row's digest is
+(request id, answer, digest, in order of arrival; those in the store's
+``AnswerWindow`` are kept) and ``meta`` (name, value). A row's digest is
 checked on every load, because SQLite checks the structure of its pages but
 not what they hold.
 
@@ -58,7 +58,7 @@ from pathlib import Path
 
 from crdts.errors import DecodeError
 from replication.store import (
-    KEEP_ANSWERS,
+    AnswerWindow,
     CommitFailed,
     FolderInUse,
     Stored,
@@ -120,12 +120,12 @@ class SQLiteStore:
         *,
         node: str,
         repair: bool = False,
-        keep_answers: int = KEEP_ANSWERS,
+        window: AnswerWindow | None = None,
     ) -> None:
         self.folder = folder
         self.path = folder / DATABASE
         self.repairs: list[str] = []  # what a repair dropped, one line each
-        self._keep = keep_answers
+        self._window = window or AnswerWindow()
         self._repair = repair
         folder.mkdir(parents=True, exist_ok=True)
         self._lock = _take_lock(folder / LOCK, node)
@@ -134,6 +134,7 @@ class SQLiteStore:
             self._db = self._connect(self.path)
             if fresh:
                 _fsync_dir(folder)
+            self._reread_window()
         except BaseException:
             os.close(self._lock)
             raise
@@ -201,7 +202,7 @@ class SQLiteStore:
 
         Cost: O(store size)."""
         try:
-            return self._load()
+            stored = self._load()
         except (sqlite3.DatabaseError, StoreDamaged, DecodeError) as exc:
             what = str(exc) if isinstance(exc, StoreDamaged) else f"{self.path} is damaged: {exc}"
             if not self._repair:
@@ -210,7 +211,9 @@ class SQLiteStore:
             self._db.close()
             self._salvage()
             self._db = self._connect(self.path)
-            return self._load()
+            stored = self._load()
+        self._reread_window()
+        return stored
 
     def _load(self) -> Stored:
         db = self._db
@@ -270,10 +273,10 @@ class SQLiteStore:
                         "INSERT OR REPLACE INTO answers (request, data, digest) VALUES (?, ?, ?)",
                         ((r, d, _digest(r, d)) for r, d in answers),
                     )
-                    db.execute(
-                        "DELETE FROM answers WHERE seq <= (SELECT max(seq) FROM answers) - ?",
-                        (self._keep,),
-                    )
+                    # The window moves as if the commit will succeed; if it
+                    # does not, it is read back from what the table holds.
+                    out = [old for r, d in answers for old in self._window.add(r, len(d))]
+                    db.executemany("DELETE FROM answers WHERE request = ?", ((r,) for r in out))
                 db.executemany(
                     "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
                     [("format", _FORMAT), *(meta or {}).items()],
@@ -282,9 +285,20 @@ class SQLiteStore:
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
+                if answers:
+                    self._reread_window()
                 raise
         except sqlite3.Error as exc:
             raise CommitFailed(f"cannot write {self.path}: {exc}") from exc
+
+    def _reread_window(self) -> None:
+        window = AnswerWindow(self._window.count, self._window.size)
+        with contextlib.suppress(sqlite3.Error):
+            for request, size in self._db.execute(
+                "SELECT request, length(data) FROM answers ORDER BY seq"
+            ):
+                window.add(request, size)
+        self._window = window
 
     def close(self) -> None:
         """Close the database (checkpointing its log) and release the folder.

@@ -5,8 +5,10 @@ A store holds, in one transaction at a time:
 
 - one *row* per key: the key's state and the dots of the operations it
   reflects (:func:`encode_row`, the same bytes whoever writes them);
-- *answers* to client requests by request id, the newest ``keep_answers``,
-  so a retried request is answered from here instead of applied twice;
+- *answers* to client requests by request id, the newest within an
+  :class:`AnswerWindow` (at most ``KEEP_ANSWERS`` of them and
+  ``KEEP_ANSWER_BYTES`` in all), so a retried request is answered from here
+  instead of applied twice;
 - a few named *metadata* values (the node id, the last incarnation, the
   snapshot epochs).
 
@@ -51,6 +53,7 @@ from replication.messages import Entry, encode_entries, parse_entries
 from replication.replicator import Replicator
 
 __all__ = [
+    "AnswerWindow",
     "CommitFailed",
     "FolderInUse",
     "MemoryStore",
@@ -64,8 +67,10 @@ __all__ = [
     "restore",
 ]
 
-#: Answers a store keeps by default (the newest), for retried requests.
+#: Answers a store keeps by default (the newest), for retried requests:
+#: at most this many, and this many bytes of them.
 KEEP_ANSWERS = 100_000
+KEEP_ANSWER_BYTES = 64 * 1024 * 1024
 
 
 class StoreError(CRDTError):
@@ -258,6 +263,40 @@ class WriteBehind:
             raise
 
 
+class AnswerWindow:
+    """Which answers a store keeps: the newest, at most ``count`` of them
+    and ``size`` bytes in all (an answer can carry a large delta), so they
+    are bounded by the window, never by how long the node has run.
+
+    >>> window = AnswerWindow(count=10, size=100)
+    >>> window.add(b"a", 60), window.add(b"b", 30), window.add(b"c", 30)
+    ([], [], [b'a'])
+    >>> window.add(b"b", 30), list(window.sizes)
+    ([], [b'c', b'b'])
+
+    Cost: O(1) amortised per answer.
+    """
+
+    __slots__ = ("count", "size", "sizes", "total")
+
+    def __init__(self, count: int = KEEP_ANSWERS, size: int = KEEP_ANSWER_BYTES) -> None:
+        self.count, self.size = count, size
+        self.sizes: OrderedDict[bytes, int] = OrderedDict()
+        self.total = 0
+
+    def add(self, request: bytes, size: int) -> list[bytes]:
+        """Keep the answer to ``request`` as the newest; the requests whose
+        answers fall out of the window, oldest first. Cost: O(1) amortised."""
+        self.total += size - self.sizes.pop(request, 0)
+        self.sizes[request] = size
+        out: list[bytes] = []
+        while len(self.sizes) > 1 and (len(self.sizes) > self.count or self.total > self.size):
+            old, dropped = self.sizes.popitem(last=False)
+            self.total -= dropped
+            out.append(old)
+        return out
+
+
 class MemoryStore:
     """A :class:`Store` in memory: what a crash keeps is what was committed.
 
@@ -274,13 +313,13 @@ class MemoryStore:
     Cost: a commit is O(size of what it writes); load is O(store size).
     """
 
-    def __init__(self, *, keep_answers: int = KEEP_ANSWERS) -> None:
+    def __init__(self, *, window: AnswerWindow | None = None) -> None:
         self.rows: dict[str, bytes] = {}
         self.answers: OrderedDict[bytes, bytes] = OrderedDict()
         self.meta: dict[str, bytes] = {}
         self.commits = 0
         self.fail = False
-        self._keep = keep_answers
+        self._window = window or AnswerWindow()
 
     @classmethod
     def of(cls, replica: Replicator) -> MemoryStore:
@@ -325,7 +364,7 @@ class MemoryStore:
     ) -> None:
         """See ``Store.commit``: all of it, or (while :attr:`fail`) none.
 
-        >>> store = MemoryStore(keep_answers=1)
+        >>> store = MemoryStore(window=AnswerWindow(count=1))
         >>> store.commit([("k", b"row")], [(b"r1", b"a1"), (b"r2", b"a2")])
         >>> store.rows, list(store.answers), store.commits
         ({'k': b'row'}, [b'r2'], 1)
@@ -337,8 +376,8 @@ class MemoryStore:
         for request, answer in answers:
             self.answers[request] = answer
             self.answers.move_to_end(request)
-        while len(self.answers) > self._keep:
-            self.answers.popitem(last=False)
+            for old in self._window.add(request, len(answer)):
+                del self.answers[old]
         self.meta.update(meta or {})
         self.commits += 1
 

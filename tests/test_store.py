@@ -25,6 +25,7 @@ from replication.messages import Entry
 from replication.replicator import Replicator
 from replication.sqlite import DATABASE, SQLiteStore
 from replication.store import (
+    AnswerWindow,
     CommitFailed,
     FolderInUse,
     MemoryStore,
@@ -125,7 +126,7 @@ class StoreConformance:
 class TestMemoryStore(StoreConformance):
     @pytest.fixture(autouse=True)
     def _one_place(self) -> None:
-        self.store = MemoryStore(keep_answers=3)
+        self.store = MemoryStore(window=AnswerWindow(count=3))
 
     def open(self) -> Store:
         return self.store
@@ -137,7 +138,7 @@ class TestSQLiteStore(StoreConformance):
         self.folder = tmp_path / "node"
 
     def open(self) -> Store:
-        return SQLiteStore(self.folder, node="a", keep_answers=3)
+        return SQLiteStore(self.folder, node="a", window=AnswerWindow(count=3))
 
 
 # -- the SQLite store: its folder, and damage ---------------------------------------
@@ -488,3 +489,24 @@ def test_after_a_repair_a_retry_of_a_dropped_update_applies_it_again(tmp_path: P
         assert value(await client.get("a")) == 3 and value(await client.get("b")) == 4
 
     asyncio.run(with_node(tmp_path, retried, repair=True))
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_answers_are_bounded_in_bytes_too(tmp_path: Path, kind: str) -> None:
+    # An answer carries its update's delta: 1 MiB values must not pile up.
+    def make() -> Store:
+        window = AnswerWindow(count=1000, size=3 * 1024)
+        if kind == "memory":
+            return memory
+        return SQLiteStore(tmp_path, node="a", window=window)
+
+    memory = MemoryStore(window=AnswerWindow(count=1000, size=3 * 1024))
+    store = make()
+    for i in range(10):
+        store.commit([], [(f"r{i}".encode(), bytes(1000))])
+    store.close()
+    store = make()
+    assert list(store.load().answers) == [b"r7", b"r8", b"r9"]
+    store.commit([], [(b"r10", bytes(2500))])
+    assert list(store.load().answers) == [b"r10"]
+    store.close()
