@@ -64,6 +64,7 @@ from replication.store import (
     AnswerWindow,
     CommitFailed,
     Stored,
+    StoreDamaged,
     WriteBehind,
     encode_row,
     restore,
@@ -142,30 +143,29 @@ class NodeService:
                 log.warning("%s: repair: %s", node_id, line)
             rng = Random(os.urandom(16))  # incarnations must not repeat across restarts
             replica = restore(stored, node_id, list(peers), rng=rng)
-            epochs = parse_epochs(codec.decode_plain(stored.meta.get("epochs", b"\x80")))
+            self.node = SnapshotNode(replica, epochs=self._epochs(stored))
+            log.info(
+                "%s: %s as %s",
+                node_id,
+                f"restored {len(stored.entries)} keys from {self.store.path}"
+                if stored.entries
+                else f"no keys in {self.store.path}, starting empty",
+                replica.replica_id,
+            )
+            self.endpoint = TcpEndpoint(
+                node_id,
+                key,
+                rng=rng,
+                listen=listen,
+                peers=peers,
+                limits=limits,
+                server_ssl=server_ssl,
+                client_ssl=client_ssl,
+                on_client=self._serve,
+            )
         except BaseException:
-            self.store.close()
+            self.store.close()  # and the folder with it
             raise
-        self.node = SnapshotNode(replica, epochs=epochs)
-        log.info(
-            "%s: %s as %s",
-            node_id,
-            f"restored {len(stored.entries)} keys from {self.store.path}"
-            if stored.entries
-            else f"no keys in {self.store.path}, starting empty",
-            replica.replica_id,
-        )
-        self.endpoint = TcpEndpoint(
-            node_id,
-            key,
-            rng=rng,
-            listen=listen,
-            peers=peers,
-            limits=limits,
-            server_ssl=server_ssl,
-            client_ssl=client_ssl,
-            on_client=self._serve,
-        )
         self.runtime = NodeRuntime(self.node, self.endpoint, interval=interval)
         self.flush_interval = flush_interval
         self.max_state = max_state
@@ -179,6 +179,12 @@ class NodeService:
         self._changes = WriteBehind(replica)
         self._written_epochs = stored.meta.get("epochs", b"\x80")
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"{node_id}-store")
+
+    def _epochs(self, stored: Stored) -> dict[str, int]:
+        try:
+            return parse_epochs(codec.decode_plain(stored.meta.get("epochs", b"\x80")))
+        except DecodeError as exc:
+            raise StoreDamaged(f"{self.store.path} is damaged: its snapshot epochs: {exc}") from exc
 
     @property
     def replica(self) -> Replicator:
