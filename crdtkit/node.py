@@ -169,9 +169,10 @@ class NodeService:
         self.runtime = NodeRuntime(self.node, self.endpoint, interval=interval)
         self.flush_interval = flush_interval
         self.max_state = max_state
-        self._answers = _held_answers(stored, node_id)  # request id -> answer
+        # The requests answered, as the store keeps them; the answers
+        # themselves stay on disk until a retry asks for one.
         self._window = AnswerWindow(keep_answers, keep_answer_bytes)
-        for request_id, answer in self._answers.items():
+        for request_id, answer in _held_answers(stored, node_id).items():
             self._window.add(request_id, len(answer))
         self._inflight: dict[bytes, asyncio.Future[_Answer]] = {}
         self._queue: list[_Request] = []
@@ -285,10 +286,8 @@ class NodeService:
             changes.paused = False
         self._written_epochs = epochs
         for request, answer in staged:
-            self._answers[request.request_id] = answer
+            self._window.add(request.request_id, len(answer))
             request.done.set_result(_Answer(True, answer))
-            for old in self._window.add(request.request_id, len(answer)):
-                self._answers.pop(old, None)
 
     def _stage(self, batch: Staged, request: _Request, rows: dict[str, bytes]) -> bytes:
         """Stage one update; its answer. Refused (and taken back) if its key
@@ -316,9 +315,11 @@ class NodeService:
             raise DecodeError("a key is a str")
         if type(request_id) is not bytes or not 0 < len(request_id) <= MAX_REQUEST_ID:
             raise DecodeError(f"a request id is 1 to {MAX_REQUEST_ID} bytes")
-        held = self._answers.get(request_id)
-        if held is not None:
-            return _Answer(True, held)
+        if request_id in self._window.sizes:  # answered: read the answer back
+            loop = asyncio.get_running_loop()
+            held = await loop.run_in_executor(self._pool, self.store.answer, request_id)
+            if held is not None:
+                return _Answer(True, held)
         waiting = self._inflight.get(request_id)
         if waiting is not None:  # the same request, retried while it commits
             return await asyncio.shield(waiting)

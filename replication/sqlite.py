@@ -291,6 +291,32 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise CommitFailed(f"cannot write {self.path}: {exc}") from exc
 
+    def answer(self, request: bytes) -> bytes | None:
+        """The answer kept for ``request``, or None; StoreDamaged if it
+        does not verify.
+
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     store = SQLiteStore(Path(folder), node="a")
+        ...     store.commit([], [(b"request", b"answer")])
+        ...     print(store.answer(b"request"), store.answer(b"other"))
+        ...     store.close()
+        b'answer' None
+
+        Cost: O(log answers + its size)."""
+        try:
+            row = self._db.execute(
+                "SELECT data, digest FROM answers WHERE request = ?", (request,)
+            ).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreDamaged(f"{self.path} is damaged: {exc}") from exc
+        if row is None:
+            return None
+        data, digest = row
+        if not _verified(digest, request, data):
+            raise StoreDamaged(f"{self.path} is damaged: an answer does not verify")
+        return bytes(data)
+
     def _reread_window(self) -> None:
         window = AnswerWindow(self._window.count, self._window.size)
         with contextlib.suppress(sqlite3.Error):

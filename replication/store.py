@@ -70,7 +70,7 @@ __all__ = [
 #: Answers a store keeps by default (the newest), for retried requests:
 #: at most this many, and this many bytes of them.
 KEEP_ANSWERS = 100_000
-KEEP_ANSWER_BYTES = 64 * 1024 * 1024
+KEEP_ANSWER_BYTES = 256 * 1024 * 1024
 
 
 class StoreError(CRDTError):
@@ -121,6 +121,10 @@ class Store(Protocol):
         (name, value) in one transaction, durable when this returns.
         Raises CommitFailed, having written nothing, if it cannot.
         Cost: O(size of what it writes)."""
+        ...
+
+    def answer(self, request: bytes) -> bytes | None:
+        """The answer kept for ``request``, or None. Cost: O(its size)."""
         ...
 
     def close(self) -> None:
@@ -380,6 +384,17 @@ class MemoryStore:
                 del self.answers[old]
         self.meta.update(meta or {})
         self.commits += 1
+
+    def answer(self, request: bytes) -> bytes | None:
+        """The answer committed for ``request``, or None.
+
+        >>> store = MemoryStore()
+        >>> store.commit([], [(b"request", b"answer")])
+        >>> store.answer(b"request"), store.answer(b"other")
+        (b'answer', None)
+
+        Cost: O(1)."""
+        return self.answers.get(request)
 
     def close(self) -> None:
         """Nothing to release.
