@@ -41,6 +41,8 @@ FUNCTIONS = [
     base.join,
     base.leq,
     messages.encode,
+    messages.encode_entry,
+    messages.encode_interval,
     messages.parse,
     cut.restore_replica,
     cut.restore_cluster,
