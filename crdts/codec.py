@@ -187,6 +187,11 @@ _LIST, _SLOT = 56, 8
 _LEAF = _SLOT + 49
 #: Arrays of at least this many items are tried whole at C speed.
 _BULK = 64
+#: Inputs up to this size are decoded first and checked by re-encoding, as
+#: the walk would cost more than it saves: they cannot build more than 64
+#: bytes of objects per byte, 16 KiB. Like bulk arrays, they may hold
+#: canonical floats and simple values (every caller checks its types).
+_TINY = 256
 #: The tag that stands for an array decoded in bulk when the rest is decoded.
 _SPLICE = 0xC9E1
 
@@ -337,6 +342,32 @@ def _scan(data: bytes) -> list[tuple[int, int, list[object]]]:
     return bulk
 
 
+def _refuse_map(*args: object) -> object:
+    raise ValueError("a map is no part of the format")
+
+
+def _decode_tiny(data: bytes) -> object:
+    """Decode ``data`` of at most ``_TINY`` bytes and refuse it unless it
+    re-encodes to itself: the way every input was decoded before the walk,
+    and still the faster one for the many small states of a push."""
+    try:
+        raw = cbor2.loads(
+            data,
+            max_depth=MAX_DEPTH,
+            allow_indefinite=False,
+            strict_hashable_types=True,
+            tag_hook=_refuse_tag,
+            object_hook=_refuse_map,
+            semantic_decoders=_SEMANTIC,
+        )
+        canonical = cbor2.dumps(raw, canonical=True) == data
+    except Exception as exc:  # cbor2 raises several kinds; all mean "bad bytes"
+        raise DecodeError(f"malformed CBOR: {exc}") from exc
+    if not canonical:
+        raise DecodeError("not the canonical encoding of its value")
+    return raw
+
+
 def _spliced(bulk: list[tuple[int, int, list[object]]], args: tuple[object, ...]) -> object:
     """The tag hook that puts the bulk arrays back (cbor2 5 passes the decoder
     and the tag, cbor2 6 the tag and a flag)."""
@@ -395,6 +426,8 @@ def decode_plain(
         raise DecodeError(f"input of {size} bytes is over the limit of {max_size}")
     if type(data) is not bytes:
         data = bytes(data)  # one copy; cbor2 would make it anyway
+    if size <= _TINY:
+        return _decode_tiny(data)
     bulk = _scan(data)  # before cbor2 builds anything; it also checks canonical form
     try:
         if not bulk:

@@ -194,11 +194,11 @@ def test_a_non_shortest_int_inside_a_long_array_is_refused(
         codec.decode_plain(bad)
 
 
-def test_maps_tags_floats_are_refused_outside_and_inside_long_arrays() -> None:
+def test_maps_tags_and_depth_are_refused_in_small_large_and_long_inputs() -> None:
+    pad = "x" * 300  # past the size decoded without the walk
     for odd in ({"a": 1}, cbor2.CBORTag(1, 0), [[[[[[[[[0]]]]]]]]]):
-        with pytest.raises(DecodeError):
-            codec.decode_plain(cbor2.dumps([1, odd], canonical=True))
-        with pytest.raises(DecodeError):
-            codec.decode_plain(cbor2.dumps([1] * 80 + [odd], canonical=True))
+        for value in ([1, odd], [pad, odd], [1] * 80 + [odd]):
+            with pytest.raises(DecodeError):
+                codec.decode_plain(cbor2.dumps(value, canonical=True))
     with pytest.raises(DecodeError, match="float"):
-        codec.decode_plain(cbor2.dumps([1, 0.5], canonical=True))
+        codec.decode_plain(cbor2.dumps([pad, 0.5], canonical=True))
