@@ -28,6 +28,7 @@ BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("counter-increment", counters.counter_increment),
     ("codec-orset", codec.orset_codec),
     ("codec-gcounter", codec.gcounter_codec),
+    ("codec-hostile", codec.hostile_decode),
     ("gossip-convergence", gossip.convergence),
     ("gossip-bytes", gossip.delta_bytes),
     ("gossip-scale-replicas", gossip.scale_replicas),

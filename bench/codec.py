@@ -13,17 +13,20 @@ different operation orders encode to identical bytes.
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 from collections.abc import Sequence
 from random import Random
 from typing import TypeVar
 
 import cbor2
 
-from bench.harness import Config, Row, Trial, compare
+from bench.harness import Config, Row, Timing, Trial, compare
 from bench.workloads import History, counts, keys, replica_ids
 from crdts import GCounter, ORSet
 from crdts.base import CRDT
 from crdts.codec import decode, encode
+from crdts.errors import DecodeError
 
 REPLICAS = 4
 REMOVE_FRACTION = 0.1
@@ -173,3 +176,88 @@ def gcounter_codec(config: Config, rng: Random) -> list[Row]:
         floor_is=f"{{str: int}} with {n:,} entries",
         config=config,
     )
+
+
+MiB = 1024 * 1024
+
+
+def _hostile_frames(size: int) -> dict[str, bytes]:
+    """Canonical CBOR of about ``size`` bytes that costs far more to build
+    than it weighs, each shaped to get as far into the decoder as it can."""
+    n = size - 16
+    envelope = b"\x83\x68GCounter\x01"  # a GCounter's envelope, then the payload
+    return {
+        # Issue 9: an array of empty arrays, 56-byte lists from 1 byte each.
+        "empty arrays": b"\x9a" + n.to_bytes(4, "big") + b"\x80" * n,
+        # As many 2-byte items as the item budget admits: they pass the walk,
+        # cbor2 builds them (8 bytes of slot each), the GCounter check refuses.
+        "2-byte ints in a payload": envelope + b"\x9a" + (n // 2).to_bytes(4, "big")
+        + b"\x18\x18" * (n // 2),
+        # 3-byte strings at ~30x their size: walked, refused on the cost.
+        "2-char strs in a payload": envelope + b"\x9a" + (n // 3).to_bytes(4, "big")
+        + b"\x62ab" * (n // 3),
+    }
+
+
+def hostile_decode(config: Config, rng: Random) -> list[Row]:
+    """``decode`` refusing hostile but canonical CBOR (PERFORMANCE.md: a 16 MiB
+    frame in at most 2 s and 4x its size in memory), per MiB, against
+    ``cbor2.loads`` of an honest G-Counter encoding of the same size. The
+    peak memory (tracemalloc, outside the timing) is in the note."""
+    size = 256 * 1024 if config.quick else 16 * MiB
+    honest = GCounter()
+    ids, _ = replica_ids(rng, max(1, size // 21), 0)
+    for replica, count in counts(rng, ids).items():
+        honest.increment(replica, count)
+    honest_data = encode(honest)
+    mib = len(honest_data) / MiB
+    rows = []
+    for shape, data in _hostile_frames(size).items():
+        peak = _peak_of_refusal(data)
+
+        def get_data(data: bytes = data) -> bytes:
+            return data
+
+        def get_honest() -> bytes:
+            return honest_data
+
+        floor, figure = compare(
+            Trial(get_honest, cbor2.loads, 1), Trial(get_data, _refuse, 1), config
+        )
+        per_mib = Timing(floor.median / mib, floor.low / mib, floor.high / mib)
+        figure_mib = len(data) / MiB
+        figure_per = Timing(
+            figure.median / figure_mib, figure.low / figure_mib, figure.high / figure_mib
+        )
+        rows.append(
+            Row(
+                f"decode hostile CBOR, {shape}",
+                "MiB",
+                "cbor2.loads of an honest GCounter, per MiB",
+                per_mib,
+                figure_per,
+                None,
+                f"{len(data) / MiB:.2f} MiB refused in {figure.median:.3f} s; "
+                f"peak memory {peak / len(data):.2f}x its size "
+                f"(target: 16 MiB in 2 s, 4x)",
+            )
+        )
+    return rows
+
+
+def _refuse(data: bytes) -> None:
+    try:
+        decode(data)
+    except DecodeError:
+        return
+    raise RuntimeError("a hostile frame was accepted")
+
+
+def _peak_of_refusal(data: bytes) -> int:
+    gc.collect()
+    tracemalloc.start()
+    try:
+        _refuse(data)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

@@ -142,7 +142,7 @@ class NodeService:
             for line in self.store.repairs:
                 log.warning("%s: repair: %s", node_id, line)
             rng = Random(os.urandom(16))  # incarnations must not repeat across restarts
-            replica = restore(stored, node_id, list(peers), rng=rng)
+            replica = restore(stored, node_id, list(peers), rng=rng, max_state=max_state)
             self.node = SnapshotNode(replica, epochs=self._epochs(stored))
             log.info(
                 "%s: %s as %s",

@@ -11,7 +11,7 @@ format.
 
 from crdts.base import CRDT, join, leq
 from crdts.dotcontext import CausalContext
-from crdts.errors import CRDTError, DecodeError, InvalidOperation
+from crdts.errors import CRDTError, DecodeError, InvalidOperation, StateTooLarge
 from crdts.gcounter import GCounter
 from crdts.lwwregister import LWWRegister
 from crdts.mvregister import MVRegister
@@ -31,6 +31,7 @@ __all__ = [
     "ORSet",
     "Order",
     "PNCounter",
+    "StateTooLarge",
     "VectorClock",
     "join",
     "leq",

@@ -14,9 +14,12 @@ for the state.
 state or raises :class:`~crdts.errors.DecodeError`, and nothing else:
 
 - the size is checked before anything is parsed (``max_size``);
-- nesting is capped, indefinite lengths and every CBOR tag are refused, so
+- a pre-pass walks the heads before cbor2 builds anything: nesting is
+  capped, indefinite lengths, maps, floats and every CBOR tag are refused, so
   there are no bignums, sets, shared references or dates to build;
-- allocation follows the bytes actually present, never a declared length;
+- allocation follows the bytes actually present, never a declared length, and
+  an input whose objects would cost more than a fixed multiple of its size
+  (``_COST_PER_BYTE``, honest states stay under it) is refused unbuilt;
 - each type checks its own invariants (positive counters, every dot inside
   the causal context, canonical order, ints where ints belong);
 - the input must be the canonical encoding of what it decodes to, so trailing
@@ -37,11 +40,13 @@ Traceback (most recent call last):
 ...
 crdts.errors.DecodeError: not the canonical encoding of its value
 
-Cost: ``encode`` and ``decode`` are O(size), at C speed for the CBOR itself.
+Cost: ``encode`` and ``decode`` are O(size), at C speed for the CBOR of flat
+arrays (where states keep their bulk) and a Python loop over the other items.
 """
 
 from __future__ import annotations
 
+import io
 from typing import Any, TypeVar
 
 import cbor2
@@ -66,10 +71,10 @@ __all__ = [
     "registered",
 ]
 
-#: The largest input ``decode`` reads unless told otherwise: 16 MiB. A hostile
-#: payload of many tiny arrays costs cbor2 about 70 bytes of memory per input
-#: byte before any check can run, so this also bounds memory near 1.2 GB; pass
-#: a larger ``max_size`` for larger states (an OR-Set element costs ~16 bytes).
+#: The largest input ``decode`` reads unless told otherwise: 16 MiB. Decoding
+#: builds at most ``_COST_PER_BYTE`` (24) bytes of objects per input byte, so
+#: this bounds memory near 400 MB; pass a larger ``max_size`` for larger states
+#: (an OR-Set element costs ~16 bytes).
 DEFAULT_MAX_SIZE = 16 * 1024 * 1024
 #: The deepest nesting any registered payload needs is 4; leave some room.
 MAX_DEPTH = 8
@@ -135,6 +140,254 @@ _SEMANTIC: dict[int, Any] = {
 }
 
 
+# -- the structural pre-pass -------------------------------------------------------
+#
+# cbor2 builds every item before any check can run, and a Python object costs
+# far more than the byte that names it: an empty array is one byte and a
+# 56-byte list, a small negative int one byte and a 28-byte int. An array of
+# 16 Mi empty arrays took a node to 1.25 GiB and 22 s (issue 9). So before
+# cbor2 builds anything, ``_scan`` walks the heads and refuses what is not the
+# canonical encoding of plain data or would cost more to build than
+# ``_COST_PER_BYTE`` bytes of objects per input byte, or hold more than one
+# item per ``_BYTES_PER_ITEM`` bytes. An array is charged for all its items at
+# its head, so a flood is refused before its first item is looked at, at
+# O(depth) memory. What passes costs cbor2 at most that bound: the price of
+# honest data of the same size, which a decoder that builds Python objects
+# cannot go below (the type's own checks then allocate a little more).
+#
+# The walk also does what re-encoding used to do: it refuses non-shortest
+# integers and lengths, indefinite lengths, tags, floats, maps, simple values
+# other than false/true/null, and trailing bytes. A text string has one UTF-8
+# form, which cbor2 checks (strict), so an accepted input is canonical.
+#
+# Speed: walking item by item in Python would cost more than cbor2's own
+# decoding, so a large array that could not break the budget even if every
+# item were the costliest leaf is handed to cbor2 whole, with nesting refused
+# (``max_depth=1``), and checked by re-encoding it, which also gives its end.
+# That is where the bulk of every honest state lies (flat arrays); the rest is
+# walked, and then decoded once with the bulk arrays spliced back in.
+
+#: Objects cbor2 may build per input byte: at most this many bytes of them
+#: (honest states: 5-13x for the built-in types, up to ~22x for a causal
+#: context of many short replica ids, whose every empty dot cloud is a list)...
+_COST_PER_BYTE = 24
+#: ... and at most one item per this many bytes (a flood of 1-byte items costs
+#: 8 bytes of list slot each, however cheap the item itself is).
+_BYTES_PER_ITEM = 2
+#: Inputs up to this size get the bounds of an input this size: small states
+#: are denser (``[["a", 1, []]]``) and their total cost is small anyway.
+_SMALL = 1024
+# What cbor2's objects cost on 64-bit CPython 3.11 (sys.getsizeof), beyond the
+# 8-byte slot in the list that holds each: a list 56 (its slots are charged to
+# its items), an int 28 (32 from 2**30, 36 from 2**60) unless cached (-5..256),
+# bytes 33 + length, an ASCII str 49 + length (a non-ASCII one up to 27 more,
+# not charged), none for b"", "", single bytes or single ASCII characters.
+_LIST, _SLOT = 56, 8
+#: The most a leaf of an array costs, slot included, beyond its bytes.
+_LEAF = _SLOT + 49
+#: Arrays of at least this many items are tried whole at C speed.
+_BULK = 64
+#: Inputs up to this size are decoded first and checked by re-encoding, as
+#: the walk would cost more than it saves: they cannot build more than 64
+#: bytes of objects per byte, 16 KiB. Like bulk arrays, they may hold
+#: canonical floats and simple values (every caller checks its types).
+_TINY = 256
+#: The tag that stands for an array decoded in bulk when the rest is decoded.
+_SPLICE = 0xC9E1
+
+# Per head byte: the size of an item that the head alone determines, else 0;
+# the cost of its object; and, for an int with a one- or two-byte argument,
+# the least first argument byte of its shortest form.
+_SIZE = bytearray(256)
+_COST = [0] * 256
+_LOW = bytearray(256)
+for _b in range(24):
+    _SIZE[_b] = _SIZE[0x20 + _b] = 1  # ints 0..23, -1..-24
+    _SIZE[0x40 + _b] = _SIZE[0x60 + _b] = 1 + _b  # strings of 0..23 bytes
+    _COST[0x40 + _b] = 0 if _b < 2 else 33 + _b
+    _COST[0x60 + _b] = 0 if _b < 2 else 49 + _b
+for _b in range(0x25, 0x38):  # -6 .. -24: not cached
+    _COST[_b] = 28
+for _b, _size, _low in ((0x18, 2, 24), (0x19, 3, 1), (0x38, 2, 24), (0x39, 3, 1)):
+    _SIZE[_b], _LOW[_b] = _size, _low
+    _COST[_b] = 0 if _b == 0x18 else 28  # 24..255 are cached (256 is, -256 is not)
+for _b in (0xF4, 0xF5, 0xF6):  # false, true, null
+    _SIZE[_b] = 1
+_SIZE[0x80], _COST[0x80] = 1, _LIST  # the empty array
+_SIZE_OF, _LOW_OF, _COST_OF = bytes(_SIZE), bytes(_LOW), tuple(_COST)
+del _SIZE, _COST, _LOW, _b, _size, _low
+
+
+def _argument(data: bytes, pos: int, info: int) -> tuple[int, int]:
+    """The argument of the head at ``pos`` with additional info 24..27 and the
+    position after it; DecodeError unless it is in its shortest form."""
+    width = 1 << (info - 24)
+    end = pos + 1 + width
+    if end > len(data):
+        raise DecodeError("malformed CBOR: truncated")
+    value = int.from_bytes(data[pos + 1 : end], "big")
+    if value < (24 if width == 1 else 1 << (4 * width)):
+        raise DecodeError("not the canonical encoding of its value")
+    return value, end
+
+
+def _bulk(data: bytes, pos: int) -> tuple[list[object], int] | None:
+    """The flat array at ``pos`` decoded by cbor2 and its end, if it is flat
+    and canonical; None to have it walked (which says what is wrong)."""
+    stream = io.BytesIO(data)
+    stream.seek(pos)
+    try:
+        items = cbor2.CBORDecoder(
+            stream,
+            max_depth=1,
+            allow_indefinite=False,
+            strict_hashable_types=True,
+            tag_hook=_refuse_tag,
+            semantic_decoders=_SEMANTIC,
+        ).decode()
+        again = cbor2.dumps(items, canonical=True)
+    except Exception:
+        return None
+    if type(items) is not list or not data.startswith(again, pos):
+        return None
+    # Unlike the walk, this lets canonical floats and simple values through
+    # (as decode_plain always did): every caller checks the types it expects,
+    # and checking 100,000 items here would cost a fifth of the decoding.
+    return items, pos + len(again)
+
+
+def _scan(data: bytes) -> list[tuple[int, int, list[object]]]:
+    """Refuse ``data`` unless it is one canonical CBOR item of plain data
+    (arrays, ints, strings, false/true/null) within the depth and cost bounds;
+    return the arrays decoded in bulk as ``(start, end, items)``, in order.
+
+    Cost: O(len(data)): a Python loop over the items outside bulk arrays,
+    O(depth) memory besides what the bulk arrays hold.
+    """
+    room = max(len(data), _SMALL)
+    items = room // _BYTES_PER_ITEM - 1  # items left to the budget, the top one taken
+    budget = room * _COST_PER_BYTE - _SLOT
+    size_of, low_of, cost_of = _SIZE_OF, _LOW_OF, _COST_OF
+    bulk: list[tuple[int, int, list[object]]] = []
+    stack: list[int] = []
+    pos, left, end = 0, 1, len(data)
+    try:
+        while True:
+            while left:
+                for done in range(left):  # the hot loop  # noqa: B007
+                    head = data[pos]
+                    size = size_of[head]
+                    if not size:
+                        break
+                    low = low_of[head]
+                    if low and data[pos + 1] < low:
+                        raise DecodeError("not the canonical encoding of its value")
+                    budget -= cost_of[head]
+                    pos += size
+                else:
+                    left = 0
+                    break
+                left -= done + 1
+                major, info = head >> 5, head & 31
+                if info < 24:
+                    value, after = info, pos + 1
+                elif info < 28:
+                    value, after = _argument(data, pos, info)
+                elif info == 31:
+                    raise DecodeError("malformed CBOR: indefinite lengths are not allowed")
+                else:
+                    raise DecodeError("malformed CBOR: reserved additional information")
+                if major <= 1:  # an int with a four- or eight-byte argument
+                    pos = after
+                    budget -= 28 if value < 2**30 else 32 if value < 2**60 else 36
+                elif major <= 3:  # a string of 24 bytes or more
+                    pos = after + value
+                    budget -= value + (33 if major == 2 else 49)
+                elif major == 4:  # an array of one item or more
+                    if len(stack) >= MAX_DEPTH:
+                        raise DecodeError("malformed CBOR: nested deeper than the format allows")
+                    items -= value
+                    if items < 0:
+                        raise DecodeError("input would cost too much to decode: refused")
+                    worst = _LIST + _LEAF * value
+                    if value >= _BULK and worst + end - after <= budget:
+                        got = _bulk(data, pos)
+                        if got is not None:
+                            bulk.append((pos, got[1], got[0]))
+                            budget -= worst + got[1] - after
+                            pos = got[1]
+                            continue
+                    budget -= _LIST + _SLOT * value
+                    if budget < 0:
+                        raise DecodeError("input would cost too much to decode: refused")
+                    stack.append(left)
+                    pos, left = after, value
+                elif major == 5:
+                    raise DecodeError("malformed CBOR: a map is no part of the format")
+                elif major == 6:
+                    raise DecodeError("malformed CBOR: CBOR tags are not part of the format")
+                else:
+                    raise DecodeError("malformed CBOR: floats and simple values are no part of it")
+            if budget < 0:
+                raise DecodeError("input would cost too much to decode: refused")
+            if not stack:
+                break
+            left = stack.pop()
+    except IndexError:
+        raise DecodeError("malformed CBOR: truncated") from None
+    if pos < end:
+        raise DecodeError("not the canonical encoding of its value")
+    if pos > end:
+        raise DecodeError("malformed CBOR: truncated")
+    return bulk
+
+
+def _refuse_map(*args: object) -> object:
+    raise ValueError("a map is no part of the format")
+
+
+def _decode_tiny(data: bytes) -> object:
+    """Decode ``data`` of at most ``_TINY`` bytes and refuse it unless it
+    re-encodes to itself: the way every input was decoded before the walk,
+    and still the faster one for the many small states of a push."""
+    try:
+        raw = cbor2.loads(
+            data,
+            max_depth=MAX_DEPTH,
+            allow_indefinite=False,
+            strict_hashable_types=True,
+            tag_hook=_refuse_tag,
+            object_hook=_refuse_map,
+            semantic_decoders=_SEMANTIC,
+        )
+        canonical = cbor2.dumps(raw, canonical=True) == data
+    except Exception as exc:  # cbor2 raises several kinds; all mean "bad bytes"
+        raise DecodeError(f"malformed CBOR: {exc}") from exc
+    if not canonical:
+        raise DecodeError("not the canonical encoding of its value")
+    return raw
+
+
+def _spliced(bulk: list[tuple[int, int, list[object]]], args: tuple[object, ...]) -> object:
+    """The tag hook that puts the bulk arrays back (cbor2 5 passes the decoder
+    and the tag, cbor2 6 the tag and a flag)."""
+    tag = next(arg for arg in args if isinstance(arg, cbor2.CBORTag))
+    if tag.tag != _SPLICE or type(tag.value) is not int:
+        raise ValueError("CBOR tags are not part of the format")
+    return bulk[tag.value][2]
+
+
+def _splice(data: bytes, bulk: list[tuple[int, int, list[object]]]) -> bytes:
+    """``data`` with each bulk array replaced by tag ``_SPLICE`` over its index."""
+    parts: list[bytes] = []
+    at = 0
+    for index, (start, stop, _) in enumerate(bulk):
+        parts += (data[at:start], cbor2.dumps(cbor2.CBORTag(_SPLICE, index)))
+        at = stop
+    parts.append(data[at:])
+    return b"".join(parts)
+
+
 def encode_plain(value: object) -> bytes:
     """Canonical CBOR of plain data (lists, ints, strs, bytes): the framing of
     protocol messages above this layer.
@@ -163,29 +416,29 @@ def decode_plain(
     ...
     crdts.errors.DecodeError: not the canonical encoding of its value
 
-    Cost: O(len(data)).
+    Cost: O(len(data)), and at most ``_COST_PER_BYTE`` bytes of objects per
+    byte of input: anything costlier is refused before it is built.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise DecodeError(f"expected bytes, got {type(data).__name__}")
-    if len(data) > max_size:
-        raise DecodeError(f"input of {len(data)} bytes is over the limit of {max_size}")
+    size = data.nbytes if isinstance(data, memoryview) else len(data)
+    if size > max_size:
+        raise DecodeError(f"input of {size} bytes is over the limit of {max_size}")
+    if type(data) is not bytes:
+        data = bytes(data)  # one copy; cbor2 would make it anyway
+    if size <= _TINY:
+        return _decode_tiny(data)
+    bulk = _scan(data)  # before cbor2 builds anything; it also checks canonical form
     try:
-        raw = cbor2.loads(
-            data,
+        if not bulk:
+            return cbor2.loads(data, max_depth=MAX_DEPTH, tag_hook=_refuse_tag)
+        return cbor2.loads(
+            _splice(data, bulk),
             max_depth=MAX_DEPTH,
-            allow_indefinite=False,
-            # No map is part of the format; refusing non-str/bytes keys stops
-            # a map of hash-colliding keys (tuples) from taking quadratic time.
-            strict_hashable_types=True,
-            tag_hook=_refuse_tag,
-            semantic_decoders=_SEMANTIC,
+            tag_hook=lambda *args: _spliced(bulk, args),
         )
-        canonical = cbor2.dumps(raw, canonical=True) == data
-    except Exception as exc:  # cbor2 raises several kinds; all mean "bad bytes"
+    except Exception as exc:  # not expected after the scan; still "bad bytes"
         raise DecodeError(f"malformed CBOR: {exc}") from exc
-    if not canonical:
-        raise DecodeError("not the canonical encoding of its value")
-    return raw
 
 
 def decode(data: bytes | bytearray | memoryview, *, max_size: int = DEFAULT_MAX_SIZE) -> CRDT:

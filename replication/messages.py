@@ -12,7 +12,16 @@ The messages (see ``replication.replicator`` for the protocol):
 - :class:`Push`: part of a delta interval ``(start, end]`` of the sender's log
   (``start`` -1: a catch-up, the whole log as the keys it changed), or, with
   no entries and an empty interval, the opening of a round;
-- :class:`Ack`: "I have your log up to ``position``" (-1: nothing of it).
+- :class:`Ack`: "I have your log up to ``position``" (-1: nothing of it);
+- :class:`Piece`: one piece of a single entry too large for any frame: the
+  entry's encoding cut in ``count`` pieces, which together make part
+  ``part`` of the interval (the receiver reassembles them, and merges the
+  entry only once it is whole).
+
+Frames are bounded in bytes: :func:`encode_interval` packs an interval's
+entries into push frames of at most ``max_frame`` bytes, and cuts an entry
+larger than that into pieces. ``MAX_FRAME`` is the most any replicator may
+be configured to send; ``DEFAULT_FRAME`` what it sends unless told otherwise.
 
 Cost: encoding and parsing are O(frame size) plus the codec's cost per state.
 """
@@ -29,22 +38,37 @@ from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError
 
 __all__ = [
+    "DEFAULT_FRAME",
     "MAX_FRAME",
     "Ack",
     "Entry",
+    "EntryTooLarge",
     "Message",
+    "Piece",
     "Push",
     "encode",
     "encode_entries",
+    "encode_entry",
+    "encode_interval",
     "encode_keyspace",
     "parse",
     "parse_entries",
     "sent_by",
 ]
 
-#: Frames above this size are refused before parsing.
+#: The largest frame a replicator may be configured to send; frames above it
+#: are refused before parsing.
 MAX_FRAME = 16 * 1024 * 1024
+#: The largest frame a replicator sends unless configured otherwise.
+DEFAULT_FRAME = 1024 * 1024
+#: The least ``max_frame`` a replicator accepts: room for a frame's fields and
+#: a clock, and pieces large enough that an entry is not cut into thousands.
+MIN_FRAME = 4096
 VERSION = 1
+
+
+class EntryTooLarge(DecodeError):
+    """An entry whose state is over the receiver's maximum: refused whole."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +112,28 @@ class Ack:
     position: int
 
 
-Message: TypeAlias = Push | Ack
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """Piece ``index`` of ``count`` of one entry's encoding (``chunk``), which
+    is part ``part`` of ``parts`` of the sender's interval ``(start, end]``;
+    the other fields are those of the :class:`Push` the entry would have
+    travelled in, so the whole entry is handled as that push."""
+
+    sender: str
+    to: str
+    start: int
+    end: int
+    part: int
+    parts: int
+    reply: int
+    clock: CausalContext
+    ack: int
+    index: int
+    count: int
+    chunk: bytes
+
+
+Message: TypeAlias = Push | Ack | Piece
 
 
 def sent_by(message: Message, node: str) -> bool:
@@ -135,9 +180,116 @@ def encode(message: Message) -> bytes:
     if isinstance(m, Push):
         fields = ["push", VERSION, m.sender, m.to, m.start, m.end, m.part, m.parts, m.reply]
         fields += [m.clock.to_payload(), encode_entries(m.entries), m.ack]
+    elif isinstance(m, Piece):
+        fields = ["piece", VERSION, m.sender, m.to, m.start, m.end, m.part, m.parts, m.reply]
+        fields += [m.clock.to_payload(), m.ack, m.index, m.count, m.chunk]
     else:
         fields = ["ack", VERSION, m.sender, m.position]
     return codec.encode_plain(fields)
+
+
+def _array_head(n: int) -> bytes:
+    return codec.encode_plain([None] * n)[:-n] if n else b"\x80"
+
+
+#: How much wider than ``0`` the ints a frame's layout leaves open (part,
+#: parts, index, count: up to 9 bytes each) and an array or bytes head can be.
+_SLACK = 4 * 8 + 8
+
+
+def encode_interval(
+    template: Push,
+    entries: Iterable[bytes],
+    *,
+    max_frame: int = DEFAULT_FRAME,
+    max_entries: int | None = None,
+) -> list[bytes]:
+    """The frames of ``template``'s interval: ``entries`` (each the
+    :func:`encode_entry` of one key, in key order; the template's own entries,
+    part and parts are ignored) packed into push frames of at most
+    ``max_frame`` bytes and ``max_entries`` entries, and each entry too large
+    for a frame of its own cut into :class:`Piece` frames; at least one frame
+    (an empty push) even without entries.
+
+    >>> from crdts import GCounter
+    >>> c = GCounter(); _ = c.increment("a", 1)
+    >>> big = GCounter()
+    >>> for i in range(1000): _ = big.increment(f"replica-{i}", 1)
+    >>> items = [encode_entry(Entry(k, s, CausalContext())) for k, s in (("a", c), ("b", big))]
+    >>> template = Push("a", "b", -1, 3, 0, 1, 0, CausalContext(), (), -1)
+    >>> frames = encode_interval(template, items, max_frame=4096)
+    >>> [type(parse(f)).__name__ for f in frames], max(map(len, frames)) <= 4096
+    (['Push', 'Piece', 'Piece', 'Piece', 'Piece'], True)
+
+    Cost: O(total size); every entry is copied once into its frame.
+    """
+    sender, to, start, end = template.sender, template.to, template.start, template.end
+    reply, clock, ack = template.reply, template.clock, template.ack
+    if max_frame < MIN_FRAME:
+        raise ValueError(f"max_frame is at least {MIN_FRAME}")
+    base = [sender, to, start, end, 0, 0, reply, clock.to_payload()]
+    push_room = max_frame - len(encode(Push(sender, to, start, end, 0, 1, reply, clock, (), ack)))
+    piece_room = max_frame - len(codec.encode_plain(["piece", VERSION, *base, ack, 0, 0, b""]))
+    push_room, piece_room = push_room - _SLACK, piece_room - _SLACK
+    if piece_room < MIN_FRAME // 2:
+        raise ValueError("the clock leaves no room in a frame of max_frame bytes")
+    parts: list[list[bytes] | bytes] = []  # a push's entries, or one entry in pieces
+    batch: list[bytes] = []
+    used = 0
+    for item in entries:
+        if len(item) > push_room:
+            if batch:
+                parts.append(batch)
+                batch, used = [], 0
+            parts.append(item)
+            continue
+        if batch and (used + len(item) > push_room or len(batch) == max_entries):
+            parts.append(batch)
+            batch, used = [], 0
+        batch.append(item)
+        used += len(item)
+    if batch or not parts:
+        parts.append(batch)
+    frames: list[bytes] = []
+    total = len(parts)
+    clock_and = codec.encode_plain(base[-1:])[1:]  # the clock alone
+    for number, part in enumerate(parts):
+        head = codec.encode_plain([sender, to, start, end, number, total, reply])[1:]
+        if isinstance(part, list):
+            frames.append(
+                _array_head(12)
+                + codec.encode_plain(["push", VERSION])[1:]
+                + head
+                + clock_and
+                + _array_head(len(part))
+                + b"".join(part)
+                + codec.encode_plain(ack)
+            )
+            continue
+        count = -(-len(part) // piece_room)
+        for index in range(count):
+            chunk = part[index * piece_room : (index + 1) * piece_room]
+            frames.append(
+                _array_head(14)
+                + codec.encode_plain(["piece", VERSION])[1:]
+                + head
+                + clock_and
+                + codec.encode_plain([ack, index, count, chunk])[1:]
+            )
+    return frames
+
+
+def encode_entry(entry: Entry) -> bytes:
+    """One entry as it travels: the canonical CBOR of ``[key, state bytes,
+    dots]`` (an item of :func:`encode_entries`'s list).
+
+    >>> from crdts import GCounter
+    >>> encode_entry(Entry("k", GCounter(), CausalContext())).hex()
+    '83616b4c836847436f756e746572018080'
+
+    Cost: O(size of the state).
+    """
+    return codec.encode_plain([entry.key, codec.encode(entry.state), entry.ops.to_payload()])
 
 
 def _key(x: object) -> str:
@@ -146,8 +298,10 @@ def _key(x: object) -> str:
     return x
 
 
-def parse_entries(raw: object) -> tuple[Entry, ...]:
-    """Inverse of :func:`encode_entries` for untrusted input; DecodeError otherwise."""
+def parse_entries(raw: object, *, max_state: int | None = None) -> tuple[Entry, ...]:
+    """Inverse of :func:`encode_entries` for untrusted input; DecodeError
+    otherwise, EntryTooLarge (before decoding it) for a state of more than
+    ``max_state`` bytes."""
     out = []
     seen: set[str] = set()
     for item in expect_list(raw, "entries"):
@@ -158,16 +312,24 @@ def parse_entries(raw: object) -> tuple[Entry, ...]:
         if key in seen:
             raise DecodeError(f"entry: key {key!r:.40} twice in one message")
         seen.add(key)
-        state = codec.decode(fields[1])
+        if max_state is not None and len(fields[1]) > max_state:
+            raise EntryTooLarge(
+                f"entry: the state of {key!r:.40} is {len(fields[1])} bytes,"
+                f" over the limit of {max_state}"
+            )
+        state = codec.decode(fields[1], max_size=max(codec.DEFAULT_MAX_SIZE, max_state or 0))
         out.append(Entry(key, state, CausalContext.from_payload(fields[2], "entry ops")))
     return tuple(out)
 
 
-_ARITY = {"push": 12, "ack": 4}
+_ARITY = {"push": 12, "ack": 4, "piece": 14}
 
 
-def parse(frame: bytes, *, max_size: int = MAX_FRAME) -> Message:
-    """The message in ``frame``; DecodeError for anything else.
+def parse(
+    frame: bytes, *, max_size: int = MAX_FRAME, max_state: int | None = None
+) -> Message:
+    """The message in ``frame``; DecodeError for anything else (EntryTooLarge
+    for an entry whose state is over ``max_state`` bytes).
 
     >>> parse(b"junk")
     Traceback (most recent call last):
@@ -186,13 +348,20 @@ def parse(frame: bytes, *, max_size: int = MAX_FRAME) -> Message:
         raise DecodeError(f"{kind}: expected {_ARITY[kind]} fields")
     sender = expect_replica(raw[2], f"{kind} sender")
     f = raw[3:]
-    if kind == "push":
-        to = expect_replica(f[0], "push to")
-        start, end = expect_uint(f[1], "push start", -1), expect_uint(f[2], "push end")
-        part, parts = expect_uint(f[3], "push part"), expect_uint(f[4], "push parts", 1)
+    if kind != "ack":
+        to = expect_replica(f[0], f"{kind} to")
+        start, end = expect_uint(f[1], f"{kind} start", -1), expect_uint(f[2], f"{kind} end")
+        part, parts = expect_uint(f[3], f"{kind} part"), expect_uint(f[4], f"{kind} parts", 1)
         if start > end or part >= parts or type(f[5]) is not int or f[5] not in (0, 1, 2):
-            raise DecodeError("push: inconsistent interval or parts")
-        clock = CausalContext.from_payload(f[6], "push clock")
-        entries, ack = parse_entries(f[7]), expect_uint(f[8], "push ack", -1)
+            raise DecodeError(f"{kind}: inconsistent interval or parts")
+        clock = CausalContext.from_payload(f[6], f"{kind} clock")
+        if kind == "piece":
+            ack = expect_uint(f[7], "piece ack", -1)
+            index, count = expect_uint(f[8], "piece index"), expect_uint(f[9], "piece count", 1)
+            if index >= count or type(f[10]) is not bytes or not f[10]:
+                raise DecodeError("piece: inconsistent index or empty chunk")
+            return Piece(sender, to, start, end, part, parts, f[5], clock, ack, index, count, f[10])
+        entries = parse_entries(f[7], max_state=max_state)
+        ack = expect_uint(f[8], "push ack", -1)
         return Push(sender, to, start, end, part, parts, f[5], clock, entries, ack)
     return Ack(sender, expect_uint(f[0], "ack position", -1))

@@ -30,9 +30,19 @@ Gossip (Almeida, Shoker and Baquero 2018, with the fixes of Enes et al. 2019):
   pushes a *catch-up* instead: the state of every key whose operations the
   peer's clock does not cover, as the interval ``(-1, head]``, so only the
   keys that differ travel (the version-vector form of a digest sync, without
-  the digests). Either way entries go in chunks of at most ``chunk_size``,
-  and the peer merges only the entries that carry operations it lacks (no
-  redundant state) and acknowledges its true position.
+  the digests). Either way entries go in frames of at most ``max_frame``
+  bytes (and ``chunk_size`` entries); an entry larger than a frame goes in
+  pieces that the peer reassembles (a few entries per peer at a time, within
+  ``max_state`` plus a frame of bytes, dropped after ``piece_timeout`` or
+  when the sender restarts) and merges only whole.
+  The peer merges only the entries that carry operations it lacks (no
+  redundant state) and acknowledges its true position: a position moves only
+  when every part of the interval arrived.
+- Sizes: a key's state is bounded by ``max_state`` bytes of its encoding.
+  :meth:`Replicator.check_size` tells a caller whether a state fits (updates
+  are not encoded to check them: that would cost O(state) per update); a
+  state over it is not sent, and one received is refused, counted in
+  ``stats.oversize``.
 - A frame that does not parse, claims another node's identity, or would change
   a key's type is dropped and counted; nothing of it is applied.
 
@@ -49,32 +59,43 @@ type's merge plus O(size of its dots).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from random import Random
 from typing import NamedTuple, TypeVar
 
 from sortedcontainers import SortedList
 
+from crdts import codec
 from crdts.base import CRDT, check_replica
 from crdts.dotcontext import CausalContext
-from crdts.errors import DecodeError
+from crdts.errors import DecodeError, StateTooLarge
 from crdts.vclock import VectorClock
 from replication.messages import (
+    DEFAULT_FRAME,
+    MAX_FRAME,
+    MIN_FRAME,
     Ack,
     Entry,
+    EntryTooLarge,
     Message,
+    Piece,
     Push,
     encode,
+    encode_interval,
     encode_keyspace,
     parse,
+    parse_entries,
     sent_by,
 )
 from replication.transport import Outgoing
 
-__all__ = ["Replicator", "ReplicatorStats", "Staged"]
+__all__ = ["DEFAULT_MAX_STATE", "Replicator", "ReplicatorStats", "Staged"]
 
 C = TypeVar("C", bound=CRDT)
+#: The largest state a key may hold unless configured otherwise: 64 MiB of
+#: its canonical encoding.
+DEFAULT_MAX_STATE = 64 * 1024 * 1024
 
 
 class _Change(NamedTuple):
@@ -105,11 +126,34 @@ class ReplicatorStats:
     refused: int = 0  # frames that parsed but were refused (identity, type)
     catch_ups: int = 0  # pushes of whole keys to a peer with no usable log position
     stale: int = 0  # pushes computed for another incarnation of this node
+    oversize: int = 0  # states over max_state: left out of what we send, or refused
+    pieces: int = 0  # entries that arrived in pieces and were reassembled
+    pieces_dropped: int = 0  # reassemblies given up: timed out, replaced, restarted
 
 
-def _chunks(items: list[Entry], size: int) -> Iterator[tuple[Entry, ...]]:
-    for i in range(0, len(items), size):
-        yield tuple(items[i : i + size])
+@dataclass(slots=True)
+class _Assembly:
+    """The pieces of one entry received so far from one peer."""
+
+    piece: Piece  # the first piece that arrived: says which entry this is
+    since: float  # when it arrived
+    chunks: dict[int, bytes]
+    size: int = 0
+
+
+#: Entries in pieces that one peer may have half-received at once.
+_ASSEMBLIES = 8
+
+
+def _entry_of(piece: Piece) -> tuple[object, ...]:
+    # The entry a piece belongs to: the same interval, part and number of
+    # pieces from the same incarnation is the same entry (the interval's end
+    # moves with every change the sender makes).
+    return (piece.sender, piece.to, piece.start, piece.end, piece.part, piece.parts, piece.count)
+
+
+def _since(held: _Assembly) -> float:
+    return held.since
 
 
 class Replicator:
@@ -139,16 +183,25 @@ class Replicator:
         chunk_size: int = 500,
         log_limit: int = 10_000,
         incarnation: int = 0,
+        max_frame: int = DEFAULT_FRAME,
+        max_state: int = DEFAULT_MAX_STATE,
+        piece_timeout: float = 30.0,
     ) -> None:
         """A replica for node ``node_id`` gossiping with ``peers`` (node ids).
 
         ``rng`` makes every random choice (peer selection, incarnations), so
         a seeded one makes the replica deterministic. ``incarnation`` 0 gives
         the replica id ``node_id``; any other gives ``"node_id~incarnation"``.
+        Every frame it sends is at most ``max_frame`` bytes (the TCP driver's
+        ``Limits.max_frame`` must leave room for it and its overhead) and
+        carries at most ``chunk_size`` entries; a key's state may be at most
+        ``max_state`` bytes; a partly received entry is dropped after
+        ``piece_timeout`` (in the time given to :meth:`receive`).
         """
         check_replica(node_id)
         if fanout < 1 or chunk_size < 1 or log_limit < 1:
             raise ValueError("fanout, chunk_size and log_limit are at least 1")
+        self._configure_sizes(max_frame, max_state, piece_timeout)
         self._node = node_id
         self._replica = node_id if incarnation == 0 else f"{node_id}~{incarnation}"
         self._peer_ids = sorted(set(peers) - {node_id})
@@ -463,6 +516,7 @@ class Replicator:
 
         Cost: O(size of the clock) per peer.
         """
+        self._expire_pieces(now)
         if not self._peer_ids:
             return []
         chosen = self._rng.sample(self._peer_ids, min(self._fanout, len(self._peer_ids)))
@@ -525,28 +579,15 @@ class Replicator:
     def _send(
         self, peer: str, to: str, start: int, entries: list[Entry], reply: int
     ) -> list[Outgoing]:
-        parts = list(_chunks(entries, self._chunk)) or [()]
+        # Frames bounded in bytes (messages.encode_interval), entries over
+        # max_state left out: the peer would refuse them.
         held = self._positions.get(to, -1)  # of the peer's log: an ack rides along
-        return [
-            (
-                peer,
-                encode(
-                    Push(
-                        self._replica,
-                        to,
-                        start,
-                        self._head,
-                        i,
-                        len(parts),
-                        reply,
-                        self._clock,
-                        part,
-                        held,
-                    )
-                ),
-            )
-            for i, part in enumerate(parts)
-        ]
+        items = self._encode_entries(entries)
+        template = Push(self._replica, to, start, self._head, 0, 1, reply, self._clock, (), held)
+        frames = encode_interval(
+            template, items, max_frame=self._max_frame, max_entries=self._chunk
+        )
+        return [(peer, frame) for frame in frames]
 
     # -- gossip in ------------------------------------------------------------------
 
@@ -564,7 +605,11 @@ class Replicator:
         Cost: O(len(frame)) to parse, plus each entry's merge.
         """
         try:
-            message = parse(frame)
+            message = parse(frame, max_size=self._max_frame, max_state=self._max_state)
+        except EntryTooLarge:
+            self.stats.oversize += 1
+            self.stats.refused += 1
+            return []
         except DecodeError:
             self.stats.malformed += 1
             return []
@@ -572,6 +617,8 @@ class Replicator:
             self.stats.refused += 1
             return []
         self._meet(sender, message.sender)
+        if isinstance(message, Piece):
+            return self._on_piece(now, sender, message)
         if isinstance(message, Push):
             return self._on_push(sender, message)
         self._on_ack(sender, message.position)
@@ -650,6 +697,158 @@ class Replicator:
         if push.reply and push.part == 0:
             return self._gossip(node, reply=push.reply - 1)  # it carries our ack
         return [(node, encode(Ack(self._replica, self._positions.get(push.sender, -1))))]
+
+    # -- sizes: frames in bytes, entries in pieces, states under max_state ----------
+
+    def _configure_sizes(self, max_frame: int, max_state: int, piece_timeout: float) -> None:
+        if not MIN_FRAME <= max_frame <= MAX_FRAME:
+            raise ValueError(f"max_frame lies in [{MIN_FRAME}, {MAX_FRAME}], got {max_frame}")
+        if max_state < 1 or not piece_timeout > 0:
+            raise ValueError("max_state is at least 1 and piece_timeout positive")
+        self._max_frame = max_frame
+        self._max_state = max_state
+        self._piece_timeout = piece_timeout
+        # peer node -> the entries it is sending in pieces, by _entry_of
+        self._pieces: dict[str, dict[tuple[object, ...], _Assembly]] = {}
+
+    @property
+    def max_frame(self) -> int:
+        """The most bytes of any frame this replica sends or accepts.
+
+        >>> Replicator("a", [], rng=Random(1)).max_frame
+        1048576
+
+        Cost: O(1).
+        """
+        return self._max_frame
+
+    @property
+    def max_state(self) -> int:
+        """The most bytes of a key's encoded state that this replica sends or
+        accepts (see :meth:`check_size`).
+
+        >>> Replicator("a", [], rng=Random(1), max_state=1000).max_state
+        1000
+
+        Cost: O(1).
+        """
+        return self._max_state
+
+    def check_size(self, key: str, state: CRDT) -> int:
+        """The size of ``state``'s canonical encoding, if it may be held under
+        ``key``; StateTooLarge (an InvalidOperation) if it is over
+        ``max_state``. :meth:`update` does not check (it would encode the
+        whole state on every update): call this where a write can grow a
+        state past the limit, such as a register assigned a caller's value.
+
+        >>> from crdts import ORSet
+        >>> r = Replicator("a", [], rng=Random(1), max_state=64)
+        >>> _ = r.update("s", ORSet, lambda s, me: s.add("x" * 10, me))
+        >>> r.check_size("s", r.get("s"))
+        30
+        >>> _ = r.update("s", ORSet, lambda s, me: s.add("y" * 100, me))
+        >>> r.check_size("s", r.get("s"))
+        Traceback (most recent call last):
+        ...
+        crdts.errors.StateTooLarge: the state under 's' is 133 bytes, over the limit of 64
+
+        Cost: an encoding of ``state``, O(size).
+        """
+        size = len(codec.encode(state))
+        if size > self._max_state:
+            raise StateTooLarge(
+                f"the state under {key!r:.40} is {size} bytes, over the limit of {self._max_state}"
+            )
+        return size
+
+    def _encode_entries(self, entries: list[Entry]) -> list[bytes]:
+        # Each entry as it travels (messages.encode_entry), but the state
+        # encoded once, to leave out those over max_state.
+        items = []
+        for entry in entries:
+            state = codec.encode(entry.state)
+            if len(state) > self._max_state:
+                self.stats.oversize += 1
+                continue
+            items.append(codec.encode_plain([entry.key, state, entry.ops.to_payload()]))
+        return items
+
+    def _on_piece(self, now: float, node: str, piece: Piece) -> list[Outgoing]:
+        # A peer's entries are reassembled into at most _ASSEMBLIES entries
+        # and max_state plus a frame of bytes (the oldest dropped to make
+        # room); what another incarnation of the sender sent, or what is
+        # older than piece_timeout, is dropped. The entry is handled as the
+        # push it belongs to once it is whole, so its part counts only then.
+        bound = self._max_state + self._max_frame
+        if piece.index + 1 < piece.count and len(piece.chunk) < MIN_FRAME // 2:
+            self.stats.malformed += 1  # an honest sender cuts pieces of a frame each
+            return []
+        if piece.count > bound // (MIN_FRAME // 2) + 1:
+            self.stats.oversize += 1
+            self.stats.refused += 1
+            return []
+        gathering = self._pieces.setdefault(node, {})
+        for other, gathered in list(gathering.items()):
+            if gathered.piece.sender != piece.sender or now - gathered.since > self._piece_timeout:
+                del gathering[other]
+                self.stats.pieces_dropped += 1
+        which = _entry_of(piece)
+        held = gathering.get(which)
+        if held is None:
+            held = gathering[which] = _Assembly(piece, now, {})
+        if piece.index in held.chunks:
+            return []  # a duplicate
+        held.chunks[piece.index] = piece.chunk
+        held.size += len(piece.chunk)
+        if held.size > bound:
+            del gathering[which]
+            self.stats.oversize += 1
+            self.stats.refused += 1
+            return []
+        while len(gathering) > _ASSEMBLIES or sum(h.size for h in gathering.values()) > bound:
+            oldest = min((h for h in gathering.values() if h is not held), key=_since)
+            del gathering[_entry_of(oldest.piece)]
+            self.stats.pieces_dropped += 1
+        if len(held.chunks) < piece.count:
+            return []
+        del gathering[which]
+        data = b"".join(held.chunks[i] for i in range(piece.count))
+        try:
+            raw = codec.decode_plain(data, max_size=bound)
+            entries = parse_entries([raw], max_state=self._max_state)
+        except EntryTooLarge:
+            self.stats.oversize += 1
+            self.stats.refused += 1
+            return []
+        except DecodeError:
+            self.stats.malformed += 1
+            return []
+        push = Push(
+            piece.sender,
+            piece.to,
+            piece.start,
+            piece.end,
+            piece.part,
+            piece.parts,
+            piece.reply,
+            piece.clock,
+            entries,
+            piece.ack,
+        )
+        if not self._acceptable(node, push):
+            self.stats.refused += 1
+            return []
+        self.stats.pieces += 1
+        return self._on_push(node, push)
+
+    def _expire_pieces(self, now: float) -> None:
+        for node, gathering in list(self._pieces.items()):
+            for which, held in list(gathering.items()):
+                if now - held.since > self._piece_timeout:
+                    del gathering[which]
+                    self.stats.pieces_dropped += 1
+            if not gathering:
+                del self._pieces[node]
 
     def _on_ack(self, node: str, position: int) -> None:
         # Set, not max: an ack reports the peer's true position, which drops

@@ -7,9 +7,12 @@ with it: it calls ``tick`` every ``interval`` seconds of the event loop's
 clock and ``receive`` for every frame that arrives, and sends what they return.
 
 On the wire every frame is a 4-byte big-endian length and then the body. The
-length is checked against ``Limits.max_frame`` *before* the body is read (a
-``StreamReader.readexactly`` of a hostile length would otherwise buffer it),
-and the body must follow within ``Limits.read_timeout``.
+length is checked against ``Limits.max_frame`` (between peers: the
+replicator's frame size, 1 MiB by default, plus room for the MAC and the
+snapshot layer's header) or ``Limits.max_client_frame`` (client requests and
+answers) *before* the body is read (a ``StreamReader.readexactly`` of a
+hostile length would otherwise buffer it), and the body must follow within
+``Limits.read_timeout``.
 
 Every connection opens with the handshake of ``replication.auth``: hellos with
 fresh nonces, then proofs that bind each side's node id to the cluster key.
@@ -46,10 +49,11 @@ from dataclasses import dataclass, field
 from random import Random
 
 from replication.auth import AuthError, Handshake, Hello, Session
-from replication.messages import MAX_FRAME
+from replication.messages import DEFAULT_FRAME, MAX_FRAME
 from replication.transport import Node
 
 __all__ = [
+    "OVERHEAD",
     "Channel",
     "FrameTooLarge",
     "Limits",
@@ -68,7 +72,7 @@ log = logging.getLogger("crdtkit.tcp")
 _LENGTH = 4
 #: A sealed frame's overhead (sequence number, MAC) and the snapshot layer's
 #: header, on top of the largest replicator frame.
-_OVERHEAD = 64 * 1024
+OVERHEAD = _OVERHEAD = 64 * 1024
 
 
 class FrameTooLarge(Exception):
@@ -91,7 +95,12 @@ class Limits:
     (64, 0.5)
     """
 
-    max_frame: int = MAX_FRAME + _OVERHEAD
+    #: Between peers: a replicator's frame (``Replicator(max_frame=...)``,
+    #: the same on every node) plus overhead. A node whose replicator sends
+    #: larger frames needs ``Limits(max_frame=its max_frame + OVERHEAD)``.
+    max_frame: int = DEFAULT_FRAME + _OVERHEAD
+    #: Client requests and answers (a keyspace, a recording): larger.
+    max_client_frame: int = MAX_FRAME + _OVERHEAD
     max_connections: int = 64  # accepted connections open at once
     max_per_address: int = 8  # of those, from one IP address
     handshake_timeout: float = 5.0
@@ -464,7 +473,8 @@ class Channel:
         Cost: O(frame size)."""
         limits = self._limits
         wait = limits.idle_timeout if timeout is None else timeout
-        sealed = await read_frame(self._reader, limits.max_frame, wait, limits.read_timeout)
+        cap = limits.max_client_frame
+        sealed = await read_frame(self._reader, cap, wait, limits.read_timeout)
         return self._session.open(sealed)
 
     async def send(self, body: bytes) -> None:

@@ -26,6 +26,7 @@ EXPECTED = [
     "codec decode ORSet",
     "codec encode GCounter",
     "codec decode GCounter",
+    "decode hostile CBOR, empty arrays",
     "gossip rounds to converge, 16 replicas",
     "gossip rounds to converge, 64 replicas",
     "gossip bytes per round",

@@ -46,6 +46,8 @@ FUNCTIONS = [
     base.join,
     base.leq,
     messages.encode,
+    messages.encode_entry,
+    messages.encode_interval,
     messages.parse,
     store.encode_row,
     store.decode_row,
