@@ -8,9 +8,10 @@ request id the answer repeats:
 - ``["update", id, key, type, kind, [args]]``: apply an update of a built-in
   type (``replication.history.check_update`` lists them). Answered, once the
   node has written it to its checkpoint file, with ``["done", id, replica,
-  counter, observed, delta]``: the update's dot, the dots it observed on its
-  key, and its delta, all a caller needs to log it as an ``Operation``.
-- ``["get", id, key]``: ``["state", id, state or null, dots]``.
+  counter, observed, delta]``: the update's dot, the operations it observed
+  on its key (dot ranges, ``replication.dotranges``), and its delta, all a
+  caller needs to log it as an ``Operation``.
+- ``["get", id, key]``: ``["state", id, state or null, dot ranges]``.
 - ``["keyspace", id]``: ``["keyspace", id, bytes]`` (``encode_keyspace``).
 - ``["snapshot", id]``: start a Chandy-Lamport snapshot at the node:
   ``["snapshot", id, initiator, number]``.

@@ -12,6 +12,10 @@ The messages (see ``replication.replicator`` for the protocol):
 - :class:`Push`: part of a delta interval ``(start, end]`` of the sender's log
   (``start`` -1: a catch-up, the whole log as the keys it changed), or, with
   no entries and an empty interval, the opening of a round;
+  each entry carries its operations as per-key dot ranges
+  (``replication.dotranges``); a frame whose ranges its sender cannot back
+  (a catch-up entry that is not a whole key, operations of the sender beyond
+  the sender's own clock, a clock with gaps) does not parse;
 - :class:`Ack`: "I have your log up to ``position``" (-1: nothing of it).
 
 Cost: encoding and parsing are O(frame size) plus the codec's cost per state.
@@ -27,6 +31,7 @@ from crdts import codec
 from crdts.base import CRDT, expect_list, expect_replica, expect_uint
 from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError
+from replication.dotranges import DotRanges
 
 __all__ = [
     "MAX_FRAME",
@@ -44,23 +49,27 @@ __all__ = [
 
 #: Frames above this size are refused before parsing.
 MAX_FRAME = 16 * 1024 * 1024
-VERSION = 1
+#: 2: entries carry per-key dot ranges (``DotRanges``), not dot sets.
+VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One key's state or delta, with the operations (dots) it carries."""
+    """One key's state or delta, with the operations it carries: for each
+    writer, a stretch of its operations on this key (``lo`` 0 for a whole
+    key's state)."""
 
     key: str
     state: CRDT
-    ops: CausalContext
+    ops: DotRanges
 
 
 @dataclass(frozen=True, slots=True)
 class Push:
     """Part ``part`` of ``parts`` of the sender's log interval ``(start, end]``,
-    with the dots of every operation the sender holds (``clock``), so that
-    the answer leaves out what the sender already has. ``reply``: 0, none
+    with the sender's prefix clock (``clock``: for each writer, every one of
+    its operations up to that counter is held; a version vector, no gaps),
+    so that the answer leaves out what the sender already has. ``reply``: 0, none
     wanted; 1, answer with your push; 2, answer with your push and ask for
     mine (a round opens with an empty push, so both directions are filtered
     by a fresh clock). ``to`` is the receiver's replica id the push was
@@ -118,7 +127,7 @@ def encode_keyspace(states: Iterable[tuple[str, CRDT]]) -> bytes:
 
 
 def encode_entries(entries: Iterable[Entry]) -> list[object]:
-    """``[[key, state bytes, dots], ...]``: how entries travel and are saved."""
+    """``[[key, state bytes, dot ranges], ...]``: how entries travel and are saved."""
     return [[e.key, codec.encode(e.state), e.ops.to_payload()] for e in entries]
 
 
@@ -159,8 +168,26 @@ def parse_entries(raw: object) -> tuple[Entry, ...]:
             raise DecodeError(f"entry: key {key!r:.40} twice in one message")
         seen.add(key)
         state = codec.decode(fields[1])
-        out.append(Entry(key, state, CausalContext.from_payload(fields[2], "entry ops")))
+        out.append(Entry(key, state, DotRanges.from_payload(fields[2], "entry ops")))
     return tuple(out)
+
+
+def _check_claims(
+    sender: str, start: int, clock: CausalContext, entries: tuple[Entry, ...]
+) -> None:
+    # Ranges the sender cannot back make the whole frame malformed: a prefix
+    # clock has no gaps; a catch-up carries whole keys; and no entry holds
+    # operations of the sender that its own clock says it never issued.
+    if clock.cloud:
+        raise DecodeError("push clock: a prefix clock has no gaps")
+    own = clock.vv.get(sender, 0)
+    for entry in entries:
+        if start == -1 and not entry.ops.is_whole():
+            raise DecodeError(f"push: catch-up entry {entry.key!r:.40} is not a whole key")
+        if entry.ops.top(sender) > own:
+            raise DecodeError(
+                f"push: entry {entry.key!r:.40} claims operations of its sender beyond its clock"
+            )
 
 
 _ARITY = {"push": 12, "ack": 4}
@@ -194,5 +221,6 @@ def parse(frame: bytes, *, max_size: int = MAX_FRAME) -> Message:
             raise DecodeError("push: inconsistent interval or parts")
         clock = CausalContext.from_payload(f[6], "push clock")
         entries, ack = parse_entries(f[7]), expect_uint(f[8], "push ack", -1)
+        _check_claims(sender, start, clock, entries)
         return Push(sender, to, start, end, part, parts, f[5], clock, entries, ack)
     return Ack(sender, expect_uint(f[0], "ack position", -1))

@@ -78,7 +78,7 @@ def test_sigterm_writes_a_last_checkpoint(tmp_path: Path) -> None:
     with LocalCluster(1, tmp_path) as cluster:
         history = asyncio.run(asyncio.wait_for(test(cluster), 60))
     local = read_checkpoint(tmp_path / "n0" / "checkpoint.snap")
-    assert all(local.clock.contains(*op.dot) for op in history.operations)
+    assert all(local.clock.contains(op.key, *op.dot) for op in history.operations)
     assert "stopped; 20 updates" in cluster.log("n0")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from crdts import CausalContext, GCounter, ORSet
+from crdts import GCounter, ORSet
 from replication import Replicator
 from replication.messages import Entry
 from snapshot import LocalState, restore_replica
@@ -25,9 +25,10 @@ def _records(path: Path) -> tuple[Replicator, list[int]]:
             ("hits", lambda c, me: c.increment(me, 3)),
         ):
             new = GCounter if key == "hits" else ORSet
+            observed = r.ops(key)
             delta = r.update(key, new, mutate)
             dot = (r.replica_id, r.clock.vv[r.replica_id])
-            journal.append([Entry(key, delta, CausalContext.from_dots([dot]))])
+            journal.append([Entry(key, delta, observed.successor(*dot))])
             journal.sync()
             ends.append(path.stat().st_size)
     return r, ends
