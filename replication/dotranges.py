@@ -91,28 +91,57 @@ class DotRanges:
         return span is not None and span[1] < counter <= span[3]
 
     def count(self, replica: str) -> int:
-        """How many operations of ``replica`` are covered. Cost: O(1)."""
+        """How many operations of ``replica`` are covered.
+
+        >>> DotRanges({"a": (1, 3, 4, 9)}).count("a"), DotRanges().count("a")
+        (3, 0)
+
+        Cost: O(1).
+        """
         span = self.spans.get(replica)
         return 0 if span is None else span[2] - span[0]
 
     def held(self, replica: str) -> int:
         """``hi`` for ``replica``: with ``lo`` 0, how many of its operations on
-        this key are held (0 if none). Cost: O(1)."""
+        this key are held (0 if none).
+
+        >>> DotRanges({"a": (1, 3, 4, 9)}).held("a")
+        4
+
+        Cost: O(1).
+        """
         span = self.spans.get(replica)
         return 0 if span is None else span[2]
 
     def top(self, replica: str) -> int:
         """The dot counter of ``replica``'s last covered operation, 0 if none.
-        Cost: O(1)."""
+
+        >>> DotRanges({"a": (1, 3, 4, 9)}).top("a"), DotRanges().top("a")
+        (9, 0)
+
+        Cost: O(1).
+        """
         span = self.spans.get(replica)
         return 0 if span is None else span[3]
 
     def origins(self) -> set[str]:
-        """The writers with at least one covered operation. Cost: O(writers)."""
+        """The writers with at least one covered operation.
+
+        >>> sorted(DotRanges.whole({"b": (1, 2), "a": (1, 1)}).origins())
+        ['a', 'b']
+
+        Cost: O(writers).
+        """
         return set(self.spans)
 
     def items(self) -> Iterator[tuple[str, Span]]:
-        """``(writer, span)`` pairs. Cost: O(1) per pair."""
+        """``(writer, span)`` pairs.
+
+        >>> list(DotRanges.whole({"a": (1, 1)}).items())
+        [('a', (0, 0, 1, 1))]
+
+        Cost: O(1) per pair.
+        """
         return iter(self.spans.items())
 
     def is_whole(self) -> bool:
@@ -209,8 +238,14 @@ class DotRanges:
         return DotRanges({replica: (hi, hi_dot, hi + 1, counter)})
 
     def add(self, replica: str, counter: int) -> None:
-        """Cover ``replica``'s next operation on this key, dot ``counter``.
-        Cost: O(1)."""
+        """Cover ``replica``'s next operation on this key, dot ``counter``
+        (ValueError unless ``counter`` is above its last).
+
+        >>> d = DotRanges(); d.add("a", 4); d
+        DotRanges({'a': (0, 0, 1, 4)})
+
+        Cost: O(1).
+        """
         self.merge(self.successor(replica, counter))
 
     def merge(self, other: DotRanges) -> None:
@@ -235,7 +270,13 @@ class DotRanges:
                 mine[replica] = (lo, lo_dot, hi, hi_dot)
 
     def copy(self) -> DotRanges:
-        """An independent copy. Cost: O(writers)."""
+        """An independent copy.
+
+        >>> d = DotRanges(); e = d.copy(); e.add("a", 1); d.count("a"), e.count("a")
+        (0, 1)
+
+        Cost: O(writers).
+        """
         return DotRanges(self.spans)
 
     def __eq__(self, other: object) -> bool:

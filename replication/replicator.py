@@ -400,8 +400,10 @@ class Replicator:
     def _issue(self, key: str) -> DotRanges:
         """A new local operation's identity on ``key``: the next dot of this
         replica, as the stretch that follows the key's bookkeeping (what its
-        delta carries). Only the dot counter changes; :meth:`_hold` then
-        records it. Cost: O(1)."""
+        delta carries; the key's bookkeeping after the operation is
+        ``ops(key)`` merged with it). Only the dot counter changes (a dot is
+        never issued twice, even if the operation is then abandoned);
+        :meth:`_hold` then records it, :meth:`_record` logs it. Cost: O(1)."""
         self._counter += 1
         held = self._ops.get(key)
         return (DotRanges() if held is None else held).successor(self._replica, self._counter)
@@ -413,6 +415,7 @@ class Replicator:
         held = self._ops.get(key)
         if held is None:
             held = self._ops[key] = DotRanges()
+        mine = self._replica
         for writer, (_, _, hi, hi_dot) in ops.items():
             before = held.held(writer)
             if hi <= before:
@@ -421,8 +424,10 @@ class Replicator:
             top = self._top.get(writer, 0)
             if hi_dot > top:
                 top = self._top[writer] = hi_dot
-            if count == top:
-                # Its first `top` operations, all of them: a prefix held.
+            if count == top or writer == mine:
+                # Its first `top` operations, all of them: a prefix held. (Our
+                # own are all here: a dot issued and never installed, by a
+                # failed staged update, names no operation anyone holds.)
                 self._clock.vv[writer] = top
         held.merge(ops)
 

@@ -78,12 +78,26 @@ class KeyspaceClock:
     keys: Mapping[str, DotRanges]
 
     def contains(self, key: str, replica: str, counter: int) -> bool:
-        """Whether the operation ``(replica, counter)`` on ``key`` is held."""
+        """Whether the operation ``(replica, counter)`` on ``key`` is held.
+
+        >>> KeyspaceClock({"k": DotRanges.whole({"a": (1, 3)})}).contains("k", "a", 3)
+        True
+
+        Cost: O(1).
+        """
         ranges = self.keys.get(key)
         return ranges is not None and ranges.contains(replica, counter)
 
     def issubset(self, other: KeyspaceClock) -> bool:
-        """Whether every operation held here is held by ``other``, key by key."""
+        """Whether every operation held here is held by ``other``, key by key.
+
+        >>> small = KeyspaceClock({"k": DotRanges.whole({"a": (1, 3)})})
+        >>> big = KeyspaceClock({"k": DotRanges.whole({"a": (2, 5)}), "j": DotRanges()})
+        >>> small.issubset(big), big.issubset(small)
+        (True, False)
+
+        Cost: O(keys x writers) here.
+        """
         theirs = other.keys
         return all(
             (held := theirs.get(key)) is not None and ranges.issubset(held)
@@ -92,19 +106,40 @@ class KeyspaceClock:
 
     def top(self, replica: str) -> int:
         """The highest dot counter of ``replica`` held under any key (its
-        entry in a vector clock of highest dots, as in Mattern's cut test)."""
+        entry in a vector clock of highest dots, as in Mattern's cut test).
+
+        >>> KeyspaceClock({"k": DotRanges.whole({"a": (1, 3)}),
+        ...                "j": DotRanges.whole({"a": (1, 4)})}).top("a")
+        4
+
+        Cost: O(keys).
+        """
         return max((r.top(replica) for r in self.keys.values()), default=0)
 
     def count(self, replica: str) -> int:
-        """How many operations of ``replica`` are held, over all keys."""
+        """How many operations of ``replica`` are held, over all keys.
+
+        >>> KeyspaceClock({"k": DotRanges.whole({"a": (1, 3)}),
+        ...                "j": DotRanges.whole({"a": (1, 4)})}).count("a")
+        2
+
+        Cost: O(keys).
+        """
         return sum(r.count(replica) for r in self.keys.values())
 
     def origins(self) -> set[str]:
-        """The writers with at least one operation held."""
+        """The writers with at least one operation held.
+
+        >>> KeyspaceClock({"k": DotRanges.whole({"a": (1, 3)})}).origins()
+        {'a'}
+
+        Cost: O(keys x writers).
+        """
         return {w for r in self.keys.values() for w in r.origins()}
 
     def to_payload(self) -> list[object]:
-        """``[key, ranges, ...]`` in key order: equal clocks, equal payloads."""
+        """``[key, ranges, ...]`` in key order: equal clocks, equal payloads.
+        Cost: O(keys x writers)."""
         return [x for key in sorted(self.keys) for x in (key, self.keys[key].to_payload())]
 
     def __eq__(self, other: object) -> bool:

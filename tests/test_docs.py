@@ -11,7 +11,7 @@ import pytest
 import crdts
 from crdtkit import demo, protocol
 from crdts import base, codec
-from replication import Replicator, auth, messages, simnet, tcp
+from replication import Replicator, auth, dotranges, messages, simnet, tcp
 from snapshot import cut, files, marker, sec
 
 CLASSES = [
@@ -22,10 +22,12 @@ CLASSES = [
     crdts.MVRegister,
     crdts.VectorClock,
     crdts.CausalContext,
+    dotranges.DotRanges,
     Replicator,
     simnet.SimulatedNetwork,
     cut.GlobalSnapshot,
     cut.LocalState,
+    cut.KeyspaceClock,
     marker.SnapshotNode,
     sec.SECReport,
     sec.Verdict,
@@ -42,6 +44,7 @@ FUNCTIONS = [
     base.leq,
     messages.encode,
     messages.parse,
+    cut.join_entries,
     cut.restore_replica,
     cut.restore_cluster,
     marker.gather,
