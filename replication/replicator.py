@@ -442,7 +442,15 @@ class Replicator:
             change.seq = self._head
             if change.origin != origin:
                 change.origin = None
-            if change.delta is not None and change.ops is not None and change.ops.joinable(ops):
+            if change.delta is None or change.ops is None:
+                pass  # the whole key already
+            elif change.ops.issubset(ops):
+                # Exactness: a delta is the join of the operations it claims,
+                # so one claiming more is the join of both (a whole state, say).
+                change.delta, change.ops = delta, ops
+            elif ops.issubset(change.ops):
+                pass
+            elif change.ops.joinable(ops):
                 change.delta.merge(delta)
                 change.ops.merge(ops)
             else:
