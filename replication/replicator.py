@@ -682,8 +682,10 @@ class Replicator:
             if position >= 0:
                 self._positions[push.sender] = -1
             self._parts.pop(push.sender, None)
-        elif push.start <= position < push.end:
+        elif push.to == self._replica and push.start <= position < push.end:
             # The interval lifts us to its end once every part has arrived.
+            # (Only one computed for this incarnation: what it left out as
+            # held, another incarnation may have lost.)
             start, end, parts = self._parts.get(push.sender, (push.start, push.end, set()))
             if (start, end) != (push.start, push.end):
                 parts = set()
