@@ -268,7 +268,7 @@ def test_keys_stay_exact_and_prefix_clocks_sound_under_loss_reordering_and_resta
     queue: list[tuple[str, str, bytes]] = []  # (source, destination, frame)
     for _ in range(steps):
         action = rng.choice(["update", "update", "tick", "deliver", "deliver", "deliver",
-                             "drop", "duplicate", "save", "restart"])
+                             "drop", "duplicate", "save", "restart", "one-delta"])
         node = rng.choice(ids)
         replica = replicas[node]
         if action == "update":
@@ -283,6 +283,16 @@ def test_keys_stay_exact_and_prefix_clocks_sound_under_loss_reordering_and_resta
             if action != "drop":
                 out = replicas[destination].receive(0.0, source, frame)
                 queue += [(destination, to, f) for to, f in out]
+        elif action == "one-delta" and history.operations:
+            # One logged operation's own delta, sent on by the node that made
+            # it, to another: out of order, it may need operations the
+            # receiver lacks (a gap), or be old news.
+            op = rng.choice(history.operations)
+            source = op.dot[0].partition("~")[0]
+            destination = rng.choice([i for i in ids if i != source])
+            push = Push(replicas[source].replica_id, replicas[destination].replica_id, 0, 0, 0, 1,
+                        0, replicas[source].clock, (op.entry(),))
+            queue.append((source, destination, encode(push)))
         elif action == "save":
             held = replica.keys()
             saved[node] = [Entry(k, s, replica.ops(k)) for k in held
