@@ -221,7 +221,8 @@ def test_a_restored_replica_recovers_its_exact_prefix_clock() -> None:
     a = Replicator("a", [], rng=random.Random(1))
     for i in range(30):
         a.update(f"k{i % 3}", GCounter, increment)
-    back = Replicator.restore(a.save(), [], rng=random.Random(2), incarnation=1)
+    entries = [Entry(k, s, a.ops(k)) for k in ("k0", "k1", "k2") if (s := a.get(k)) is not None]
+    back = Replicator.from_entries("a", entries, [], rng=random.Random(2), incarnation=1)
     assert back.clock.vv == {"a": 30}
     delta = DotRanges({"a": (1, 1, 2, 4)})
     with pytest.raises(ValueError, match="delta"):
