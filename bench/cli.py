@@ -13,7 +13,7 @@ from importlib.metadata import version
 from pathlib import Path
 from random import Random
 
-from bench import codec, counters, gossip, peers, processes, sets, store
+from bench import bookkeeping, codec, counters, gossip, peers, processes, sets, store
 from bench.harness import Config, Row, render, write_json
 
 Benchmark = Callable[[Config, Random], list[Row]]
@@ -35,6 +35,7 @@ BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("gossip-scale-state", gossip.scale_state),
     ("store-flush", store.flush_changed),
     ("tcp-processes", processes.processes),
+    ("bounded-state", bookkeeping.bounded_state),
 ]
 
 

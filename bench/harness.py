@@ -44,6 +44,7 @@ class Config:
     gossip_keys: int  # keys in the bytes-per-round keyspace
     gossip_rounds: int  # steady-state rounds measured for bytes per round
     gossip_elements: tuple[int, ...]  # ORSet sizes for the state-size scale
+    bookkeeping_updates: tuple[int, int]  # bounded state: updates of the floor, of the figure
 
     @classmethod
     def full(cls, repeat: int | None = None) -> Config:
@@ -67,6 +68,7 @@ class Config:
             gossip_keys=10_000,
             gossip_rounds=10,
             gossip_elements=(1_000, 10_000, 100_000),
+            bookkeeping_updates=(10_000, 1_000_000),
         )
 
     @classmethod
@@ -91,6 +93,7 @@ class Config:
             gossip_keys=1_000,
             gossip_rounds=5,
             gossip_elements=(1_000, 10_000),
+            bookkeeping_updates=(2_000, 20_000),
         )
 
 

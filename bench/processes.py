@@ -43,8 +43,8 @@ from crdtkit.client import Client
 from crdtkit.cluster import LocalCluster, converge, problems
 from crdtkit.node import MAX_IN_FLIGHT
 from crdts.base import CRDT
-from crdts.dotcontext import CausalContext
 from replication import Replicator
+from replication.dotranges import DotRanges
 from replication.history import TYPES, History, Operation, random_operation
 from replication.replicator import Staged
 from replication.sqlite import SQLiteStore
@@ -216,7 +216,7 @@ def _commit_batch(
     history.operations += done
 
 
-def _stage(batch: Staged, history: History, op: Op) -> tuple[CRDT, tuple[str, int], CausalContext]:
+def _stage(batch: Staged, history: History, op: Op) -> tuple[CRDT, tuple[str, int], DotRanges]:
     key, type_name, kind, args = op
     spec = history.spec(type_name)
     return batch.update(key, spec.new, lambda s, me: spec.mutate(s, me, kind, args))

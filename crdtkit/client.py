@@ -30,8 +30,8 @@ from typing import Any
 from crdtkit import protocol
 from crdts import codec
 from crdts.base import CRDT, expect_list, expect_replica, expect_uint
-from crdts.dotcontext import CausalContext
 from crdts.errors import CRDTError, DecodeError
+from replication.dotranges import DotRanges
 from replication.history import Operation, check_update
 from replication.messages import Entry
 from replication.tcp import Channel, Limits, connect
@@ -162,7 +162,7 @@ class Client:
         if type(delta) is not bytes:
             raise DecodeError("an update's delta is bytes")
         dot = (expect_replica(replica, "dot"), expect_uint(counter, "dot", 1))
-        context = CausalContext.from_payload(observed, "observed")
+        context = DotRanges.from_payload(observed, "observed")
         return Operation(key, type_name, kind, tuple(items), dot, context, codec.decode(delta))
 
     async def get(self, key: str) -> CRDT | None:
@@ -179,7 +179,7 @@ class Client:
             return None
         if type(held) is not bytes:
             raise DecodeError("a state is bytes")
-        return Entry(key, codec.decode(held), CausalContext.from_payload(dots, "dots"))
+        return Entry(key, codec.decode(held), DotRanges.from_payload(dots, "dots"))
 
     async def keyspace(self) -> bytes:
         """The node's whole keyspace as canonical CBOR (equal keyspaces, equal

@@ -8,14 +8,15 @@ request id the answer repeats:
 - ``["update", id, key, type, kind, [args], request id]``: apply an update
   of a built-in type (``replication.history.check_update`` lists them).
   Answered, once the node's store committed it, with ``["done", id, replica,
-  counter, observed, delta]``: the update's dot, the dots it observed on its
-  key, and its delta, all a caller needs to log it as an ``Operation``. The
-  request id (1 to 64 bytes, unique per update: the client makes it) makes
-  a retry safe: an update whose request id the node has answered is
-  answered the same again, not applied twice, even after a restart. An
-  update that could not be committed is answered with an error saying "not
-  applied", and is not applied.
-- ``["get", id, key]``: ``["state", id, state or null, dots]``.
+  counter, observed, delta]``: the update's dot, the operations it observed
+  on its key (dot ranges, ``replication.dotranges``), and its delta, all a
+  caller needs to log it as an ``Operation``. The request id (1 to 64
+  bytes, unique per update: the client makes it) makes a retry safe: an
+  update whose request id the node has answered is answered the same again,
+  not applied twice, even after a restart. An update that could not be
+  committed is answered with an error saying "not applied", and is not
+  applied.
+- ``["get", id, key]``: ``["state", id, state or null, dot ranges]``.
 - ``["keyspace", id]``: ``["keyspace", id, bytes]`` (``encode_keyspace``).
 - ``["snapshot", id]``: start a Chandy-Lamport snapshot at the node:
   ``["snapshot", id, initiator, number]``.

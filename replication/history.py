@@ -1,7 +1,8 @@
 """Operation logs and sequential specifications: what replicas must converge to.
 
 Every update made through :class:`History` is logged with its dot and with the
-dots its replica had seen on that key (what it *observed*). After the replicas
+operations its replica had seen on that key (what it *observed*, as per-key
+dot ranges: ``replication.dotranges``). After the replicas
 have exchanged everything, each key's value must equal its type's sequential
 specification (TESTING.md) over the operations that survived, computed from
 the log alone, never from the CRDT under test:
@@ -12,8 +13,8 @@ the log alone, never from the CRDT under test:
 - MV-Register: the writes no other write observed;
 - VectorClock: the number of increments per replica.
 
-An operation *survives* when its dot is in the converged replicas' context for
-its key; an operation *acknowledged* by another replica (its dot was in that
+An operation *survives* when its key's bookkeeping in the converged replicas
+covers its dot; an operation *acknowledged* by another replica (its dot was in that
 replica's context) must survive, whatever crashes happen.
 
 >>> import random
@@ -36,9 +37,9 @@ from typing import Any, TypeAlias
 
 from crdts import GCounter, LWWRegister, MVRegister, ORSet, PNCounter, VectorClock, codec
 from crdts.base import CRDT, MAX_UINT, expect_list, expect_replica, expect_uint
-from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError
 from crdts.lwwregister import _order
+from replication.dotranges import DotRanges
 from replication.messages import Entry
 from replication.replicator import Replicator
 
@@ -99,13 +100,14 @@ class Operation:
     kind: str
     args: tuple[Any, ...]
     dot: Dot
-    observed: CausalContext
+    observed: DotRanges
     delta: CRDT
 
     def entry(self) -> Entry:
-        """The update as an entry: its key, its delta and its dot (what a
+        """The update as an entry: its key, its delta and its stretch (the
+        writer's next operation on the key after what it observed; what a
         journal keeps of it). Cost: O(1) besides the delta, shared."""
-        return Entry(self.key, self.delta, CausalContext.from_dots([self.dot]))
+        return Entry(self.key, self.delta, self.observed.successor(*self.dot))
 
 
 @dataclass
@@ -176,7 +178,7 @@ class History:
                     kind,
                     tuple(args),
                     (expect_replica(replica, "dot"), expect_uint(counter, "dot", 1)),
-                    CausalContext.from_payload(observed, "observed"),
+                    _observed(observed),
                     state,
                 )
             )
@@ -239,7 +241,7 @@ class History:
             by_key.setdefault(op.key, []).append(op)
         for key, ops in sorted(by_key.items()):
             entry = held(key)
-            context = CausalContext() if entry is None else entry.ops
+            context = DotRanges() if entry is None else entry.ops
             survivors = [op for op in ops if context.contains(*op.dot)]
             kept = {op.dot for op in survivors}
             lost = [op.dot for op in ops if op.dot in must_survive and op.dot not in kept]
@@ -252,7 +254,14 @@ class History:
         return out
 
 
-_LOG_TAG, _LOG_VERSION = "crdtkit-log", 1
+_LOG_TAG, _LOG_VERSION = "crdtkit-log", 2  # 2: observed as per-key dot ranges
+
+
+def _observed(raw: object) -> DotRanges:
+    observed = DotRanges.from_payload(raw, "observed")
+    if not observed.is_whole():
+        raise DecodeError("observed: not a key's whole bookkeeping")
+    return observed
 
 #: The arguments of each built-in update: an amount, a value, a timestamp or None.
 _ARGS: dict[tuple[str, str], tuple[str, ...]] = {

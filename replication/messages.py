@@ -12,6 +12,10 @@ The messages (see ``replication.replicator`` for the protocol):
 - :class:`Push`: part of a delta interval ``(start, end]`` of the sender's log
   (``start`` -1: a catch-up, the whole log as the keys it changed), or, with
   no entries and an empty interval, the opening of a round;
+- :class:`Push`'s entries carry their operations as per-key dot ranges
+  (``replication.dotranges``); a frame whose ranges its sender cannot back
+  (a catch-up entry that is not a whole key, operations of the sender beyond
+  the sender's own clock, a clock with gaps) does not parse;
 - :class:`Ack`: "I have your log up to ``position``" (-1: nothing of it);
 - :class:`Piece`: one piece of a single entry too large for any frame: the
   entry's encoding cut in ``count`` pieces, which together make part
@@ -36,6 +40,7 @@ from crdts import codec
 from crdts.base import CRDT, expect_list, expect_replica, expect_uint
 from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError
+from replication.dotranges import DotRanges
 
 __all__ = [
     "DEFAULT_FRAME",
@@ -46,6 +51,7 @@ __all__ = [
     "Message",
     "Piece",
     "Push",
+    "check_claims",
     "encode",
     "encode_entries",
     "encode_entry",
@@ -64,7 +70,8 @@ DEFAULT_FRAME = 1024 * 1024
 #: The least ``max_frame`` a replicator accepts: room for a frame's fields and
 #: a clock, and pieces large enough that an entry is not cut into thousands.
 MIN_FRAME = 4096
-VERSION = 1
+#: 2: entries carry per-key dot ranges (``DotRanges``), not dot sets.
+VERSION = 2
 
 
 class EntryTooLarge(DecodeError):
@@ -73,18 +80,21 @@ class EntryTooLarge(DecodeError):
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One key's state or delta, with the operations (dots) it carries."""
+    """One key's state or delta, with the operations it carries: for each
+    writer, a stretch of its operations on this key (``lo`` 0 for a whole
+    key's state)."""
 
     key: str
     state: CRDT
-    ops: CausalContext
+    ops: DotRanges
 
 
 @dataclass(frozen=True, slots=True)
 class Push:
     """Part ``part`` of ``parts`` of the sender's log interval ``(start, end]``,
-    with the dots of every operation the sender holds (``clock``), so that
-    the answer leaves out what the sender already has. ``reply``: 0, none
+    with the sender's prefix clock (``clock``: for each writer, every one of
+    its operations up to that counter is held; a version vector, no gaps),
+    so that the answer leaves out what the sender already has. ``reply``: 0, none
     wanted; 1, answer with your push; 2, answer with your push and ask for
     mine (a round opens with an empty push, so both directions are filtered
     by a fresh clock). ``to`` is the receiver's replica id the push was
@@ -163,7 +173,7 @@ def encode_keyspace(states: Iterable[tuple[str, CRDT]]) -> bytes:
 
 
 def encode_entries(entries: Iterable[Entry]) -> list[object]:
-    """``[[key, state bytes, dots], ...]``: how entries travel and are saved."""
+    """``[[key, state bytes, dot ranges], ...]``: how entries travel and are saved."""
     return [[e.key, codec.encode(e.state), e.ops.to_payload()] for e in entries]
 
 
@@ -318,8 +328,28 @@ def parse_entries(raw: object, *, max_state: int | None = None) -> tuple[Entry, 
                 f" over the limit of {max_state}"
             )
         state = codec.decode(fields[1], max_size=max(codec.DEFAULT_MAX_SIZE, max_state or 0))
-        out.append(Entry(key, state, CausalContext.from_payload(fields[2], "entry ops")))
+        out.append(Entry(key, state, DotRanges.from_payload(fields[2], "entry ops")))
     return tuple(out)
+
+
+def check_claims(
+    sender: str, start: int, clock: CausalContext, entries: tuple[Entry, ...]
+) -> None:
+    """DecodeError unless the entries of a push (or of its pieces, once
+    reassembled) are ranges their sender can back: a prefix clock has no
+    gaps; a catch-up (``start`` -1) carries whole keys; and no entry holds
+    operations of the sender that its own clock says it never issued.
+    Cost: O(entries)."""
+    if clock.cloud:
+        raise DecodeError("push clock: a prefix clock has no gaps")
+    own = clock.vv.get(sender, 0)
+    for entry in entries:
+        if start == -1 and not entry.ops.is_whole():
+            raise DecodeError(f"push: catch-up entry {entry.key!r:.40} is not a whole key")
+        if entry.ops.top(sender) > own:
+            raise DecodeError(
+                f"push: entry {entry.key!r:.40} claims operations of its sender beyond its clock"
+            )
 
 
 _ARITY = {"push": 12, "ack": 4, "piece": 14}
@@ -360,8 +390,11 @@ def parse(
             index, count = expect_uint(f[8], "piece index"), expect_uint(f[9], "piece count", 1)
             if index >= count or type(f[10]) is not bytes or not f[10]:
                 raise DecodeError("piece: inconsistent index or empty chunk")
+            if clock.cloud:
+                raise DecodeError("piece clock: a prefix clock has no gaps")
             return Piece(sender, to, start, end, part, parts, f[5], clock, ack, index, count, f[10])
         entries = parse_entries(f[7], max_state=max_state)
         ack = expect_uint(f[8], "push ack", -1)
+        check_claims(sender, start, clock, entries)
         return Push(sender, to, start, end, part, parts, f[5], clock, entries, ack)
     return Ack(sender, expect_uint(f[0], "ack position", -1))

@@ -8,18 +8,50 @@ seen and its delta recorded. It takes the time and incoming frames and returns
 the frames to send (see ``replication.transport``); it never sleeps, opens
 sockets or reads clocks.
 
-Causality. Every local update is an *operation* with a dot ``(replica id, n)``.
-Each key carries the set of operation dots its state reflects (a causal
-context), and every state or delta travels with the dots it carries, so a key's
-state is always exactly the join of the deltas of its operations, and the
-replica's clock (the union over keys) says exactly which operations it holds.
-That makes "is this news?" a small set comparison, and gives the snapshot layer
-exact clocks.
+Causality. Every local update is an *operation* with a dot ``(replica id, n)``,
+``n`` counting all of that replica's operations. Each key carries the
+operations its state reflects as per-key dot ranges (``replication.dotranges``):
+for each writer, its first ``hi`` operations *on this key* and the dot of the
+last. Every state or delta travels with the ranges it carries, so a key's state
+is always exactly the join of the deltas of its operations, "is this news?" is
+a comparison per writer, and the snapshot layer gets exact per-key clocks.
+
+Bounded state (DESIGN.md). What a replica keeps is bounded by what it holds,
+not by its history:
+
+- A key's bookkeeping is O(writers of the key): per writer ``(lo, lo_dot, hi,
+  hi_dot)``, a stretch of its operations on the key and the dots of both ends
+  (the lower one a *predecessor link*). Dot sets were O(operations): when
+  updates to keys interleave, each key's dots are sparse and all sat in the
+  dot cloud. Per-key counters alone would make dots collide across keys, and
+  dotted version vectors still need a dot cloud for out-of-order arrivals;
+  ranges with predecessor links keep dots global (unique, as the operation
+  log, Mattern's cut test and the checker need) and never hold a gap: a
+  replica merges an entry only if it *follows* what the key holds (each
+  stretch starts at or below it); one that does not is a *gap*, left out, and
+  its sender's log position is forgotten, so the sender answers next with a
+  catch-up of whole keys (ranges from 0), which always follows.
+- The replica-wide clock, carried by every round's opener, is a *prefix*
+  version vector, O(writers): every operation of writer ``w`` up to
+  ``clock[w]`` is held, whatever key it was on. It is exact for the replica's
+  own dots and otherwise never above what is held (a peer may then send
+  something redundant, never leave out something needed). It rises when the
+  operations held of a writer are exactly its first ones (their number equals
+  the highest dot held, counted incrementally: exact in steady state), and
+  when a log interval of a peer arrives whole (the receiver then holds all the
+  peer held at its end, so the peer's prefix clock at that point too).
+- The log keeps at most one record per key, ordered by sequence number: a new
+  change to a key joins the key's record and moves it to the head, or replaces
+  it when every peer with a log position already holds it. If the two do not
+  touch (a hole), the record becomes "the whole key", read live when pushed.
+  A bounded log therefore only drops a change when there are more keys than
+  ``log_limit``, never because other keys were busy. Per-peer state is O(1).
 
 Gossip (Almeida, Shoker and Baquero 2018, with the fixes of Enes et al. 2019):
 
-- Each replica appends every change (a local delta, or the new part of a
-  received one) to a *log* with a sequence number.
+- Each replica records every change (a local delta, or a received one that
+  brought something new) in a *log* with a sequence number, one record per
+  key (see above).
 - Every interval, it picks ``fanout`` random peers and opens a round with
   each by sending its clock alone. The peer answers with what the opener
   lacks and asks for its part, which the opener then filters by the peer's
@@ -51,18 +83,17 @@ a replica must take a new *incarnation* (:meth:`Replicator.from_entries`): a
 fresh replica id derived from the node id, so its new dots never collide with
 ones it issued before.
 
-Cost: ``update`` is the type's mutator plus O(1); a push costs O(entries in
-the interval); a catch-up O(keys) subset tests; merging an entry costs the
-type's merge plus O(size of its dots).
+Cost: ``update`` is the type's mutator plus O(1) (amortised over peers'
+acks); a push costs O(keys changed in the interval); a catch-up O(keys)
+range tests; merging an entry costs the type's merge plus O(its writers).
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from random import Random
-from typing import NamedTuple, TypeVar
+from typing import TypeVar
 
 from sortedcontainers import SortedList
 
@@ -71,6 +102,7 @@ from crdts.base import CRDT, check_replica
 from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError, StateTooLarge
 from crdts.vclock import VectorClock
+from replication.dotranges import DotRanges
 from replication.messages import (
     DEFAULT_FRAME,
     MAX_FRAME,
@@ -81,6 +113,7 @@ from replication.messages import (
     Message,
     Piece,
     Push,
+    check_claims,
     encode,
     encode_interval,
     encode_keyspace,
@@ -96,14 +129,19 @@ C = TypeVar("C", bound=CRDT)
 #: The largest state a key may hold unless configured otherwise: 64 MiB of
 #: its canonical encoding.
 DEFAULT_MAX_STATE = 64 * 1024 * 1024
+_ANY = 1 << 64  # above every sequence number
 
 
-class _Change(NamedTuple):
+@dataclass(slots=True)
+class _Change:
+    """A key's record in the log: the join of its changes since the record
+    began, or (``delta`` None) the whole key, read live when pushed."""
+
     seq: int
     key: str
-    delta: CRDT
-    ops: CausalContext
-    origin: str  # replica id it came from (this replica's own for updates)
+    delta: CRDT | None
+    ops: DotRanges | None  # None with ``delta``
+    origin: str | None  # replica id all of it came from; None: mixed
 
 
 @dataclass(slots=True)
@@ -112,7 +150,8 @@ class _Peer:
 
     replica: str | None = None  # the peer's replica id (incarnation) last heard
     acked: int | None = None  # our log position the peer holds; None: unknown
-    clock: CausalContext | None = None  # the operations it held when it last pushed
+    clock: CausalContext | None = None  # its prefix clock when it last pushed
+    caught_up: int | None = None  # our head when we last sent it a catch-up
 
 
 @dataclass(slots=True)
@@ -129,6 +168,7 @@ class ReplicatorStats:
     oversize: int = 0  # states over max_state: left out of what we send, or refused
     pieces: int = 0  # entries that arrived in pieces and were reassembled
     pieces_dropped: int = 0  # reassemblies given up: timed out, replaced, restarted
+    gaps: int = 0  # entries left out: they need operations this replica lacks
 
 
 @dataclass(slots=True)
@@ -211,11 +251,15 @@ class Replicator:
         self._chunk = chunk_size
         self._log_limit = log_limit
         self._states: dict[str, CRDT] = {}
-        self._ops: dict[str, CausalContext] = {}
+        self._ops: dict[str, DotRanges] = {}  # whole: every stretch from lo 0
         self._keys: SortedList[str] = SortedList()
-        self._clock = CausalContext()
+        self._clock = CausalContext()  # the prefix clock: a version vector only
+        self._top: dict[str, int] = {}  # writer -> highest dot held, any key
+        self._count: dict[str, int] = {}  # writer -> how many of its ops are held
         self._counter = 0  # dots issued by this replica id
-        self._log: deque[_Change] = deque()
+        self._log: dict[str, _Change] = {}  # one record per key, oldest first
+        self._floor = 0  # the last sequence number dropped for the log limit
+        self._held_by_all: int | None = None  # cached: see _everyone_holds
         self._head = 0
         self._peers: dict[str, _Peer] = {}  # made on first contact
         self._positions: dict[str, int] = {}  # replica id -> its log we hold up to
@@ -290,7 +334,10 @@ class Replicator:
 
     @property
     def clock(self) -> CausalContext:
-        """A copy of the dots of every operation this replica holds.
+        """A copy of the replica's prefix clock: for each writer, every one of
+        its operations up to that counter is held (a version vector, no
+        cloud). Exact for this replica's own dots; for others it may lag what
+        is held (see the module docstring), never exceed it.
 
         >>> from crdts import GCounter
         >>> r = Replicator("a", [], rng=Random(1))
@@ -298,7 +345,7 @@ class Replicator:
         >>> r.clock
         CausalContext(vv={'a': 1}, cloud={})
 
-        Cost: O(r + cloud).
+        Cost: O(r).
         """
         return self._clock.copy()
 
@@ -318,7 +365,7 @@ class Replicator:
 
     @property
     def vclock(self) -> VectorClock:
-        """The version-vector part of :attr:`clock` (exact when it has no gaps).
+        """:attr:`clock` as a vector clock.
 
         >>> Replicator("a", [], rng=Random(1)).vclock
         VectorClock({})
@@ -343,8 +390,9 @@ class Replicator:
         state = self._states.get(key)
         return None if state is None else Entry(key, state, self._ops[key])
 
-    def ops(self, key: str) -> CausalContext:
-        """A copy of the dots of the operations reflected under ``key``.
+    def ops(self, key: str) -> DotRanges:
+        """A copy of the operations reflected under ``key``, as per-key dot
+        ranges (whole: each writer's first operations on the key).
 
         >>> from crdts import GCounter
         >>> r = Replicator("a", [], rng=Random(1))
@@ -352,9 +400,10 @@ class Replicator:
         >>> r.ops("k").contains("a", 1), r.ops("other").count("a")
         (True, 0)
 
-        Cost: O(size of the key's dots).
+        Cost: O(writers of the key).
         """
-        return self._ops.get(key, CausalContext()).copy()
+        held = self._ops.get(key)
+        return DotRanges() if held is None else held.copy()
 
     def encode_keyspace(self) -> bytes:
         """The whole keyspace as canonical CBOR: equal keyspaces, equal bytes.
@@ -409,23 +458,92 @@ class Replicator:
             raise TypeError(f"the mutator returned {type(delta).__name__}, not a delta")
         if held is None:
             self._states[key] = state
-            self._ops[key] = CausalContext()
             self._keys.add(key)
-        self._counter += 1
-        dot = (self._replica, self._counter)
-        self._ops[key].add(*dot)
-        self._clock.add(*dot)
+        ops = self._issue(key)
+        self._hold(key, ops)
         # The log keeps its own copy: the caller may go on using the delta.
-        self._record(key, delta.copy(), CausalContext.from_dots([dot]), self._replica)
+        self._record(key, delta.copy(), ops, self._replica)
         self.stats.updates += 1
         self._notify(key)
         return delta
 
-    def _record(self, key: str, delta: CRDT, ops: CausalContext, origin: str) -> None:
+    def _issue(self, key: str) -> DotRanges:
+        """A new local operation's identity on ``key``: the next dot of this
+        replica, as the stretch that follows the key's bookkeeping (what its
+        delta carries; the key's bookkeeping after the operation is
+        ``ops(key)`` merged with it). Only the dot counter changes (a dot is
+        never issued twice, even if the operation is then abandoned);
+        :meth:`_hold` then records it, :meth:`_record` logs it. Cost: O(1)."""
+        self._counter += 1
+        held = self._ops.get(key)
+        return (DotRanges() if held is None else held).successor(self._replica, self._counter)
+
+    def _hold(self, key: str, ops: DotRanges) -> None:
+        """Record ``ops`` (which follow the key's bookkeeping: no hole) as
+        held under ``key``, with the per-writer counts and tops that let the
+        prefix clock rise. Cost: O(writers of ``ops``)."""
+        held = self._ops.get(key)
+        if held is None:
+            held = self._ops[key] = DotRanges()
+        mine = self._replica
+        for writer, (_, _, hi, hi_dot) in ops.items():
+            before = held.held(writer)
+            if hi <= before:
+                continue
+            count = self._count[writer] = self._count.get(writer, 0) + hi - before
+            top = self._top.get(writer, 0)
+            if hi_dot > top:
+                top = self._top[writer] = hi_dot
+            if count == top or writer == mine:
+                # Its first `top` operations, all of them: a prefix held. (Our
+                # own are all here: a dot issued and never installed, by a
+                # failed staged update, names no operation anyone holds.)
+                self._clock.vv[writer] = top
+        held.merge(ops)
+
+    def _record(self, key: str, delta: CRDT, ops: DotRanges, origin: str) -> None:
+        """Log a change to ``key`` (``delta`` and ``ops`` now belong to the log)."""
         self._head += 1
-        self._log.append(_Change(self._head, key, delta, ops, origin))
+        old = self._log.pop(key, None)
+        if old is None or self._everyone_holds(old.seq):
+            change = _Change(self._head, key, delta, ops, origin)
+        else:
+            change = old
+            change.seq = self._head
+            if change.origin != origin:
+                change.origin = None
+            if change.delta is None or change.ops is None:
+                pass  # the whole key already
+            elif change.ops.issubset(ops):
+                # Exactness: a delta is the join of the operations it claims,
+                # so one claiming more is the join of both (a whole state, say).
+                change.delta, change.ops = delta, ops
+            elif ops.issubset(change.ops):
+                pass
+            elif change.ops.joinable(ops):
+                change.delta.merge(delta)
+                change.ops.merge(ops)
+            else:
+                # A hole between them: never claim it; push the whole key.
+                change.delta = change.ops = None
+        self._log[key] = change
         if len(self._log) > self._log_limit:
-            self._log.popleft()
+            dropped = self._log.pop(next(iter(self._log)))
+            self._floor = dropped.seq
+
+    def _everyone_holds(self, seq: int) -> bool:
+        # Whether every peer with a log position (or a catch-up on its way)
+        # holds our log up to ``seq``, so a record that old can be replaced.
+        # One that acks less later gets a gap, and so a catch-up: only cost.
+        least = self._held_by_all
+        if least is None:
+            positions = [
+                p.acked if p.acked is not None else p.caught_up for p in self._peers.values()
+            ]
+            # With no peer positioned, every peer gets a catch-up: replace freely.
+            least = min((p for p in positions if p is not None), default=_ANY)
+            self._held_by_all = least
+        return least >= seq
 
     def _notify(self, key: str) -> None:
         for callback in list(self._subscribers):
@@ -470,34 +588,38 @@ class Replicator:
         Cost: each delta's merge plus O(1) per update.
         """
         self._end(batch)
-        for key, delta, dot in batch._changes:
+        for key, delta, (_, counter) in batch._changes:
             state = self._states.get(key)
             if state is None:
                 self._states[key] = delta.copy()
-                self._ops[key] = CausalContext()
                 self._keys.add(key)
             else:
                 state.merge(delta)
-            self._counter += 1
-            self._ops[key].add(*dot)
-            self._clock.add(*dot)
-            self._record(key, delta, CausalContext.from_dots([dot]), self._replica)
+            self._counter = counter
+            held = self._ops.get(key)
+            ops = (DotRanges() if held is None else held).successor(self._replica, counter)
+            self._hold(key, ops)
+            self._record(key, delta, ops, self._replica)
             self.stats.updates += 1
             self._notify(key)
 
     def discard(self, batch: Staged) -> None:
-        """End a staged batch without applying any of it: no dot of it was
-        issued, and the next update takes the next one.
+        """End a staged batch without applying any of it. Its dots are not
+        issued again (a commit that reported failure may still reach the
+        disk), and the replica's own prefix clock does not wait for them.
 
         >>> from crdts import GCounter
         >>> r = Replicator("a", [], rng=Random(1))
         >>> batch = r.stage()
         >>> _ = batch.update("hits", GCounter, lambda c, me: c.increment(me))
-        >>> r.discard(batch); r.get("hits"), r.clock
-        (None, CausalContext(vv={}, cloud={}))
+        >>> r.discard(batch); r.get("hits")
+        >>> _ = r.update("hits", GCounter, lambda c, me: c.increment(me))
+        >>> r.ops("hits").top("a")
+        2
 
         Cost: O(1)."""
         self._end(batch)
+        self._counter += len(batch._changes)
 
     def _end(self, batch: Staged) -> None:
         if batch is not self._staged:
@@ -539,40 +661,36 @@ class Replicator:
         # Only ever a reply: the peer's replica id and clock are fresh.
         to, known = state.replica, state.clock
         assert to is not None and known is not None
-        log_start = self._log[0].seq if self._log else self._head + 1
-        if state.acked is None or state.acked < log_start - 1:
-            return self._catch_up(peer, to, known, reply)
+        if state.acked is None or state.acked < self._floor:
+            return self._catch_up(peer, state, to, known, reply)
         acked = state.acked
-        joined: dict[str, tuple[CRDT, CausalContext]] = {}
-        owned: set[str] = set()  # keys whose joined delta is our own copy
-        for change in reversed(self._log):
+        entries: list[Entry] = []
+        for change in reversed(self._log.values()):
             if change.seq <= acked:
                 break
-            if change.origin == state.replica:
-                continue  # it came from that peer: never send it back
-            if change.ops.issubset(known):
+            if change.origin == to:
+                continue  # it all came from that peer: never send it back
+            key = change.key
+            ops = self._ops[key] if change.ops is None else change.ops
+            if ops.within(known.vv):
                 continue  # it reached that peer by another route
-            held = joined.get(change.key)
-            if held is None:
-                joined[change.key] = (change.delta, change.ops)
-                continue
-            if change.key not in owned:
-                held = (held[0].copy(), held[1].copy())
-                joined[change.key] = held
-                owned.add(change.key)
-            held[0].merge(change.delta)
-            held[1].merge(change.ops)
-        entries = [Entry(k, d, o) for k, (d, o) in sorted(joined.items())]
+            delta = self._states[key] if change.delta is None else change.delta
+            entries.append(Entry(key, delta, ops))
+        entries.sort(key=lambda e: e.key)
         return self._send(peer, to, acked, entries, reply)
 
-    def _catch_up(self, peer: str, to: str, known: CausalContext, reply: int) -> list[Outgoing]:
+    def _catch_up(
+        self, peer: str, state: _Peer, to: str, known: CausalContext, reply: int
+    ) -> list[Outgoing]:
         # The whole log interval (-1, head], as the keys it changed: every key
-        # holding an operation the peer's clock lacks.
+        # holding an operation the peer's prefix clock does not cover.
         self.stats.catch_ups += 1
+        state.caught_up = self._head
+        self._held_by_all = None
         entries = [
             Entry(k, self._states[k], ops)
             for k in self._keys
-            if not (ops := self._ops[k]).issubset(known)
+            if not (ops := self._ops[k]).within(known.vv)
         ]
         return self._send(peer, to, -1, entries, reply)
 
@@ -650,25 +768,45 @@ class Replicator:
             peer.replica = replica
             peer.acked = None
             peer.clock = None
+            peer.caught_up = None
+            self._held_by_all = None
 
-    def _merge(self, entries: Iterable[Entry], origin: str) -> None:
+    def _merge(self, entries: Iterable[Entry], origin: str) -> int:
+        """Merge the entries that bring news and follow what their key holds;
+        returns how many were gaps (left out). Cost: their merges."""
+        gaps = 0
+        empty = DotRanges()
         for entry in entries:
-            known = self._ops.get(entry.key)
+            key = entry.key
+            known = self._ops.get(key)
             if known is not None and entry.ops.issubset(known):
                 self.stats.redundant += 1
                 continue
-            state = self._states.get(entry.key)
-            if state is None or known is None:
-                self._states[entry.key] = entry.state.copy()
-                self._ops[entry.key] = entry.ops.copy()
-                self._keys.add(entry.key)
+            if not entry.ops.follows(empty if known is None else known):
+                gaps += 1  # merging it would claim operations we lack
+                continue
+            state = self._states.get(key)
+            if state is None:
+                self._states[key] = entry.state.copy()
+                self._keys.add(key)
             else:
                 state.merge(entry.state)
-                known.merge(entry.ops)
-            self._clock.merge(entry.ops)
-            self._record(entry.key, entry.state, entry.ops, origin)
+            self._hold(key, entry.ops)
+            self._record(key, entry.state, entry.ops, origin)
             self.stats.merged += 1
-            self._notify(entry.key)
+            self._notify(key)
+        self.stats.gaps += gaps
+        return gaps
+
+    def _learn(self, clock: CausalContext) -> None:
+        # We hold everything a peer held when it sent an interval we now have
+        # whole, so its prefix clock too; capped at the highest dot we hold
+        # of each writer, which a true one never exceeds.
+        mine = self._clock.vv
+        for writer, upto in clock.vv.items():
+            bound = min(upto, self._top.get(writer, 0))
+            if bound > mine.get(writer, 0):
+                mine[writer] = bound
 
     def _on_push(self, node: str, push: Push) -> list[Outgoing]:
         if push.to != self._replica and push.entries:
@@ -681,10 +819,17 @@ class Replicator:
         self._peers[node].clock = push.clock
         if push.to == self._replica:  # else its ack is of another incarnation's log
             self._on_ack(node, push.ack)
-        self._merge(push.entries, push.sender)
         position = self._positions.get(push.sender, -1)
-        if push.start <= position < push.end:
+        if self._merge(push.entries, push.sender):
+            # An entry needs operations we lack: forget our position in the
+            # sender's log, so that it answers with a catch-up of whole keys.
+            if position >= 0:
+                self._positions[push.sender] = -1
+            self._parts.pop(push.sender, None)
+        elif push.to == self._replica and push.start <= position < push.end:
             # The interval lifts us to its end once every part has arrived.
+            # (Only one computed for this incarnation: what it left out as
+            # held, another incarnation may have lost.)
             start, end, parts = self._parts.get(push.sender, (push.start, push.end, set()))
             if (start, end) != (push.start, push.end):
                 parts = set()
@@ -692,6 +837,7 @@ class Replicator:
             if len(parts) == push.parts:
                 self._positions[push.sender] = push.end
                 self._parts.pop(push.sender, None)
+                self._learn(push.clock)
             else:
                 self._parts[push.sender] = (push.start, push.end, parts)
         if push.reply and push.part == 0:
@@ -816,6 +962,7 @@ class Replicator:
         try:
             raw = codec.decode_plain(data, max_size=bound)
             entries = parse_entries([raw], max_state=self._max_state)
+            check_claims(piece.sender, piece.start, piece.clock, entries)
         except EntryTooLarge:
             self.stats.oversize += 1
             self.stats.refused += 1
@@ -855,6 +1002,7 @@ class Replicator:
         # when it restarts from an older state. Positions we never reached are lies.
         if position <= self._head:
             self._peers[node].acked = None if position < 0 else position
+            self._held_by_all = None
 
     # -- restarting ---------------------------------------------------------------------
 
@@ -870,10 +1018,11 @@ class Replicator:
         **options: int,
     ) -> Replicator:
         """A replica of node ``node_id`` restarted from a keyspace given as
-        entries (one per key; the replica takes them over, so pass copies),
-        under a new incarnation: ``incarnation`` is drawn from ``rng`` unless
-        given, and the caller must never reuse one (``replication.store.restore``
-        restarts a replica from its store this way).
+        entries (one per key, each a whole key: its ranges start at 0; the
+        replica takes them over, so pass copies), under a new incarnation:
+        ``incarnation`` is drawn from ``rng`` unless given, and the caller must
+        never reuse one (``replication.store.restore`` restarts a replica from
+        its store this way). ValueError for two entries of one key or a delta.
 
         >>> from crdts import GCounter
         >>> a = Replicator("a", [], rng=Random(1))
@@ -883,7 +1032,7 @@ class Replicator:
         >>> b.replica_id, b.get("k").value
         ('a~1', 2)
 
-        Cost: O(number of entries + size of their dots).
+        Cost: O(number of entries + their writers).
         """
         number = rng.getrandbits(48) + 1 if incarnation is None else incarnation
         if number < 1:
@@ -892,10 +1041,11 @@ class Replicator:
         for entry in entries:
             if entry.key in replica._states:
                 raise ValueError(f"two entries for the key {entry.key!r}")
+            if not entry.ops.is_whole():
+                raise ValueError(f"the entry for {entry.key!r} is a delta, not a whole key")
             replica._states[entry.key] = entry.state
-            replica._ops[entry.key] = entry.ops
             replica._keys.add(entry.key)
-            replica._clock.merge(entry.ops)
+            replica._hold(entry.key, entry.ops)
         return replica
 
 
@@ -921,7 +1071,7 @@ class Staged:
     def __init__(self, replica: Replicator) -> None:
         self._replica = replica
         self._states: dict[str, CRDT] = {}  # the keys' states with the updates made
-        self._ops: dict[str, CausalContext] = {}
+        self._ops: dict[str, DotRanges] = {}
         self._changes: list[tuple[str, CRDT, tuple[str, int]]] = []
 
     def __len__(self) -> int:
@@ -929,9 +1079,9 @@ class Staged:
 
     def update(
         self, key: str, new: Callable[[], C], mutate: Callable[[C, str], C]
-    ) -> tuple[C, tuple[str, int], CausalContext]:
+    ) -> tuple[C, tuple[str, int], DotRanges]:
         """Like :meth:`Replicator.update`, on this batch's copy of ``key``:
-        returns the delta, the update's dot and (a copy of) the dots it
+        returns the delta, the update's dot and (a copy of) the operations it
         observed on its key. If ``mutate`` raises, nothing changes.
 
         >>> from random import Random
@@ -951,7 +1101,7 @@ class Staged:
         if state is None:
             held = replica._states.get(key)
             state = new() if held is None else held.copy()
-            ops = CausalContext() if held is None else replica._ops[key].copy()
+            ops = DotRanges() if held is None else replica._ops[key].copy()
         else:
             ops = self._ops[key]
         typed: C = state  # type: ignore[assignment]
@@ -960,7 +1110,7 @@ class Staged:
             raise TypeError(f"the mutator returned {type(delta).__name__}, not a delta")
         observed = ops.copy()
         dot = (replica._replica, replica._counter + len(self._changes) + 1)
-        ops.add(*dot)
+        ops.merge(ops.successor(*dot))
         self._states[key], self._ops[key] = state, ops
         self._changes.append((key, delta.copy(), dot))
         return delta, dot, observed
@@ -988,10 +1138,10 @@ class Staged:
             del self._states[key], self._ops[key]
             return
         state = (held.copy() if held is not None else earlier[0][0].copy())
-        ops = CausalContext() if held is None else replica._ops[key].copy()
+        ops = DotRanges() if held is None else replica._ops[key].copy()
         for delta, dot in earlier:
             state.merge(delta)
-            ops.add(*dot)
+            ops.merge(ops.successor(*dot))
         self._states[key], self._ops[key] = state, ops
 
     def keys(self) -> list[str]:
@@ -1016,8 +1166,8 @@ class Staged:
         >>> from crdts import GCounter
         >>> batch = Replicator("a", [], rng=Random(1)).stage()
         >>> _ = batch.update("k", GCounter, lambda c, me: c.increment(me, 4))
-        >>> batch.entry("k").state.value, batch.entry("k").ops
-        (4, CausalContext(vv={'a': 1}, cloud={}))
+        >>> batch.entry("k").state.value, batch.entry("k").ops.contains("a", 1)
+        (4, True)
 
         Cost: O(1).
         """

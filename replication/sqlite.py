@@ -186,11 +186,11 @@ class SQLiteStore:
 
         >>> import tempfile
         >>> from crdts import GCounter
-        >>> from crdts.dotcontext import CausalContext
+        >>> from replication.dotranges import DotRanges
         >>> from replication.messages import Entry
         >>> from replication.store import encode_row
         >>> counter = GCounter(); _ = counter.increment("a", 3)
-        >>> row = encode_row(Entry("k", counter, CausalContext.from_dots([("a", 1)])))
+        >>> row = encode_row(Entry("k", counter, DotRanges.whole({"a": (1, 1)})))
         >>> with tempfile.TemporaryDirectory() as folder:
         ...     store = SQLiteStore(Path(folder), node="a")
         ...     store.commit([("k", row)])

@@ -136,9 +136,9 @@ def encode_row(entry: Entry) -> bytes:
     """The durable bytes of one key: its state and dots, canonical CBOR.
 
     >>> from crdts import GCounter
-    >>> from crdts.dotcontext import CausalContext
+    >>> from replication.dotranges import DotRanges
     >>> counter = GCounter(); _ = counter.increment("a", 5)
-    >>> row = encode_row(Entry("k", counter, CausalContext.from_dots([("a", 1)])))
+    >>> row = encode_row(Entry("k", counter, DotRanges.whole({"a": (1, 1)})))
     >>> decode_row("k", row).state.value
     5
 
@@ -160,6 +160,8 @@ def decode_row(key: str, data: bytes) -> Entry:
     entries = parse_entries(codec.decode_plain(data, max_size=len(data)))
     if len(entries) != 1 or entries[0].key != key:
         raise DecodeError(f"the row of {key!r:.60} holds another key")
+    if not entries[0].ops.is_whole():
+        raise DecodeError(f"the row of {key!r:.60} holds a delta, not the whole key")
     return entries[0]
 
 

@@ -7,8 +7,8 @@ how it was taken (``snapshot.marker`` records one over a running cluster;
 :meth:`GlobalSnapshot.to_bytes`, is deterministic: equal snapshots, equal bytes.
 
 A replica's recorded state is its keyspace as :class:`~replication.messages.Entry`
-values (a key, its state, the dots of the operations it reflects), so its
-clock, the union of those dots, is exact. Channel messages are kept as the
+values (a key, its state, the operations it reflects as per-key dot ranges),
+so its clock, a :class:`KeyspaceClock` of those ranges, is exact. Channel messages are kept as the
 replicator frames that were in flight; :meth:`GlobalSnapshot.in_flight` parses
 the entries they carry.
 
@@ -29,14 +29,15 @@ from typing import NamedTuple
 
 from crdts import codec
 from crdts.base import CRDT, expect_list, expect_replica, expect_uint
-from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError
+from replication.dotranges import DotRanges
 from replication.messages import Entry, Push, encode_keyspace, parse, parse_entries, sent_by
 from replication.messages import encode_entries as _encode_entries
 from replication.replicator import Replicator
 
 __all__ = [
     "GlobalSnapshot",
+    "KeyspaceClock",
     "LocalState",
     "SnapshotId",
     "restore_cluster",
@@ -45,7 +46,7 @@ __all__ = [
 
 _TAG = "crdtkit-snapshot"
 _LOCAL_TAG = "crdtkit-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: entries carry per-key dot ranges
 
 
 class SnapshotId(NamedTuple):
@@ -57,6 +58,96 @@ class SnapshotId(NamedTuple):
 
     def __str__(self) -> str:
         return f"{self.initiator}#{self.number}"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class KeyspaceClock:
+    """The operations a recorded keyspace holds: each key's dot ranges.
+
+    Dots are unique across keys, but a key's ranges only speak for the
+    operations *on that key* (``replication.dotranges``), so questions about
+    one operation name its key.
+
+    >>> clock = KeyspaceClock({"k": DotRanges.whole({"a": (2, 7)})})
+    >>> clock.contains("k", "a", 7), clock.contains("other", "a", 7), clock.top("a")
+    (True, False, 7)
+
+    Cost: O(keys x writers) for the whole-clock questions, O(1) for one key.
+    """
+
+    keys: Mapping[str, DotRanges]
+
+    def contains(self, key: str, replica: str, counter: int) -> bool:
+        """Whether the operation ``(replica, counter)`` on ``key`` is held.
+
+        >>> KeyspaceClock({"k": DotRanges.whole({"a": (1, 3)})}).contains("k", "a", 3)
+        True
+
+        Cost: O(1).
+        """
+        ranges = self.keys.get(key)
+        return ranges is not None and ranges.contains(replica, counter)
+
+    def issubset(self, other: KeyspaceClock) -> bool:
+        """Whether every operation held here is held by ``other``, key by key.
+
+        >>> small = KeyspaceClock({"k": DotRanges.whole({"a": (1, 3)})})
+        >>> big = KeyspaceClock({"k": DotRanges.whole({"a": (2, 5)}), "j": DotRanges()})
+        >>> small.issubset(big), big.issubset(small)
+        (True, False)
+
+        Cost: O(keys x writers) here.
+        """
+        theirs = other.keys
+        return all(
+            (held := theirs.get(key)) is not None and ranges.issubset(held)
+            for key, ranges in self.keys.items()
+        )
+
+    def top(self, replica: str) -> int:
+        """The highest dot counter of ``replica`` held under any key (its
+        entry in a vector clock of highest dots, as in Mattern's cut test).
+
+        >>> KeyspaceClock({"k": DotRanges.whole({"a": (1, 3)}),
+        ...                "j": DotRanges.whole({"a": (1, 4)})}).top("a")
+        4
+
+        Cost: O(keys).
+        """
+        return max((r.top(replica) for r in self.keys.values()), default=0)
+
+    def count(self, replica: str) -> int:
+        """How many operations of ``replica`` are held, over all keys.
+
+        >>> KeyspaceClock({"k": DotRanges.whole({"a": (1, 3)}),
+        ...                "j": DotRanges.whole({"a": (1, 4)})}).count("a")
+        2
+
+        Cost: O(keys).
+        """
+        return sum(r.count(replica) for r in self.keys.values())
+
+    def origins(self) -> set[str]:
+        """The writers with at least one operation held.
+
+        >>> KeyspaceClock({"k": DotRanges.whole({"a": (1, 3)})}).origins()
+        {'a'}
+
+        Cost: O(keys x writers).
+        """
+        return {w for r in self.keys.values() for w in r.origins()}
+
+    def to_payload(self) -> list[object]:
+        """``[key, ranges, ...]`` in key order: equal clocks, equal payloads.
+        Cost: O(keys x writers)."""
+        return [x for key in sorted(self.keys) for x in (key, self.keys[key].to_payload())]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, KeyspaceClock):
+            return NotImplemented
+        return dict(self.keys) == dict(other.keys)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +163,8 @@ class LocalState:
     >>> r = Replicator("a", [], rng=Random(1))
     >>> _ = r.update("hits", GCounter, lambda c, me: c.increment(me, 2))
     >>> local = LocalState.capture(r)
-    >>> local.replica, local.state("hits").value, local.clock
-    ('a', 2, CausalContext(vv={'a': 1}, cloud={}))
+    >>> local.replica, local.state("hits").value, local.clock.contains("hits", "a", 1)
+    ('a', 2, True)
     >>> LocalState.from_bytes(local.to_bytes()) == local
     True
 
@@ -85,13 +176,11 @@ class LocalState:
     replica: str
     entries: tuple[Entry, ...]
     epochs: Mapping[str, int] = field(default_factory=dict)
-    clock: CausalContext = field(init=False, compare=False, repr=False)
+    clock: KeyspaceClock = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        # The clock is the union of the keys' dots: derived, never trusted.
-        clock = CausalContext()
-        for entry in self.entries:
-            clock.merge(entry.ops)
+        # The clock is the keys' ranges: derived, never trusted.
+        clock = KeyspaceClock({entry.key: entry.ops for entry in self.entries})
         object.__setattr__(self, "clock", clock)
 
     @classmethod
@@ -289,18 +378,55 @@ def _envelope(data: bytes, tag: str, what: str, fields: int, max_size: int) -> l
     return raw[2:]
 
 
+def join_entries(
+    entries: Iterable[Entry], into: dict[str, Entry] | None = None
+) -> tuple[dict[str, Entry], list[Entry]]:
+    """Join ``entries`` by key as a replica merges them, on copies: each into
+    ``into`` (the joins so far, whole keys; changed in place), and a delta
+    only once what it follows is there, whatever the order. Returns the joins
+    and the entries left out: deltas that would leave a hole (ranges whose
+    earlier operations nothing given holds). Types are not checked.
+
+    >>> from crdts import GCounter
+    >>> c = GCounter(); d1 = c.increment("a"); d2 = c.increment("a")
+    >>> first = DotRanges().successor("a", 1); second = first.successor("a", 2)
+    >>> joined, left = join_entries([Entry("k", d2, second), Entry("k", d1, first)])
+    >>> joined["k"].state.value, joined["k"].ops, left
+    (2, DotRanges({'a': (0, 0, 2, 2)}), [])
+
+    Cost: O(n) joins when each entry follows the ones before it, O(n^2)
+    tests at worst.
+    """
+    out: dict[str, Entry] = {} if into is None else into
+    pending = list(entries)
+    while pending:
+        left: list[Entry] = []
+        for entry in pending:
+            held = out.get(entry.key)
+            if held is None:
+                if entry.ops.is_whole():
+                    out[entry.key] = Entry(entry.key, entry.state.copy(), entry.ops.copy())
+                else:
+                    left.append(entry)
+            elif entry.ops.follows(held.ops):
+                held.state.merge(entry.state)
+                held.ops.merge(entry.ops)
+            else:
+                left.append(entry)
+        if len(left) == len(pending):
+            return out, left
+        pending = left
+    return out, []
+
+
 def _joined(entries: Iterable[Entry]) -> list[Entry]:
     """One entry per key: the join of the given ones, on copies. An entry
     whose type differs from the key's first one is left out, as a replica
-    refuses it."""
-    out: dict[str, Entry] = {}
-    for entry in entries:
-        held = out.get(entry.key)
-        if held is None:
-            out[entry.key] = Entry(entry.key, entry.state.copy(), entry.ops.copy())
-        elif type(held.state) is type(entry.state):
-            held.state.merge(entry.state)
-            held.ops.merge(entry.ops)
+    refuses it; so is a delta that would leave a hole, as a replica leaves
+    out a gap."""
+    first: dict[str, type[CRDT]] = {}
+    fitting = [e for e in entries if first.setdefault(e.key, type(e.state)) is type(e.state)]
+    out, _ = join_entries(fitting)
     return [out[k] for k in sorted(out)]
 
 

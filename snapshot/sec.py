@@ -1,14 +1,17 @@
 """Strong eventual consistency, checked on a recorded cut of a cluster.
 
 A :class:`~snapshot.cut.GlobalSnapshot` (Chandy and Lamport 1985) holds each
-replica's keyspace, whose clock is exact (the dots of the operations it
-reflects), and the replicator frames that were in flight. :func:`check` gives
+replica's keyspace, whose clock is exact (each key's dot ranges: the
+operations it reflects; ``replication.dotranges``), and the replicator frames
+that were in flight. :func:`check` gives
 four verdicts on it, in this order:
 
 1. *consistent cut* (Mattern 1989): no recorded state holds an operation its
    origin had not yet made when the origin was recorded. For every node ``i``
-   with replica id ``r_i`` and every node ``j``, each dot of ``r_i`` in ``j``'s
-   clock is in ``i``'s clock: dot by dot, which implies ``VC_j[r_i] <= VC_i[r_i]``.
+   with replica id ``r_i`` and every node ``j``, ``VC_j[r_i] <= VC_i[r_i]``,
+   where ``VC[r]`` is the highest dot of ``r`` held under any key (``i`` holds
+   every operation it made, so this is exact); the operations beyond are
+   counted from the ranges (a lower bound, said so, when ranges interleave).
    Only the replica ids of the recorded incarnations are checked: dots of an
    old incarnation of a restarted node have no live owner to check against.
    Frames in flight are not checked here.
@@ -24,7 +27,9 @@ four verdicts on it, in this order:
    the type's sequential specification (``History.spec(type).model``) over the
    logged operations whose dots the join covers for that key. Dots the log does
    not know are allowed (the log may not see every writer); a logged operation
-   covered by the cut under another key, or whose key the join lacks, is not.
+   named by the cut under another key (the end of one of its ranges), or whose
+   key the join lacks, is not. Entries in flight join as a replica merges
+   them: a delta that would leave a hole in its key's ranges is left out.
    An entry whose type differs from the type most entries of its key have is
    an offence too. Without an operation log this verdict is not checked.
 
@@ -46,10 +51,9 @@ from dataclasses import dataclass
 
 from crdts import codec
 from crdts.base import CRDT, leq
-from crdts.dotcontext import CausalContext
 from replication.history import History, Operation
 from replication.messages import Entry
-from snapshot.cut import GlobalSnapshot, LocalState
+from snapshot.cut import GlobalSnapshot, KeyspaceClock, LocalState, join_entries
 
 __all__ = ["MAX_DETAILS", "SECReport", "Verdict", "check", "join_cut"]
 
@@ -203,12 +207,12 @@ def _consistent_cut(states: Mapping[str, LocalState]) -> Verdict:
         for j, other in states.items():
             if j == i:
                 continue
-            beyond = _beyond(other.clock, own.clock, replica)
+            beyond, exact = _beyond(other.clock, own.clock, replica)
             if beyond:
                 offenders.update((i, j))
                 details.append(
-                    f"{j} holds {_plural(beyond, 'operation')} of {replica} "
-                    f"beyond {i}'s own cut"
+                    f"{j} holds {'' if exact else 'at least '}"
+                    f"{_plural(beyond, 'operation')} of {replica} beyond {i}'s own cut"
                 )
     return _verdict(CONSISTENT_CUT, offenders, details)
 
@@ -268,18 +272,23 @@ def _join_equals_spec(
     for key, node, where, its_type, key_type in holders.misfits:
         offenders.add(node)
         details.append(f"{where} holds {key!r} as {its_type}, the rest of the cut as {key_type}")
-    covered_anywhere = CausalContext()
-    for joined_entry in joined.values():
-        covered_anywhere.merge(joined_entry.ops)
+    # The ends of each key's ranges name operations of that key: one the
+    # log puts on another key has gone astray.
+    named: dict[tuple[str, int], set[str]] = {}
+    for key, joined_entry in joined.items():
+        for writer, (_, lo_dot, _, hi_dot) in joined_entry.ops.items():
+            for dot in (lo_dot, hi_dot):
+                if dot:
+                    named.setdefault((writer, dot), set()).add(key)
     logged: dict[str, list[Operation]] = {}
     for op in history.operations:
         logged.setdefault(op.key, []).append(op)
     for key, ops in sorted(logged.items()):
         entry = joined.get(key)
-        here = CausalContext() if entry is None else entry.ops
-        covered = [op for op in ops if here.contains(*op.dot)]
-        astray = [op for op in ops if not here.contains(*op.dot)
-                  and covered_anywhere.contains(*op.dot)]
+        here = None if entry is None else entry.ops
+        covered = [op for op in ops if here is not None and here.contains(*op.dot)]
+        kept = {op.dot for op in covered}
+        astray = [op for op in ops if op.dot not in kept and named.get(op.dot, {key}) - {key}]
         if astray:
             offenders.update(n for op in astray for n in _holding(states, op.dot))
             details.append(
@@ -335,7 +344,7 @@ def _join(
     # most_common keeps first-seen order among equal counts.
     kind_of = {key: counts.most_common(1)[0][0] for key, counts in kinds.items()}
     holders = _Holders({}, {}, [])
-    joined: dict[str, Entry] = {}
+    fitting: list[Entry] = []
     for node, where, entry in found:
         key = entry.key
         if type(entry.state) is not kind_of[key]:
@@ -344,25 +353,31 @@ def _join(
             )
             continue
         (holders.nodes if where is None else holders.senders).setdefault(key, set()).add(node)
-        held = joined.get(key)
-        if held is None:
-            joined[key] = Entry(key, entry.state.copy(), entry.ops.copy())
-        else:
-            held.state.merge(entry.state)
-            held.ops.merge(entry.ops)
+        fitting.append(entry)
+    joined, _ = join_entries(fitting)
     return dict(sorted(joined.items())), holders
 
 
-def _beyond(theirs: CausalContext, mine: CausalContext, replica: str) -> int:
-    """How many dots of ``replica`` are in ``theirs`` but not in ``mine``."""
-    own_top = mine.vv.get(replica, 0)
-    their_top = theirs.vv.get(replica, 0)
-    count = 0
-    if their_top > own_top:
-        gaps = mine.cloud.get(replica, ())
-        count += their_top - own_top - sum(1 for c in gaps if c <= their_top)
-    count += sum(1 for c in theirs.cloud.get(replica, ()) if not mine.contains(replica, c))
-    return count
+def _beyond(theirs: KeyspaceClock, mine: KeyspaceClock, replica: str) -> tuple[int, bool]:
+    """How many operations of ``replica`` ``theirs`` holds above the highest
+    one ``mine`` holds, and whether that count is exact (else a lower bound:
+    a stretch that straddles ``mine``'s top does not say which of its dots
+    are below it)."""
+    own_top = mine.top(replica)
+    count, exact = 0, True
+    for ranges in theirs.keys.values():
+        span = ranges.spans.get(replica)
+        if span is None or span[3] <= own_top:
+            continue
+        lo, lo_dot, hi, hi_dot = span
+        n = hi - lo
+        if own_top <= lo_dot:
+            count += n
+            continue
+        low, high = max(1, n - (own_top - lo_dot)), min(n, hi_dot - own_top)
+        count += low
+        exact = exact and low == high
+    return count, exact
 
 
 def _not_below(key: str, low: CRDT, a: str, high: CRDT | None, b: str) -> str | None:
@@ -380,7 +395,16 @@ def _not_below(key: str, low: CRDT, a: str, high: CRDT | None, b: str) -> str | 
 
 
 def _holding(states: Mapping[str, LocalState], dot: tuple[str, int]) -> list[str]:
-    return [node for node, local in states.items() if local.clock.contains(*dot)]
+    # The nodes whose ranges name ``dot`` (under any key).
+    writer, counter = dot
+    return [
+        node
+        for node, local in states.items()
+        if any(
+            (span := e.ops.spans.get(writer)) is not None and counter in (span[1], span[3])
+            for e in local.entries
+        )
+    ]
 
 
 def _verdict(name: str, offenders: Iterable[str], details: Sequence[str]) -> Verdict:

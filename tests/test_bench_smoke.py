@@ -40,11 +40,13 @@ EXPECTED = [
     "tcp convergence after a burst, 3 processes",
     "tcp convergence after a burst, 5 processes",
     "tcp bytes on the wire per operation",
+    "bounded state: saved bytes",
+    "bounded state: memory",
 ]
 
 #: What the floor and figure of a row count, by the start of its name; every
 #: other row times seconds per operation.
-UNITS = {"gossip rounds": "rounds", "gossip bytes": "B", "tcp bytes": "B"}
+UNITS = {"gossip rounds": "rounds", "gossip bytes": "B", "tcp bytes": "B", "bounded state": "B"}
 
 
 def test_quick_run_writes_every_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

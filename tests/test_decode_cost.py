@@ -25,6 +25,7 @@ from crdts import GCounter, ORSet, codec
 from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError
 from replication import messages
+from replication.dotranges import DotRanges
 from replication.messages import Entry, Push
 
 MiB = 1024 * 1024
@@ -148,8 +149,9 @@ def test_a_push_of_many_small_entries_still_parses() -> None:
     for i in range(2_000):
         c = GCounter()
         c.increment("n1", i + 1)
-        entries.append(Entry(f"k{i:05d}", c, CausalContext.from_dots([("n1", i + 1)])))
-    push = Push("n1", "n2", -1, 9, 0, 1, 0, CausalContext.from_dots([("n1", 1)]), tuple(entries))
+        entries.append(Entry(f"k{i:05d}", c, DotRanges.whole({"n1": (1, i + 1)})))
+    clock = CausalContext.from_dots([("n1", n) for n in range(1, 2_001)])
+    push = Push("n1", "n2", -1, 9, 0, 1, 0, clock, tuple(entries))
     assert messages.parse(messages.encode(push)) == push
 
 

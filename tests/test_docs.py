@@ -11,7 +11,7 @@ import pytest
 import crdts
 from crdtkit import demo, protocol
 from crdts import base, codec
-from replication import Replicator, auth, messages, simnet, sqlite, store, tcp
+from replication import Replicator, auth, dotranges, messages, simnet, sqlite, store, tcp
 from replication.replicator import Staged
 from snapshot import cut, files, marker, sec
 
@@ -23,6 +23,7 @@ CLASSES = [
     crdts.MVRegister,
     crdts.VectorClock,
     crdts.CausalContext,
+    dotranges.DotRanges,
     Replicator,
     Staged,
     store.MemoryStore,
@@ -31,6 +32,7 @@ CLASSES = [
     simnet.SimulatedNetwork,
     cut.GlobalSnapshot,
     cut.LocalState,
+    cut.KeyspaceClock,
     marker.SnapshotNode,
     sec.SECReport,
     sec.Verdict,
@@ -52,6 +54,7 @@ FUNCTIONS = [
     store.encode_row,
     store.decode_row,
     store.restore,
+    cut.join_entries,
     cut.restore_replica,
     cut.restore_cluster,
     marker.gather,

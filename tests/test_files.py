@@ -48,7 +48,7 @@ def make_snapshot(seed: int, number: int = 1) -> GlobalSnapshot:
         replica.update(f"only-{replica.node_id}", ORSet, lambda s, me: s.add(me, me))
     states = {r.node_id: LocalState.capture(r) for r in replicas}
     a = states["a"]
-    push = Push("a", "b", 0, 1, 0, 1, 0, a.clock.copy(), a.entries)
+    push = Push("a", "b", 0, 1, 0, 1, 0, replicas[0].clock, a.entries)
     channels = {("a", "b"): (encode(push),), ("c", "a"): (encode(Ack("c", 3)),)}
     return GlobalSnapshot(SnapshotId("a", number), states, channels)
 
@@ -247,8 +247,9 @@ def invalid_bodies() -> list[bytes]:
         b"\x18\x01",  # 1, not in its shortest form
         good[:-1],
         good + b"\x00",
-        codec.encode_plain(["crdtkit-snapshot", 2, "a", 1, [], []]),
-        codec.encode_plain(["crdtkit-snapshot", 1, "a", 0, [], []]),
+        codec.encode_plain(["crdtkit-snapshot", 3, "a", 1, [], []]),  # a future version
+        codec.encode_plain(["crdtkit-snapshot", 1, "a", 1, [], []]),  # dot sets: refused
+        codec.encode_plain(["crdtkit-snapshot", 2, "a", 0, [], []]),
         *(codec.encode_plain(random_plain(rng)) for _ in range(20)),
         *(rng.randbytes(rng.randrange(1, 40)) for _ in range(20)),
     ]

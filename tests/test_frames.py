@@ -21,6 +21,7 @@ from crdts import GCounter, LWWRegister, ORSet, codec
 from crdts.base import CRDT
 from crdts.dotcontext import CausalContext
 from crdts.errors import InvalidOperation, StateTooLarge
+from replication.dotranges import DotRanges
 from replication.messages import (
     DEFAULT_FRAME,
     MIN_FRAME,
@@ -149,12 +150,14 @@ SIZES = st.lists(st.integers(0, 40_000), max_size=12)
 def test_frames_are_bounded_and_carry_every_entry_once(
     sizes: list[int], max_frame: int, max_entries: int | None, writers: int
 ) -> None:
-    clock = CausalContext.from_dots([(f"writer-{i}", i + 1) for i in range(writers)])
+    clock = CausalContext.from_dots(  # a prefix clock: writer i's first i + 1 operations
+        (f"writer-{i}", n) for i in range(writers) for n in range(1, i + 2)
+    )
     entries = []
     for i, size in enumerate(sizes):
         register: LWWRegister[bytes] = LWWRegister()
-        register.assign(bytes(size), "a", timestamp=i)
-        entries.append(Entry(f"k{i:03d}", register, CausalContext.from_dots([("a", i + 1)])))
+        register.assign(bytes(size), "w", timestamp=i)
+        entries.append(Entry(f"k{i:03d}", register, DotRanges.whole({"w": (1, i + 1)})))
     frames = encode_interval(
         template(clock=clock),
         [encode_entry(e) for e in entries],

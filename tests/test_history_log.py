@@ -49,7 +49,7 @@ def _op(**fields: object) -> bytes:
         "counter": 1, "observed": [], "delta": codec.encode(delta),
     }
     op.update(fields)
-    return codec.encode_plain(["crdtkit-log", 1, [list(op.values())]])
+    return codec.encode_plain(["crdtkit-log", 2, [list(op.values())]])
 
 
 def test_a_well_formed_operation_parses() -> None:
@@ -69,6 +69,8 @@ def test_a_well_formed_operation_parses() -> None:
         {"counter": 0},
         {"replica": ""},
         {"observed": "x"},
+        {"observed": ["a", 1, 1, 2, 5]},  # a delta's stretch, not a key's bookkeeping
+        {"observed": ["a", 0, 0, 3, 2]},  # three operations in two dots
         {"delta": b"junk"},
         {"delta": codec.encode(codec.decode(codec.encode(GCounter())))[:-1]},
         {"type": "PNCounter"},  # a G-Counter delta for a PN-Counter

@@ -85,7 +85,7 @@ def test_a_restored_cluster_converges_holding_everything_its_cut_held() -> None:
     held = {
         op.dot
         for op in history.operations
-        if any(local.clock.contains(*op.dot) for local in cut.states.values())
+        if any(local.clock.contains(op.key, *op.dot) for local in cut.states.values())
     }
     cluster = restore_cluster(cut, rng=random.Random(6))
     again = SimulatedNetwork(seed=6, faults=Faults(loss=0.3, reorder=True))

@@ -1,0 +1,334 @@
+"""Per-key dot ranges with predecessor links: which operations a key's state
+(or a delta of it) reflects, in O(writers) space whatever the history.
+
+An operation has a *dot* ``(writer, n)``: ``n`` counts every operation of
+that writer, on any key, so dots are unique across the keyspace (the
+snapshot checker, the operation log and Mattern's cut test rely on that).
+When updates to different keys interleave, one key's dots are sparse
+(a:1, a:11, a:21, ...); kept as a set they grow with every operation. But
+the operations of one writer *on one key* are totally ordered, so a key
+only needs, per writer, a range of that order:
+
+``writer -> (lo, lo_dot, hi, hi_dot)``: the writer's operations on this key
+number ``lo + 1`` to ``hi`` (the ``i``-th is the ``i``-th operation that
+writer made on this key), and ``hi_dot`` is the dot counter of the ``hi``-th,
+``lo_dot`` that of the ``lo``-th (its *predecessor link*; 0 when ``lo`` is 0).
+Their dots are exactly the writer's dots on this key in ``(lo_dot, hi_dot]``.
+
+A key's whole bookkeeping has ``lo == 0`` for every writer ("the first
+``hi``"); a delta covers a later stretch. Two stretches of one writer join
+into one exactly when they touch (``lo2 <= hi1``); a delta *follows* a key's
+bookkeeping when each of its stretches starts at or below what the key holds,
+so joining it leaves no hole. Counting per writer also makes the replica-wide
+clock checkable: if a replica holds ``count`` operations of a writer and the
+highest dot among them is ``count``, it holds exactly that writer's first
+``count`` operations (see ``replication.replicator``).
+
+>>> key = DotRanges()
+>>> key.add("a", 1); key.add("a", 11); key            # a's 1st and 2nd ops on this key
+DotRanges({'a': (0, 0, 2, 11)})
+>>> delta = key.successor("a", 21); delta              # a's 3rd, dot 21
+DotRanges({'a': (2, 11, 3, 21)})
+>>> delta.follows(key), delta.contains("a", 11), delta.contains("a", 21)
+(True, False, True)
+>>> key.merge(delta); key.count("a"), key.top("a")
+(3, 21)
+
+Cost: O(writers) for every operation that looks at all spans, O(1) per writer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from crdts.base import MAX_UINT, expect_increasing, expect_list, expect_replica, expect_uint
+from crdts.errors import DecodeError
+
+__all__ = ["DotRanges", "Span"]
+
+#: ``(lo, lo_dot, hi, hi_dot)``, as described in the module docstring.
+Span = tuple[int, int, int, int]
+
+
+class DotRanges:
+    """One contiguous stretch of each writer's operations on one key.
+
+    >>> whole = DotRanges.whole({"a": (2, 9), "b": (1, 4)})
+    >>> whole.is_whole(), whole.count("a"), whole.contains("b", 4)
+    (True, 2, True)
+    """
+
+    __slots__ = ("spans",)
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __init__(self, spans: Mapping[str, Span] | None = None) -> None:
+        self.spans: dict[str, Span] = {} if spans is None else dict(spans)
+
+    @classmethod
+    def whole(cls, tops: Mapping[str, tuple[int, int]]) -> DotRanges:
+        """A key's whole bookkeeping from ``{writer: (count, dot of the last)}``.
+
+        >>> DotRanges.whole({"a": (1, 5)})
+        DotRanges({'a': (0, 0, 1, 5)})
+
+        Cost: O(writers).
+        """
+        return cls({w: (0, 0, hi, hi_dot) for w, (hi, hi_dot) in tops.items()})
+
+    # -- questions -----------------------------------------------------------------
+
+    def contains(self, replica: str, counter: int) -> bool:
+        """Whether the operation with dot ``(replica, counter)``, *an operation
+        on this key*, is covered. (Dots of other keys fall in the same ranges
+        of counters: ask the bookkeeping of the operation's own key.)
+
+        >>> DotRanges({"a": (1, 3, 2, 7)}).contains("a", 3)
+        False
+
+        Cost: O(1).
+        """
+        span = self.spans.get(replica)
+        return span is not None and span[1] < counter <= span[3]
+
+    def count(self, replica: str) -> int:
+        """How many operations of ``replica`` are covered.
+
+        >>> DotRanges({"a": (1, 3, 4, 9)}).count("a"), DotRanges().count("a")
+        (3, 0)
+
+        Cost: O(1).
+        """
+        span = self.spans.get(replica)
+        return 0 if span is None else span[2] - span[0]
+
+    def held(self, replica: str) -> int:
+        """``hi`` for ``replica``: with ``lo`` 0, how many of its operations on
+        this key are held (0 if none).
+
+        >>> DotRanges({"a": (1, 3, 4, 9)}).held("a")
+        4
+
+        Cost: O(1).
+        """
+        span = self.spans.get(replica)
+        return 0 if span is None else span[2]
+
+    def top(self, replica: str) -> int:
+        """The dot counter of ``replica``'s last covered operation, 0 if none.
+
+        >>> DotRanges({"a": (1, 3, 4, 9)}).top("a"), DotRanges().top("a")
+        (9, 0)
+
+        Cost: O(1).
+        """
+        span = self.spans.get(replica)
+        return 0 if span is None else span[3]
+
+    def origins(self) -> set[str]:
+        """The writers with at least one covered operation.
+
+        >>> sorted(DotRanges.whole({"b": (1, 2), "a": (1, 1)}).origins())
+        ['a', 'b']
+
+        Cost: O(writers).
+        """
+        return set(self.spans)
+
+    def items(self) -> Iterator[tuple[str, Span]]:
+        """``(writer, span)`` pairs.
+
+        >>> list(DotRanges.whole({"a": (1, 1)}).items())
+        [('a', (0, 0, 1, 1))]
+
+        Cost: O(1) per pair.
+        """
+        return iter(self.spans.items())
+
+    def is_whole(self) -> bool:
+        """Whether every stretch starts at the writer's first operation on the
+        key (a key's bookkeeping, or a whole state), not a delta's.
+
+        >>> DotRanges.whole({"a": (1, 1)}).is_whole(), DotRanges().successor("a", 3).is_whole()
+        (True, True)
+
+        Cost: O(writers).
+        """
+        return all(span[0] == 0 for span in self.spans.values())
+
+    def issubset(self, other: DotRanges) -> bool:
+        """Whether every operation covered here is covered by ``other``.
+
+        >>> key = DotRanges.whole({"a": (3, 9)})
+        >>> DotRanges({"a": (1, 2, 3, 9)}).issubset(key), key.issubset(DotRanges())
+        (True, False)
+
+        Cost: O(writers here).
+        """
+        theirs = other.spans
+        for replica, (lo, _, hi, _) in self.spans.items():
+            span = theirs.get(replica)
+            if span is None or span[0] > lo or span[2] < hi:
+                return False
+        return True
+
+    def within(self, vv: Mapping[str, int]) -> bool:
+        """Whether every covered dot is at or below ``vv`` (a prefix clock:
+        every operation of writer ``w`` up to ``vv[w]``, on any key).
+
+        >>> key = DotRanges.whole({"a": (2, 9)})
+        >>> key.within({"a": 9}), key.within({"a": 8}), key.within({})
+        (True, False, False)
+
+        Cost: O(writers here).
+        """
+        return all(span[3] <= vv.get(replica, 0) for replica, span in self.spans.items())
+
+    def follows(self, held: DotRanges) -> bool:
+        """Whether joining this into the whole bookkeeping ``held`` leaves no
+        hole: each stretch starts at or below what ``held`` has of its writer.
+
+        >>> held = DotRanges.whole({"a": (2, 5)})
+        >>> next_one, one_later = DotRanges({"a": (2, 5, 3, 8)}), DotRanges({"a": (3, 8, 4, 9)})
+        >>> next_one.follows(held), one_later.follows(held)
+        (True, False)
+
+        Cost: O(writers here).
+        """
+        theirs = held.spans
+        for replica, span in self.spans.items():
+            lo = span[0]
+            if lo:
+                mine = theirs.get(replica)
+                if mine is None or mine[2] < lo:
+                    return False
+        return True
+
+    def joinable(self, other: DotRanges) -> bool:
+        """Whether the union with ``other`` is again one stretch per writer:
+        the stretches of every common writer overlap or touch.
+
+        >>> a = DotRanges({"a": (0, 0, 2, 5)})
+        >>> a.joinable(DotRanges({"a": (2, 5, 3, 8)})), a.joinable(DotRanges({"a": (3, 8, 4, 9)}))
+        (True, False)
+
+        Cost: O(writers).
+        """
+        theirs = other.spans
+        for replica, (lo, _, hi, _) in self.spans.items():
+            span = theirs.get(replica)
+            if span is not None and (span[0] > hi or lo > span[2]):
+                return False
+        return True
+
+    # -- changes -------------------------------------------------------------------
+
+    def successor(self, replica: str, counter: int) -> DotRanges:
+        """The stretch of ``replica``'s next operation on this key, with dot
+        counter ``counter``: what a new local operation's delta carries.
+
+        >>> DotRanges.whole({"a": (2, 5)}).successor("a", 9)
+        DotRanges({'a': (2, 5, 3, 9)})
+
+        Cost: O(1).
+        """
+        span = self.spans.get(replica)
+        hi, hi_dot = (0, 0) if span is None else (span[2], span[3])
+        if counter <= hi_dot:
+            raise ValueError(f"dot {counter} of {replica!r} is not after {hi_dot}")
+        return DotRanges({replica: (hi, hi_dot, hi + 1, counter)})
+
+    def add(self, replica: str, counter: int) -> None:
+        """Cover ``replica``'s next operation on this key, dot ``counter``
+        (ValueError unless ``counter`` is above its last).
+
+        >>> d = DotRanges(); d.add("a", 4); d
+        DotRanges({'a': (0, 0, 1, 4)})
+
+        Cost: O(1).
+        """
+        self.merge(self.successor(replica, counter))
+
+    def merge(self, other: DotRanges) -> None:
+        """Union ``other`` in; ValueError (changing nothing) unless
+        :meth:`joinable`: a hole is never claimed.
+
+        >>> d = DotRanges({"a": (1, 2, 3, 7)}); d.merge(DotRanges({"a": (0, 0, 2, 5)})); d
+        DotRanges({'a': (0, 0, 3, 7)})
+
+        Cost: O(writers of ``other``).
+        """
+        if not self.joinable(other):
+            raise ValueError("the stretches leave a hole: not joinable")
+        mine = self.spans
+        for replica, span in other.spans.items():
+            held = mine.get(replica)
+            if held is None:
+                mine[replica] = span
+            elif held != span:
+                lo, lo_dot = (held[0], held[1]) if held[0] <= span[0] else (span[0], span[1])
+                hi, hi_dot = (held[2], held[3]) if held[2] >= span[2] else (span[2], span[3])
+                mine[replica] = (lo, lo_dot, hi, hi_dot)
+
+    def copy(self) -> DotRanges:
+        """An independent copy.
+
+        >>> d = DotRanges(); e = d.copy(); e.add("a", 1); d.count("a"), e.count("a")
+        (0, 1)
+
+        Cost: O(writers).
+        """
+        return DotRanges(self.spans)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not DotRanges:
+            return NotImplemented
+        return self.spans == other.spans
+
+    def __repr__(self) -> str:
+        return f"DotRanges({dict(sorted(self.spans.items()))!r})"
+
+    # -- wire form -----------------------------------------------------------------
+
+    def to_payload(self) -> list[object]:
+        """``[writer, lo, lo_dot, hi, hi_dot, ...]`` in writer order."""
+        out: list[object] = []
+        for replica in sorted(self.spans):
+            out += (replica, *self.spans[replica])
+        return out
+
+    @classmethod
+    def from_payload(cls, payload: object, what: str) -> DotRanges:
+        """Inverse of :meth:`to_payload` for untrusted input: DecodeError
+        unless every stretch is one a replica could hold: writers in strictly
+        increasing order, ``lo < hi``, a predecessor link exactly when ``lo``
+        is not 0, and at least ``hi - lo`` dot counters in ``(lo_dot, hi_dot]``.
+
+        >>> DotRanges.from_payload(["a", 0, 0, 3, 2], "ops")
+        Traceback (most recent call last):
+        ...
+        crdts.errors.DecodeError: ops: stretch of 'a' claims 3 operations in 2 dots
+
+        Cost: O(len(payload)).
+        """
+        flat = expect_list(payload, what)
+        if len(flat) % 5:
+            raise DecodeError(f"{what}: expected writer/lo/lo_dot/hi/hi_dot groups")
+        writers = flat[0::5]
+        for writer in writers:
+            expect_replica(writer, what)
+        expect_increasing(writers, what)
+        out = cls()
+        for i in range(0, len(flat), 5):
+            writer = flat[i]
+            lo, lo_dot, hi, hi_dot = (expect_uint(x, what) for x in flat[i + 1 : i + 5])
+            if hi_dot > MAX_UINT:
+                raise DecodeError(f"{what}: dot counter out of range")
+            if lo >= hi or (lo == 0) != (lo_dot == 0):
+                raise DecodeError(f"{what}: stretch of {writer!r:.40} is not a range")
+            if hi - lo > hi_dot - lo_dot:
+                raise DecodeError(
+                    f"{what}: stretch of {writer!r:.40} claims {hi - lo} operations "
+                    f"in {hi_dot - lo_dot} dots"
+                )
+            out.spans[writer] = (lo, lo_dot, hi, hi_dot)  # type: ignore[index]
+        return out
