@@ -12,9 +12,9 @@ an update is acknowledged only once its transaction committed, and one whose
 commit failed is applied nowhere and answered with a ``NodeError`` saying
 "not applied"; an update sent again with the same ``request_id`` is applied
 at most once (within the node's window of answers) and answered with the same
-``Operation``, across connections and restarts; a folder in use, or damage, makes ``crdtkit node`` exit 2 with one
-line on stderr (``crdtkit node: ...``), and ``--repair`` logs "repair:" lines
-naming the keys it dropped.
+``Operation``, across connections and restarts; a folder in use, or damage,
+makes ``crdtkit node`` exit 2 with one line on stderr (``crdtkit node:
+...``), and ``--repair`` logs "repair:" lines naming the keys it dropped.
 
 By default a short run (10 SIGKILLs among small updates, 3 among 1 MiB ones,
 2 torn tails of each kind); many more on demand, with any seed:
