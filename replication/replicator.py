@@ -38,14 +38,17 @@ not by its history:
   something redundant, never leave out something needed). It rises when the
   operations held of a writer are exactly its first ones (their number equals
   the highest dot held, counted incrementally: exact in steady state), and
-  when a log interval of a peer arrives whole (the receiver then holds all the
-  peer held at its end, so the peer's prefix clock at that point too).
+  when a log interval of a peer, sent in one frame, is taken in with no gap
+  (the receiver then holds all the peer held at its end, so the peer's prefix
+  clock at that point too, capped at the highest dot held of each writer).
 - The log keeps at most one record per key, ordered by sequence number: a new
   change to a key joins the key's record and moves it to the head, or replaces
-  it when every peer with a log position already holds it. If the two do not
-  touch (a hole), the record becomes "the whole key", read live when pushed.
-  A bounded log therefore only drops a change when there are more keys than
-  ``log_limit``, never because other keys were busy. Per-peer state is O(1).
+  it when every peer with a log position (or a catch-up on its way) already
+  holds it; a peer that turns out to be behind a replaced or dropped record
+  gets a catch-up. If the two do not touch (a hole), the record becomes "the
+  whole key", read live when pushed. A bounded log therefore only drops a
+  change when there are more keys than ``log_limit`` (or when every peer
+  holds it), never because other keys were busy. Per-peer state is O(1).
 
 Gossip (Almeida, Shoker and Baquero 2018, with the fixes of Enes et al. 2019):
 
@@ -258,7 +261,7 @@ class Replicator:
         self._count: dict[str, int] = {}  # writer -> how many of its ops are held
         self._counter = 0  # dots issued by this replica id
         self._log: dict[str, _Change] = {}  # one record per key, oldest first
-        self._floor = 0  # the last sequence number dropped for the log limit
+        self._floor = 0  # log positions below it are unusable: content dropped
         self._held_by_all: int | None = None  # cached: see _everyone_holds
         self._head = 0
         self._peers: dict[str, _Peer] = {}  # made on first contact
@@ -505,8 +508,15 @@ class Replicator:
         """Log a change to ``key`` (``delta`` and ``ops`` now belong to the log)."""
         self._head += 1
         old = self._log.pop(key, None)
-        if old is None or self._everyone_holds(old.seq):
+        if old is None:
             change = _Change(self._head, key, delta, ops, origin)
+        elif self._everyone_holds(old.seq):
+            # Its old part leaves the log: as for a record dropped for the
+            # limit, a peer that turns out to hold less gets a catch-up (a
+            # later change can follow what it holds without bringing the
+            # old part, so a gap would not always show).
+            change = _Change(self._head, key, delta, ops, origin)
+            self._floor = max(self._floor, old.seq)
         else:
             change = old
             change.seq = self._head
@@ -529,12 +539,13 @@ class Replicator:
         self._log[key] = change
         if len(self._log) > self._log_limit:
             dropped = self._log.pop(next(iter(self._log)))
-            self._floor = dropped.seq
+            self._floor = max(self._floor, dropped.seq)
 
     def _everyone_holds(self, seq: int) -> bool:
         # Whether every peer with a log position (or a catch-up on its way)
         # holds our log up to ``seq``, so a record that old can be replaced.
-        # One that acks less later gets a gap, and so a catch-up: only cost.
+        # A heuristic only: one that acks less later gets a catch-up (see
+        # _floor), which costs more than a delta but loses nothing.
         least = self._held_by_all
         if least is None:
             positions = [
@@ -837,7 +848,10 @@ class Replicator:
             if len(parts) == push.parts:
                 self._positions[push.sender] = push.end
                 self._parts.pop(push.sender, None)
-                self._learn(push.clock)
+                if push.parts == 1:
+                    # (Parts of two sends of one interval may be filtered
+                    # differently: learn only from an interval sent whole.)
+                    self._learn(push.clock)
             else:
                 self._parts[push.sender] = (push.start, push.end, parts)
         if push.reply and push.part == 0:

@@ -15,7 +15,7 @@ from crdts import CausalContext, DecodeError, GCounter, ORSet, codec
 from replication import Replicator
 from replication.dotranges import DotRanges
 from replication.history import History, Operation, converged, random_operation
-from replication.messages import Entry, Push, encode, parse
+from replication.messages import Ack, Entry, Push, encode, parse
 from replication.simnet import Faults, SimulatedNetwork
 
 
@@ -285,15 +285,17 @@ def test_keys_stay_exact_and_prefix_clocks_sound_under_loss_reordering_and_resta
                 out = replicas[destination].receive(0.0, source, frame)
                 queue += [(destination, to, f) for to, f in out]
         elif action == "one-delta" and history.operations:
-            # One logged operation's own delta, sent on by the node that made
-            # it, to another: out of order, it may need operations the
-            # receiver lacks (a gap), or be old news.
+            # One logged operation's own delta, sent on by a node that holds
+            # it (an honest sender), to another: out of order, it may need
+            # operations the receiver lacks (a gap), or be old news.
             op = rng.choice(history.operations)
-            source = op.dot[0].partition("~")[0]
-            destination = rng.choice([i for i in ids if i != source])
-            push = Push(replicas[source].replica_id, replicas[destination].replica_id, 0, 0, 0, 1,
-                        0, replicas[source].clock, (op.entry(),))
-            queue.append((source, destination, encode(push)))
+            holders = [i for i in ids if replicas[i].ops(op.key).contains(*op.dot)]
+            if holders:
+                source = rng.choice(holders)
+                destination = rng.choice([i for i in ids if i != source])
+                push = Push(replicas[source].replica_id, replicas[destination].replica_id,
+                            0, 0, 0, 1, 0, replicas[source].clock, (op.entry(),))
+                queue.append((source, destination, encode(push)))
         elif action == "save":
             held = replica.keys()
             saved[node] = [Entry(k, s, replica.ops(k)) for k in held
@@ -315,6 +317,7 @@ def test_keys_stay_exact_and_prefix_clocks_sound_under_loss_reordering_and_resta
                 source, destination, frame = frames.pop(0)
                 out = replicas[destination].receive(0.0, source, frame)
                 frames += [(destination, to, f) for to, f in out]
+                _check_exact(replicas[destination], history)
     assert converged(everyone)
     for r in everyone:
         _check_exact(r, history)
@@ -337,3 +340,34 @@ def test_an_empty_catch_up_for_another_incarnation_does_not_lift_this_one() -> N
     assert restarted._positions.get("b", -1) == -1
     exchange(restarted, b)
     assert restarted.get("k") == b.get("k") and restarted.ops("k") == b.ops("k")
+
+
+def test_a_peer_behind_a_replaced_record_gets_a_catch_up_not_a_later_delta() -> None:
+    # Found by the property test above. a replaces its record of "j" while c's
+    # position is unknown and a catch-up to c is on its way (lost here); c then
+    # acknowledges its true, older position. The new record (b's increment)
+    # follows what c holds of "j" (nothing), so no gap shows: only a catch-up
+    # brings c a's own increment of "j".
+    a = Replicator("a", ["b", "c"], rng=random.Random(1))
+    b = Replicator("b", ["a"], rng=random.Random(2))
+    c = Replicator("c", ["a"], rng=random.Random(3))
+    a.update("k", GCounter, increment)
+    exchange(c, a)
+    assert a._peers["c"].acked == 1
+    a.update("j", GCounter, increment)
+    exchange(b, a)
+    exchange(a, b)
+    assert a._peers["b"].acked == a._head
+    late = Push("c", "a", 0, 0, 0, 1, 0, c.clock, (), -1)  # an old frame, late
+    a.receive(0.0, "c", encode(late))
+    assert a._peers["c"].acked is None
+    lost = a._gossip("c", reply=1)  # a catch-up, lost on the way
+    assert lost and a._peers["c"].caught_up == a._head
+    b.update("j", GCounter, increment)
+    exchange(b, a)
+    assert a._log["j"].ops == DotRanges({"b": (0, 0, 1, 1)})  # replaced
+    a.receive(0.0, "c", encode(Ack("c", 1)))  # c's true position
+    catch_ups = a.stats.catch_ups
+    exchange(a, c)
+    assert a.stats.catch_ups == catch_ups + 1
+    assert c.get("j") == a.get("j") and c.ops("j") == a.ops("j")
