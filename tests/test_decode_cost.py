@@ -18,7 +18,7 @@ from random import Random
 
 import cbor2
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crdts import GCounter, ORSet, codec
@@ -167,6 +167,9 @@ PLAIN = st.recursive(
 )
 
 
+# Each example is a large structure: 150 of them (rather than the ci
+# profile's 500) keep this test near 10 s there.
+@settings(max_examples=150)
 @given(PLAIN)
 def test_plain_data_round_trips(value: object) -> None:
     data = cbor2.dumps(value, canonical=True)
@@ -180,6 +183,7 @@ def test_plain_data_round_trips(value: object) -> None:
     assert decoded == value
 
 
+@settings(max_examples=200)
 @given(st.lists(st.integers(0, 2**32) | st.text(max_size=3), min_size=64, max_size=200), st.data())
 def test_a_non_shortest_int_inside_a_long_array_is_refused(
     items: list[object], data: st.DataObject
