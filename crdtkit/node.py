@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import ssl
@@ -55,7 +56,7 @@ from crdtkit import protocol
 from crdts import codec
 from crdts.base import expect_list
 from crdts.errors import CRDTError, DecodeError
-from replication.history import History, check_update
+from replication.history import History, TypeSpec, check_update
 from replication.replicator import Replicator, Staged
 from replication.sqlite import SQLiteStore
 from replication.store import (
@@ -292,7 +293,7 @@ class NodeService:
     def _stage(self, batch: Staged, request: _Request, rows: dict[str, bytes]) -> bytes:
         """Stage one update; its answer. Refused (and taken back) if its key
         would grow over ``max_state``."""
-        spec = History().spec(request.type_name)
+        spec = _spec(request.type_name)
         kind, args = request.kind, tuple(request.args)
         delta, dot, observed = batch.update(
             request.key, spec.new, lambda s, me: spec.mutate(s, me, kind, args)
@@ -459,3 +460,9 @@ def _held_answers(stored: Stored, node_id: str) -> OrderedDict[bytes, bytes]:
             node_id, len(stored.answers) - len(kept),
         )
     return kept
+
+
+@functools.cache
+def _spec(type_name: str) -> TypeSpec:
+    """The built-in type's spec, made once (``check_update`` named it)."""
+    return History().spec(type_name)

@@ -220,10 +220,9 @@ class WriteBehind:
         if not self.paused:
             self.keys.add(key)
 
-    def take(self, leave: Iterable[str] = ()) -> dict[str, bytes]:
-        """The rows of the changed keys but ``leave``, which count as
-        written now (give them back with ``keys |= ...`` if their commit
-        fails).
+    def take(self) -> dict[str, bytes]:
+        """The rows of the changed keys, which count as written now (give
+        them back with ``keys |= ...`` if their commit fails).
 
         >>> from random import Random
         >>> from crdts import GCounter
@@ -231,13 +230,13 @@ class WriteBehind:
         >>> changes = WriteBehind(r)
         >>> for key in ("x", "y"):
         ...     _ = r.update(key, GCounter, lambda c, me: c.increment(me))
-        >>> sorted(changes.take(leave=["y"])), changes.keys
-        (['x'], set())
+        >>> sorted(changes.take()), changes.keys
+        (['x', 'y'], set())
 
         Cost: the encoding of each key taken."""
         taken, self.keys = self.keys, set()
         rows: dict[str, bytes] = {}
-        for key in taken.difference(leave):
+        for key in taken:
             entry = self.replica.entry(key)
             if entry is not None:
                 rows[key] = encode_row(entry)
