@@ -297,8 +297,9 @@ class Replicator:
 
     @property
     def peers(self) -> list[str]:
-        """The node ids this replica gossips with, sorted (it learns new ones
-        when they first send to it).
+        """The node ids this replica gossips with, sorted: those it was given
+        and those added since (:meth:`add_peer`), never a node merely because
+        it sent a frame (a visitor is answered, not adopted).
 
         >>> Replicator("a", ["c", "b", "a"], rng=Random(1)).peers
         ['b', 'c']
@@ -306,6 +307,44 @@ class Replicator:
         Cost: O(p).
         """
         return list(self._peer_ids)
+
+    def add_peer(self, node: str) -> bool:
+        """Gossip with node ``node`` from now on; False if it already was a
+        peer (or is this node).
+
+        >>> r = Replicator("a", ["b"], rng=Random(1))
+        >>> r.add_peer("c"), r.add_peer("c"), r.peers
+        (True, False, ['b', 'c'])
+
+        Cost: O(p).
+        """
+        check_replica(node)
+        if node == self._node or node in self._peer_set:
+            return False
+        self._peer_set.add(node)
+        self._peer_ids.append(node)
+        self._peer_ids.sort()
+        self._held_by_all = None
+        return True
+
+    def remove_peer(self, node: str) -> bool:
+        """Stop gossiping with node ``node`` and forget what was known of it;
+        False if it was not a peer. Frames it still sends are answered as a
+        visitor's.
+
+        >>> r = Replicator("a", ["b", "c"], rng=Random(1))
+        >>> r.remove_peer("b"), r.remove_peer("b"), r.peers
+        (True, False, ['c'])
+
+        Cost: O(p).
+        """
+        if node not in self._peer_set:
+            return False
+        self._peer_set.discard(node)
+        self._peer_ids.remove(node)
+        self._peers.pop(node, None)
+        self._held_by_all = None
+        return True
 
     def get(self, key: str) -> CRDT | None:
         """A copy of the state under ``key``, or None.
@@ -548,8 +587,11 @@ class Replicator:
         # _floor), which costs more than a delta but loses nothing.
         least = self._held_by_all
         if least is None:
+            # Peers only: a visitor's position would hold records back for good.
             positions = [
-                p.acked if p.acked is not None else p.caught_up for p in self._peers.values()
+                p.acked if p.acked is not None else p.caught_up
+                for node, p in self._peers.items()
+                if node in self._peer_set
             ]
             # With no peer positioned, every peer gets a catch-up: replace freely.
             least = min((p for p in positions if p is not None), default=_ANY)
@@ -770,10 +812,6 @@ class Replicator:
         peer = self._peers.get(node)
         if peer is None:
             peer = self._peers[node] = _Peer()
-            if node not in self._peer_set:
-                self._peer_set.add(node)
-                self._peer_ids.append(node)
-                self._peer_ids.sort()
         if peer.replica != replica:
             # A new incarnation may have lost what the old one acknowledged.
             peer.replica = replica
