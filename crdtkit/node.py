@@ -71,7 +71,7 @@ from replication.store import (
     restore,
 )
 from replication.tcp import Channel, Limits, NodeRuntime, PeerClosed, TcpEndpoint
-from snapshot.cut import SnapshotId, encode_epochs, parse_epochs
+from snapshot.cut import MAX_COLOUR, SnapshotId
 from snapshot.marker import SnapshotNode
 
 __all__ = ["MAX_IN_FLIGHT", "MAX_REQUEST_ID", "MAX_STATE", "NodeService"]
@@ -144,7 +144,7 @@ class NodeService:
                 log.warning("%s: repair: %s", node_id, line)
             rng = Random(os.urandom(16))  # incarnations must not repeat across restarts
             replica = restore(stored, node_id, list(peers), rng=rng, max_state=max_state)
-            self.node = SnapshotNode(replica, epochs=self._epochs(stored))
+            self.node = SnapshotNode(replica, colour=self._colour(stored))
             log.info(
                 "%s: %s as %s",
                 node_id,
@@ -179,14 +179,26 @@ class NodeService:
         self._queue: list[_Request] = []
         self._wake = asyncio.Event()
         self._changes = WriteBehind(replica)
-        self._written_epochs = stored.meta.get("epochs", b"\x80")
+        self._written_colour = self.node.colour
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"{node_id}-store")
 
-    def _epochs(self, stored: Stored) -> dict[str, int]:
+    def _colour(self, stored: Stored) -> int:
+        # The snapshots recorded before the restart: never recorded again.
+        # A store written before colours keeps per-initiator "epochs"; their
+        # largest number is the colour to go on from.
         try:
-            return parse_epochs(codec.decode_plain(stored.meta.get("epochs", b"\x80")))
+            if "colour" in stored.meta:
+                colour = codec.decode_plain(stored.meta["colour"])
+                if type(colour) is not int or not 0 <= colour <= MAX_COLOUR:
+                    raise DecodeError(f"not a colour: {colour!r:.40}")
+                return colour
+            epochs = expect_list(codec.decode_plain(stored.meta.get("epochs", b"\x80")), "epochs")
+            numbers = [n for n in epochs[1::2] if type(n) is int and n >= 1]
+            if len(epochs) % 2 or len(numbers) != len(epochs) // 2:
+                raise DecodeError("epochs are [initiator, number] pairs")
+            return min(max(numbers, default=0), MAX_COLOUR)
         except DecodeError as exc:
-            raise StoreDamaged(f"{self.store.path} is damaged: its snapshot epochs: {exc}") from exc
+            raise StoreDamaged(f"{self.store.path} is damaged: its snapshot colour: {exc}") from exc
 
     @property
     def replica(self) -> Replicator:
@@ -264,12 +276,12 @@ class NodeService:
             rows.update(taken)
         meta: dict[str, bytes] = {"node": replica.node_id.encode(),
                                   "replica": replica.replica_id.encode()}
-        epochs = codec.encode_plain(encode_epochs(self.node.epochs))
-        if epochs != self._written_epochs:
-            meta["epochs"] = epochs
+        colour = self.node.colour
+        if colour != self._written_colour:
+            meta["colour"] = codec.encode_plain(colour)
         answers = [(request.request_id, answer) for request, answer in staged]
         try:
-            if rows or answers or "epochs" in meta:
+            if rows or answers or "colour" in meta:
                 await asyncio.get_running_loop().run_in_executor(
                     self._pool, self.store.commit, sorted(rows.items()), answers, meta
                 )
@@ -285,7 +297,7 @@ class NodeService:
             replica.apply(batch)
         finally:
             changes.paused = False
-        self._written_epochs = epochs
+        self._written_colour = colour
         for request, answer in staged:
             self._window.add(request.request_id, len(answer))
             request.done.set_result(_Answer(True, answer))

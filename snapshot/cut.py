@@ -36,6 +36,7 @@ from replication.messages import encode_entries as _encode_entries
 from replication.replicator import Replicator
 
 __all__ = [
+    "MAX_COLOUR",
     "GlobalSnapshot",
     "KeyspaceClock",
     "LocalState",
@@ -46,12 +47,19 @@ __all__ = [
 
 _TAG = "crdtkit-snapshot"
 _LOCAL_TAG = "crdtkit-checkpoint"
-FORMAT_VERSION = 2  # 2: entries carry per-key dot ranges
+#: The largest colour (snapshots recorded, ``snapshot.marker``) a frame or a
+#: recorded state may carry: far beyond any honest cluster's count, and small
+#: enough that adding one stays within the integers CBOR encodes untagged.
+MAX_COLOUR = 2**63 - 1
+FORMAT_VERSION = 3  # 2: entries carry per-key dot ranges; 3: a colour, not epochs
+_READABLE = (2, 3)  # version 2 is upgraded on read
 
 
 class SnapshotId(NamedTuple):
-    """A snapshot's name: the node that initiated it and its number there
-    (each initiator numbers its snapshots 1, 2, 3, ...)."""
+    """A snapshot's name: the replica that initiated it and its number, the
+    colour of the cut (``snapshot.marker``: snapshots are numbered 1, 2, 3,
+    ... across the cluster; two initiators starting one at the same colour
+    share one cut)."""
 
     initiator: str
     number: int
@@ -154,9 +162,9 @@ class KeyspaceClock:
 class LocalState:
     """One replica's recorded state: its node, its replica id (incarnation),
     its keyspace (one entry per key, sorted by key; treat the states as
-    read-only) and ``epochs``, the snapshots it had recorded by then (for each
-    initiator, the latest number; see ``snapshot.marker``), so that a node
-    restarted from it never records those again with a later state.
+    read-only) and ``colour``, how many snapshots it had recorded by then
+    (see ``snapshot.marker``), so that a node restarted from it never records
+    those again with a later state.
 
     >>> from random import Random
     >>> from crdts import GCounter
@@ -175,7 +183,7 @@ class LocalState:
     node: str
     replica: str
     entries: tuple[Entry, ...]
-    epochs: Mapping[str, int] = field(default_factory=dict)
+    colour: int = 0
     clock: KeyspaceClock = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -184,12 +192,12 @@ class LocalState:
         object.__setattr__(self, "clock", clock)
 
     @classmethod
-    def capture(cls, replica: Replicator, epochs: Mapping[str, int] | None = None) -> LocalState:
-        """A copy of ``replica``'s keyspace as it is now, with ``epochs``.
+    def capture(cls, replica: Replicator, colour: int = 0) -> LocalState:
+        """A copy of ``replica``'s keyspace as it is now, with ``colour``.
 
         >>> from random import Random
-        >>> LocalState.capture(Replicator("a", [], rng=Random(1)), {"b": 2}).epochs
-        {'b': 2}
+        >>> LocalState.capture(Replicator("a", [], rng=Random(1)), 2).colour
+        2
 
         Cost: O(total state size).
         """
@@ -198,7 +206,7 @@ class LocalState:
             for k in replica.keys()  # noqa: SIM118  (a Replicator is not a dict)
             if (state := replica.get(k)) is not None
         )
-        return cls(replica.node_id, replica.replica_id, entries, dict(epochs or {}))
+        return cls(replica.node_id, replica.replica_id, entries, colour)
 
     def state(self, key: str) -> CRDT | None:
         """The recorded state under ``key``, or None.
@@ -235,19 +243,20 @@ class LocalState:
     def from_bytes(cls, data: bytes, *, max_size: int = 1 << 30) -> LocalState:
         """Parse :meth:`to_bytes` output; DecodeError on anything else.
         Cost: O(len(data)); refused before parsing above ``max_size``."""
-        return cls._parse(_envelope(data, _LOCAL_TAG, "checkpoint", 4, max_size))
+        version, raw = _envelope(data, _LOCAL_TAG, "checkpoint", 4, max_size)
+        return cls._parse(raw, version)
 
     def _fields(self) -> list[object]:
-        return [self.node, self.replica, _encode_entries(self.entries), encode_epochs(self.epochs)]
+        return [self.node, self.replica, _encode_entries(self.entries), self.colour]
 
     @classmethod
-    def _parse(cls, raw: list[object]) -> LocalState:
-        node, replica, entries, epochs = raw
+    def _parse(cls, raw: list[object], version: int) -> LocalState:
+        node, replica, entries, colour = raw
         return cls(
             expect_replica(node, "node"),
             expect_replica(replica, "replica"),
             parse_entries(entries),
-            parse_epochs(epochs),
+            _parse_colour(colour, version),
         )
 
 
@@ -317,7 +326,7 @@ class GlobalSnapshot:
     def from_bytes(cls, data: bytes, *, max_size: int = 1 << 30) -> GlobalSnapshot:
         """Parse :meth:`to_bytes` output; DecodeError on anything else.
         Cost: O(len(data)); refused before parsing above ``max_size``."""
-        raw = _envelope(data, _TAG, "snapshot", 4, max_size)
+        version, raw = _envelope(data, _TAG, "snapshot", 4, max_size)
         initiator = expect_replica(raw[0], "snapshot initiator")
         number = expect_uint(raw[1], "snapshot number", 1)
         states: dict[str, LocalState] = {}
@@ -325,7 +334,7 @@ class GlobalSnapshot:
             fields = expect_list(item, "snapshot state")
             if len(fields) != 4:
                 raise DecodeError("snapshot state: expected four fields")
-            local = LocalState._parse(fields)
+            local = LocalState._parse(fields, version)
             if states and local.node <= next(reversed(states)):  # the last, the largest
                 raise DecodeError("snapshot states: nodes not in increasing order")
             states[local.node] = local
@@ -345,37 +354,38 @@ class GlobalSnapshot:
         return cls(SnapshotId(initiator, number), states, channels)
 
 
-def encode_epochs(epochs: Mapping[str, int]) -> list[object]:
-    """``{initiator: number}`` as the flat ``[initiator, number, ...]`` list of
-    the wire and the files, sorted by initiator. Cost: O(i log i)."""
-    return [x for initiator in sorted(epochs) for x in (initiator, epochs[initiator])]
-
-
-def parse_epochs(raw: object, limit: int = 1 << 20) -> dict[str, int]:
-    """The inverse of :func:`encode_epochs` on untrusted data: DecodeError
-    unless it is at most ``limit`` pairs, in increasing order, with numbers
-    from 1. Cost: O(len(raw))."""
+def _parse_colour(raw: object, version: int) -> int:
+    """A recorded colour; in version 2, a per-initiator epoch vector
+    ``[initiator, number, ...]``, upgraded to its largest number (a node
+    restarted from it records no snapshot numbered that or below again).
+    DecodeError on anything else. Cost: O(len(raw))."""
+    if version >= 3:
+        colour = expect_uint(raw, "colour")
+        if colour > MAX_COLOUR:
+            raise DecodeError(f"colour: over the largest, {MAX_COLOUR}")
+        return colour
     items = expect_list(raw, "epochs")
-    if len(items) % 2 or len(items) > 2 * limit:
-        raise DecodeError(f"epochs: expected at most {limit} [initiator, number] pairs")
-    epochs: dict[str, int] = {}
-    last = ""
+    if len(items) % 2:
+        raise DecodeError("epochs: expected [initiator, number] pairs")
+    last, colour = "", 0
     for i in range(0, len(items), 2):
         initiator = expect_replica(items[i], "epoch initiator")
         if initiator <= last:
             raise DecodeError("epochs: initiators not in increasing order")
-        epochs[initiator] = expect_uint(items[i + 1], "epoch number", 1)
+        colour = max(colour, expect_uint(items[i + 1], "epoch number", 1))
         last = initiator
-    return epochs
+    return min(colour, MAX_COLOUR)
 
 
-def _envelope(data: bytes, tag: str, what: str, fields: int, max_size: int) -> list[object]:
+def _envelope(
+    data: bytes, tag: str, what: str, fields: int, max_size: int
+) -> tuple[int, list[object]]:
     raw = expect_list(codec.decode_plain(data, max_size=max_size), what)
     if len(raw) != 2 + fields or raw[0] != tag:
         raise DecodeError(f"not a crdtkit {what}")
-    if raw[1] != FORMAT_VERSION:
+    if raw[1] not in _READABLE or type(raw[1]) is not int:
         raise DecodeError(f"{what}: unknown format version {raw[1]!r:.20}")
-    return raw[2:]
+    return raw[1], raw[2:]
 
 
 def join_entries(

@@ -7,42 +7,55 @@ snapshots too, and the replicator stays unchanged.
 
 The algorithm (Chandy and Lamport 1985) needs FIFO, lossless channels; gossip
 runs over networks that lose, duplicate and reorder. So every frame carries
-its sender's *colour*, as in Lai and Yang (1987): for each initiator, the
-number of the latest of its snapshots the sender has recorded (an epoch
-vector). Then:
+its sender's *colour*, as in Lai and Yang (1987): one number, how many
+snapshots of the cluster the sender has recorded. Snapshots are numbered
+cluster-wide: snapshot ``n`` is the cut where each node turned colour ``n``.
+Then:
 
 - A node records its state (a :class:`~snapshot.cut.LocalState`) when it
-  initiates a snapshot or first receives a frame of a snapshot it has not
-  recorded, *before* handing that frame on: no message sent after a recording
-  is ever reflected in a recorded state, whatever the network does, so the cut
-  is consistent. Recording snapshot ``n`` of an initiator also records the
-  ones before it that this node missed, at the same moment (equally valid).
+  initiates a snapshot (its colour goes up by one) or first receives a frame
+  whose colour is above its own, *before* handing that frame on: no message
+  sent after a recording is ever reflected in a recorded state, whatever the
+  network does, so the cut is consistent. A jump of several colours records
+  the snapshots this node missed at the same moment (equally valid). A node
+  never records a colour twice: its colour only goes up, and a restarted
+  node keeps the colour of its checkpoint.
 - Recording, it sends a *marker* to every peer and repeats it each tick until
-  that peer acknowledges (markers can be lost).
+  that peer answers with a frame of its colour (markers can be lost).
 - The channel from a peer is recorded from the recording until the first frame
-  from that peer that carries the snapshot; the replicator frames that arrive
+  from that peer of the snapshot's colour; the replicator frames that arrive
   on it meanwhile are the messages in flight. Over a FIFO channel this is
   exactly Chandy-Lamport's channel state; over a lossy or reordering one, a
   frame lost or overtaken is missing from it. That cannot hide an operation
   from the cut's checks: every entry a frame carries was in its sender's state
   when sent, so it is covered by that sender's recorded clock.
-- A node's part is complete when every incoming channel is closed; the
-  snapshot is complete when every node's part is (:func:`gather`). A node that
-  is down or cut off holds the snapshot up until it returns.
+- *Snapshots follow membership.* The members a node's part waits for are its
+  replica's peers when it recorded that are peers still: a node removed
+  since (``Replicator.remove_peer``) never holds a part up, nor does a node
+  that was never a peer (a visitor is answered, and its colour honoured, but
+  its channel is not waited for). A member that is down holds the snapshot up
+  until it returns or is removed.
+- *Finished snapshots leave nothing behind.* Two initiators that start a
+  snapshot at the same colour share one cut, so the colour is one number
+  whatever the number of initiators (every incarnation of every node may
+  initiate), and no state is kept per initiator: a frame's header is the
+  colour, a peer owed a marker is one set, and once every channel is closed
+  and every peer has answered, a round costs what it cost before any
+  snapshot. Only the colour grows, as a CBOR integer: one byte up to 23,
+  three up to 65,535.
 
-Several snapshots may be under way at once, each with its own
-:class:`~snapshot.cut.SnapshotId`. Initiators are named by replica id, so a
-restarted node (a new incarnation) numbers its snapshots afresh without
-colliding with its old ones.
+Several snapshots may be under way at once. A :class:`~snapshot.cut.SnapshotId`
+names a snapshot by its initiator and its colour, so a restarted node (a new
+incarnation) initiates under its new replica id.
 
-Wire form, around each replicator frame: ``["cl", 1, kind, epochs, body]``
-with kind 0 (data: ``body`` is the replicator frame), 1 (marker: empty body)
-or 2 (marker acknowledgement: ``body`` is the acknowledged epochs); epochs are
-a flat ``[initiator, number, ...]`` list sorted by initiator.
+Wire form, around each replicator frame: ``["cl", 2, kind, colour, body]``
+with kind 0 (data: ``body`` is the replicator frame), 1 (marker) or 2 (marker
+acknowledgement), both with an empty body. Version 1 (a per-initiator epoch
+vector) is refused.
 
-Cost: wrapping a frame is O(frame size + initiators); recording is O(state
-size) (a copy of the keyspace); a receive costs O(initiators + snapshots
-under way) on top of the replicator's.
+Cost: wrapping a frame is O(frame size); recording is O(state size) (a copy
+of the keyspace); a receive costs O(snapshots under way) on top of the
+replicator's, and a tick O(peers owed a marker) (nothing once they answered).
 """
 
 from __future__ import annotations
@@ -53,25 +66,19 @@ from random import Random
 from typing import TYPE_CHECKING
 
 from crdts import codec
-from crdts.base import expect_list
+from crdts.base import expect_list, expect_uint
 from crdts.errors import DecodeError
 from replication.messages import MAX_FRAME, Entry
 from replication.replicator import Replicator
 from replication.transport import Outgoing
-from snapshot.cut import (
-    GlobalSnapshot,
-    LocalState,
-    SnapshotId,
-    encode_epochs,
-    parse_epochs,
-    restore_replica,
-)
-from snapshot.errors import SnapshotIncomplete
+from snapshot.cut import MAX_COLOUR, GlobalSnapshot, LocalState, SnapshotId, restore_replica
+from snapshot.errors import SnapshotError, SnapshotIncomplete
 
 if TYPE_CHECKING:
     from replication.simnet import SimulatedNetwork
 
 __all__ = [
+    "MAX_COLOUR",
     "LocalRecording",
     "SnapshotNode",
     "SnapshotStats",
@@ -81,16 +88,9 @@ __all__ = [
 ]
 
 _TAG = "cl"
-_VERSION = 1
+_VERSION = 2
 _DATA, _MARKER, _ACK = 0, 1, 2
-#: Initiators a node keeps epochs for (every node that ever initiated a
-#: snapshot, each incarnation apart); a frame that names more, or would take
-#: this node over, is dropped as malformed, so a peer cannot grow the header
-#: of every frame without bound.
-MAX_INITIATORS = 4096
 _MAX_SIZE = MAX_FRAME + 64 * 1024
-
-Epochs = dict[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,19 +117,23 @@ class SnapshotStats:
     markers: int = 0  # markers sent (first sends and repeats)
     malformed: int = 0  # frames that did not parse; dropped whole
     evicted: int = 0  # recordings dropped over ``max_open``
+    departed: int = 0  # channels no longer waited for: their peer was removed
 
 
-def _parse(frame: bytes) -> tuple[int, Epochs, bytes | Epochs]:
+def _colour(x: object, what: str) -> int:
+    colour = expect_uint(x, what)
+    if colour > MAX_COLOUR:
+        raise DecodeError(f"{what}: over the largest colour, {MAX_COLOUR}")
+    return colour
+
+
+def _parse(frame: bytes) -> tuple[int, int, bytes]:
     raw = expect_list(codec.decode_plain(frame, max_size=_MAX_SIZE), "frame")
     if len(raw) != 5 or raw[0] != _TAG or raw[1] != _VERSION:
         raise DecodeError("not a snapshot-layer frame")
-    kind, epochs, body = raw[2], parse_epochs(raw[3], MAX_INITIATORS), raw[4]
-    if kind == _DATA and type(body) is bytes:
-        return _DATA, epochs, body
-    if kind == _MARKER and body == b"":
-        return _MARKER, epochs, body
-    if kind == _ACK:
-        return _ACK, epochs, parse_epochs(body, MAX_INITIATORS)
+    kind, colour, body = raw[2], _colour(raw[3], "colour"), raw[4]
+    if type(body) is bytes and (kind == _DATA or (kind in (_MARKER, _ACK) and not body)):
+        return kind, colour, body
     raise DecodeError(f"snapshot-layer frame: bad kind {kind!r:.20} or body")
 
 
@@ -150,23 +154,25 @@ class SnapshotNode:
     (['a', 'b', 'c'], 2)
 
     ``max_open`` bounds the snapshots recorded here and not yet forgotten
-    (the oldest is dropped beyond it).
+    (the oldest is dropped beyond it). ``colour`` is the colour to start
+    from: a restarted node's checkpoint's (see :meth:`restore`).
 
     Cost: see the module docstring.
     """
 
-    def __init__(
-        self, replica: Replicator, *, max_open: int = 8, epochs: Mapping[str, int] | None = None
-    ) -> None:
+    def __init__(self, replica: Replicator, *, max_open: int = 8, colour: int = 0) -> None:
         if max_open < 1:
             raise ValueError("max_open is at least 1")
+        if not 0 <= colour <= MAX_COLOUR:
+            raise ValueError(f"colour is between 0 and {MAX_COLOUR}")
         self._replica = replica
         self._max_open = max_open
         # Snapshots recorded before a restart are never recorded again: the
         # restored state may hold updates from after that recording.
-        self._epochs: Epochs = dict(epochs or {})
-        self._acked: dict[str, Epochs] = {}  # peer -> our epochs it acknowledged
-        self._recordings: dict[SnapshotId, _Recording] = {}
+        self._colour = colour
+        self._owed: set[str] = set()  # peers that have not answered our colour
+        self._recordings: dict[int, _Recording] = {}  # by colour, oldest first
+        self._open: dict[int, _Recording] = {}  # the ones with channels still open
         self.stats = SnapshotStats()
 
     @property
@@ -207,32 +213,32 @@ class SnapshotNode:
         return self._replica
 
     @property
-    def epochs(self) -> dict[str, int]:
-        """The snapshots recorded here, as the latest number per initiator:
-        what to keep, with the state, for a restart (``epochs=``).
+    def colour(self) -> int:
+        """How many snapshots this node has recorded (the latest one's
+        number): what to keep, with the state, for a restart (``colour=``).
 
         >>> from random import Random
         >>> node = SnapshotNode(Replicator("a", [], rng=Random(1)))
-        >>> _ = node.initiate(); node.epochs
-        {'a': 1}
+        >>> _ = node.initiate(); node.colour
+        1
 
-        Cost: O(initiators).
+        Cost: O(1).
         """
-        return dict(self._epochs)
+        return self._colour
 
     def checkpoint(self) -> LocalState:
-        """This replica's state now, with the snapshots it has recorded: what
-        to write down (``snapshot.files.write_checkpoint``) to restart from.
+        """This replica's state now, with its colour: what to write down
+        (``snapshot.files.write_checkpoint``) to restart from.
 
         >>> from random import Random
         >>> node = SnapshotNode(Replicator("a", [], rng=Random(1)))
         >>> _ = node.initiate()
-        >>> node.checkpoint().epochs
-        {'a': 1}
+        >>> node.checkpoint().colour
+        1
 
         Cost: O(state size).
         """
-        return LocalState.capture(self._replica, self._epochs)
+        return LocalState.capture(self._replica, self._colour)
 
     @classmethod
     def restore(
@@ -250,7 +256,7 @@ class SnapshotNode:
         under a new incarnation, joined with the entries ``arriving`` (see
         ``snapshot.cut.restore_replica``).
 
-        It keeps the checkpoint's epochs: a snapshot recorded before the
+        It keeps the checkpoint's colour: a snapshot recorded before the
         checkpoint was written is never recorded again here, as the restored
         state may hold updates from after that recording. Such a snapshot
         lost this node's part in the crash, and stays incomplete.
@@ -260,20 +266,21 @@ class SnapshotNode:
         >>> taken = node.initiate()
         >>> back = SnapshotNode.restore(node.checkpoint(), ["b"], rng=Random(2), incarnation=1)
         >>> back.replica.replica_id, back.initiate()
-        ('a~1', SnapshotId(initiator='a~1', number=1))
+        ('a~1', SnapshotId(initiator='a~1', number=2))
 
         Cost: O(size of the checkpoint).
         """
         replica = restore_replica(
             local, peers, rng=rng, incarnation=incarnation, arriving=arriving, **options
         )
-        return cls(replica, max_open=max_open, epochs=local.epochs)
+        return cls(replica, max_open=max_open, colour=local.colour)
 
     # -- snapshots -------------------------------------------------------------------
 
     def initiate(self) -> SnapshotId:
-        """Start a snapshot here: record this replica's state now. Markers go
-        to the peers on the next :meth:`tick`.
+        """Start a snapshot here: record this replica's state now, as the
+        next colour. Markers go to the peers on the next :meth:`tick`.
+        SnapshotError once the colours are exhausted (:data:`MAX_COLOUR`).
 
         >>> from random import Random
         >>> node = SnapshotNode(Replicator("a", [], rng=Random(1)))
@@ -282,24 +289,30 @@ class SnapshotNode:
 
         Cost: O(state size).
         """
-        initiator = self._replica.replica_id
-        number = self._epochs.get(initiator, 0) + 1
-        self._record({initiator: number})
-        return SnapshotId(initiator, number)
+        if self._colour >= MAX_COLOUR:
+            raise SnapshotError(f"no colour left after {MAX_COLOUR}")
+        self._record(self._colour + 1, None)
+        return SnapshotId(self._replica.replica_id, self._colour)
 
     def recording(self, snapshot: SnapshotId) -> LocalRecording | None:
         """This node's part of ``snapshot`` if it is complete, else None.
+        Complete means: every channel from a member it waits for is closed
+        (peers removed since it recorded are not waited for).
 
         >>> from random import Random
         >>> node = SnapshotNode(Replicator("a", [], rng=Random(1)))
         >>> node.recording(node.initiate()).state.node   # no peers: done at once
         'a'
 
-        Cost: O(frames recorded).
+        Cost: O(frames recorded + peers).
         """
-        rec = self._recordings.get(snapshot)
-        if rec is None or rec.open:
+        rec = self._recordings.get(snapshot.number)
+        if rec is None:
             return None
+        if rec.open:
+            self._follow_membership()
+            if rec.open:
+                return None
         return LocalRecording(rec.state, {p: tuple(f) for p, f in sorted(rec.frames.items())})
 
     def forget(self, snapshot: SnapshotId) -> None:
@@ -312,48 +325,58 @@ class SnapshotNode:
 
         Cost: O(1).
         """
-        self._recordings.pop(snapshot, None)
+        self._recordings.pop(snapshot.number, None)
+        self._open.pop(snapshot.number, None)
 
-    def _record(self, epochs: Mapping[str, int]) -> list[Outgoing]:
-        # Every snapshot in ``epochs`` not recorded here yet, all at this one
-        # moment: one copy of the state serves them all.
-        new = {i: (self._epochs.get(i, 0), n) for i, n in epochs.items()
-               if n > self._epochs.get(i, 0)}
-        if not new:
+    def _record(self, colour: int, sender: str | None) -> list[Outgoing]:
+        # Every colour up to ``colour`` not recorded here yet, all at this
+        # one moment: one copy of the state serves them all.
+        have = self._colour
+        if colour <= have:
             return []
-        self._epochs.update({initiator: number for initiator, (_, number) in new.items()})
-        state = LocalState.capture(self._replica, self._epochs)
+        self._colour = colour
+        state = LocalState.capture(self._replica, colour)
         peers = self._replica.peers
-        for initiator, (have, number) in new.items():
-            for n in range(max(have + 1, number - self._max_open + 1), number + 1):
-                self._recordings[SnapshotId(initiator, n)] = _Recording(state, set(peers))
-                self.stats.recorded += 1
+        for n in range(max(have + 1, colour - self._max_open + 1), colour + 1):
+            rec = self._recordings[n] = _Recording(state, set(peers))
+            if rec.open:
+                self._open[n] = rec
+            self.stats.recorded += 1
         while len(self._recordings) > self._max_open:
-            del self._recordings[next(iter(self._recordings))]
+            oldest = next(iter(self._recordings))
+            del self._recordings[oldest]
+            self._open.pop(oldest, None)
             self.stats.evicted += 1
-        return self._markers(peers)
+        # The sender has this colour already; every other peer is owed it.
+        self._owed = set(peers)
+        if sender is not None:
+            self._owed.discard(sender)
+        return self._markers(self._owed)
 
     def _markers(self, peers: Iterable[str]) -> list[Outgoing]:
         frame = self._wrap(_MARKER, b"")
-        out = [(peer, frame) for peer in peers]
+        out = [(peer, frame) for peer in sorted(peers)]
         self.stats.markers += len(out)
         return out
 
-    def _unacked(self) -> list[str]:
-        mine = self._epochs
-        return [
-            peer
-            for peer in self._replica.peers
-            if any(
-                self._acked.get(peer, {}).get(initiator, 0) < n for initiator, n in mine.items()
-            )
-        ]
+    def _follow_membership(self) -> None:
+        # Peers removed from the replica since a recording are waited for no
+        # more, and owed no marker. Only called while something is open.
+        members = set(self._replica.peers)
+        self._owed &= members
+        for n, rec in list(self._open.items()):
+            departed = rec.open - members
+            if departed:
+                rec.open -= departed
+                self.stats.departed += len(departed)
+                if not rec.open:
+                    del self._open[n]
 
     # -- the Node surface ------------------------------------------------------------
 
     def tick(self, now: float) -> list[Outgoing]:
         """The replica's gossip round, plus markers to peers that have not
-        acknowledged this node's latest recordings.
+        answered this node's colour.
 
         >>> from random import Random
         >>> node = SnapshotNode(Replicator("a", ["b"], rng=Random(1)))
@@ -361,14 +384,18 @@ class SnapshotNode:
         >>> len(node.tick(0.0))    # a round opening with b, and a marker
         2
 
-        Cost: the replica's tick, plus O(peers x initiators).
+        Cost: the replica's tick, plus O(peers) while a snapshot is under
+        way here, nothing once every peer answered and every channel closed.
         """
         out = [(dest, self._wrap(_DATA, f)) for dest, f in self._replica.tick(now)]
-        return out + self._markers(self._unacked()) if self._epochs else out
+        if self._owed or self._open:
+            self._follow_membership()
+            out += self._markers(self._owed)
+        return out
 
     def receive(self, now: float, sender: str, frame: bytes) -> list[Outgoing]:
-        """Handle one frame from node ``sender``: record first if it carries a
-        snapshot not yet recorded here, then record or close the channel from
+        """Handle one frame from node ``sender``: record first if its colour
+        is above this node's, then record or close the channel from
         ``sender``, then hand a data frame to the replica. A frame that does
         not parse is dropped and counted; nothing of it is applied.
 
@@ -377,41 +404,35 @@ class SnapshotNode:
         >>> node.receive(0.0, "b", b"junk"), node.stats.malformed
         ([], 1)
 
-        Cost: O(len(frame) + initiators + snapshots under way), plus the
-        replica's receive.
+        Cost: O(len(frame) + snapshots under way), plus the replica's receive.
         """
         try:
-            kind, epochs, body = _parse(frame)
-            if len(self._epochs.keys() | epochs.keys()) > MAX_INITIATORS:
-                raise DecodeError("too many initiators")
+            kind, colour, body = _parse(frame)
         except DecodeError:
             self.stats.malformed += 1
             return []
-        out = self._record(epochs)
-        for snapshot, rec in self._recordings.items():
-            if sender not in rec.open:
-                continue
-            if epochs.get(snapshot.initiator, 0) >= snapshot.number:
-                rec.open.discard(sender)  # the sender recorded first: the channel's marker
-            elif kind == _DATA:
-                assert isinstance(body, bytes)
-                rec.frames.setdefault(sender, []).append(body)
+        out = self._record(colour, sender) if colour > self._colour else []
+        if self._open:
+            for n, rec in list(self._open.items()):
+                if sender not in rec.open:
+                    continue
+                if colour >= n:  # the sender recorded first: the channel's marker
+                    rec.open.discard(sender)
+                    if not rec.open:
+                        del self._open[n]
+                elif kind == _DATA:
+                    rec.frames.setdefault(sender, []).append(body)
+        if colour >= self._colour:
+            self._owed.discard(sender)  # it answered: it has our colour
         if kind == _DATA:
-            assert isinstance(body, bytes)
             replies = self._replica.receive(now, sender, body)
             out += [(dest, self._wrap(_DATA, f)) for dest, f in replies]
         elif kind == _MARKER:
-            out.append((sender, self._wrap(_ACK, encode_epochs(epochs))))
-        else:
-            assert isinstance(body, dict)
-            acked = self._acked.setdefault(sender, {})
-            for initiator, number in body.items():
-                if number > acked.get(initiator, 0):
-                    acked[initiator] = number
+            out.append((sender, self._wrap(_ACK, b"")))
         return out
 
-    def _wrap(self, kind: int, body: bytes | list[object]) -> bytes:
-        return codec.encode_plain([_TAG, _VERSION, kind, encode_epochs(self._epochs), body])
+    def _wrap(self, kind: int, body: bytes) -> bytes:
+        return codec.encode_plain([_TAG, _VERSION, kind, self._colour, body])
 
 
 def gather(nodes: Iterable[SnapshotNode], snapshot: SnapshotId) -> GlobalSnapshot | None:
@@ -466,10 +487,12 @@ def take_snapshot(
     network: SimulatedNetwork, initiator: str, *, max_rounds: int = 100
 ) -> GlobalSnapshot:
     """Initiate a snapshot at node ``initiator`` of a simulated network of
-    :class:`SnapshotNode` and run rounds until every node's part is complete.
-    Raises SnapshotIncomplete after ``max_rounds`` (a node down or cut off).
-    To take one mid-run instead, call :meth:`SnapshotNode.initiate` and poll
-    :func:`gather` between rounds.
+    :class:`SnapshotNode` and run rounds until the part of every member is
+    complete: the initiator and its peers at the start that are its peers
+    still (a node removed meanwhile, or one that was never a peer, is not
+    waited for, and not in the cut). Raises SnapshotIncomplete after
+    ``max_rounds`` (a member down or cut off). To take one mid-run instead,
+    call :meth:`SnapshotNode.initiate` and poll :func:`gather` between rounds.
 
     >>> from random import Random
     >>> from replication.simnet import SimulatedNetwork
@@ -485,13 +508,22 @@ def take_snapshot(
     if not isinstance(first, SnapshotNode):
         raise TypeError(f"node {initiator!r} is not a SnapshotNode")
     snapshot = first.initiate()
+    at_start = set(first.replica.peers)
 
-    def nodes() -> list[SnapshotNode]:
-        # Read afresh each time: a restart replaces a node's object.
-        return [n for n in network.nodes.values() if isinstance(n, SnapshotNode)]
+    def cut() -> GlobalSnapshot | None:
+        # Read afresh each time: a restart replaces a node's object, and the
+        # initiator's peers change as members are removed.
+        now = network.nodes
+        lead = now[initiator]
+        assert isinstance(lead, SnapshotNode)
+        members = [initiator, *sorted(at_start.intersection(lead.replica.peers))]
+        nodes = [now.get(m) for m in members]
+        if not all(isinstance(n, SnapshotNode) for n in nodes):
+            return None  # a member that is not in this network holds it up
+        return gather(nodes, snapshot)  # type: ignore[arg-type]
 
-    rounds = network.run_until(lambda: gather(nodes(), snapshot) is not None, max_rounds)
-    cut = gather(nodes(), snapshot)
-    if rounds is None or cut is None:
+    rounds = network.run_until(lambda: cut() is not None, max_rounds)
+    taken = cut()
+    if rounds is None or taken is None:
         raise SnapshotIncomplete(f"snapshot {snapshot} incomplete after {max_rounds} rounds")
-    return cut
+    return taken

@@ -247,9 +247,10 @@ def invalid_bodies() -> list[bytes]:
         b"\x18\x01",  # 1, not in its shortest form
         good[:-1],
         good + b"\x00",
-        codec.encode_plain(["crdtkit-snapshot", 3, "a", 1, [], []]),  # a future version
+        codec.encode_plain(["crdtkit-snapshot", 4, "a", 1, [], []]),  # a future version
         codec.encode_plain(["crdtkit-snapshot", 1, "a", 1, [], []]),  # dot sets: refused
         codec.encode_plain(["crdtkit-snapshot", 2, "a", 0, [], []]),
+        codec.encode_plain(["crdtkit-snapshot", 3, "a", 0, [], []]),
         *(codec.encode_plain(random_plain(rng)) for _ in range(20)),
         *(rng.randbytes(rng.randrange(1, 40)) for _ in range(20)),
     ]

@@ -29,6 +29,10 @@ from snapshot import (
 )
 
 VECTORS = Path(__file__).parent / "golden" / "snapshot.json"
+#: Files of format version 2 (per-initiator epochs where version 3 has one
+#: colour), as this module's builders wrote them then: read and upgraded, never
+#: rewritten.
+VERSION_2 = json.loads((VECTORS.parent / "snapshot-v2.json").read_text())
 
 
 def _replicas() -> tuple[SnapshotNode, SnapshotNode]:
@@ -94,6 +98,19 @@ def test_golden_vector(name: str, tmp_path: Path) -> None:
     elif name == "checkpoint file":
         local = read_checkpoint(path)
         assert isinstance(local, LocalState) and local.replica == "b~3"
+
+
+def test_version_2_files_are_read_with_their_epochs_as_a_colour(tmp_path: Path) -> None:
+    path = tmp_path / "vector"
+    path.write_bytes(bytes.fromhex(VERSION_2["snapshot file"]))
+    cut = read_snapshot(path)
+    assert cut.id == SnapshotId("a", 1)
+    assert cut.states["a"].colour == 1  # epochs {"a": 1}: snapshot 1 is recorded
+    assert cut.states["b"].colour == 0
+    assert cut.states["a"].state("hits").value == 3  # type: ignore[union-attr]
+    path.write_bytes(bytes.fromhex(VERSION_2["checkpoint file"]))
+    local = read_checkpoint(path)
+    assert isinstance(local, LocalState) and local.replica == "b~3" and local.colour == 0
 
 
 if __name__ == "__main__":
