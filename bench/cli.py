@@ -13,7 +13,7 @@ from importlib.metadata import version
 from pathlib import Path
 from random import Random
 
-from bench import bookkeeping, codec, counters, gossip, peers, processes, sets, store
+from bench import bookkeeping, codec, counters, gossip, peers, processes, sets, snapshots, store
 from bench.harness import Config, Row, render, write_json
 
 Benchmark = Callable[[Config, Random], list[Row]]
@@ -33,6 +33,7 @@ BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("gossip-bytes", gossip.delta_bytes),
     ("gossip-scale-replicas", gossip.scale_replicas),
     ("gossip-scale-state", gossip.scale_state),
+    ("snapshot-rounds", snapshots.snapshot_rounds),
     ("store-flush", store.flush_changed),
     ("tcp-processes", processes.processes),
     ("bounded-state", bookkeeping.bounded_state),

@@ -45,6 +45,7 @@ class Config:
     gossip_rounds: int  # steady-state rounds measured for bytes per round
     gossip_elements: tuple[int, ...]  # ORSet sizes for the state-size scale
     bookkeeping_updates: tuple[int, int]  # bounded state: updates of the floor, of the figure
+    snapshot_nodes: int  # nodes of the snapshot round-cost clusters
 
     @classmethod
     def full(cls, repeat: int | None = None) -> Config:
@@ -69,6 +70,7 @@ class Config:
             gossip_rounds=10,
             gossip_elements=(1_000, 10_000, 100_000),
             bookkeeping_updates=(10_000, 1_000_000),
+            snapshot_nodes=64,
         )
 
     @classmethod
@@ -94,6 +96,7 @@ class Config:
             gossip_rounds=5,
             gossip_elements=(1_000, 10_000),
             bookkeeping_updates=(2_000, 20_000),
+            snapshot_nodes=16,
         )
 
 
