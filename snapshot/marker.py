@@ -20,29 +20,42 @@ Then:
   the snapshots this node missed at the same moment (equally valid). A node
   never records a colour twice: its colour only goes up, and a restarted
   node keeps the colour of its checkpoint.
-- Recording, it sends a *marker* to every peer and repeats it each tick until
-  that peer answers with a frame of its colour (markers can be lost).
-- The channel from a peer is recorded from the recording until the first frame
-  from that peer of the snapshot's colour; the replicator frames that arrive
-  on it meanwhile are the messages in flight. Over a FIFO channel this is
-  exactly Chandy-Lamport's channel state; over a lossy or reordering one, a
-  frame lost or overtaken is missing from it. That cannot hide an operation
-  from the cut's checks: every entry a frame carries was in its sender's state
-  when sent, so it is covered by that sender's recorded clock.
-- *Snapshots follow membership.* The members a node's part waits for are its
-  replica's peers when it recorded that are peers still: a node removed
-  since (``Replicator.remove_peer``) never holds a part up, nor does a node
-  that was never a peer (a visitor is answered, and its colour honoured, but
-  its channel is not waited for). A member that is down holds the snapshot up
-  until it returns or is removed.
+- *A node's part is its recorded state*, complete as soon as it is
+  recorded. For state-based CRDTs the channels add nothing: a frame in
+  flight across the cut carries only entries that were in its sender's state
+  when it was sent, so they are in the sender's recorded state, and the join
+  of the recorded states already holds everything in flight (the checks of
+  ``snapshot.sec`` see the same operations). The colour rides on every
+  gossip frame, so every node records within the rounds a rumour takes to
+  spread (O(log N)); an initiator also sends one *marker* to each peer, once,
+  and each answers it, to hurry that along: at most 2(N - 1) frames of the
+  snapshot's own, where Chandy-Lamport sends a marker and an acknowledgement
+  on each of the N(N - 1) channels.
+- With ``channels=True`` a part also holds Chandy-Lamport's channel state:
+  recording, a node sends a marker to every peer and repeats it each tick
+  until that peer answers with a frame of its colour, and the channel from
+  a peer is recorded from the recording until the first frame from that
+  peer of the snapshot's colour; the replicator frames that arrive on it
+  meanwhile are the messages in flight. Over a FIFO channel this is exactly
+  Chandy-Lamport's channel state; over a lossy or reordering one, a frame
+  lost or overtaken is missing from it, which cannot hide an operation from
+  the cut's checks (the argument above).
+- *Snapshots follow membership.* With ``channels=True``, the members a
+  node's part waits for are its replica's peers when it recorded that are
+  peers still: a node removed since (``Replicator.remove_peer``) never holds
+  a part up, nor does a node that was never a peer (a visitor is answered,
+  and its colour honoured, but its channel is not waited for). Without
+  channels a part waits for nobody. :func:`take_snapshot` waits for the
+  parts of the initiator and its peers at the start that are peers still. A
+  member that is down holds the snapshot up until it returns or is removed.
 - *Finished snapshots leave nothing behind.* Two initiators that start a
   snapshot at the same colour share one cut, so the colour is one number
   whatever the number of initiators (every incarnation of every node may
   initiate), and no state is kept per initiator: a frame's header is the
   colour, a peer owed a marker is one set, and once every channel is closed
-  and every peer has answered, a round costs what it cost before any
-  snapshot. Only the colour grows, as a CBOR integer: one byte up to 23,
-  three up to 65,535.
+  and every marker sent (and, with channels, answered), a round costs what
+  it cost before any snapshot. Only the colour grows, as a CBOR integer: one
+  byte up to 23, three up to 65,535.
 
 Several snapshots may be under way at once. A :class:`~snapshot.cut.SnapshotId`
 names a snapshot by its initiator and its colour, so a restarted node (a new
@@ -54,8 +67,9 @@ acknowledgement), both with an empty body. Version 1 (a per-initiator epoch
 vector) is refused.
 
 Cost: wrapping a frame is O(frame size); recording is O(state size) (a copy
-of the keyspace); a receive costs O(snapshots under way) on top of the
-replicator's, and a tick O(peers owed a marker) (nothing once they answered).
+of the keyspace); a receive costs O(snapshots with channels open) on top of
+the replicator's, and a tick O(peers) while markers are owed or channels
+open (nothing after).
 """
 
 from __future__ import annotations
@@ -115,6 +129,7 @@ class SnapshotStats:
 
     recorded: int = 0  # snapshots this node recorded its state for
     markers: int = 0  # markers sent (first sends and repeats)
+    answers: int = 0  # markers answered (acknowledgements sent)
     malformed: int = 0  # frames that did not parse; dropped whole
     evicted: int = 0  # recordings dropped over ``max_open``
     departed: int = 0  # channels no longer waited for: their peer was removed
@@ -156,17 +171,25 @@ class SnapshotNode:
     ``max_open`` bounds the snapshots recorded here and not yet forgotten
     (the oldest is dropped beyond it). ``colour`` is the colour to start
     from: a restarted node's checkpoint's (see :meth:`restore`).
+    ``channels`` records the frames in flight on each channel too
+    (Chandy-Lamport's channel state, at the price of a marker and an
+    answer on every channel); by default a part is the recorded state alone,
+    complete as soon as it is recorded, and only an initiator sends markers,
+    once to each peer (see the module docstring).
 
     Cost: see the module docstring.
     """
 
-    def __init__(self, replica: Replicator, *, max_open: int = 8, colour: int = 0) -> None:
+    def __init__(
+        self, replica: Replicator, *, max_open: int = 8, colour: int = 0, channels: bool = False
+    ) -> None:
         if max_open < 1:
             raise ValueError("max_open is at least 1")
         if not 0 <= colour <= MAX_COLOUR:
             raise ValueError(f"colour is between 0 and {MAX_COLOUR}")
         self._replica = replica
         self._max_open = max_open
+        self._channels = channels
         # Snapshots recorded before a restart are never recorded again: the
         # restored state may hold updates from after that recording.
         self._colour = colour
@@ -249,6 +272,7 @@ class SnapshotNode:
         rng: Random,
         incarnation: int | None = None,
         max_open: int = 8,
+        channels: bool = False,
         arriving: Iterable[Entry] = (),
         **options: int,
     ) -> SnapshotNode:
@@ -273,7 +297,7 @@ class SnapshotNode:
         replica = restore_replica(
             local, peers, rng=rng, incarnation=incarnation, arriving=arriving, **options
         )
-        return cls(replica, max_open=max_open, colour=local.colour)
+        return cls(replica, max_open=max_open, colour=local.colour, channels=channels)
 
     # -- snapshots -------------------------------------------------------------------
 
@@ -336,7 +360,7 @@ class SnapshotNode:
             return []
         self._colour = colour
         state = LocalState.capture(self._replica, colour)
-        peers = self._replica.peers
+        peers = self._replica.peers if self._channels else []
         for n in range(max(have + 1, colour - self._max_open + 1), colour + 1):
             rec = self._recordings[n] = _Recording(state, set(peers))
             if rec.open:
@@ -347,6 +371,11 @@ class SnapshotNode:
             del self._recordings[oldest]
             self._open.pop(oldest, None)
             self.stats.evicted += 1
+        if not self._channels:
+            # Gossip carries the colour to every node; an initiator's markers
+            # (one to each peer, on the next tick) only hurry it along.
+            self._owed = set(self._replica.peers) if sender is None else set()
+            return []
         # The sender has this colour already; every other peer is owed it.
         self._owed = set(peers)
         if sender is not None:
@@ -391,6 +420,8 @@ class SnapshotNode:
         if self._owed or self._open:
             self._follow_membership()
             out += self._markers(self._owed)
+            if not self._channels:
+                self._owed.clear()  # once: gossip carries the colour from here
         return out
 
     def receive(self, now: float, sender: str, frame: bytes) -> list[Outgoing]:
@@ -429,6 +460,7 @@ class SnapshotNode:
             out += [(dest, self._wrap(_DATA, f)) for dest, f in replies]
         elif kind == _MARKER:
             out.append((sender, self._wrap(_ACK, b"")))
+            self.stats.answers += 1
         return out
 
     def _wrap(self, kind: int, body: bytes) -> bytes:

@@ -33,11 +33,13 @@ def pump(nodes: Nodes, frames: list[tuple[str, Outgoing]]) -> None:
 
 
 def test_a_cut_with_an_entry_in_flight_restores_it_to_its_destination() -> None:
+    # Only a cut with channel state holds frames in flight (by default a
+    # part is the recorded state, which already holds what its frames carry).
     history = History()
     nodes = {
-        "a": SnapshotNode(Replicator("a", ["b", "c"], rng=random.Random(1))),
-        "b": SnapshotNode(Replicator("b", ["a", "c"], rng=random.Random(2))),
-        "c": SnapshotNode(Replicator("c", ["a"], rng=random.Random(3))),
+        "a": SnapshotNode(Replicator("a", ["b", "c"], rng=random.Random(1)), channels=True),
+        "b": SnapshotNode(Replicator("b", ["a", "c"], rng=random.Random(2)), channels=True),
+        "c": SnapshotNode(Replicator("c", ["a"], rng=random.Random(3)), channels=True),
     }
     history.apply(nodes["a"].replica, "hits", "GCounter", "increment", 4)
     opening = nodes["c"].tick(0.0)  # c opens a round with a, its only peer

@@ -30,10 +30,13 @@ from snapshot.marker import SnapshotNode, gather, take_snapshot
 RESTARTS = int(os.environ.get("CRDTKIT_SNAPSHOT_RESTARTS", "4200"))
 
 
-def _cluster(ids: list[str], seed: int, faults: Faults | None = None) -> SimulatedNetwork:
+def _cluster(
+    ids: list[str], seed: int, faults: Faults | None = None, *, channels: bool = False
+) -> SimulatedNetwork:
     net = SimulatedNetwork(seed=seed, faults=faults or Faults())
     for i in ids:
-        net.add(SnapshotNode(Replicator(i, ids, rng=random.Random(f"{seed}/{i}"))))
+        replica = Replicator(i, ids, rng=random.Random(f"{seed}/{i}"))
+        net.add(SnapshotNode(replica, channels=channels))
     return net
 
 
@@ -50,12 +53,13 @@ def _increment(c: GCounter, me: str) -> GCounter:
 # -- observation 1: who a snapshot waits for ---------------------------------------
 
 
-def test_a_visitor_never_holds_up_a_snapshot() -> None:
+@pytest.mark.parametrize("channels", [False, True])
+def test_a_visitor_never_holds_up_a_snapshot(channels: bool) -> None:
     # A node started once under a name that is no member (a mistyped --id)
     # opens rounds with r0, even starts a snapshot, and goes away for good.
     ids = ["r0", "r1", "r2"]
-    net = _cluster(ids, 1)
-    visitor = SnapshotNode(Replicator("typo", ["r0"], rng=random.Random(9)))
+    net = _cluster(ids, 1, channels=channels)
+    visitor = SnapshotNode(Replicator("typo", ["r0"], rng=random.Random(9)), channels=channels)
     net.add(visitor)
     visitor.replica.update("hits", GCounter, _increment)
     visitor.initiate()
@@ -69,8 +73,9 @@ def test_a_visitor_never_holds_up_a_snapshot() -> None:
 
 
 def test_a_visitors_frames_never_hold_up_a_nodes_part() -> None:
-    a = SnapshotNode(Replicator("a", ["b"], rng=random.Random(1)))
-    b = SnapshotNode(Replicator("b", ["a"], rng=random.Random(2)))
+    # With channels recorded, a part waits for its peers' channels only.
+    a = SnapshotNode(Replicator("a", ["b"], rng=random.Random(1)), channels=True)
+    b = SnapshotNode(Replicator("b", ["a"], rng=random.Random(2)), channels=True)
     visitor = SnapshotNode(Replicator("v", ["a"], rng=random.Random(3)))
     for dest, frame in visitor.tick(0.0):  # the visitor opens a round with a
         assert dest == "a"
@@ -86,8 +91,9 @@ def test_a_visitors_frames_never_hold_up_a_nodes_part() -> None:
 
 
 def test_a_member_removed_mid_snapshot_never_holds_it_up() -> None:
+    # With channels recorded: without, a part waits for nobody.
     ids = ["r0", "r1", "r2", "r3"]
-    net = _cluster(ids, 2, Faults(loss=0.2, reorder=True))
+    net = _cluster(ids, 2, Faults(loss=0.2, reorder=True), channels=True)
     _node(net, "r3").replica.update("hits", GCounter, _increment)
     net.run_rounds(5)
     net.crash("r3")  # it goes before it hears of the snapshot ...
@@ -103,9 +109,10 @@ def test_a_member_removed_mid_snapshot_never_holds_it_up() -> None:
     assert check(cut).passed
 
 
-def test_take_snapshot_waits_for_the_members_that_remain() -> None:
+@pytest.mark.parametrize("channels", [False, True])
+def test_take_snapshot_waits_for_the_members_that_remain(channels: bool) -> None:
     ids = ["r0", "r1", "r2"]
-    net = _cluster(ids, 3)
+    net = _cluster(ids, 3, channels=channels)
     net.crash("r2")
     for node in ("r0", "r1"):
         _node(net, node).replica.remove_peer("r2")
@@ -124,7 +131,7 @@ def test_a_member_that_is_down_still_holds_a_snapshot_up() -> None:
 
 
 def test_a_member_added_mid_snapshot_is_not_waited_for() -> None:
-    net = _cluster(["r0", "r1"], 5)
+    net = _cluster(["r0", "r1"], 5, channels=True)
     taken = _node(net, "r0").initiate()
     _node(net, "r0").replica.add_peer("r9")  # never comes up
     nodes = [_node(net, "r0"), _node(net, "r1")]
@@ -144,12 +151,15 @@ def _quiet_round_bytes(net: SimulatedNetwork, rngs: list[random.Random]) -> int:
     return net.stats.bytes_sent_per_round[-1]
 
 
-def test_a_quiet_round_after_16_finished_snapshots_sends_what_it_sent_before() -> None:
+@pytest.mark.parametrize("channels", [False, True])
+def test_a_quiet_round_after_16_finished_snapshots_sends_what_it_sent_before(
+    channels: bool,
+) -> None:
     ids = [f"r{i:02d}" for i in range(16)]
     net = SimulatedNetwork(seed=6)
     rngs = [random.Random(i) for i in range(len(ids))]
     for i, rng in zip(ids, rngs, strict=True):
-        net.add(SnapshotNode(Replicator(i, ids, rng=rng)))
+        net.add(SnapshotNode(Replicator(i, ids, rng=rng), channels=channels))
     for i in ids:
         _node(net, i).replica.update("hits", GCounter, _increment)
     replicas = [_node(net, i).replica for i in ids]
