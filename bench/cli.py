@@ -34,6 +34,7 @@ BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("gossip-scale-replicas", gossip.scale_replicas),
     ("gossip-scale-state", gossip.scale_state),
     ("snapshot-rounds", snapshots.snapshot_rounds),
+    ("snapshot-frames", snapshots.snapshot_frames),
     ("store-flush", store.flush_changed),
     ("tcp-processes", processes.processes),
     ("bounded-state", bookkeeping.bounded_state),

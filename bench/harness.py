@@ -46,6 +46,7 @@ class Config:
     gossip_elements: tuple[int, ...]  # ORSet sizes for the state-size scale
     bookkeeping_updates: tuple[int, int]  # bounded state: updates of the floor, of the figure
     snapshot_nodes: int  # nodes of the snapshot round-cost clusters
+    snapshot_frame_nodes: tuple[int, ...]  # cluster sizes for frames per snapshot
 
     @classmethod
     def full(cls, repeat: int | None = None) -> Config:
@@ -71,6 +72,7 @@ class Config:
             gossip_elements=(1_000, 10_000, 100_000),
             bookkeeping_updates=(10_000, 1_000_000),
             snapshot_nodes=64,
+            snapshot_frame_nodes=(16, 64, 256),
         )
 
     @classmethod
@@ -97,6 +99,7 @@ class Config:
             gossip_elements=(1_000, 10_000),
             bookkeeping_updates=(2_000, 20_000),
             snapshot_nodes=16,
+            snapshot_frame_nodes=(16,),
         )
 
 

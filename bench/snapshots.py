@@ -16,9 +16,10 @@ rounds (so every first-contact catch-up is over: the cluster is quiet).
   (the state copy it takes is not timed), then the rounds until every part
   is complete, each timed alone (checking for completion is not timed).
 
-Each repetition times ``gossip_rounds`` rounds of each cluster in turn (and
-one snapshot's rounds), so a shared machine's slow moments hit them all;
-the figure is the median time per round. Bytes per round come from the
+Each repetition times ``gossip_rounds`` rounds of the before and after
+clusters, one of each in turn, then one snapshot's rounds, so a shared
+machine's slow moments hit them all; the figure is the median time per
+round. Bytes per round come from the
 network's counters and do not vary from run to run.
 
 Every random choice comes from the benchmark's seeded ``random.Random``.
@@ -44,17 +45,65 @@ FINISHED = 16
 MAX_ROUNDS = 200
 
 
+def _frames_of_one(quiet: SimulatedNetwork, initiator: str) -> tuple[int, int, int]:
+    """One snapshot on ``quiet`` (changed): the frames of the snapshot
+    layer's own (markers and answers), every frame sent meanwhile, and the
+    rounds until every part was complete."""
+    nodes = [_node(quiet, i) for i in sorted(quiet.nodes)]
+    own = sum(n.stats.markers + n.stats.answers for n in nodes)
+    sent, rounds = quiet.stats.sent, quiet.stats.rounds
+    take_snapshot(quiet, initiator, max_rounds=MAX_ROUNDS)
+    own = sum(n.stats.markers + n.stats.answers for n in nodes) - own
+    return own, quiet.stats.sent - sent, quiet.stats.rounds - rounds
+
+
+def snapshot_frames(config: Config, rng: Random) -> list[Row]:
+    """Frames a snapshot sends of its own (markers and their answers) on a
+    quiet, fault-free cluster of N nodes, against N: target at most 3N
+    (PERFORMANCE.md; Chandy-Lamport sends a marker and an answer on each of
+    the N(N - 1) channels, which ``SnapshotNode(channels=True)`` still does:
+    its count is in the note up to 64 nodes)."""
+    rows = []
+    for n in config.snapshot_frame_nodes:
+        seed = rng.getrandbits(64)
+        net = _quiet_cluster(n, seed)
+        initiator = rng.choice(sorted(net.nodes))
+        own, sent, rounds = _frames_of_one(net, initiator)
+        note = (
+            f"{rounds} rounds until every part was complete, {sent:,} frames sent in them "
+            f"(data included; a quiet round sends about {2 * n:,} and more)"
+        )
+        if n <= 64:
+            net = _quiet_cluster(n, seed, channels=True)
+            with_channels, _, _ = _frames_of_one(net, initiator)
+            note += f"; with channel state (channels=True): {with_channels:,} frames of its own"
+        rows.append(
+            Row(
+                f"snapshot frames per snapshot, {n:,} nodes",
+                "snapshot",
+                f"N = {n:,} nodes",
+                Timing.constant(n),
+                Timing.constant(own),
+                3.0,
+                note,
+                unit="frames",
+            )
+        )
+    return rows
+
+
 def _increment(counter: GCounter, me: str) -> GCounter:
     return counter.increment(me, 1)
 
 
-def _quiet_cluster(n: int, seed: int) -> SimulatedNetwork:
+def _quiet_cluster(n: int, seed: int, *, channels: bool = False) -> SimulatedNetwork:
     rng = Random(seed)
     width = len(str(n - 1))
     ids = [f"r{i:0{width}d}" for i in range(n)]
     net = SimulatedNetwork(seed=rng.getrandbits(64))
     for node_id in ids:
-        node = SnapshotNode(Replicator(node_id, ids, rng=Random(rng.getrandbits(64))))
+        replica = Replicator(node_id, ids, rng=Random(rng.getrandbits(64)))
+        node = SnapshotNode(replica, channels=channels)
         node.replica.update("hits", GCounter, _increment)
         net.add(node)
     replicas = [_node(net, i).replica for i in ids]
@@ -77,16 +126,10 @@ def _node(net: SimulatedNetwork, node_id: str) -> SnapshotNode:
     return node
 
 
-def _timed_rounds(net: SimulatedNetwork, rounds: int) -> tuple[list[float], list[int], int]:
-    """``rounds`` rounds of ``net``: their times, their bytes, and the frames
-    sent per round."""
-    times = []
-    sent = net.stats.sent
-    for _ in range(rounds):
-        start = perf_counter()
-        net.run_round()
-        times.append(perf_counter() - start)
-    return times, net.stats.bytes_sent_per_round[-rounds:], (net.stats.sent - sent) // rounds
+def _timed_round(net: SimulatedNetwork) -> float:
+    start = perf_counter()
+    net.run_round()
+    return perf_counter() - start
 
 
 def _snapshot_rounds(quiet: SimulatedNetwork, initiator: str) -> tuple[list[float], list[int], int]:
@@ -131,9 +174,14 @@ def snapshot_rounds(config: Config, rng: Random) -> list[Row]:
     rounds_during: list[int] = []
     for i in range(config.warmup + config.repeat):
         gc.collect()
-        b_times, b_bytes, b_frames = _timed_rounds(before, config.gossip_rounds)
-        gc.collect()
-        a_times, a_bytes, _ = _timed_rounds(after, config.gossip_rounds)
+        sent = before.stats.sent
+        b_times, a_times = [], []
+        for _ in range(config.gossip_rounds):  # round by round, in turn
+            b_times.append(_timed_round(before))
+            a_times.append(_timed_round(after))
+        b_frames = (before.stats.sent - sent) // config.gossip_rounds
+        b_bytes = before.stats.bytes_sent_per_round[-config.gossip_rounds :]
+        a_bytes = after.stats.bytes_sent_per_round[-config.gossip_rounds :]
         d_times, d_bytes, d_frames = _snapshot_rounds(before, during_at)
         if i < config.warmup:
             continue

@@ -46,6 +46,7 @@ EXPECTED = [
     "snapshot round cost during one",
     "snapshot bytes per round after 16 finished",
     "snapshot bytes per round during one",
+    "snapshot frames per snapshot, 16 nodes",
 ]
 
 #: What the floor and figure of a row count, by the start of its name; every
@@ -56,6 +57,7 @@ UNITS = {
     "tcp bytes": "B",
     "bounded state": "B",
     "snapshot bytes": "B",
+    "snapshot frames": "frames",
 }
 
 
