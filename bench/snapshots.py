@@ -68,10 +68,13 @@ def snapshot_frames(config: Config, rng: Random) -> list[Row]:
         seed = rng.getrandbits(64)
         net = _quiet_cluster(n, seed)
         initiator = rng.choice(sorted(net.nodes))
+        quiet = net.stats.sent
+        net.run_round()
+        quiet = net.stats.sent - quiet
         own, sent, rounds = _frames_of_one(net, initiator)
         note = (
             f"{rounds} rounds until every part was complete, {sent:,} frames sent in them "
-            f"(data included; a quiet round sends about {2 * n:,} and more)"
+            f"(data included; a quiet round sends {quiet:,})"
         )
         if n <= 64:
             net = _quiet_cluster(n, seed, channels=True)

@@ -110,7 +110,8 @@ _MAX_SIZE = MAX_FRAME + 64 * 1024
 @dataclass(frozen=True, slots=True)
 class LocalRecording:
     """One node's complete part of a snapshot: its recorded state and, per
-    peer, the replicator frames that were in flight from that peer to it."""
+    peer, the replicator frames that were in flight from that peer to it
+    (recorded only by a node with ``channels=True``; empty otherwise)."""
 
     state: LocalState
     channels: Mapping[str, tuple[bytes, ...]]
@@ -320,8 +321,9 @@ class SnapshotNode:
 
     def recording(self, snapshot: SnapshotId) -> LocalRecording | None:
         """This node's part of ``snapshot`` if it is complete, else None.
-        Complete means: every channel from a member it waits for is closed
-        (peers removed since it recorded are not waited for).
+        A part is complete once recorded, or, with ``channels=True``, once
+        every channel from a member it waits for is closed (peers removed
+        since it recorded are not waited for).
 
         >>> from random import Random
         >>> node = SnapshotNode(Replicator("a", [], rng=Random(1)))
