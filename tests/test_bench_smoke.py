@@ -36,6 +36,8 @@ EXPECTED = [
     "tcp updates through one node, 8 concurrent clients",
     "tcp updates/s target, 8 concurrent clients",
     "tcp updates through one node, 1 client pipelining",
+    "tcp node CPU per update, 8 concurrent clients",
+    "tcp node CPU per update, 1 client pipelining",
     "store flush 50 changed of 5,000 keys",
     "tcp convergence after a burst, 3 processes",
     "tcp convergence after a burst, 5 processes",
