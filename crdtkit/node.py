@@ -182,6 +182,7 @@ class NodeService:
         self._wake = asyncio.Event()
         self._changes = WriteBehind(replica)
         self._written_epochs = stored.meta.get("epochs", b"\x80")
+        self._written_identity = False
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"{node_id}-store")
 
     def _epochs(self, stored: Stored) -> dict[str, int]:
@@ -233,7 +234,8 @@ class NodeService:
             if not self._queue and not stop.is_set():
                 timeout = max(0.0, due - loop.time())
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                    async with asyncio.timeout(timeout):  # no task per wait, as wait_for makes
+                        await self._wake.wait()
             self._wake.clear()
             flush = stop.is_set() or loop.time() >= due
             if self._queue or flush:
@@ -255,14 +257,15 @@ class NodeService:
             taken = changes.take()
             written |= taken.keys()
             rows.update(taken)
-        meta: dict[str, bytes] = {"node": replica.node_id.encode(),
-                                  "replica": replica.replica_id.encode()}
+        meta: dict[str, bytes] = {}
+        if not self._written_identity:  # once per start: it does not change
+            meta = {"node": replica.node_id.encode(), "replica": replica.replica_id.encode()}
         epochs = codec.encode_plain(encode_epochs(self.node.epochs))
         if epochs != self._written_epochs:
             meta["epochs"] = epochs
         answers = [(request.request_id, answer) for request, (answer, _) in staged]
         try:
-            if rows or answers or "epochs" in meta:
+            if rows or answers or meta:
                 await asyncio.get_running_loop().run_in_executor(
                     self._pool, self.store.commit, sorted(rows.items()), answers, meta
                 )
@@ -279,6 +282,7 @@ class NodeService:
         finally:
             changes.paused = False
         self._written_epochs = epochs
+        self._written_identity = True
         for request, (answer, done) in staged:
             self._window.add(request.request_id, len(answer))
             request.done.set_result(_Answer(True, answer, done))
