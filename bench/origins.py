@@ -17,6 +17,7 @@ a register whose context has seen r writers.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from random import Random
 
 from bench.harness import Config, Row, Trial, compare
@@ -31,7 +32,14 @@ def _sizes(config: Config) -> tuple[int, tuple[int, ...], int]:
     """Live elements, the origin counts measured, operations per repetition."""
     if config.quick:
         return 1_000, (100, 1_000), 200
-    return 10_000, (1_000, 10_000), 1_000
+    return 10_000, (1_000, 10_000), 200
+
+
+def _samples(config: Config) -> Config:
+    """Five times the repetitions: one is a millisecond or less, and on a
+    shared machine a sample is either all contended or not at all, so the
+    median needs many of them to settle."""
+    return config if config.quick else replace(config, repeat=5 * config.repeat)
 
 
 def _orset(elements: list[str], origins: list[str]) -> ORSet[str]:
@@ -132,7 +140,7 @@ def _delta_row(
         return Trial(target.copy, join_all, len(deltas))
 
     floor, figure = states
-    low, high = compare(trial(floor), trial(figure), config)
+    low, high = compare(trial(floor), trial(figure), _samples(config))
     return Row(
         f"ORSet add-delta merge + len, {origins:,} origins vs 1",
         "merge",
@@ -155,7 +163,7 @@ def orset_origins(config: Config, rng: Random) -> list[Row]:
         figure = _orset(elements, [f"o-{i}" for i in range(r)])
         for name, (per, run) in orset_ops(rng, elements, ops).items():
             low, high = compare(
-                Trial(floor.copy, run, ops), Trial(figure.copy, run, ops), config
+                Trial(floor.copy, run, ops), Trial(figure.copy, run, ops), _samples(config)
             )
             rows.append(
                 Row(
@@ -186,7 +194,9 @@ def mvregister_origins(config: Config, rng: Random) -> list[Row]:
 
     for r in origin_counts:
         figure = _mvregister([f"o-{i}" for i in range(r)])
-        low, high = compare(Trial(floor.copy, assign, ops), Trial(figure.copy, assign, ops), config)
+        low, high = compare(
+            Trial(floor.copy, assign, ops), Trial(figure.copy, assign, ops), _samples(config)
+        )
         rows.append(
             Row(
                 f"MVRegister assign, {r:,} origins vs 1",
@@ -209,7 +219,7 @@ def mvregister_origins(config: Config, rng: Random) -> list[Row]:
 
             return Trial(target.copy, join_all, len(made))
 
-        low, high = compare(deltas(floor), deltas(figure), config)
+        low, high = compare(deltas(floor), deltas(figure), _samples(config))
         rows.append(
             Row(
                 f"MVRegister assign-delta merge, {r:,} origins vs 1",
