@@ -125,6 +125,10 @@ INDEX_MODES = {
 }
 
 
+#: Drawn with the steps, so the regimes share the examples of one test.
+MODES = st.sampled_from(sorted(INDEX_MODES))
+
+
 @contextmanager
 def index_mode(mode: str) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
@@ -149,15 +153,13 @@ def steps(
     )
 
 
-@pytest.mark.parametrize("mode", INDEX_MODES)
-@given(steps=steps(ELEMENTS, 60))
+@given(mode=MODES, steps=steps(ELEMENTS, 60))
 def test_matches_the_reference(mode: str, steps: list[Step]) -> None:
     with index_mode(mode):
         run_in_lockstep(steps)
 
 
-@pytest.mark.parametrize("mode", INDEX_MODES)
-@given(steps=steps(st.integers(0, 40), 150))
+@given(mode=MODES, steps=steps(st.integers(0, 40), 150))
 def test_matches_the_reference_on_larger_sets(mode: str, steps: list[Step]) -> None:
     """Big states against small deltas: the join paths that touch only what
     the delta names."""
@@ -168,8 +170,7 @@ def test_matches_the_reference_on_larger_sets(mode: str, steps: list[Step]) -> N
 MANY = tuple(f"n{i}~{i * 7919}" for i in range(16))
 
 
-@pytest.mark.parametrize("mode", INDEX_MODES)
-@given(steps=steps(st.integers(0, 12), 150, len(MANY)))
+@given(mode=MODES, steps=steps(st.integers(0, 12), 150, len(MANY)))
 def test_matches_the_reference_with_many_origins(mode: str, steps: list[Step]) -> None:
     """Sixteen origins over a dozen elements: elements held by several
     origins at once, origins emptied and adopted again, indexes rebuilt
