@@ -230,7 +230,7 @@ class ORSet(Generic[T]):
         """The element index, rebuilt first if a full-state join dropped it.
 
         Cost: O(1), or O(n + r) at C speed to rebuild, plus O(1) Python work
-        per element that several origins hold.
+        per dot of an element that several origins hold.
         """
         index = self._index
         if index is None:
@@ -240,8 +240,23 @@ class ORSet(Generic[T]):
             else:
                 index.clear()
                 self._dropped = None
+            # Holders of elements several origins hold are gathered in lists
+            # and frozen once: growing a tuple origin by origin would be
+            # quadratic in the origins of one element.
+            crowded: dict[T, list[str]] = {}
             for origin, elements in self._entries.items():
-                _index_into(index, origin, elements)
+                if index:
+                    for element in index.keys() & elements.keys():
+                        held = crowded.get(element)
+                        if held is None:
+                            # Still the single earlier holder: the update
+                            # below overwrites only elements already crowded.
+                            crowded[element] = [index[element], origin]  # type: ignore[list-item]
+                        else:
+                            held.append(origin)
+                index.update(dict.fromkeys(elements, origin))
+            for element, held in crowded.items():
+                index[element] = tuple(held)
             self._index = index
         return index
 

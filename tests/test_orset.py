@@ -392,3 +392,24 @@ def test_a_full_state_join_costs_one_rebuild_then_nothing_per_origin() -> None:
     assert len(s) == 2_400 - 50
     assert CountingMap.lookups <= 150  # one per remove and replaced add
     assert_index_exact(s)
+
+
+def test_an_element_that_many_origins_added_concurrently() -> None:
+    """Five hundred origins add one element without seeing each other's
+    adds: the index names all of them, after incremental joins and after a
+    rebuild (a decoded state starts without an index), and a remove drops
+    every dot."""
+    hot: ORSet[str] = ORSet()
+    for i in range(500):
+        one: ORSet[str] = ORSet()
+        one.add("hot", f"node~{i}")
+        one.add(f"own{i}", f"node~{i}")
+        hot.merge(one)
+    decoded = codec.decode(codec.encode(hot))
+    assert isinstance(decoded, ORSet) and decoded._index is None
+    for s in (hot, decoded):
+        assert "hot" in s and len(s) == 501
+        assert_index_exact(s)  # type: ignore[arg-type]
+        delta = s.remove("hot")
+        assert sum(delta.context.count(f"node~{i}") for i in range(500)) == 500
+        assert "hot" not in s and len(s) == 500
