@@ -32,7 +32,8 @@ an insert into a large dict costs a cache miss. Until something needs the
 index again, ``len`` counts with one set union at C speed and ``in`` looks
 in each origin's map while there are at most ``_SCAN_ORIGINS`` of them; an
 update, a small join or ``in`` over more origins rebuilds the index, O(n) at
-C speed, at most once per full-state join.
+C speed, at most once per full-state join. A decoded state starts without
+one too: a delta decoded from gossip is usually merged, never read.
 
 Cost (n elements, r origins, d the size of the other state or delta, k the
 origins whose concurrent adds an element carries, nearly always 1): ``add``,
@@ -270,8 +271,10 @@ class ORSet(Generic[T]):
         >>> a.merge(delta); a.merge(delta); sorted(a)
         ['x', 'y']
 
-        Cost: O(size of ``other``) when it is a delta; for full states, O(n)
-        dict work at C speed plus O(1) Python work per item that differs.
+        Cost: O(size of ``other``) when it is a delta (plus, once after a
+        full-state join, the O(n + r) rebuild of the element index); for full
+        states, O(n) dict work at C speed plus O(1) Python work per item that
+        differs. Neither grows with the number of origins.
         """
         if type(other) is not ORSet:
             raise TypeError(f"cannot merge {type(other).__name__} into ORSet")
