@@ -13,7 +13,18 @@ from importlib.metadata import version
 from pathlib import Path
 from random import Random
 
-from bench import bookkeeping, codec, counters, gossip, peers, processes, sets, snapshots, store
+from bench import (
+    bookkeeping,
+    codec,
+    counters,
+    gossip,
+    origins,
+    peers,
+    processes,
+    sets,
+    snapshots,
+    store,
+)
 from bench.harness import Config, Row, render, write_json
 
 Benchmark = Callable[[Config, Random], list[Row]]
@@ -24,6 +35,8 @@ BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("orset-disjoint", sets.disjoint_merge),
     ("orset-interleaved", sets.interleaved_merge),
     ("orset-delta", sets.delta_merge),
+    ("orset-origins", origins.orset_origins),
+    ("mvregister-origins", origins.mvregister_origins),
     ("counter-merge", counters.counter_merge),
     ("counter-increment", counters.counter_increment),
     ("codec-orset", codec.orset_codec),

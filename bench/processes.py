@@ -35,7 +35,7 @@ from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from random import Random
-from time import perf_counter
+from time import perf_counter, process_time
 from typing import Any, TypeVar
 
 from bench.harness import Config, Row, Timing, size
@@ -253,6 +253,22 @@ def _through_row(config: Config, sizes: _Sizes, result: _Through) -> Row:
 # -- 1b. concurrent clients through one node -------------------------------------------
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) that the live threads of process ``pid``
+    ran so far, in nanoseconds' resolution (Linux's schedstat: the clock
+    ticks of /proc/PID/stat are too coarse for a quick run)."""
+    tasks = Path(f"/proc/{pid}/task")
+    return sum(int((t / "schedstat").read_text().split()[0]) for t in tasks.iterdir()) / 1e9
+
+
+@dataclass(frozen=True)
+class _Measured:
+    floor: Timing  # seconds per update, in-process groups
+    figure: Timing  # seconds per update, through the node
+    floor_cpu: Timing  # CPU seconds per update of the in-process floor
+    node_cpu: Timing  # CPU seconds per update of the node process
+
+
 async def _concurrent(
     clients: Sequence[Client],
     folder: Path,
@@ -260,19 +276,23 @@ async def _concurrent(
     sizes: _Sizes,
     rng: Random,
     *,
+    node: int,
     prefix: str,
-) -> tuple[Timing, Timing]:
-    """Seconds per update: (floor, figure). Each repetition's updates are
-    dealt round-robin over ``clients`` (connections to one node, or the same
-    one several times: then its calls are pipelined), each sending its share
-    one at a time, all at once; the floor commits the same updates in-process
-    in groups of ``len(clients)``."""
+) -> _Measured:
+    """Seconds per update, and CPU seconds per update (which a shared
+    machine disturbs far less). Each repetition's updates are dealt
+    round-robin over ``clients`` (connections to the node of process id
+    ``node``, or the same one several times: then its calls are pipelined),
+    each sending its share one at a time, all at once; the floor commits the
+    same updates in-process in groups of ``len(clients)``."""
     width = len(clients)
     replica = Replicator("n0", [], rng=Random(rng.getrandbits(64)))
     store = SQLiteStore(folder, node="n0")
     floor_history, figure_history = History(), History()
     floor: list[float] = []
     figure: list[float] = []
+    floor_cpu: list[float] = []
+    node_cpu: list[float] = []
 
     async def send(client: Client, share: Sequence[Op]) -> None:
         for key, type_name, kind, args in share:
@@ -282,38 +302,45 @@ async def _concurrent(
         for i in range(config.warmup + config.repeat):
             ops = _ops(rng, sizes.concurrent, THROUGH_KEYS, f"{prefix}{i}-")
             gc.collect()
-            start = perf_counter()
+            start, cpu = perf_counter(), process_time()
             for at in range(0, len(ops), width):
                 _commit_batch(replica, store, floor_history, ops[at : at + width])
             floor_s = (perf_counter() - start) / len(ops)
+            floor_cpu_s = (process_time() - cpu) / len(ops)
             gc.collect()
-            start = perf_counter()
+            start, cpu = perf_counter(), _cpu_seconds(node)
             await asyncio.gather(
                 *(send(client, ops[j::width]) for j, client in enumerate(clients))
             )
             figure_s = (perf_counter() - start) / len(ops)
+            node_cpu_s = (_cpu_seconds(node) - cpu) / len(ops)
             if i >= config.warmup:
                 floor.append(floor_s)
                 figure.append(figure_s)
+                floor_cpu.append(floor_cpu_s)
+                node_cpu.append(node_cpu_s)
     finally:
         store.close()
     await _check(clients[0], figure_history)
     if floor_history.problems([replica]):
         raise RuntimeError("the in-process floor replica does not match its updates")
-    return Timing.of(floor), Timing.of(figure)
+    return _Measured(*map(Timing.of, (floor, figure, floor_cpu, node_cpu)))
 
 
 async def _on_node(
     cluster: LocalCluster, config: Config, sizes: _Sizes, rng: Random
-) -> tuple[tuple[Timing, Timing], tuple[Timing, Timing]]:
+) -> tuple[_Measured, _Measured]:
     """``CLIENTS`` concurrent clients, then one client pipelining
-    ``PIPELINE`` updates on its one connection: (floor, figure) of each."""
+    ``PIPELINE`` updates on its one connection."""
     clients = [await cluster.client("n0") for _ in range(CLIENTS)]
+    node = cluster.processes["n0"].pid
     try:
         folder = cluster.folder
-        concurrent = await _concurrent(clients, folder / "floor-c", config, sizes, rng, prefix="c")
+        concurrent = await _concurrent(
+            clients, folder / "floor-c", config, sizes, rng, node=node, prefix="c"
+        )
         pipelined = await _concurrent(
-            [clients[0]] * PIPELINE, folder / "floor-p", config, sizes, rng, prefix="p"
+            [clients[0]] * PIPELINE, folder / "floor-p", config, sizes, rng, node=node, prefix="p"
         )
         return concurrent, pipelined
     finally:
@@ -364,6 +391,25 @@ def _concurrent_rows(config: Config, sizes: _Sizes, floor: Timing, figure: Timin
         f"here ({'above' if floor_rate >= TARGET_RATE else 'below'} the target)",
     )
     return measured, target
+
+
+def _cpu_row(config: Config, measured: _Measured, what: str) -> Row:
+    return Row(
+        f"tcp node CPU per update, {what}",
+        "op",
+        "CPU time (user + system) of the same updates committed in-process, in the same "
+        "groups as the floor of the row above (time.process_time)",
+        measured.floor_cpu,
+        measured.node_cpu,
+        None,
+        "figure = CPU time (user + system, /proc/PID/task/*/schedstat) the node process "
+        "spent per update during the row above's timed repetitions: its event loop, the "
+        "client protocol, MACs, staging, its commit thread's share of SQLite. Unlike "
+        "seconds per update it hardly moves when other work shares the machine; its "
+        "inverse is the rate the node "
+        f"could serve with a core of its own ({1 / measured.node_cpu.median:,.0f} updates/s "
+        "here)",
+    )
 
 
 def _pipelined_row(config: Config, sizes: _Sizes, floor: Timing, figure: Timing) -> Row:
@@ -590,8 +636,10 @@ def processes(config: Config, rng: Random) -> list[Row]:
         with _Cluster(1, Path(folder) / "cluster-1") as cluster:
             measured, pipelined = _run(_on_node(cluster, config, sizes, rng))
         concurrent = [
-            *_concurrent_rows(config, sizes, *measured),
-            _pipelined_row(config, sizes, *pipelined),
+            *_concurrent_rows(config, sizes, measured.floor, measured.figure),
+            _cpu_row(config, measured, f"{CLIENTS} concurrent clients"),
+            _pipelined_row(config, sizes, pipelined.floor, pipelined.figure),
+            _cpu_row(config, pipelined, f"1 client pipelining {PIPELINE}"),
         ]
         for n in BURST_CLUSTERS:
             with _Cluster(n, Path(folder) / f"cluster-{n}") as cluster:

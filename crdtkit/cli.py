@@ -6,7 +6,8 @@ prints for people.
 - ``crdtkit check FILE [--log LOG]``: the SEC verdicts on a saved snapshot
   (or a node's checkpoint, as a cut of one); exit 0 when they pass, 1 when
   one fails.
-- ``crdtkit inspect FILE``: what a snapshot or a checkpoint holds.
+- ``crdtkit inspect PATH``: what a snapshot or a checkpoint file holds, or a
+  node's folder (its store, verified; a running node's too).
 
 A bad argument or a bad file gets one line on stderr and exit status 2,
 never a traceback.
@@ -18,6 +19,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn, TextIO
 
 from crdts import codec
@@ -120,8 +122,10 @@ def _parser() -> _Parser:
         "--log", metavar="LOG", help="the operation log (crdtkit demo --log-file), for the "
         "join-versus-specification verdict"
     )
-    inspect = commands.add_parser("inspect", help="what a snapshot or checkpoint file holds")
-    inspect.add_argument("file", metavar="FILE")
+    inspect = commands.add_parser(
+        "inspect", help="what a snapshot or checkpoint file, or a node's folder, holds"
+    )
+    inspect.add_argument("file", metavar="PATH")
 
     node = commands.add_parser("node", help="run one replica process")
     node.add_argument("--id", required=True, help="this node's id")
@@ -192,6 +196,9 @@ def main(
             from crdtkit.serve import keygen
 
             return keygen(args.file, out)
+        if args.command == "inspect" and os.path.isdir(args.file):
+            print(_inspect_folder(args.file), file=out)
+            return 0
         title, snapshot = _load(args.file)
         if args.command == "check":
             report = check(snapshot, None if args.log is None else _load_log(args.log))
@@ -342,6 +349,33 @@ def _inspect(path: str, title: str, snapshot: GlobalSnapshot) -> str:
         value = repr(getattr(state, "value", state))
         size = len(codec.encode(state))
         lines.append(f"    {key} ({state.TYPE_TAG}, {size:,} bytes): {value:.60}")
+    return "\n".join(lines)
+
+
+def _inspect_folder(path: str) -> str:
+    """A node's folder: its store, verified row by row."""
+    from replication.sqlite import DATABASE, read_store
+
+    stored = read_store(Path(path))
+    meta = stored.meta
+    name = meta.get("node", b"?").decode(errors="replace")
+    replica = meta.get("replica", b"?").decode(errors="replace")
+    files = [Path(path) / DATABASE, Path(path) / f"{DATABASE}-wal"]
+    size = sum(f.stat().st_size for f in files if f.exists())
+    lines = [
+        f"{path}: the store of node {name} (last started as {replica}), "
+        f"{size:,} bytes in {DATABASE} and its log, every row verified",
+        f"  {len(stored.answers):,} answers kept for retries",
+        f"  {len(stored.entries)} keys:",
+    ]
+    for entry in stored.entries:
+        state = entry.state
+        value = repr(getattr(state, "value", state))
+        size = len(codec.encode(state))
+        writers = len(entry.ops.origins())
+        lines.append(
+            f"    {entry.key} ({state.TYPE_TAG}, {size:,} bytes, {writers} writers): {value:.60}"
+        )
     return "\n".join(lines)
 
 

@@ -58,6 +58,10 @@ class Client:
     def __init__(self, channel: Channel) -> None:
         self._channel = channel
         self._requests = 0
+        # Request ids: a random prefix per client and a count (os.urandom
+        # per update was a system call each).
+        self._prefix = os.urandom(16)
+        self._ids = 0
         # Answers awaited, by request number; a reader runs while any is.
         self._waiting: dict[int, asyncio.Future[tuple[str, list[object]]]] = {}
         self._reader: asyncio.Task[None] | None = None
@@ -146,7 +150,7 @@ class Client:
         ``update("hits", "GCounter", "increment", 2)``); returns it as logged,
         once the node's store committed it.
 
-        ``request_id`` (1 to 64 bytes; a fresh random one if not given) makes
+        ``request_id`` (1 to 64 bytes; a fresh unique one if not given) makes
         a retry safe: calling again with the same id, on this connection or
         another, before or after the node restarted, returns the same
         operation and applies it once. Raises NodeError if the node refused
@@ -155,7 +159,9 @@ class Client:
 
         Cost: a round trip and the node's commit."""
         type_name, kind, items = check_update(type_name, kind, list(args))
-        request_id = os.urandom(16) if request_id is None else request_id
+        if request_id is None:
+            self._ids += 1
+            request_id = self._prefix + self._ids.to_bytes(8, "big")
         replica, counter, observed, delta = await self._call(
             "update", key, type_name, kind, items, request_id
         )

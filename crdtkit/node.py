@@ -81,7 +81,7 @@ MAX_STATE = 64 * 1024 * 1024
 #: The longest request id a client may send.
 MAX_REQUEST_ID = 64
 #: Requests one client connection may have in flight at once (pipelining).
-MAX_IN_FLIGHT = 64
+MAX_IN_FLIGHT = 256
 log = logging.getLogger("crdtkit.node")
 
 
@@ -98,11 +98,13 @@ class _Request:
 
 
 class _Answer(NamedTuple):
-    """How an update ended: applied (``fields``: what "done" carries) or not
-    (``fields``: why)."""
+    """How an update ended: applied (``fields``: the answer as the store
+    keeps it, ``done``: what "done" carries, if at hand) or not (``fields``:
+    why)."""
 
     applied: bool
     fields: bytes
+    done: list[object] | None = None
 
 
 class NodeService:
@@ -180,6 +182,7 @@ class NodeService:
         self._wake = asyncio.Event()
         self._changes = WriteBehind(replica)
         self._written_colour = self.node.colour
+        self._written_identity = False
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"{node_id}-store")
 
     def _colour(self, stored: Stored) -> int:
@@ -243,7 +246,8 @@ class NodeService:
             if not self._queue and not stop.is_set():
                 timeout = max(0.0, due - loop.time())
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                    async with asyncio.timeout(timeout):  # no task per wait, as wait_for makes
+                        await self._wake.wait()
             self._wake.clear()
             flush = stop.is_set() or loop.time() >= due
             if self._queue or flush:
@@ -256,16 +260,7 @@ class NodeService:
 
     async def _commit(self, requests: list[_Request], *, flush: bool) -> None:
         replica = self.replica
-        batch = replica.stage()
-        rows: dict[str, bytes] = {}
-        staged: list[tuple[_Request, bytes]] = []
-        for request in requests:
-            try:
-                answer = self._stage(batch, request, rows)
-            except (CRDTError, ValueError, TypeError) as exc:
-                request.done.set_result(_Answer(False, f"refused: {exc}".encode()))
-                continue
-            staged.append((request, answer))
+        batch, rows, staged = self._stage_all(requests)
         # The batch's rows hold its keys' gossip too.
         changes = self._changes
         written = set(rows) & changes.keys
@@ -274,14 +269,15 @@ class NodeService:
             taken = changes.take()
             written |= taken.keys()
             rows.update(taken)
-        meta: dict[str, bytes] = {"node": replica.node_id.encode(),
-                                  "replica": replica.replica_id.encode()}
+        meta: dict[str, bytes] = {}
+        if not self._written_identity:  # once per start: it does not change
+            meta = {"node": replica.node_id.encode(), "replica": replica.replica_id.encode()}
         colour = self.node.colour
         if colour != self._written_colour:
             meta["colour"] = codec.encode_plain(colour)
-        answers = [(request.request_id, answer) for request, answer in staged]
+        answers = [(request.request_id, answer) for request, (answer, _) in staged]
         try:
-            if rows or answers or "colour" in meta:
+            if rows or answers or meta:
                 await asyncio.get_running_loop().run_in_executor(
                     self._pool, self.store.commit, sorted(rows.items()), answers, meta
                 )
@@ -298,54 +294,84 @@ class NodeService:
         finally:
             changes.paused = False
         self._written_colour = colour
-        for request, answer in staged:
+        self._written_identity = True
+        for request, (answer, done) in staged:
             self._window.add(request.request_id, len(answer))
-            request.done.set_result(_Answer(True, answer))
+            request.done.set_result(_Answer(True, answer, done))
 
-    def _stage(self, batch: Staged, request: _Request, rows: dict[str, bytes]) -> bytes:
-        """Stage one update; its answer. Refused (and taken back) if its key
-        would grow over ``max_state``."""
+    def _stage_all(
+        self, requests: list[_Request]
+    ) -> tuple[Staged, dict[str, bytes], list[tuple[_Request, tuple[bytes, list[object]]]]]:
+        """Stage a batch: the batch, its keys' rows, and each staged request
+        with its answer. A key's row is encoded once per batch; if one comes
+        out over ``max_state``, the batch is staged again an update at a time
+        (its dots are not reused) so only the updates that grow a key too far
+        are refused."""
+        batch = self.replica.stage()
+        staged = []
+        for request in requests:
+            try:
+                staged.append((request, self._stage(batch, request)))
+            except (CRDTError, ValueError, TypeError) as exc:
+                request.done.set_result(_Answer(False, f"refused: {exc}".encode()))
+        rows = {key: encode_row(batch.entry(key)) for key in batch.keys()}  # noqa: SIM118 (a list, not a dict)
+        if all(len(row) <= self.max_state for row in rows.values()):
+            return batch, rows, staged
+        self.replica.discard(batch)
+        batch, rows, kept = self.replica.stage(), {}, []
+        for request, _ in staged:
+            answer = self._stage(batch, request)  # as before: it staged then
+            row = encode_row(batch.entry(request.key))
+            if len(row) > self.max_state:
+                batch.undo()
+                request.done.set_result(_Answer(False, (
+                    f"refused: the state of {request.key!r:.60} would take {len(row):,} bytes, "
+                    f"over the maximum of {self.max_state:,}").encode()))
+                continue
+            rows[request.key] = row
+            kept.append((request, answer))
+        return batch, rows, kept
+
+    def _stage(self, batch: Staged, request: _Request) -> tuple[bytes, list[object]]:
+        """Stage one update; its answer, as kept and as sent."""
         spec = _spec(request.type_name)
         kind, args = request.kind, tuple(request.args)
         delta, dot, observed = batch.update(
             request.key, spec.new, lambda s, me: spec.mutate(s, me, kind, args)
         )
-        row = encode_row(batch.entry(request.key))
-        if len(row) > self.max_state:
-            batch.undo()
-            raise ValueError(
-                f"the state of {request.key!r:.60} would take {len(row):,} bytes, over the "
-                f"maximum of {self.max_state:,}"
-            )
-        rows[request.key] = row
-        return codec.encode_plain(
-            [request.key, *dot, observed.to_payload(), codec.encode(delta)]
-        )
+        done: list[object] = [*dot, observed.to_payload(), codec.encode(delta)]
+        return codec.encode_plain([request.key, *done]), done
 
-    async def _update(self, fields: list[object]) -> _Answer:
+    def _submit(self, fields: list[object], *, fresh: bool = False) -> asyncio.Future[_Answer]:
+        """Queue an update for the next commit; its answer, when it has one.
+        A retried request gets the first one's (read back from the store if
+        it was answered already), never a second application."""
         key, type_name, kind, args, request_id = fields
         if not isinstance(key, str):
             raise DecodeError("a key is a str")
         if type(request_id) is not bytes or not 0 < len(request_id) <= MAX_REQUEST_ID:
             raise DecodeError(f"a request id is 1 to {MAX_REQUEST_ID} bytes")
-        if request_id in self._window.sizes:  # answered: read the answer back
-            loop = asyncio.get_running_loop()
-            held = await loop.run_in_executor(self._pool, self.store.answer, request_id)
-            if held is not None:
-                return _Answer(True, held)
         waiting = self._inflight.get(request_id)
         if waiting is not None:  # the same request, retried while it commits
-            return await asyncio.shield(waiting)
+            return waiting
+        if not fresh and request_id in self._window.sizes:  # answered: read it back
+            return asyncio.ensure_future(self._answered(request_id, fields))
         type_name, kind, items = check_update(type_name, kind, args)
         done: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
         self._inflight[request_id] = done
-        # Forgotten when answered, even if the client that asked has gone.
+        # Forgotten when answered, even if the client that asked has gone:
+        # it is not taken out of the commit it is in.
         done.add_done_callback(lambda _: self._inflight.pop(request_id, None))
         self._queue.append(_Request(key, type_name, kind, items, request_id, done))
         self._wake.set()
-        # Shielded: a client that goes away does not take its update out of
-        # the commit it is in.
-        return await asyncio.shield(done)
+        return done
+
+    async def _answered(self, request_id: bytes, fields: list[object]) -> _Answer:
+        loop = asyncio.get_running_loop()
+        held = await loop.run_in_executor(self._pool, self.store.answer, request_id)
+        if held is not None:
+            return _Answer(True, held)
+        return await self._submit(fields, fresh=True)  # gone since: apply it now
 
     # -- clients ---------------------------------------------------------------------
 
@@ -353,7 +379,8 @@ class NodeService:
         # Requests on one connection are served concurrently (up to
         # MAX_IN_FLIGHT at a time), so that a client may pipeline: updates it
         # sends without waiting share commits. Answers go out as they are
-        # ready, each with its request's number.
+        # ready, each with its request's number. An update is answered from
+        # a callback on its commit, without a task of its own.
         name = channel.peer.node
         room = asyncio.Semaphore(MAX_IN_FLIGHT)
         pending: set[asyncio.Task[None]] = set()
@@ -365,6 +392,16 @@ class NodeService:
                 log.error("%s: serving client %s failed: %r", self.node.node_id, name, exc)
                 channel.close()
 
+        def answered(request: int, done: asyncio.Future[_Answer]) -> None:
+            room.release()
+            if done.cancelled():
+                return
+            if (exc := done.exception()) is not None:
+                reply = protocol.encode("error", request, f"{exc}"[:500])
+            else:
+                reply = _done(request, done.result())
+            channel.send_nowait(reply)
+
         try:
             while True:
                 try:
@@ -374,6 +411,15 @@ class NodeService:
                                 name, exc)
                     return
                 await room.acquire()
+                if kind == "update":
+                    try:
+                        waiting = self._submit(fields)
+                    except (CRDTError, ValueError, TypeError) as exc:
+                        room.release()
+                        channel.send_nowait(protocol.encode("error", request, f"{exc}"[:500]))
+                        continue
+                    waiting.add_done_callback(functools.partial(answered, request))
+                    continue
                 task = asyncio.create_task(self._reply(channel, kind, request, fields))
                 pending.add(task)
                 task.add_done_callback(finished)
@@ -389,20 +435,14 @@ class NodeService:
     async def _reply(self, channel: Channel, kind: str, request: int, fields: list[object]
                      ) -> None:
         try:
-            answer = await self._answer(kind, request, fields)
+            answer = self._answer(kind, request, fields)
         except (CRDTError, ValueError, TypeError) as exc:
             answer = protocol.encode("error", request, f"{exc}"[:500])
         with contextlib.suppress(ConnectionError):
             await channel.send(answer)
 
-    async def _answer(self, kind: str, request: int, fields: list[object]) -> bytes:
+    def _answer(self, kind: str, request: int, fields: list[object]) -> bytes:
         replica = self.replica
-        if kind == "update":
-            applied, answer = await self._update(fields)
-            if not applied:
-                return protocol.encode("error", request, answer.decode()[:500])
-            _, *done = expect_list(codec.decode_plain(answer), "answer")  # after its key
-            return protocol.encode("done", request, *done)
         if kind == "get":
             (key,) = fields
             if not isinstance(key, str):
@@ -472,6 +512,16 @@ def _held_answers(stored: Stored, node_id: str) -> OrderedDict[bytes, bytes]:
             node_id, len(stored.answers) - len(kept),
         )
     return kept
+
+
+def _done(request: int, answer: _Answer) -> bytes:
+    """The client protocol's answer to an update that ended as ``answer``."""
+    if not answer.applied:
+        return protocol.encode("error", request, answer.fields.decode()[:500])
+    done = answer.done
+    if done is None:  # read back from the store: after its key
+        _, *done = expect_list(codec.decode_plain(answer.fields), "answer")
+    return protocol.encode("done", request, *done)
 
 
 @functools.cache

@@ -20,10 +20,26 @@ dots its context covers. An element normally has one dot per origin; an
 out-of-order join of deltas can leave it two from the same origin for a while,
 which is stored as a frozenset and is the only slow path.
 
-Cost (n elements, r replicas that added live elements, d the size of the other
-state or delta): ``add``, ``remove`` O(r); ``in`` O(r); ``merge`` O(d) for a
-delta, O(n) at C speed for full states; ``len`` O(1) after local updates and
-delta merges, O(n) at C speed once after a full-state merge; ``value`` O(n).
+Beside them, an element index ``element -> origin`` (a tuple of origins for
+an element that several origins' concurrent adds keep) says where each live
+element's dots are, so that ``add``, ``remove``, ``in`` and ``len`` never
+walk the origins: a set whose live elements came from 10,000 origins (every
+incarnation of every node that ever added) answers as fast as one with a
+single origin. A small join (a delta) updates the index dot by dot. A join
+with a state of comparable size drops it instead: updating it would cost
+more than the join, which copies and compares whole maps at C speed, while
+an insert into a large dict costs a cache miss. Until something needs the
+index again, ``len`` counts with one set union at C speed and ``in`` looks
+in each origin's map while there are at most ``_SCAN_ORIGINS`` of them; an
+update, a small join or ``in`` over more origins rebuilds the index, O(n) at
+C speed, at most once per full-state join. A decoded state starts without
+one too: a delta decoded from gossip is usually merged, never read.
+
+Cost (n elements, r origins, d the size of the other state or delta, k the
+origins whose concurrent adds an element carries, nearly always 1): ``add``,
+``remove`` O(k) amortised; ``in``, ``len`` O(1) amortised; ``merge`` O(d) for
+a delta, O(n) at C speed for full states; ``value`` O(n) at C speed. None of
+them grows with r: the O(n + r) rebuild after a full-state join is paid once.
 """
 
 from __future__ import annotations
@@ -51,6 +67,11 @@ T = TypeVar("T")
 #: The counters of one element's dots from one origin: nearly always one.
 Dots: TypeAlias = int | frozenset[int]
 
+#: The origins holding dots of one element: nearly always one, otherwise a
+#: tuple (of the few origins whose adds of it were concurrent): immutable, so
+#: copies share it, and cheaper to build than a frozenset at these sizes.
+Holders: TypeAlias = str | tuple[str, ...]
+
 
 def _as_set(dots: Dots | None) -> frozenset[int]:
     if dots is None:
@@ -58,6 +79,33 @@ def _as_set(dots: Dots | None) -> frozenset[int]:
     if type(dots) is int:
         return frozenset((dots,))
     return dots  # type: ignore[return-value]
+
+
+#: Without its index, ``in`` looks in each origin's map while there are at
+#: most this many (a few lookups), and rebuilds the index beyond.
+_SCAN_ORIGINS = 8
+
+#: A join updates the index dot by dot while the other state holds at most
+#: this many elements or a quarter of ours; a larger one drops the index.
+_SMALL_JOIN = 64
+
+
+def _holding(held: Holders, origin: str) -> Holders:
+    """``held`` with ``origin`` among them. Cost: O(len(held))."""
+    if type(held) is str:
+        return held if held == origin else (held, origin)
+    return held if origin in held else (*held, origin)
+
+
+def _without(held: Holders, origin: str) -> Holders | None:
+    """``held`` less ``origin`` (None when no origin is left); ``held``
+    itself when ``origin`` is not among them. Cost: O(len(held))."""
+    if type(held) is str:
+        return None if held == origin else held
+    if origin not in held:
+        return held
+    rest = tuple(o for o in held if o != origin)
+    return rest[0] if len(rest) == 1 else rest
 
 
 class ORSet(Generic[T]):
@@ -74,7 +122,7 @@ class ORSet(Generic[T]):
     (True, 2)
     """
 
-    __slots__ = ("_ctx", "_entries", "_len", "_owner")
+    __slots__ = ("_ctx", "_dropped", "_entries", "_index", "_len", "_owner")
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     TYPE_TAG: ClassVar[str] = "ORSet"
@@ -84,7 +132,13 @@ class ORSet(Generic[T]):
         self._entries: dict[str, dict[T, Dots]] = {}
         self._owner: dict[str, dict[int, T]] = {}
         self._ctx = CausalContext()
+        # element -> the origins holding its dots; None after a full-state
+        # join until something needs it, and then _len caches the count.
+        self._index: dict[T, Holders] | None = {}
         self._len: int | None = 0
+        # The index a full-state join dropped, kept to be refilled: freeing a
+        # large dict is a pass over its entries that would double the join.
+        self._dropped: dict[T, Holders] | None = None
 
     # -- updates ---------------------------------------------------------------
 
@@ -97,7 +151,8 @@ class ORSet(Generic[T]):
         >>> s: ORSet[int] = ORSet(); s.add(7, "a")
         ORSet({'a': {7: 1}}, CausalContext(vv={'a': 1}, cloud={}))
 
-        Cost: O(r).
+        Cost: O(1) amortised, whatever the number of origins (O(k) to
+        replace the dots of an element that k origins' concurrent adds hold).
         """
         check_atom(element)
         check_replica(replica)
@@ -105,13 +160,10 @@ class ORSet(Generic[T]):
         replaced = self._pop(element)
         self._ctx.add(replica, counter)
         self._put(replica, element, counter)
-        if self._len is not None and not replaced:
-            self._len += 1
         delta: ORSet[T] = ORSet()
         delta._ctx = CausalContext.from_dots(replaced)
         delta._ctx.add(replica, counter)
         delta._put(replica, element, counter)
-        delta._len = 1
         return delta
 
     def remove(self, element: T) -> ORSet[T]:
@@ -125,39 +177,89 @@ class ORSet(Generic[T]):
         >>> s.remove("x")
         ORSet({}, CausalContext(vv={}, cloud={}))
 
-        Cost: O(r).
+        Cost: O(1) amortised, whatever the number of origins (O(k) for an
+        element that k origins' concurrent adds hold).
         """
         check_atom(element)
         removed = self._pop(element)
-        if removed and self._len is not None:
-            self._len -= 1
         delta: ORSet[T] = ORSet()
         delta._ctx = CausalContext.from_dots(removed)
         return delta
 
     def _pop(self, element: T) -> list[tuple[str, int]]:
-        """Drop every dot of ``element``; return them."""
+        """Drop every dot of ``element``; return them. Cost: O(its dots)."""
+        held = self._indexed().pop(element, None)
+        if held is None:
+            return []
         dropped: list[tuple[str, int]] = []
-        emptied: list[str] = []
-        for origin, elements in self._entries.items():
-            dots = elements.pop(element, None)
-            if dots is None:
-                continue
+        for origin in (held,) if type(held) is str else held:
+            elements = self._entries[origin]
             owner = self._owner[origin]
-            for counter in _as_set(dots):
-                del owner[counter]
-                dropped.append((origin, counter))
+            dots = elements.pop(element)
+            if type(dots) is int:
+                del owner[dots]
+                dropped.append((origin, dots))
+            else:
+                for counter in dots:  # type: ignore[union-attr]
+                    del owner[counter]
+                    dropped.append((origin, counter))
             if not elements:
-                emptied.append(origin)
-        for origin in emptied:
-            del self._entries[origin], self._owner[origin]
+                del self._entries[origin], self._owner[origin]
         return dropped
 
     def _put(self, origin: str, element: T, counter: int) -> None:
-        elements = self._entries.setdefault(origin, {})
+        """Give ``element`` the dot ``(origin, counter)``."""
+        elements = self._entries.get(origin)
+        if elements is None:
+            elements = self._entries[origin] = {}
+            self._owner[origin] = {}
         held = elements.get(element)
-        elements[element] = counter if held is None else _as_set(held) | {counter}
-        self._owner.setdefault(origin, {})[counter] = element
+        if held is None:
+            elements[element] = counter
+            index = self._index
+            if index is None:
+                self._len = None
+            else:
+                holders = index.setdefault(element, origin)
+                if holders != origin:
+                    index[element] = _holding(holders, origin)
+        else:
+            elements[element] = _as_set(held) | {counter}
+        self._owner[origin][counter] = element
+
+    def _indexed(self) -> dict[T, Holders]:
+        """The element index, rebuilt first if a full-state join dropped it.
+
+        Cost: O(1), or O(n + r) at C speed to rebuild, plus O(1) Python work
+        per dot of an element that several origins hold.
+        """
+        index = self._index
+        if index is None:
+            index = self._dropped
+            if index is None:
+                index = {}
+            else:
+                index.clear()
+                self._dropped = None
+            # Holders of elements several origins hold are gathered in lists
+            # and frozen once: growing a tuple origin by origin would be
+            # quadratic in the origins of one element.
+            crowded: dict[T, list[str]] = {}
+            for origin, elements in self._entries.items():
+                if index:
+                    for element in index.keys() & elements.keys():
+                        held = crowded.get(element)
+                        if held is None:
+                            # Still the single earlier holder: the update
+                            # below overwrites only elements already crowded.
+                            crowded[element] = [index[element], origin]  # type: ignore[list-item]
+                        else:
+                            held.append(origin)
+                index.update(dict.fromkeys(elements, origin))
+            for element, held in crowded.items():
+                index[element] = tuple(held)
+            self._index = index
+        return index
 
     # -- join ------------------------------------------------------------------
 
@@ -169,13 +271,25 @@ class ORSet(Generic[T]):
         >>> a.merge(delta); a.merge(delta); sorted(a)
         ['x', 'y']
 
-        Cost: O(size of ``other``) when it is a delta; for full states, O(n)
-        dict work at C speed plus O(1) Python work per item that differs.
+        Cost: O(size of ``other``) when it is a delta (plus, once after a
+        full-state join, the O(n + r) rebuild of the element index); for full
+        states, O(n) dict work at C speed plus O(1) Python work per item that
+        differs. Neither grows with the number of origins.
         """
         if type(other) is not ORSet:
             raise TypeError(f"cannot merge {type(other).__name__} into ORSet")
         if other is self:
             return
+        size = other._size()
+        if size > _SMALL_JOIN and 4 * size > self._size():
+            # Comparable sizes: the join runs at C speed, an index kept in
+            # step would not. Dropped, and rebuilt once when needed.
+            if self._index is not None:
+                self._dropped, self._index = self._index, None
+            self._len = None
+        elif self._index is None:
+            # A delta after a full-state join: from here on the index pays.
+            self._indexed()
         theirs_ctx = other._ctx
         # Only origins where other holds entries can add; only origins whose
         # dots other has seen can remove.
@@ -199,9 +313,10 @@ class ORSet(Generic[T]):
         elif not mine:
             if not mine_ctx.count(origin):
                 # Nothing of this origin seen here: everything of theirs is new.
-                self._entries[origin] = other._entries[origin].copy()
+                adopted = self._entries[origin] = other._entries[origin].copy()
                 self._owner[origin] = theirs.copy()
-                self._len = None
+                if self._index is not None:
+                    _index_into(self._index, origin, adopted)
                 return
             added = [c for c in theirs if not mine_ctx.contains(origin, c)]
         elif theirs_ctx.count(origin) + len(theirs) < len(mine):
@@ -214,8 +329,6 @@ class ORSet(Generic[T]):
             dropped = [c for c in mine.keys() - theirs.keys() if c <= top or c in gaps]
             top, gaps = mine_ctx.vv.get(origin, 0), mine_ctx.cloud.get(origin, ())
             added = [c for c in theirs.keys() - mine.keys() if c > top and c not in gaps]
-            # Counting membership per dot would cost more than one recount.
-            self._len = None
         if dropped or added:
             self._apply(origin, dropped, added, theirs or {})
 
@@ -230,47 +343,71 @@ class ORSet(Generic[T]):
     def _apply(
         self, origin: str, dropped: Iterable[int], added: Iterable[int], theirs: dict[int, T]
     ) -> None:
-        """Drop and add dots of ``origin``, keeping entries, index and length in step."""
+        """Drop and add dots of ``origin``, keeping entries, reverse index and
+        element index (if kept) in step."""
         elements = self._entries.setdefault(origin, {})
         owner = self._owner.setdefault(origin, {})
+        index = self._index
+        if index is None:
+            self._len = None
         for c in dropped:
             element = owner.pop(c)
             held = elements[element]
             if held == c:
                 del elements[element]
-                if self._len is not None and not self._present(element):
-                    self._len -= 1
+                if index is not None:
+                    holders = index[element]
+                    if holders == origin:
+                        del index[element]
+                    else:
+                        index[element] = _without(holders, origin)  # type: ignore[assignment]
             else:
-                rest = _as_set(held) - {c}
-                elements[element] = next(iter(rest)) if len(rest) == 1 else rest
+                left = _as_set(held) - {c}
+                elements[element] = next(iter(left)) if len(left) == 1 else left
         for c in added:
             element = theirs[c]
             owner[c] = element
             present = elements.get(element)
             if present is None:
-                if self._len is not None and not self._present(element):
-                    self._len += 1
                 elements[element] = c
+                if index is not None:
+                    holders = index.setdefault(element, origin)
+                    if holders != origin:
+                        index[element] = _holding(holders, origin)
             else:
                 elements[element] = _as_set(present) | {c}
         if not elements:
             del self._entries[origin], self._owner[origin]
 
-    def _present(self, element: T) -> bool:
-        return any(element in elements for elements in self._entries.values())
+    def _size(self) -> int:
+        """The number of elements, or an upper bound: O(1), or O(r) if
+        neither the index nor the count is at hand."""
+        if self._index is not None:
+            return len(self._index)
+        if self._len is not None:
+            return self._len
+        return sum(map(len, self._entries.values()))
 
     # -- reads -----------------------------------------------------------------
 
     def __contains__(self, element: object) -> bool:
-        """Whether ``element`` is in the set. Cost: O(r)."""
+        """Whether ``element`` is in the set. Cost: O(1) amortised, whatever
+        the number of origins."""
+        index = self._index
         try:
-            return self._present(element)  # type: ignore[arg-type]
+            if index is None:
+                if len(self._entries) <= _SCAN_ORIGINS:
+                    return any(element in elements for elements in self._entries.values())
+                index = self._indexed()
+            return element in index
         except TypeError:  # unhashable: never an element
             return False
 
     def __len__(self) -> int:
         """The number of elements. Cost: O(1), or O(n) at C speed once after
-        a full-state merge."""
+        a full-state join."""
+        if self._index is not None:
+            return len(self._index)
         if self._len is None:
             groups = list(self._entries.values())
             self._len = len(groups[0]) if len(groups) == 1 else len(set().union(*groups))
@@ -287,8 +424,10 @@ class ORSet(Generic[T]):
         >>> s: ORSet[str] = ORSet(); _ = s.add("x", "a"); s.value
         frozenset({'x'})
 
-        Cost: O(n).
+        Cost: O(n) at C speed.
         """
+        if self._index is not None:
+            return frozenset(self._index)
         return frozenset().union(*self._entries.values())
 
     @property
@@ -314,6 +453,8 @@ class ORSet(Generic[T]):
         out._entries = {origin: elements.copy() for origin, elements in self._entries.items()}
         out._owner = {origin: owner.copy() for origin, owner in self._owner.items()}
         out._ctx = self._ctx.copy()
+        # The holders are str or tuple: immutable, so shared.
+        out._index = None if self._index is None else self._index.copy()
         out._len = self._len
         return out
 
@@ -379,8 +520,24 @@ class ORSet(Generic[T]):
                 }
             out._entries[origin] = by_element  # type: ignore[index]
             out._owner[origin] = owner  # type: ignore[index]
+        # Indexed when needed: a decoded delta is usually only merged.
+        out._index = None
         out._len = None
         return out
+
+
+def _index_into(index: dict[T, Holders], origin: str, elements: dict[T, Dots]) -> None:
+    """Record ``origin`` among the holders of each of ``elements``.
+
+    Cost: O(len(elements)) at C speed (a dict update), plus O(1) Python work
+    per element already indexed.
+    """
+    # Find the elements other origins hold too before the update overwrites
+    # their holders; the intersection walks the smaller side.
+    shared = [(e, index[e]) for e in index.keys() & elements.keys()] if index else []
+    index.update(dict.fromkeys(elements, origin))
+    for element, held in shared:
+        index[element] = _holding(held, origin)
 
 
 def _check_seen(ctx: CausalContext, origin: str, counters: list[int]) -> None:

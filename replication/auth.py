@@ -407,7 +407,7 @@ class Session:
     replication.auth.AuthError: bad MAC
     """
 
-    __slots__ = ("_recv_key", "_recv_seq", "_send_key", "_send_seq", "peer")
+    __slots__ = ("_recv_mac", "_recv_seq", "_send_mac", "_send_seq", "peer")
 
     peer: Hello
     """The authenticated peer's hello."""
@@ -419,7 +419,11 @@ class Session:
         self.peer = Hello.from_bytes(responder_hello if initiator else initiator_hello)
         i_to_r = _mac(key, _SESSION, b"I>R", initiator_hello, responder_hello)
         r_to_i = _mac(key, _SESSION, b"R>I", initiator_hello, responder_hello)
-        self._send_key, self._recv_key = (i_to_r, r_to_i) if initiator else (r_to_i, i_to_r)
+        send, recv = (i_to_r, r_to_i) if initiator else (r_to_i, i_to_r)
+        # Keyed once: each frame's MAC starts from a copy (a third cheaper
+        # than keying HMAC again for every frame).
+        self._send_mac = hmac.new(send, digestmod=sha256)
+        self._recv_mac = hmac.new(recv, digestmod=sha256)
         self._send_seq = 0
         self._recv_seq = 0
 
@@ -470,7 +474,10 @@ class Session:
         if seq > _MAX_SEQ:
             raise AuthError("sequence numbers exhausted: open a new connection")
         head = seq.to_bytes(_SEQ, "big")
-        tag = _mac(self._send_key, head, body)
+        mac = self._send_mac.copy()
+        mac.update(head)
+        mac.update(body)
+        tag = mac.digest()
         self._send_seq = seq + 1
         return b"".join((head, body, tag))
 
@@ -500,7 +507,9 @@ class Session:
             raise AuthError(f"frame too short: {view.nbytes} bytes, need at least {OVERHEAD}")
         view = view.cast("B")
         signed, tag = view[:-_TAG], view[-_TAG:]
-        if not hmac.compare_digest(_mac(self._recv_key, signed), tag):
+        mac = self._recv_mac.copy()
+        mac.update(signed)
+        if not hmac.compare_digest(mac.digest(), tag):
             raise AuthError("bad MAC")
         seq = int.from_bytes(signed[:_SEQ], "big")
         if seq != self._recv_seq:

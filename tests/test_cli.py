@@ -16,6 +16,8 @@ from crdtkit.demo import DemoConfig, run_demo
 from crdts import GCounter
 from replication import Replicator
 from replication.history import History
+from replication.sqlite import DATABASE, SQLiteStore
+from replication.store import encode_row
 from snapshot import (
     GlobalSnapshot,
     LocalState,
@@ -140,8 +142,11 @@ def test_a_bad_file_gets_one_line(tmp_path: Path) -> None:
         str(garbage): "snapshot file",
         str(tmp_path / "ops.log"): "not a valid snapshot or checkpoint",
     }
-    for path, message in cases.items():
+    for path, expected in cases.items():
         for command in ("check", "inspect"):
+            message = expected
+            if command == "inspect" and path == str(tmp_path):
+                message = "holds no store.db: not a node's folder"
             status, out, err = run(command, path)
             assert status == 2, (command, path)
             assert out == ""
@@ -159,3 +164,27 @@ def test_the_installed_command_never_prints_a_traceback(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr.startswith("crdtkit: cannot read") and "Traceback" not in done.stderr
+
+
+def test_inspect_reads_a_node_folder_even_while_the_node_holds_it(tmp_path: Path) -> None:
+    replica = Replicator("n0", [], rng=random.Random(1))
+    History().apply(replica, "hits", "GCounter", "increment", 3)
+    store = SQLiteStore(tmp_path, node="n0")
+    try:
+        entry = replica.entry("hits")
+        assert entry is not None
+        rows = [("hits", encode_row(entry))]
+        store.commit(rows, [(b"request", b"answer")], {"node": b"n0", "replica": b"n0~7"})
+        status, out, err = run("inspect", str(tmp_path))  # the lock is held
+    finally:
+        store.close()
+    assert (status, err) == (0, "")
+    assert "the store of node n0 (last started as n0~7)" in out
+    assert "1 answers kept" in out and "hits (GCounter, " in out and "): 3" in out
+
+
+def test_inspect_refuses_a_damaged_node_folder_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / DATABASE).write_bytes(bytes(range(256)) * 20)
+    status, out, err = run("inspect", str(tmp_path))
+    assert (status, out) == (2, "")
+    assert err.count("\n") == 1 and "is damaged" in err

@@ -1,20 +1,27 @@
 """The OR-Set against a naive reference, and the cases users get wrong.
 
-The optimized OR-Set keeps entries per origin with a reverse index and several
-join paths (adopt, delta, bulk); the reference keeps element -> set of dots and
-a plain set of seen dots, and joins by the textbook rule. Driven in lockstep
-through random adds, removes, state merges and out-of-order delta merges, both
-must hold exactly the same dots and context after every step.
+The optimized OR-Set keeps entries per origin with a reverse index, an
+element index that it drops on full-state joins and rebuilds when needed, and
+several join paths (adopt, delta, bulk); the reference keeps element -> set of
+dots and a plain set of seen dots, and joins by the textbook rule. Driven in
+lockstep through random adds, removes, state merges and out-of-order delta
+merges (some decoded from their bytes), both must hold exactly the same dots
+and context after every step, with the element index kept, dropped on every
+join, or rebuilt by every read.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import hypothesis.strategies as st
 import pytest
 from hypothesis import given, note
 
+import crdts.orset as orset_impl
 from crdts import ORSet, codec
 from crdts.orset import _as_set
 
@@ -66,8 +73,28 @@ def context_of(s: ORSet[object]) -> set[Dot]:
     return {(r, c) for r in ctx.origins() for c in ctx.dots(r)}
 
 
+def holders_of(s: ORSet[object]) -> dict[object, set[str]]:
+    out: dict[object, set[str]] = {}
+    for origin, elements in s._entries.items():
+        for element in elements:
+            out.setdefault(element, set()).add(origin)
+    return out
+
+
+def assert_index_exact(s: ORSet[object]) -> None:
+    """The element index, when kept, names exactly the origins holding each
+    element: one as a str, several as a tuple without repeats."""
+    if s._index is None:
+        return
+    for held in s._index.values():
+        assert type(held) is str or (type(held) is tuple and len(set(held)) == len(held) > 1)
+    shown = {e: {h} if type(h) is str else set(h) for e, h in s._index.items()}
+    assert shown == holders_of(s)
+
+
 def assert_same(fast: ORSet[object], naive: NaiveORSet) -> None:
     assert dots_of(fast) == naive.dots
+    assert_index_exact(fast)
     assert context_of(fast) == naive.ctx
     # The reverse index is exactly the inverse of the entries.
     for origin, elements in fast._entries.items():
@@ -78,8 +105,9 @@ def assert_same(fast: ORSet[object], naive: NaiveORSet) -> None:
     assert fast._owner.keys() == fast._entries.keys()
     assert len(fast) == len(naive.dots)
     assert fast.value == frozenset(naive.dots)
-    for element in ("x", "y", "z"):
+    for element in ("x", "y", "z", 1):
         assert (element in fast) == (element in naive.dots)
+    assert_index_exact(fast)  # as the reads left it (they may rebuild it)
 
 
 REPLICAS = ("a", "b", "c")
@@ -87,40 +115,78 @@ REPLICAS = ("a", "b", "c")
 ELEMENTS = st.sampled_from(["x", "y"]) | st.sampled_from(["z", 1, b"x"])
 Step = tuple[str, int, object]
 
+#: How the element index is exercised: as shipped; dropped by every join
+#: that is not tiny and rebuilt by every ``in``; dropped likewise, with ``in``
+#: looking in the origin maps instead of rebuilding.
+INDEX_MODES = {
+    "shipped": {},
+    "drop-rebuild": {"_SMALL_JOIN": 0, "_SCAN_ORIGINS": 0},
+    "drop-scan": {"_SMALL_JOIN": 0, "_SCAN_ORIGINS": 1_000},
+}
 
-def steps(elements: st.SearchStrategy[object], size: int) -> st.SearchStrategy[list[Step]]:
+
+#: Drawn with the steps, so the regimes share the examples of one test.
+MODES = st.sampled_from(sorted(INDEX_MODES))
+
+
+@contextmanager
+def index_mode(mode: str) -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in INDEX_MODES[mode].items():
+            patch.setattr(orset_impl, name, value)
+        yield
+
+
+def steps(
+    elements: st.SearchStrategy[object], size: int, replicas: int = len(REPLICAS)
+) -> st.SearchStrategy[list[Step]]:
+    who = st.integers(0, replicas - 1)
     return st.lists(
         st.one_of(
-            st.tuples(st.just("add"), st.integers(0, 2), elements),
-            st.tuples(st.just("remove"), st.integers(0, 2), elements),
-            st.tuples(st.just("merge"), st.integers(0, 2), st.integers(0, 2)),
-            st.tuples(st.just("delta"), st.integers(0, 2), st.integers(0, 10**6)),
-            st.tuples(st.just("delta"), st.integers(0, 2), st.integers(0, 10**6)),
+            st.tuples(st.just("add"), who, elements),
+            st.tuples(st.just("remove"), who, elements),
+            st.tuples(st.just("merge"), who, who),
+            st.tuples(st.just("delta"), who, st.integers(0, 10**6)),
+            st.tuples(st.just("delta"), who, st.integers(0, 10**6)),
         ),
         max_size=size,
     )
 
 
-@given(steps(ELEMENTS, 60))
-def test_matches_the_reference(steps: list[Step]) -> None:
-    run_in_lockstep(steps)
+@given(mode=MODES, steps=steps(ELEMENTS, 60))
+def test_matches_the_reference(mode: str, steps: list[Step]) -> None:
+    with index_mode(mode):
+        run_in_lockstep(steps)
 
 
-@given(steps(st.integers(0, 40), 150))
-def test_matches_the_reference_on_larger_sets(steps: list[Step]) -> None:
+@given(mode=MODES, steps=steps(st.integers(0, 40), 150))
+def test_matches_the_reference_on_larger_sets(mode: str, steps: list[Step]) -> None:
     """Big states against small deltas: the join paths that touch only what
     the delta names."""
-    run_in_lockstep(steps)
+    with index_mode(mode):
+        run_in_lockstep(steps)
 
 
-def run_in_lockstep(steps: list[Step]) -> None:
-    fast: list[ORSet[object]] = [ORSet() for _ in REPLICAS]
-    naive = [NaiveORSet() for _ in REPLICAS]
+MANY = tuple(f"n{i}~{i * 7919}" for i in range(16))
+
+
+@given(mode=MODES, steps=steps(st.integers(0, 12), 150, len(MANY)))
+def test_matches_the_reference_with_many_origins(mode: str, steps: list[Step]) -> None:
+    """Sixteen origins over a dozen elements: elements held by several
+    origins at once, origins emptied and adopted again, indexes rebuilt
+    over many small origin maps."""
+    with index_mode(mode):
+        run_in_lockstep(steps, MANY)
+
+
+def run_in_lockstep(steps: list[Step], replicas: tuple[str, ...] = REPLICAS) -> None:
+    fast: list[ORSet[object]] = [ORSet() for _ in replicas]
+    naive = [NaiveORSet() for _ in replicas]
     deltas: list[tuple[ORSet[object], NaiveORSet]] = []
     for kind, i, arg in steps:
-        note(f"{kind} {REPLICAS[i]} {arg!r}")
+        note(f"{kind} {replicas[i]} {arg!r}")
         if kind == "add":
-            deltas.append((fast[i].add(arg, REPLICAS[i]), naive[i].add(arg, REPLICAS[i])))
+            deltas.append((fast[i].add(arg, replicas[i]), naive[i].add(arg, replicas[i])))
         elif kind == "remove":
             deltas.append((fast[i].remove(arg), naive[i].remove(arg)))
         elif kind == "merge":
@@ -131,6 +197,8 @@ def run_in_lockstep(steps: list[Step]) -> None:
         elif deltas:
             assert isinstance(arg, int)
             fast_delta, naive_delta = deltas[arg % len(deltas)]
+            if arg % 2:  # as gossip delivers it: decoded, with no index yet
+                fast_delta = codec.decode(codec.encode(fast_delta))  # type: ignore[assignment]
             fast[i].merge(fast_delta)
             naive[i].merge(naive_delta)
         assert_same(fast[i], naive[i])
@@ -249,3 +317,99 @@ def test_mixed_kinds_have_one_canonical_order() -> None:
     one.merge(right)
     two.merge(left)
     assert codec.encode(one) == codec.encode(two)
+
+
+class CountingMap(dict[Any, Any]):
+    """An origin's element map that counts the lookups made in it."""
+
+    lookups = 0
+
+    def __contains__(self, key: object) -> bool:
+        CountingMap.lookups += 1
+        return super().__contains__(key)
+
+    def __getitem__(self, key: Any) -> Any:
+        CountingMap.lookups += 1
+        return super().__getitem__(key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        CountingMap.lookups += 1
+        return super().get(key, default)
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        CountingMap.lookups += 1
+        return super().pop(key, *default)
+
+
+def count_lookups(s: ORSet[str]) -> None:
+    """From now on, count the lookups in ``s``'s origin maps."""
+    for origin, elements in s._entries.items():
+        s._entries[origin] = CountingMap(elements)
+    CountingMap.lookups = 0
+
+
+def many_origins(n: int) -> ORSet[str]:
+    """``n`` elements, each added by its own origin (as every incarnation of
+    every node that ever added leaves one)."""
+    s: ORSet[str] = ORSet()
+    for i in range(n):
+        s.add(f"e{i}", f"node~{i}")
+    return s
+
+
+def test_updates_and_reads_do_not_walk_the_origins() -> None:
+    """Issue 10: with 1,000 origins an add cost 23x and ``in`` 300x what they
+    cost with one, as each looked in every origin's map. Counted, not timed:
+    each operation looks in the maps of the origins holding its element only."""
+    s = many_origins(2_000)
+    count_lookups(s)
+    s.add("e5", "me")  # replaces the dot of node~5
+    s.add("new", "me")
+    s.remove("e7")
+    s.remove("absent")
+    found = ["e9" in s, "absent" in s, "e5" in s, len(s)]
+    assert found == [True, False, True, 2_000]
+    assert CountingMap.lookups <= 4
+
+
+def test_a_full_state_join_costs_one_rebuild_then_nothing_per_origin() -> None:
+    """A join with a state of comparable size drops the element index; the
+    first operation that needs it rebuilds it at C speed, and every later one
+    is O(1) again, as the counted lookups show."""
+    s = many_origins(2_000)
+    other = many_origins(2_000)  # the same adds, then more
+    for i in range(2_000, 2_400):
+        other.add(f"e{i}", f"node~{i}")
+    s.merge(other)
+    assert s._index is None  # the join ran at C speed, index dropped
+    count_lookups(s)
+    assert "e2100" in s and "absent" not in s  # rebuilds the index once
+    assert s._index is not None
+    for i in range(50):
+        s.add(f"e{i}", "me")
+        s.remove(f"e{100 + i}")
+        assert f"e{200 + i}" in s
+    assert len(s) == 2_400 - 50
+    assert CountingMap.lookups <= 150  # one per remove and replaced add
+    assert_index_exact(s)
+
+
+def test_an_element_that_many_origins_added_concurrently() -> None:
+    """Five hundred origins add one element without seeing each other's
+    adds: the index names all of them, after incremental joins and after a
+    rebuild (a decoded state starts without an index), and a remove drops
+    every dot."""
+    hot: ORSet[str] = ORSet()
+    for i in range(500):
+        one: ORSet[str] = ORSet()
+        one.add("hot", f"node~{i}")
+        one.add(f"own{i}", f"node~{i}")
+        hot.merge(one)
+    decoded = codec.decode(codec.encode(hot))
+    assert isinstance(decoded, ORSet) and decoded._index is None
+    for s in (hot, decoded):
+        assert "hot" in s and len(s) == 501
+        assert_index_exact(s)  # type: ignore[arg-type]
+        delta = s.remove("hot")
+        assert sum(delta.context.count(f"node~{i}") for i in range(500)) == 500
+        assert "hot" not in s and len(s) == 500

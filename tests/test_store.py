@@ -421,6 +421,27 @@ def test_an_update_over_the_maximum_state_is_refused_before_anything_is_written(
     assert sorted(held["s"]) == ["x" * 1000, "z"]  # type: ignore[call-overload]
 
 
+def test_an_update_over_the_maximum_in_a_shared_commit_is_refused_alone(tmp_path: Path) -> None:
+    # Pipelined, so the three share a batch: the batch's rows are encoded
+    # once, the big one's row comes out too large, and the batch is staged
+    # again one at a time so that only that update is refused.
+    async def test(service: NodeService, client: Client) -> None:
+        small, big, other = await asyncio.gather(
+            client.update("s", "ORSet", "add", "x"),
+            client.update("s", "ORSet", "add", "y" * 5000),
+            client.update("s", "ORSet", "add", "z"),
+            return_exceptions=True,
+        )
+        assert isinstance(big, NodeError) and "over the maximum of 4,096" in str(big)
+        assert not isinstance(small, BaseException) and not isinstance(other, BaseException)
+        state = await client.get("s")
+        assert isinstance(state, ORSet) and sorted(state) == ["x", "z"]
+
+    asyncio.run(with_node(tmp_path, test, max_state=4096))
+    held, _ = values_in_node(tmp_path)
+    assert sorted(held["s"]) == ["x", "z"]  # type: ignore[call-overload]
+
+
 def test_a_node_refuses_a_folder_in_use(tmp_path: Path) -> None:
     async def test(service: NodeService, client: Client) -> None:
         with pytest.raises(FolderInUse, match="in use by pid"):
