@@ -29,6 +29,7 @@ __all__ = [
     "CRDT",
     "MAX_UINT",
     "Atom",
+    "Prunable",
     "check_amount",
     "check_atom",
     "check_replica",
@@ -65,6 +66,40 @@ class CRDT(Protocol):
 
     @classmethod
     def from_payload(cls, payload: object, version: int) -> Self: ...
+
+
+@runtime_checkable
+class Prunable(CRDT, Protocol):
+    """A CRDT that can forget a replica id that will never issue again
+    (Akka Distributed Data's ``RemovedNodePruning``).
+
+    - ``prune(removed, owner)`` folds everything ``removed`` contributed into
+      the slot of the live replica ``owner`` and drops ``removed``: the value
+      is unchanged. Only ``owner`` itself may prune into its own slot, as a
+      local operation, and only once every replica holds every operation of
+      ``removed`` (``replication.replicator`` checks both).
+    - ``cleanup(removed)`` drops what ``removed`` contributed, without
+      folding it anywhere: what a replica does to its own state (and to any
+      state it takes in) once it has seen a state that carries the finished
+      pruning, so the contribution is counted once, through ``owner``.
+
+    A type whose state holds no per-replica metadata that grows (a register
+    that keeps one write) implements both as no-ops.
+
+    >>> from crdts import GCounter
+    >>> a = GCounter(); _ = a.increment("old", 2); _ = a.increment("me", 1)
+    >>> b = a.copy()
+    >>> a.prune("old", "me"); a, a.value
+    (GCounter({'me': 3}), 3)
+    >>> b.cleanup("old"); b.merge(a); b.value          # counted once
+    3
+    >>> isinstance(a, Prunable)
+    True
+    """
+
+    def prune(self, removed: str, owner: str) -> None: ...
+
+    def cleanup(self, removed: str) -> None: ...
 
 
 C = TypeVar("C", bound=CRDT)

@@ -120,6 +120,31 @@ class MVRegister(Generic[T]):
         """
         return self.values
 
+    def prune(self, removed: str, owner: str) -> None:
+        """Nothing to fold (``crdts.base.Prunable``): the causal context keeps ``removed``'s entry
+        (one version vector slot). It is what tells a late write of
+        ``removed`` that was overwritten from one never seen; forgetting it
+        needs every replica to rename ``removed``'s dots the same way, which
+        is not built yet (docs/pruning.md). The replicator still prunes the
+        key's bookkeeping.
+
+        >>> r: MVRegister[str] = MVRegister(); _ = r.assign("v", "a~1"); before = r.copy()
+        >>> r.prune("a~1", "a~2"); r == before
+        True
+
+        Cost: O(1).
+        """
+
+    def cleanup(self, removed: str) -> None:
+        """Nothing to forget: see :meth:`prune`.
+
+        >>> r: MVRegister[str] = MVRegister(); _ = r.assign("v", "a~1"); before = r.copy()
+        >>> r.cleanup("a~1"); r == before
+        True
+
+        Cost: O(1).
+        """
+
     def copy(self) -> MVRegister[T]:
         """An independent copy.
 

@@ -302,6 +302,32 @@ class ORSet(Generic[T]):
         """
         return self._ctx.copy()
 
+    def prune(self, removed: str, owner: str) -> None:
+        """Nothing to fold (``crdts.base.Prunable``): the causal context keeps ``removed``'s entry
+        (one version vector slot) and live elements keep their dots. The
+        context is what tells a late add of ``removed`` that was removed from
+        one never seen, and a remove that observed it from one that did not;
+        forgetting it needs every replica to rename ``removed``'s dots the
+        same way, which is not built yet (docs/pruning.md). The replicator
+        still prunes the key's bookkeeping.
+
+        >>> s: ORSet[str] = ORSet(); _ = s.add("x", "a~1"); before = s.copy()
+        >>> s.prune("a~1", "a~2"); s == before
+        True
+
+        Cost: O(1).
+        """
+
+    def cleanup(self, removed: str) -> None:
+        """Nothing to forget: see :meth:`prune`.
+
+        >>> s: ORSet[str] = ORSet(); _ = s.add("x", "a~1"); before = s.copy()
+        >>> s.cleanup("a~1"); s == before
+        True
+
+        Cost: O(1).
+        """
+
     def copy(self) -> ORSet[T]:
         """An independent copy.
 

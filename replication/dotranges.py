@@ -34,6 +34,23 @@ DotRanges({'a': (2, 11, 3, 21)})
 >>> key.merge(delta); key.count("a"), key.top("a")
 (3, 21)
 
+Pruning (docs/pruning.md). When a writer can never issue again and every
+member holds all its operations, a live owner folds them into one operation
+of its own on each key (``crdts.base.Prunable``). The key's bookkeeping then
+drops the writer's stretch and keeps a *marker* ``writer -> (hi, hi_dot)``:
+its first ``hi`` operations on this key (up to dot ``hi_dot``) are counted
+through the owner. A replica that merges a marker drops its own stretch of
+that writer (and cleans the state), and strips the writer from any stretch
+that arrives later and the marker covers. Markers are not operations: the
+questions above look at stretches only, and markers are dropped after a
+dissemination period. On the wire a marker is the group
+``[writer, hi, hi_dot, hi, hi_dot]`` (``lo == hi``, which no stretch has).
+
+>>> _ = key.strip("a"); key.mark("a", 3, 21); key, key.count("a")
+(DotRanges({}, pruned={'a': (3, 21)}), 0)
+>>> late = DotRanges.whole({"a": (2, 11)}); key.covers(late, "a")
+True
+
 Cost: O(writers) for every operation that looks at all spans, O(1) per writer.
 """
 
@@ -58,11 +75,18 @@ class DotRanges:
     (True, 2, True)
     """
 
-    __slots__ = ("spans",)
+    __slots__ = ("pruned", "spans")
     __hash__ = None  # type: ignore[assignment]  # mutable
 
-    def __init__(self, spans: Mapping[str, Span] | None = None) -> None:
+    def __init__(
+        self,
+        spans: Mapping[str, Span] | None = None,
+        pruned: Mapping[str, tuple[int, int]] | None = None,
+    ) -> None:
         self.spans: dict[str, Span] = {} if spans is None else dict(spans)
+        #: writer -> (hi, hi_dot): its first ``hi`` operations on the key were
+        #: pruned into a live owner's operation (see the module docstring).
+        self.pruned: dict[str, tuple[int, int]] = {} if pruned is None else dict(pruned)
 
     @classmethod
     def whole(cls, tops: Mapping[str, tuple[int, int]]) -> DotRanges:
@@ -259,6 +283,9 @@ class DotRanges:
         """
         if not self.joinable(other):
             raise ValueError("the stretches leave a hole: not joinable")
+        if other.pruned:
+            for writer, marker in other.pruned.items():
+                self.mark(writer, *marker)
         mine = self.spans
         for replica, span in other.spans.items():
             held = mine.get(replica)
@@ -277,23 +304,79 @@ class DotRanges:
 
         Cost: O(writers).
         """
-        return DotRanges(self.spans)
+        return DotRanges(self.spans, self.pruned)
+
+    # -- pruning -------------------------------------------------------------------
+
+    def strip(self, replica: str) -> Span | None:
+        """Drop ``replica``'s stretch; return it (None if there was none).
+
+        >>> d = DotRanges.whole({"a": (1, 4)}); d.strip("a"), d.strip("a")
+        ((0, 0, 1, 4), None)
+
+        Cost: O(1).
+        """
+        return self.spans.pop(replica, None)
+
+    def mark(self, replica: str, hi: int, hi_dot: int) -> None:
+        """Record that ``replica``'s first ``hi`` operations on the key (up to
+        dot ``hi_dot``) were pruned into a live owner; a marker only grows.
+
+        >>> d = DotRanges(); d.mark("a", 2, 9); d.mark("a", 1, 4); d.pruned
+        {'a': (2, 9)}
+
+        Cost: O(1).
+        """
+        held = self.pruned.get(replica)
+        if held is None or hi > held[0]:
+            self.pruned[replica] = (hi, hi_dot)
+
+    def covers(self, other: DotRanges, replica: str) -> bool:
+        """Whether a marker here accounts for every operation of ``replica``
+        that ``other`` holds (so they must not be counted again).
+
+        >>> d = DotRanges(); d.mark("a", 2, 9)
+        >>> d.covers(DotRanges.whole({"a": (2, 9)}), "a")
+        True
+        >>> d.covers(DotRanges.whole({"a": (3, 12)}), "a")
+        False
+
+        Cost: O(1).
+        """
+        marker = self.pruned.get(replica)
+        span = other.spans.get(replica)
+        return marker is not None and (span is None or span[2] <= marker[0])
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not DotRanges:
             return NotImplemented
-        return self.spans == other.spans
+        return self.spans == other.spans and self.pruned == other.pruned
 
     def __repr__(self) -> str:
-        return f"DotRanges({dict(sorted(self.spans.items()))!r})"
+        if not self.pruned:
+            return f"DotRanges({dict(sorted(self.spans.items()))!r})"
+        spans, pruned = dict(sorted(self.spans.items())), dict(sorted(self.pruned.items()))
+        return f"DotRanges({spans!r}, pruned={pruned!r})"
 
     # -- wire form -----------------------------------------------------------------
 
     def to_payload(self) -> list[object]:
-        """``[writer, lo, lo_dot, hi, hi_dot, ...]`` in writer order."""
+        """``[writer, lo, lo_dot, hi, hi_dot, ...]`` in writer order; a
+        marker is ``[writer, hi, hi_dot, hi, hi_dot]``."""
         out: list[object] = []
-        for replica in sorted(self.spans):
-            out += (replica, *self.spans[replica])
+        if not self.pruned:
+            for replica in sorted(self.spans):
+                out += (replica, *self.spans[replica])
+            return out
+        for replica in sorted(self.spans.keys() | self.pruned.keys()):
+            span = self.spans.get(replica)
+            if span is None:
+                hi, hi_dot = self.pruned[replica]
+                out += (replica, hi, hi_dot, hi, hi_dot)
+            else:
+                # (Never both: a marker strips the stretch it covers; a later
+                # stretch of a pruned writer is a conflict the replicator drops.)
+                out += (replica, *span)
         return out
 
     @classmethod
@@ -323,6 +406,9 @@ class DotRanges:
             lo, lo_dot, hi, hi_dot = (expect_uint(x, what) for x in flat[i + 1 : i + 5])
             if hi_dot > MAX_UINT:
                 raise DecodeError(f"{what}: dot counter out of range")
+            if lo == hi and lo_dot == hi_dot and 0 < hi <= hi_dot:
+                out.pruned[writer] = (hi, hi_dot)  # type: ignore[index]
+                continue
             if lo >= hi or (lo == 0) != (lo_dot == 0):
                 raise DecodeError(f"{what}: stretch of {writer!r:.40} is not a range")
             if hi - lo > hi_dot - lo_dot:
