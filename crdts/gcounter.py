@@ -95,27 +95,29 @@ class GCounter:
         """
         return sum(self._slots.values())
 
-    def prune(self, removed: str, owner: str) -> None:
+    def prune(self, removed: str, owner: str) -> int:
         """Fold the increments of ``removed`` (a replica id that will never
         issue again) into the slot of ``owner`` and forget ``removed``: see
         ``crdts.base.Prunable``. Only ``owner`` may do this, once every
         replica holds all of ``removed``'s increments.
 
         >>> c = GCounter(); _ = c.increment("a~1", 2); _ = c.increment("a~2", 1)
-        >>> c.prune("a~1", "a~2"); c, c.value
-        (GCounter({'a~2': 3}), 3)
+        >>> c.prune("a~1", "a~2"), c, c.value
+        (0, GCounter({'a~2': 3}), 3)
 
         Cost: O(1).
         """
         prune_slot(self._slots, removed, owner)
+        return 0  # nothing is renamed: see crdts.base.Prunable
 
-    def cleanup(self, removed: str) -> None:
+    def cleanup(self, removed: str, owner: str, base: int) -> None:
         """Forget the slot of ``removed`` without folding it anywhere: what a
         replica does once it has seen a state that carries the finished
-        pruning of ``removed`` (whose increments are then counted in the owner's slot).
+        pruning of ``removed`` into ``owner`` (whose increments are then
+        counted in the owner's slot; ``base`` is not used).
 
         >>> c = GCounter(); _ = c.increment("a~1", 2); _ = c.increment("a~2", 1)
-        >>> c.cleanup("a~1"); c
+        >>> c.cleanup("a~1", "a~2", 0); c
         GCounter({'a~2': 1})
 
         Cost: O(1).

@@ -37,17 +37,19 @@ DotRanges({'a': (2, 11, 3, 21)})
 Pruning (docs/pruning.md). When a writer can never issue again and every
 member holds all its operations, a live owner folds them into one operation
 of its own on each key (``crdts.base.Prunable``). The key's bookkeeping then
-drops the writer's stretch and keeps a *marker* ``writer -> (hi, hi_dot)``:
-its first ``hi`` operations on this key (up to dot ``hi_dot``) are counted
-through the owner. A replica that merges a marker drops its own stretch of
-that writer (and cleans the state), and strips the writer from any stretch
-that arrives later and the marker covers. Markers are not operations: the
-questions above look at stretches only, and markers are dropped after a
-dissemination period. On the wire a marker is the group
-``[writer, hi, hi_dot, hi, hi_dot]`` (``lo == hi``, which no stretch has).
+drops the writer's stretch and keeps a *marker* ``writer -> (hi, hi_dot,
+owner, base)``: its first ``hi`` operations on this key (up to dot
+``hi_dot``) are counted through ``owner`` (``base``: where the owner's state
+renamed the writer's dots, for the dotted types). A replica that merges a
+marker drops its own stretch of that writer (and cleans the state the same
+way), and strips the writer from any stretch that arrives later and the
+marker covers. Markers are not operations: the questions above look at
+stretches only, and markers are dropped after a dissemination period. On
+the wire the markers are one last array, ``[writer, hi, hi_dot, owner,
+base, ...]`` in writer order, present only when there are some.
 
->>> _ = key.strip("a"); key.mark("a", 3, 21); key, key.count("a")
-(DotRanges({}, pruned={'a': (3, 21)}), 0)
+>>> _ = key.strip("a"); key.mark("a", 3, 21, "b", 0); key, key.count("a")
+(DotRanges({}, pruned={'a': (3, 21, 'b', 0)}), 0)
 >>> late = DotRanges.whole({"a": (2, 11)}); key.covers(late, "a")
 True
 
@@ -61,10 +63,12 @@ from collections.abc import Iterator, Mapping
 from crdts.base import MAX_UINT, expect_increasing, expect_list, expect_replica, expect_uint
 from crdts.errors import DecodeError
 
-__all__ = ["DotRanges", "Span"]
+__all__ = ["DotRanges", "Marker", "Span"]
 
 #: ``(lo, lo_dot, hi, hi_dot)``, as described in the module docstring.
 Span = tuple[int, int, int, int]
+#: ``(hi, hi_dot, owner, base)``: a pruning marker (the module docstring).
+Marker = tuple[int, int, str, int]
 
 
 class DotRanges:
@@ -81,12 +85,12 @@ class DotRanges:
     def __init__(
         self,
         spans: Mapping[str, Span] | None = None,
-        pruned: Mapping[str, tuple[int, int]] | None = None,
+        pruned: Mapping[str, Marker] | None = None,
     ) -> None:
         self.spans: dict[str, Span] = {} if spans is None else dict(spans)
-        #: writer -> (hi, hi_dot): its first ``hi`` operations on the key were
-        #: pruned into a live owner's operation (see the module docstring).
-        self.pruned: dict[str, tuple[int, int]] = {} if pruned is None else dict(pruned)
+        #: writer -> (hi, hi_dot, owner, base): its first ``hi`` operations on
+        #: the key were pruned into ``owner`` (see the module docstring).
+        self.pruned: dict[str, Marker] = {} if pruned is None else dict(pruned)
 
     @classmethod
     def whole(cls, tops: Mapping[str, tuple[int, int]]) -> DotRanges:
@@ -318,24 +322,25 @@ class DotRanges:
         """
         return self.spans.pop(replica, None)
 
-    def mark(self, replica: str, hi: int, hi_dot: int) -> None:
+    def mark(self, replica: str, hi: int, hi_dot: int, owner: str, base: int) -> None:
         """Record that ``replica``'s first ``hi`` operations on the key (up to
-        dot ``hi_dot``) were pruned into a live owner; a marker only grows.
+        dot ``hi_dot``) were pruned into ``owner`` (renamed at ``base``); a
+        marker only grows.
 
-        >>> d = DotRanges(); d.mark("a", 2, 9); d.mark("a", 1, 4); d.pruned
-        {'a': (2, 9)}
+        >>> d = DotRanges(); d.mark("a", 2, 9, "b", 0); d.mark("a", 1, 4, "b", 0); d.pruned
+        {'a': (2, 9, 'b', 0)}
 
         Cost: O(1).
         """
         held = self.pruned.get(replica)
         if held is None or hi > held[0]:
-            self.pruned[replica] = (hi, hi_dot)
+            self.pruned[replica] = (hi, hi_dot, owner, base)
 
     def covers(self, other: DotRanges, replica: str) -> bool:
         """Whether a marker here accounts for every operation of ``replica``
         that ``other`` holds (so they must not be counted again).
 
-        >>> d = DotRanges(); d.mark("a", 2, 9)
+        >>> d = DotRanges(); d.mark("a", 2, 9, "b", 0)
         >>> d.covers(DotRanges.whole({"a": (2, 9)}), "a")
         True
         >>> d.covers(DotRanges.whole({"a": (3, 12)}), "a")
@@ -361,22 +366,17 @@ class DotRanges:
     # -- wire form -----------------------------------------------------------------
 
     def to_payload(self) -> list[object]:
-        """``[writer, lo, lo_dot, hi, hi_dot, ...]`` in writer order; a
-        marker is ``[writer, hi, hi_dot, hi, hi_dot]``."""
+        """``[writer, lo, lo_dot, hi, hi_dot, ...]`` in writer order, then
+        the markers as one array ``[writer, hi, hi_dot, owner, base, ...]``
+        if there are any."""
         out: list[object] = []
-        if not self.pruned:
-            for replica in sorted(self.spans):
-                out += (replica, *self.spans[replica])
-            return out
-        for replica in sorted(self.spans.keys() | self.pruned.keys()):
-            span = self.spans.get(replica)
-            if span is None:
-                hi, hi_dot = self.pruned[replica]
-                out += (replica, hi, hi_dot, hi, hi_dot)
-            else:
-                # (Never both: a marker strips the stretch it covers; a later
-                # stretch of a pruned writer is a conflict the replicator drops.)
-                out += (replica, *span)
+        for replica in sorted(self.spans):
+            out += (replica, *self.spans[replica])
+        if self.pruned:
+            markers: list[object] = []
+            for replica in sorted(self.pruned):
+                markers += (replica, *self.pruned[replica])
+            out.append(markers)
         return out
 
     @classmethod
@@ -394,6 +394,9 @@ class DotRanges:
         Cost: O(len(payload)).
         """
         flat = expect_list(payload, what)
+        markers: list[object] | None = None
+        if len(flat) % 5 == 1 and isinstance(last := flat[-1], list):
+            flat, markers = flat[:-1], last
         if len(flat) % 5:
             raise DecodeError(f"{what}: expected writer/lo/lo_dot/hi/hi_dot groups")
         writers = flat[0::5]
@@ -406,9 +409,6 @@ class DotRanges:
             lo, lo_dot, hi, hi_dot = (expect_uint(x, what) for x in flat[i + 1 : i + 5])
             if hi_dot > MAX_UINT:
                 raise DecodeError(f"{what}: dot counter out of range")
-            if lo == hi and lo_dot == hi_dot and 0 < hi <= hi_dot:
-                out.pruned[writer] = (hi, hi_dot)  # type: ignore[index]
-                continue
             if lo >= hi or (lo == 0) != (lo_dot == 0):
                 raise DecodeError(f"{what}: stretch of {writer!r:.40} is not a range")
             if hi - lo > hi_dot - lo_dot:
@@ -417,4 +417,28 @@ class DotRanges:
                     f"in {hi_dot - lo_dot} dots"
                 )
             out.spans[writer] = (lo, lo_dot, hi, hi_dot)  # type: ignore[index]
+        if markers is not None:
+            out.pruned = _markers(markers, what, out.spans)
         return out
+
+
+def _markers(flat: list[object], what: str, spans: dict[str, Span]) -> dict[str, Marker]:
+    """The markers array of a payload, checked: writers in strictly
+    increasing order, ``0 < hi <= hi_dot``, an owner that is a replica id
+    other than the writer, a base >= 0; none at all is not canonical."""
+    if not flat or len(flat) % 5:
+        raise DecodeError(f"{what}: expected writer/hi/hi_dot/owner/base markers")
+    writers = flat[0::5]
+    for writer in writers:
+        expect_replica(writer, what)
+    expect_increasing(writers, what)
+    out: dict[str, Marker] = {}
+    for i in range(0, len(flat), 5):
+        writer, owner = flat[i], expect_replica(flat[i + 3], what)
+        if writer in spans:
+            raise DecodeError(f"{what}: {writer!r:.40} has both a stretch and a marker")
+        hi, hi_dot, base = (expect_uint(flat[i + j], what) for j in (1, 2, 4))
+        if not 0 < hi <= hi_dot <= MAX_UINT or base > MAX_UINT or owner == writer:
+            raise DecodeError(f"{what}: marker of {writer!r:.40} is not one a pruning leaves")
+        out[writer] = (hi, hi_dot, owner, base)  # type: ignore[index]
+    return out

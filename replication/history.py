@@ -327,7 +327,7 @@ class History:
         # owner's operation it observed (or named by a marker it held) as
         # stretches again, so the models can ask ``observed.contains``.
         out = observed.copy()
-        for writer, (hi, hi_dot) in observed.pruned.items():
+        for writer, (hi, hi_dot, _, _) in observed.pruned.items():
             if writer not in out.spans:
                 out.spans[writer] = (0, 0, hi, hi_dot)
         for writer, upto, owner in folded:

@@ -959,11 +959,10 @@ class Replicator:
                 del ops.pruned[writer]
             for writer in sorted(ready & ops.spans.keys()):
                 state = self._states[key]
-                if isinstance(state, Prunable):
-                    state.prune(writer, me)
+                base = state.prune(writer, me) if isinstance(state, Prunable) else 0
                 span = ops.strip(writer)
                 assert span is not None
-                ops.mark(writer, span[2], span[3])
+                ops.mark(writer, span[2], span[3], me, base)
                 self._unhold(key, writer, span)
                 mine = self._issue(key)
                 self._hold(key, mine)
@@ -1138,7 +1137,7 @@ class Replicator:
             key = arrived.key
             known = self._ops.get(key)
             entry = arrived
-            if (known is not None and known.pruned) or self._gone:
+            if known is not None and known.pruned:
                 entry = self._strip_late(arrived, known)
             if known is not None and entry.ops.issubset(known):
                 self.stats.redundant += 1
@@ -1165,28 +1164,24 @@ class Replicator:
         self.stats.gaps += gaps
         return gaps
 
-    def _strip_late(self, entry: Entry, known: DotRanges | None) -> Entry:
-        """``entry`` without the stretches of ids pruned on its key (a marker
-        here covers them) or pruned here less than ``marker_ttl`` ago: late
-        data, already counted through the owner. Cost: O(writers)."""
-        gone = self._gone
-        stale = [
-            w
-            for w in entry.ops.spans
-            if (known is not None and w in known.pruned) or w in gone
-        ]
+    def _strip_late(self, entry: Entry, known: DotRanges) -> Entry:
+        """``entry`` with the stretches of ids pruned on its key (a marker
+        here covers them) stripped and its state cleaned as the marker says
+        (late data: already counted through the owner). Cost: O(writers)."""
+        markers = known.pruned
+        stale = [w for w in entry.ops.spans if w in markers]
         if not stale:
             return entry
         ops, state = entry.ops.copy(), entry.state.copy()
         for writer in stale:
-            if known is not None and not known.covers(ops, writer) and writer in known.pruned:
+            self.stats.late += 1
+            if not known.covers(ops, writer):
                 # Operations the owner did not fold: only a frame delayed
                 # past the dissemination period can bring them. Lost.
                 self.stats.conflicts += 1
             ops.strip(writer)
             if isinstance(state, Prunable):
-                state.cleanup(writer)
-            self.stats.late += 1
+                state.cleanup(writer, *markers[writer][2:])
         return Entry(entry.key, state, ops)
 
     def _clean(self, key: str, state: CRDT, known: DotRanges, ops: DotRanges) -> bool:
@@ -1194,14 +1189,14 @@ class Replicator:
         pruned into an owner's operation (Akka's pruningCleanup), so they
         are counted once, through the owner. Cost: O(markers)."""
         cleaned = False
-        for writer, (hi, _) in ops.pruned.items():
+        for writer, (hi, _, owner, base) in ops.pruned.items():
             span = known.strip(writer)
             if span is None:
                 continue
             if span[2] > hi:
                 self.stats.conflicts += 1  # as in _strip_late: lost
             if isinstance(state, Prunable):
-                state.cleanup(writer)
+                state.cleanup(writer, owner, base)
             self._unhold(key, writer, span)
             self.stats.cleaned += 1
             cleaned = True

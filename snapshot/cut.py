@@ -413,10 +413,9 @@ def join_entries(
             if entry.ops.follows(held.ops):
                 # A marker joined in cleans the writer it names out of what
                 # is held, as a replica does (docs/pruning.md).
-                for writer in entry.ops.pruned.keys() & held.ops.spans.keys():
-                    held.ops.strip(writer)
-                    if isinstance(held.state, Prunable):
-                        held.state.cleanup(writer)
+                for writer, (_, _, owner, base) in entry.ops.pruned.items():
+                    if held.ops.strip(writer) is not None and isinstance(held.state, Prunable):
+                        held.state.cleanup(writer, owner, base)
                 held.state.merge(entry.state)
                 held.ops.merge(entry.ops)
             else:
@@ -437,7 +436,7 @@ def _without_pruned(entry: Entry, held: DotRanges) -> Entry:
     for writer in stale:
         ops.strip(writer)
         if isinstance(state, Prunable):
-            state.cleanup(writer)
+            state.cleanup(writer, *held.pruned[writer][2:])
     return Entry(entry.key, state, ops)
 
 
