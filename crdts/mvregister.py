@@ -136,7 +136,9 @@ class MVRegister(Generic[T]):
         Cost: O(v log v + r) (through the payload).
         """
         check_replica(owner)
-        base = context_top(self._ctx.to_payload(), owner)
+        context = self.to_payload()[0]  # (the canonical form: whatever the layout)
+        assert isinstance(context, list)
+        base = context_top(context, owner)
         self.cleanup(removed, owner, base)
         return base
 
@@ -155,6 +157,9 @@ class MVRegister(Generic[T]):
         Cost: O(v log v + r) (through the payload).
         """
         check_rename(removed, owner, base)
+        if all(replica != removed for replica, _ in self._entries):
+            self._ctx.rename(removed, owner, base)  # only seen, never live here
+            return
         ctx, entries = self.to_payload()
         assert isinstance(ctx, list) and isinstance(entries, list)
         if removed not in ctx[0::3]:

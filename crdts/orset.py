@@ -321,7 +321,9 @@ class ORSet(Generic[T]):
         Cost: O(n log n) (through the payload).
         """
         check_replica(owner)
-        base = context_top(self._ctx.to_payload(), owner)
+        context = self.to_payload()[0]  # (the canonical form: whatever the layout)
+        assert isinstance(context, list)
+        base = context_top(context, owner)
         self.cleanup(removed, owner, base)
         return base
 
@@ -342,6 +344,12 @@ class ORSet(Generic[T]):
         Cost: O(n log n) (through the payload).
         """
         check_rename(removed, owner, base)
+        if removed not in self._entries:
+            # Only seen, never live here: the context alone moves, in
+            # O(its dots) (a pass over the whole state per retired id would
+            # make pruning many ids quadratic).
+            self._ctx.rename(removed, owner, base)
+            return
         ctx, entries = self.to_payload()
         assert isinstance(ctx, list) and isinstance(entries, list)
         if removed not in ctx[0::3]:

@@ -16,6 +16,9 @@ The messages (see ``replication.replicator`` for the protocol):
   (``replication.dotranges``); a frame whose ranges its sender cannot back
   (a catch-up entry that is not a whole key, operations of the sender beyond
   the sender's own clock, a clock with gaps) does not parse;
+- :class:`Push`'s tally: for retired replica ids being pruned
+  (docs/pruning.md), how many of their operations the sender holds and a
+  digest of which (at most ``MAX_TALLY`` ids);
 - :class:`Ack`: "I have your log up to ``position``" (-1: nothing of it);
 - :class:`Piece`: one piece of a single entry too large for any frame: the
   entry's encoding cut in ``count`` pieces, which together make part
@@ -45,6 +48,7 @@ from replication.dotranges import DotRanges
 __all__ = [
     "DEFAULT_FRAME",
     "MAX_FRAME",
+    "MAX_TALLY",
     "Ack",
     "Entry",
     "EntryTooLarge",

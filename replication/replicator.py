@@ -115,7 +115,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from hashlib import blake2b
 from random import Random
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 from sortedcontainers import SortedList
 
@@ -159,6 +159,12 @@ _ANY = 1 << 64  # above every sequence number
 #: ``hi_dot``) into its operation ``owner_dot``: what an operation log needs
 #: to stay exact (``replication.history.History.pruned``).
 PruneHook = Callable[[str, str, tuple[int, int], tuple[str, int]], None]
+
+
+def _prunable(state: CRDT) -> TypeGuard[Prunable]:
+    # (An isinstance check against a runtime protocol walks its attributes
+    # on every call; this is on the merge path of every marked key.)
+    return callable(getattr(state, "cleanup", None)) and callable(getattr(state, "prune", None))
 
 
 def _mark(key: str, hi_dot: int) -> int:
@@ -959,7 +965,7 @@ class Replicator:
                 del ops.pruned[writer]
             for writer in sorted(ready & ops.spans.keys()):
                 state = self._states[key]
-                base = state.prune(writer, me) if isinstance(state, Prunable) else 0
+                base = state.prune(writer, me) if _prunable(state) else 0
                 span = ops.strip(writer)
                 assert span is not None
                 ops.mark(writer, span[2], span[3], me, base)
@@ -1180,7 +1186,7 @@ class Replicator:
                 # past the dissemination period can bring them. Lost.
                 self.stats.conflicts += 1
             ops.strip(writer)
-            if isinstance(state, Prunable):
+            if _prunable(state):
                 state.cleanup(writer, *markers[writer][2:])
         return Entry(entry.key, state, ops)
 
@@ -1195,7 +1201,7 @@ class Replicator:
                 continue
             if span[2] > hi:
                 self.stats.conflicts += 1  # as in _strip_late: lost
-            if isinstance(state, Prunable):
+            if _prunable(state):
                 state.cleanup(writer, owner, base)
             self._unhold(key, writer, span)
             self.stats.cleaned += 1

@@ -36,7 +36,7 @@ CHAOS = Faults(loss=0.3, duplication=0.05, reorder=True, long_delay=0.01)
 #: Frames are delayed at most 5 rounds; stores lag at most FLUSH_EVERY rounds.
 PRUNE_AFTER, MARKER_TTL = 8.0, 40.0
 FLUSH_EVERY = 10
-RESTART_EVERY = 4
+RESTART_EVERY = 10
 
 
 def soak(seed: int, size: int = 16, operations: int = 1000) -> tuple[int | None, list[str]]:
