@@ -415,6 +415,7 @@ class Replicator:
         self._peer_set.discard(node)
         self._peer_ids.remove(node)
         self._peers.pop(node, None)
+        self._spread.discard(node)
         self._held_by_all = None
         return True
 
