@@ -13,7 +13,18 @@ from importlib.metadata import version
 from pathlib import Path
 from random import Random
 
-from bench import bookkeeping, codec, counters, gossip, origins, peers, processes, sets, store
+from bench import (
+    bookkeeping,
+    codec,
+    counters,
+    gossip,
+    origins,
+    peers,
+    processes,
+    pruning,
+    sets,
+    store,
+)
 from bench.harness import Config, Row, render, write_json
 
 Benchmark = Callable[[Config, Random], list[Row]]
@@ -38,6 +49,7 @@ BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("store-flush", store.flush_changed),
     ("tcp-processes", processes.processes),
     ("bounded-state", bookkeeping.bounded_state),
+    ("pruning-opener", pruning.opener),
 ]
 
 

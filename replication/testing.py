@@ -165,7 +165,7 @@ def convergence_machine(
     class ConvergenceMachine(RuleBasedStateMachine):
         seed: int
         net: SimulatedNetwork
-        options: dict[str, int]
+        options: dict[str, Any]
 
         def __init__(self) -> None:
             super().__init__()

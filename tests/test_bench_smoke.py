@@ -51,11 +51,18 @@ EXPECTED = [
     "tcp bytes on the wire per operation",
     "bounded state: saved bytes",
     "bounded state: memory",
+    "pruning: opening frame",
 ]
 
 #: What the floor and figure of a row count, by the start of its name; every
 #: other row times seconds per operation.
-UNITS = {"gossip rounds": "rounds", "gossip bytes": "B", "tcp bytes": "B", "bounded state": "B"}
+UNITS = {
+    "gossip rounds": "rounds",
+    "gossip bytes": "B",
+    "tcp bytes": "B",
+    "bounded state": "B",
+    "pruning": "B",
+}
 
 
 def test_quick_run_writes_every_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
