@@ -346,6 +346,26 @@ class Replicator:
         self._held_by_all = None
         return True
 
+    def handed_off(self) -> bool:
+        """Whether some peer has acknowledged this replica's whole log as it
+        is now, so every operation it holds lives on elsewhere: what a member
+        that leaves waits for (``replication.membership``). True too when it
+        has nothing to hand over, or no peer to hand it to.
+
+        >>> Replicator("a", ["b"], rng=Random(1)).handed_off()
+        True
+
+        Cost: O(p).
+        """
+        if self._head == 0 or not self._peer_ids:
+            return True
+        return any(
+            (state := self._peers.get(node)) is not None
+            and state.acked is not None
+            and state.acked >= self._head
+            for node in self._peer_ids
+        )
+
     def get(self, key: str) -> CRDT | None:
         """A copy of the state under ``key``, or None.
 
