@@ -32,8 +32,10 @@ apply it once it holds, and doing it twice or concurrently is harmless):
   record (a node that has not joined yet promotes nothing);
 - ``leaving -> exiting`` by the leaving member itself, once every reachable
   live member has seen it leaving and its replica has handed its operations
-  to a peer (``ready_to_exit``, :meth:`Replicator.handed_off
-  <replication.replicator.Replicator.handed_off>` under :class:`MemberNode`);
+  to a peer that stays (``ready_to_exit``, :meth:`Replicator.handed_off
+  <replication.replicator.Replicator.handed_off>` to the
+  :meth:`~Membership.staying_nodes` under :class:`MemberNode`: two leavers
+  must not hand off to each other);
 - ``exiting -> removed`` and ``down -> removed`` by any member, once every
   reachable live member other than the one going has seen it;
 - ``-> down`` by an operator (:meth:`Membership.down`), by the auto-down
@@ -51,10 +53,14 @@ removed.
 
 Wire form (canonical CBOR, ``crdts.codec.encode_plain``): ``["mb", 1, sender,
 0, digest]`` a heartbeat (every tick, to every live member; ``digest``, 16
-bytes of SHA-256 of the state, so a node whose state differs answers with
-it), and ``["mb", 1, sender, 1, reply, records]`` the whole state (``reply``
-1: answer with yours if it differs), each record ``[member, address, status,
-[seen...]]`` sorted by member. :func:`parse` turns untrusted bytes into a
+bytes of SHA-256 of the state), and ``["mb", 1, sender, 1, reply, records]``
+the whole state (``reply`` 1: answer with yours if it differs), each record
+``[member, address, status, [seen...]]`` sorted by member. Every tick a node
+opens a push-pull exchange of states with one member (chosen by the seeded
+rng) whose last heartbeat told of a digest other than its own, so states
+spread epidemically in O(log N) rounds at one state frame per node per
+round; a heartbeat from a node that is no member (a downed one still alive)
+is answered with the state, so it learns it was removed. :func:`parse` turns untrusted bytes into a
 message or raises ``DecodeError``; a frame is bounded by ``MAX_MEMBERS``
 records and ``max_size`` bytes, and a bad one changes nothing.
 
@@ -229,10 +235,11 @@ class MemberSet:
 
     TYPE_TAG = "Members"
     FORMAT_VERSION = 1
-    __slots__ = ("_records",)
+    __slots__ = ("_order", "_records")
 
     def __init__(self, records: Iterable[Member] = ()) -> None:
         self._records: dict[str, Member] = {}
+        self._order: list[str] | None = None  # the member ids sorted, while no id comes or goes
         for record in records:
             self.put(record)
 
@@ -250,6 +257,8 @@ class MemberSet:
         joined = record if held is None else held.join(record)
         if joined is held:
             return None
+        if held is None:
+            self._order = None
         self._records[record.member] = joined
         return joined
 
@@ -285,10 +294,14 @@ class MemberSet:
 
         Cost: O(1).
         """
-        self._records.pop(member, None)
+        if self._records.pop(member, None) is not None:
+            self._order = None
 
     def __iter__(self) -> Iterator[Member]:
-        return iter(sorted(self._records.values(), key=lambda m: m.member))
+        if self._order is None:
+            self._order = sorted(self._records)
+        records = self._records
+        return iter([records[member] for member in self._order])
 
     def __len__(self) -> int:
         return len(self._records)
@@ -306,6 +319,7 @@ class MemberSet:
         """
         out = MemberSet()
         out._records = dict(self._records)
+        out._order = self._order
         return out
 
     def __eq__(self, other: object) -> bool:
@@ -336,6 +350,18 @@ class MemberSet:
             out._records[record.member] = record
         return out
 
+    def set_address(self, member: str, address: str) -> None:
+        """Replace a record's address (its own node's, before it is sent).
+
+        >>> s = MemberSet([Member("x", "h:0", Status.UP)]); s.set_address("x", "h:1")
+        >>> s.get("x").address
+        'h:1'
+
+        Cost: O(1).
+        """
+        record = self._records[member]
+        self._records[member] = Member(member, address, record.status, record.seen)
+
     def digest(self) -> bytes:
         """16 bytes that differ (but for a SHA-256 collision) when states do.
 
@@ -365,6 +391,9 @@ class State:
     sender: str
     reply: bool
     members: MemberSet
+    #: The digest of ``members`` (``MemberSet.digest``); parse takes it from
+    #: the frame's bytes, which are canonical, without encoding them again.
+    digest: bytes = b""
 
 
 def encode(message: Heartbeat | State) -> bytes:
@@ -409,7 +438,11 @@ def parse(frame: bytes, *, max_size: int = DEFAULT_FRAME) -> Heartbeat | State:
     if kind == _HEARTBEAT and len(raw) == 5 and type(raw[4]) is bytes and len(raw[4]) == 16:
         return Heartbeat(sender, raw[4])
     if kind == _STATE and len(raw) == 6 and type(raw[4]) is int and raw[4] in (0, 1):
-        return State(sender, bool(raw[4]), MemberSet.from_payload(raw[5]))
+        members = MemberSet.from_payload(raw[5])
+        # The records' encoding is the frame's tail: the frame is canonical.
+        head = len(codec.encode_plain(raw[:5]))  # its array head is as long as the frame's
+        digest = hashlib.sha256(frame[head:]).digest()[:16]
+        return State(sender, bool(raw[4]), members, digest)
     raise DecodeError(f"membership frame: bad kind {kind!r:.20} or fields")
 
 
@@ -558,6 +591,9 @@ class Membership:
         self._unreachable: set[str] = set()
         self._removed_at: dict[str, float] = {}  # tombstone -> when seen here
         self._digest: bytes | None = None
+        self._live: set[str] | None = None  # cached live_nodes()
+        self._digests: dict[str, bytes] = {}  # node -> digest it last told us
+        self._frames: dict[bool, tuple[bytes, bytes]] = {}  # reply -> (digest, frame)
         self._subscribers: list[Callable[[MemberEvent], None]] = []
         self._now = 0.0
         #: Asked before this member moves itself from leaving to exiting:
@@ -679,7 +715,26 @@ class Membership:
 
         Cost: O(members).
         """
-        return {m.node for m in self._state if m.status != Status.REMOVED}
+        return set(self._live_nodes())
+
+    def _live_nodes(self) -> set[str]:
+        if self._live is None:
+            self._live = {m.node for m in self._state if m.status != Status.REMOVED}
+        return self._live
+
+    def staying_nodes(self) -> list[str]:
+        """The other nodes with a member joining or up, reachable: those a
+        leaving member may hand its data to.
+
+        >>> Membership("a", "h:1", rng=Random(1)).staying_nodes()
+        []
+
+        Cost: O(members).
+        """
+        return sorted({
+            m.node for m in self._state
+            if m.status <= Status.UP and m.node != self._node and m.node not in self._unreachable
+        })
 
     def subscribe(self, callback: Callable[[MemberEvent], None]) -> Callable[[], None]:
         """Call ``callback(event)`` for every :class:`MemberEvent` from now
@@ -710,9 +765,7 @@ class Membership:
         """
         if self._digest is not None or len(address) > MAX_ADDRESS:
             raise InvalidOperation("the address is set before the first tick, in 256 characters")
-        own = self._state.get(self._member)
-        assert own is not None
-        self._state._records[self._member] = Member(self._member, address, own.status, own.seen)
+        self._state.set_address(self._member, address)
 
     def leave(self) -> bool:
         """Leave the cluster gracefully: this member becomes ``leaving``, then
@@ -753,8 +806,9 @@ class Membership:
 
     def tick(self, now: float) -> list[Outgoing]:
         """Detect failures, apply the rules, drop old tombstones; returns a
-        heartbeat for every live member's node, and this node's state for
-        every seed until it has joined.
+        heartbeat for every live member's node, its state to one member
+        whose state differs, and to every seed until it has joined (after
+        that, to every seed not known as a member).
 
         >>> Membership("b", "b", seeds=["a"], rng=Random(1)).tick(0.0)[0][0]
         'a'
@@ -769,14 +823,29 @@ class Membership:
         self._rules()
         self._drop_tombstones(now)
         out: list[Outgoing] = []
-        beat = encode(Heartbeat(self._member, self._digest_now()))
-        for node in sorted(self.live_nodes() - {self._node}):
+        mine = self._digest_now()
+        beat = encode(Heartbeat(self._member, mine))
+        others = sorted(self.live_nodes() - {self._node})
+        for node in others:
             out.append((node, beat))
         self.stats.heartbeats_sent += len(out)
-        if not self._joined:
+        # Push-pull with one member whose state (as its last heartbeat said)
+        # differs from ours: O(N) state frames a round however many differ.
+        # Unreachable ones too: a member that does not know of this one yet
+        # sends it nothing, so it looks unreachable until told.
+        differ = [n for n in others if self._digests.get(n) != mine]
+        if differ:
+            out.append((self._rng.choice(differ), self._state_frame(reply=True)))
+        # Seeds not known as members yet, before joining and after: two
+        # parts of a cluster that formed apart (a partition at start) find
+        # each other through them once it heals.
+        known = {m.node for m in self._state} | {m.address for m in self._state}
+        contacts = self._seeds if not self._joined else [
+            seed for seed in self._seeds if seed not in known
+        ]
+        if contacts:
             state = self._state_frame(reply=True)
-            out += [(seed, state) for seed in self._seeds]
-            self.stats.states_sent += len(self._seeds)
+            out += [(seed, state) for seed in contacts]
         return out
 
     def heard(self, now: float, node: str) -> None:
@@ -793,7 +862,7 @@ class Membership:
             return
         beats = self._beats.get(node)
         if beats is None:
-            if node not in self.live_nodes():
+            if node not in self._live_nodes():
                 return  # not a member (yet): nothing to watch
             beats = self._beats[node] = _Heartbeats(now, self.settings.first_interval)
         else:
@@ -837,10 +906,15 @@ class Membership:
         self._now = now
         self.heard(now, sender)
         if isinstance(message, Heartbeat):
-            if self.status == Status.REMOVED or message.digest == self._digest_now():
+            self._digests[sender] = message.digest
+            if self.status == Status.REMOVED or message.digest == self._digest_now() \
+                    or sender in self._live_nodes():
                 return []
-            return [(sender, self._state_frame(reply=True))]
+            # Not a member (yet, or any more: a member downed while alive):
+            # tell it what we know, so it learns its fate.
+            return [(sender, self._state_frame(reply=False))]
         theirs = message.members
+        self._digests[sender] = message.digest
         for record in theirs:
             self._put(record)
         if message.sender != self._member and self._member in theirs and self._joined is False:
@@ -849,7 +923,7 @@ class Membership:
         # waits to see its record in another member's state.
         joining = theirs.get(message.sender)
         if message.reply and (
-            theirs.digest() != self._digest_now()
+            self._digests[sender] != self._digest_now()
             or (joining is not None and joining.status == Status.JOINING)
         ):
             return [(sender, self._state_frame(reply=False))]
@@ -859,7 +933,11 @@ class Membership:
 
     def _state_frame(self, *, reply: bool) -> bytes:
         self.stats.states_sent += 1
-        return encode(State(self._member, reply, self._state))
+        digest = self._digest_now()
+        held = self._frames.get(reply)
+        if held is None or held[0] != digest:
+            held = self._frames[reply] = (digest, encode(State(self._member, reply, self._state)))
+        return held[1]
 
     def _digest_now(self) -> bytes:
         if self._digest is None:
@@ -873,6 +951,7 @@ class Membership:
             return
         self._digest = None
         if before is None or before.status != after.status:
+            self._live = None
             if after.status == Status.REMOVED:
                 self._removed_at.setdefault(after.member, self._now)
             elif after.status in LIVE and after.node not in self._beats and \
@@ -882,7 +961,7 @@ class Membership:
                 self._beats[after.node].deadline = self._now + s.timeout + self._rng.uniform(
                     0.0, s.jitter)
             self._emit(after.status.name.lower(), after)
-            if after.status == Status.REMOVED and after.node not in self.live_nodes():
+            if after.status == Status.REMOVED and after.node not in self._live_nodes():
                 self._beats.pop(after.node, None)
                 if after.node in self._unreachable:
                     self._unreachable.discard(after.node)
@@ -970,6 +1049,7 @@ class Membership:
                 continue
             del held[member]
             self._state.drop(member)
+            self._live = None
             self._digest = None
             self.stats.tombstones_dropped += 1
 
@@ -987,7 +1067,7 @@ class _Peered(Protocol):
 
     def remove_peer(self, node: str) -> bool: ...
 
-    def handed_off(self) -> bool: ...
+    def handed_off(self, to: Iterable[str] | None = None) -> bool: ...
 
 
 class MemberNode:
@@ -997,7 +1077,8 @@ class MemberNode:
     added as a peer when one of its members appears, removed when its last
     member is removed. Membership frames are told apart by their first
     bytes (:func:`is_membership_frame`); every frame counts as a heartbeat.
-    Once this member is removed, the inner node is no longer ticked.
+    Once this member is removed, the inner node is neither ticked nor given
+    frames.
 
     >>> from random import Random
     >>> from replication.replicator import Replicator
@@ -1019,7 +1100,7 @@ class MemberNode:
         self._replica = replica
         self._inner: Node = inner if inner is not None else replica  # type: ignore[assignment]
         self._membership = membership
-        membership.ready_to_exit = replica.handed_off
+        membership.ready_to_exit = lambda: replica.handed_off(membership.staying_nodes())
         self._unsubscribe = membership.subscribe(self._follow)
         for node in sorted(membership.live_nodes() - {membership.node_id}):
             replica.add_peer(node)
@@ -1131,4 +1212,6 @@ class MemberNode:
         if is_membership_frame(frame):
             return self._membership.receive(now, sender, frame)
         self._membership.heard(now, sender)
+        if self._membership.status == Status.REMOVED:
+            return []  # gone for good: it takes nothing in that it could pass on
         return self._inner.receive(now, sender, frame)

@@ -346,24 +346,27 @@ class Replicator:
         self._held_by_all = None
         return True
 
-    def handed_off(self) -> bool:
-        """Whether some peer has acknowledged this replica's whole log as it
-        is now, so every operation it holds lives on elsewhere: what a member
-        that leaves waits for (``replication.membership``). True too when it
-        has nothing to hand over, or no peer to hand it to.
+    def handed_off(self, to: Iterable[str] | None = None) -> bool:
+        """Whether some peer (one of the nodes ``to``, if given) has
+        acknowledged this replica's whole log as it is now, so every
+        operation it holds lives on elsewhere: what a member that leaves
+        waits for (``replication.membership``: ``to`` are the members that
+        stay, as two leavers must not hand off to each other). True too when
+        it has nothing to hand over, or no such peer to hand it to.
 
         >>> Replicator("a", ["b"], rng=Random(1)).handed_off()
         True
 
         Cost: O(p).
         """
-        if self._head == 0 or not self._peer_ids:
+        peers = self._peer_ids if to is None else [p for p in to if p in self._peer_set]
+        if self._head == 0 or not peers:
             return True
         return any(
             (state := self._peers.get(node)) is not None
             and state.acked is not None
             and state.acked >= self._head
-            for node in self._peer_ids
+            for node in peers
         )
 
     def get(self, key: str) -> CRDT | None:

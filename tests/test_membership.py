@@ -8,11 +8,13 @@ tombstones bounded."""
 from __future__ import annotations
 
 import contextlib
+import os
+import unittest
 from random import Random
 
 import hypothesis.strategies as st
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 
 from crdts import GCounter, ORSet
 from crdts.errors import DecodeError
@@ -34,6 +36,7 @@ from replication.membership import (
 )
 from replication.replicator import Replicator
 from replication.simnet import Faults, SimulatedNetwork
+from replication.testing import convergence_machine
 
 # -- the lattice -------------------------------------------------------------------------
 
@@ -319,3 +322,20 @@ def test_phi_detector_adapts_to_the_heartbeat_interval() -> None:
     assert not m.unreachable
     m.tick(60.0)
     assert m.unreachable == {"b"}
+
+
+# -- the convergence machine under membership change -------------------------------------
+
+# A few runs by default (each one joins, leaves, downs and restarts nodes);
+# CRDTKIT_MEMBERSHIP_EXAMPLES=500 runs many more.
+_EXAMPLES = int(os.environ.get("CRDTKIT_MEMBERSHIP_EXAMPLES", "15"))
+
+
+def _membership_case(type_name: str) -> type[unittest.TestCase]:
+    case = convergence_machine(type_name, membership=True).TestCase
+    case.settings = settings(max_examples=_EXAMPLES, stateful_step_count=40, deadline=None)
+    return case
+
+
+TestGCounterUnderMembershipChange = _membership_case("GCounter")
+TestORSetUnderMembershipChange = _membership_case("ORSet")
