@@ -104,6 +104,8 @@ def test_crdtkit_node_refuses_bad_arguments_in_one_line(tmp_path: Path) -> None:
           str(tmp_path)], "key file"),
         (["--id", "a", "--listen", "127.0.0.1:0", "--peer", "b", "--key-file", str(key),
           "--folder", str(tmp_path)], "expected ID=HOST:PORT"),
+        (["--id", "a", "--listen", "127.0.0.1:0", "--seed", "b", "--key-file", str(key),
+          "--folder", str(tmp_path)], "expected HOST:PORT"),
     ]
     for args, message in cases:
         done = subprocess.run(
