@@ -992,6 +992,8 @@ class Membership:
 
     def _detect(self, now: float) -> None:
         live = self.live_nodes()
+        for node in [n for n in self._digests if n not in live]:
+            del self._digests[node]  # bounded by the members, not by history
         for node, beats in list(self._beats.items()):
             if node not in live:
                 del self._beats[node]

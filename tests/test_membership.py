@@ -250,6 +250,8 @@ def test_a_crashed_node_is_unreachable_and_once_downed_removed_everywhere() -> N
     assert _view(a) == _view(b) == [("a", "UP"), ("b", "UP")]
     assert _replica(net, "a").peers == ["b"] and _replica(net, "b").peers == ["a"]
     assert not a.membership.unreachable
+    net.run_rounds(1)
+    assert sorted(a.membership._digests) == ["b"]  # nothing kept of the removed node
 
 
 def test_a_partitioned_node_is_reachable_again_when_it_answers() -> None:
