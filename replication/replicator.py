@@ -382,17 +382,25 @@ class Replicator:
 
     def add_peer(self, node: str) -> bool:
         """Gossip with node ``node`` from now on; False if it already was a
-        peer (or is this node).
+        peer (or is this node). A node retired before (:meth:`retire`) that
+        joins again is live again: its new incarnation's ids are not
+        retired, and its old ones, not yet being pruned here, are left to it
+        (a node prunes its own earlier incarnations).
 
         >>> r = Replicator("a", ["b"], rng=Random(1))
         >>> r.add_peer("c"), r.add_peer("c"), r.peers
         (True, False, ['b', 'c'])
 
-        Cost: O(p).
+        Cost: O(p) plus O(retired ids).
         """
         check_replica(node)
         if node == self._node or node in self._peer_set:
             return False
+        if node in self._retired_nodes:
+            del self._retired_nodes[node]
+            for writer in [w for w in self._retired if self._of_node(w, node)]:
+                if writer not in self._asking:
+                    del self._retired[writer]
         self._peer_set.add(node)
         self._peer_ids.append(node)
         self._peer_ids.sort()
@@ -468,6 +476,29 @@ class Replicator:
     @staticmethod
     def _of_node(writer: str, node: str) -> bool:
         return writer == node or writer.startswith(node + "~")
+
+    def handed_off(self, to: Iterable[str] | None = None) -> bool:
+        """Whether some peer (one of the nodes ``to``, if given) has
+        acknowledged this replica's whole log as it is now, so every
+        operation it holds lives on elsewhere: what a member that leaves
+        waits for (``replication.membership``: ``to`` are the members that
+        stay, as two leavers must not hand off to each other). True too when
+        it has nothing to hand over, or no such peer to hand it to.
+
+        >>> Replicator("a", ["b"], rng=Random(1)).handed_off()
+        True
+
+        Cost: O(p).
+        """
+        peers = self._peer_ids if to is None else [p for p in to if p in self._peer_set]
+        if self._head == 0 or not peers:
+            return True
+        return any(
+            (state := self._peers.get(node)) is not None
+            and state.acked is not None
+            and state.acked >= self._head
+            for node in peers
+        )
 
     def get(self, key: str) -> CRDT | None:
         """A copy of the state under ``key``, or None.
