@@ -354,3 +354,24 @@ def test_a_remove_concurrent_with_a_pruning_is_not_undone() -> None:
     b.merge(a)
     assert sorted(a) == sorted(b) == ["y"] and a == b
     assert codec.decode(codec.encode(a)) == a
+
+
+def test_a_retired_node_that_joins_again_is_live_again() -> None:
+    # Its new incarnation issues under the same node id: retiring that would
+    # fold live updates into another owner while they are still being made.
+    a = Replicator("a", ["b"], rng=random.Random(1), prune_after=0.0)
+    old = Replicator("b", ["a"], rng=random.Random(2), incarnation=1)
+    old.update("k", GCounter, lambda c, me: c.increment(me, 2))
+    a.receive(0.0, "b", old.tick(0.0)[0][1])  # b~1 opens; a learns nothing yet
+    a.remove_peer("b")
+    a.retire("b")
+    assert a.add_peer("b")  # b comes back, as b~9
+    new = Replicator("b", ["a"], rng=random.Random(3), incarnation=9)
+    new.update("k", GCounter, lambda c, me: c.increment(me, 5))
+    net = SimulatedNetwork(seed=1)
+    net.add(a)
+    net.add(new)
+    assert net.run_until(lambda: converged([a, new]), 20)
+    assert "b~9" not in a.retired
+    net.run_rounds(5)
+    assert _get(a, "k").value == 5 and "b~9" in _writers(a)
