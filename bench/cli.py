@@ -21,6 +21,7 @@ from bench import (
     origins,
     peers,
     processes,
+    pruning,
     sets,
     snapshots,
     store,
@@ -51,6 +52,7 @@ BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("store-flush", store.flush_changed),
     ("tcp-processes", processes.processes),
     ("bounded-state", bookkeeping.bounded_state),
+    ("pruning-opener", pruning.opener),
 ]
 
 

@@ -8,6 +8,11 @@ prints for people.
   one fails.
 - ``crdtkit inspect PATH``: what a snapshot or a checkpoint file holds, or a
   node's folder (its store, verified; a running node's too).
+- ``crdtkit node``: run one replica process (``--peer`` a static peer,
+  ``--seed`` join a running cluster through an address, ``--leave`` leave
+  the cluster on SIGTERM before stopping); ``crdtkit members``, ``crdtkit
+  leave`` and ``crdtkit down NODE`` ask a running node (``--node``) for its
+  members, to leave, or to down a node.
 
 A bad argument or a bad file gets one line on stderr and exit status 2,
 never a traceback.
@@ -134,6 +139,35 @@ def _parser() -> _Parser:
         "--peer", action="append", default=[], type=_peer, metavar="ID=HOST:PORT",
         help="a peer to gossip with (repeat for each)",
     )
+    node.add_argument(
+        "--seed", action="append", default=[], type=_address, metavar="HOST:PORT",
+        help="join a running cluster through the node at this address (repeat for more)",
+    )
+    node.add_argument(
+        "--advertise", type=_address, metavar="HOST:PORT",
+        help="the address other members dial to reach this node (default: --listen)",
+    )
+    node.add_argument(
+        "--leave", action="store_true",
+        help="on SIGTERM or SIGINT, leave the cluster (hand off, be removed) before stopping",
+    )
+    node.add_argument(
+        "--failure-detector", choices=["phi", "timeout"], default="phi",
+        help="phi accrual (default) or a timeout with jitter",
+    )
+    node.add_argument(
+        "--acceptable-pause", type=_seconds, default=3.0, metavar="SECONDS",
+        help="phi detector: silence tolerated beyond the usual heartbeat interval (3 s)",
+    )
+    node.add_argument(
+        "--unreachable-after", type=_seconds, default=5.0, metavar="SECONDS",
+        help="timeout detector: silence before a node is unreachable (5 s, plus up to 1 s jitter)",
+    )
+    node.add_argument(
+        "--auto-down-after", type=_seconds, metavar="SECONDS",
+        help="down a member unreachable this long (off by default: both sides of a "
+        "partition would down each other)",
+    )
     node.add_argument("--key-file", required=True, metavar="PATH", help="the cluster key (hex)")
     node.add_argument("--folder", required=True, metavar="PATH",
                       help="its folder: the store (store.db) and the lock")
@@ -160,6 +194,19 @@ def _parser() -> _Parser:
     )
     cluster.add_argument("--seed", type=_bounded(0, 2**63), default=1, help="random seed (1)")
     cluster.add_argument("--folder", metavar="PATH", help="keep keys, data and logs here")
+
+    for name, text in (
+        ("members", "the members a running node sees"),
+        ("leave", "make a running node leave the cluster (it stops once removed)"),
+        ("down", "down a node that is gone for good: it is removed everywhere"),
+    ):
+        command = commands.add_parser(name, help=text)
+        if name == "down":
+            command.add_argument("target", metavar="NODE", help="the node id (or member id)")
+        command.add_argument("--node", required=True, type=_address, metavar="HOST:PORT",
+                             help="a running node to ask")
+        command.add_argument("--key-file", required=True, metavar="PATH",
+                             help="the cluster key (hex)")
 
     keygen = commands.add_parser("keygen", help="write a new cluster key file")
     keygen.add_argument("file", metavar="FILE")
@@ -192,6 +239,10 @@ def main(
             from crdtkit.serve import run_cluster
 
             return run_cluster(args, out)
+        if args.command in ("members", "leave", "down"):
+            from crdtkit.serve import ask
+
+            return ask(args, out)
         if args.command == "keygen":
             from crdtkit.serve import keygen
 

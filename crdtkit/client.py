@@ -25,7 +25,7 @@ import os
 import ssl
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from crdtkit import protocol
 from crdts import codec
@@ -39,7 +39,17 @@ from snapshot.cut import GlobalSnapshot, LocalState, SnapshotId
 from snapshot.errors import SnapshotIncomplete
 from snapshot.marker import LocalRecording, assemble
 
-__all__ = ["Client", "NodeError", "live_snapshot"]
+__all__ = ["Client", "MemberView", "NodeError", "live_snapshot"]
+
+
+class MemberView(NamedTuple):
+    """One member record as a node sees it (``Client.members``)."""
+
+    member: str  # the incarnation's replica id
+    node: str
+    address: str
+    status: str  # "joining", "up", "leaving", "exiting", "down" or "removed"
+    unreachable: bool  # in the answering node's failure detector's view
 
 
 class NodeError(CRDTError):
@@ -204,6 +214,37 @@ class Client:
         if len(names) != len(counts) or not all(type(n) is str for n in names):
             raise DecodeError("stats are [name, count] pairs")
         return {str(n): expect_uint(c, "count") for n, c in zip(names, counts, strict=True)}
+
+    async def members(self) -> list[MemberView]:
+        """Every member record the node holds, removed ones included (while
+        their tombstones last), sorted by member id. Cost: a round trip."""
+        (rows,) = await self._call("members")
+        out = []
+        for row in expect_list(rows, "members"):
+            fields = expect_list(row, "member")
+            if len(fields) != 5 or not all(type(f) is str for f in fields[:4]) \
+                    or type(fields[4]) is not bool:
+                raise DecodeError("a member is [member, node, address, status, unreachable]")
+            out.append(MemberView(*fields))  # type: ignore[arg-type]
+        return out
+
+    async def leave(self) -> str:
+        """Make the node leave the cluster gracefully (it hands its data to a
+        peer, is removed, and stops); its status now. Cost: a round trip."""
+        (status,) = await self._call("leave")
+        if type(status) is not str:
+            raise DecodeError("a status is a str")
+        return status
+
+    async def down(self, node: str) -> list[str]:
+        """Down ``node`` (a node id, or one member id): an operator's decision
+        that it is gone for good; the members downed (none: no such live
+        member). Cost: a round trip."""
+        (downed,) = await self._call("down", node)
+        items = expect_list(downed, "downed")
+        if not all(type(m) is str for m in items):
+            raise DecodeError("members downed are strs")
+        return [str(m) for m in items]
 
     async def snapshot(self) -> SnapshotId:
         """Start a Chandy-Lamport snapshot at this node. Cost: a round trip."""

@@ -4,7 +4,8 @@
 :class:`LocalCluster` writes a key file into its folder, picks free loopback
 ports, starts one ``python -m crdtkit node`` process per node (each with its
 own snapshot folder and log file), and can kill (SIGKILL), restart and stop
-(SIGTERM) them. :meth:`LocalCluster.clients` connects a
+(SIGTERM) them; :meth:`LocalCluster.join` starts one more that joins the
+running cluster through seeds. :meth:`LocalCluster.clients` connects a
 :class:`~crdtkit.client.Client` to every node; :func:`converge` waits until
 every node holds the same keyspace.
 
@@ -20,7 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from crdtkit.client import Client
@@ -44,7 +45,9 @@ class LocalCluster:
     Cost: see the module docstring.
     """
 
-    def __init__(self, size: int, folder: Path, *, interval: float = 0.1) -> None:
+    def __init__(
+        self, size: int, folder: Path, *, interval: float = 0.1, options: Sequence[str] = ()
+    ) -> None:
         if not 1 <= size <= 64:
             raise ValueError(f"a local cluster has 1 to 64 nodes, got {size}")
         self.folder = folder
@@ -58,6 +61,8 @@ class LocalCluster:
             self.key_file.chmod(0o600)
         self.key = load_key(self.key_file)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.options = list(options)  # more ``crdtkit node`` options, for every node
+        self.seeds: dict[str, list[str]] = {}  # nodes that joined: their seeds
 
     def command(self, node: str) -> list[str]:
         """The command line that runs ``node``. Cost: O(nodes)."""
@@ -65,10 +70,25 @@ class LocalCluster:
         args = [sys.executable, "-m", "crdtkit", "node", "--id", node]
         args += ["--listen", f"{host}:{port}", "--key-file", str(self.key_file)]
         args += ["--folder", str(self.folder / node), "--interval", str(self.interval)]
+        if node in self.seeds:
+            for seed in self.seeds[node]:
+                seed_host, seed_port = self.addresses[seed]
+                args += ["--seed", f"{seed_host}:{seed_port}"]
+            return args + self.options
         for peer, (peer_host, peer_port) in self.addresses.items():
-            if peer != node:
+            if peer != node and peer not in self.seeds:
                 args += ["--peer", f"{peer}={peer_host}:{peer_port}"]
-        return args
+        return args + self.options
+
+    def join(self, node: str, seeds: Sequence[str]) -> None:
+        """Start one more node, ``node``, that knows only ``seeds`` (nodes of
+        this cluster) and joins through them. Cost: a process start."""
+        if node in self.addresses:
+            raise ValueError(f"node {node!r} exists already")
+        self.ids.append(node)
+        self.addresses[node] = (HOST, _free_port())
+        self.seeds[node] = list(seeds)
+        self.start(node)
 
     def start(self, node: str | None = None) -> None:
         """Start every node (or one), logging to ``folder/<node>.log``.

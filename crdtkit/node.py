@@ -29,6 +29,14 @@ TCP runtime (``replication.tcp``), keeps its state in a
 - An update whose key would encode to more than ``max_state`` bytes is
   refused before anything is written.
 - Clients can start a Chandy-Lamport snapshot and fetch the node's part of it.
+- Membership (``replication.membership``) runs beside the replica on the same
+  port: the node joins through ``seeds`` (addresses; no peer list needed) and
+  its static ``peers``, learns every member's address from the members'
+  state, and its replica gossips with the members. A client can list the
+  members, make the node leave, or down another node. The node stops once it
+  is removed (after its leave, or downed by an operator); with
+  ``leave_on_stop`` a SIGTERM makes it leave first (bounded by
+  ``leave_timeout``).
 
 Everything it logs goes to the ``crdtkit.node`` logger, one line per event.
 
@@ -45,7 +53,7 @@ import logging
 import os
 import ssl
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +65,13 @@ from crdts import codec
 from crdts.base import expect_list
 from crdts.errors import CRDTError, DecodeError
 from replication.history import History, TypeSpec, check_update
+from replication.membership import (
+    MemberEvent,
+    MemberNode,
+    Membership,
+    MembershipSettings,
+    Status,
+)
 from replication.replicator import Replicator, Staged
 from replication.sqlite import SQLiteStore
 from replication.store import (
@@ -132,6 +147,11 @@ class NodeService:
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
         limits: Limits | None = None,
+        seeds: Sequence[tuple[str, int]] = (),
+        advertise: tuple[str, int] | None = None,
+        membership: MembershipSettings | None = None,
+        leave_on_stop: bool = False,
+        leave_timeout: float = 30.0,
     ) -> None:
         self.folder = folder
         self.store = SQLiteStore(
@@ -147,6 +167,18 @@ class NodeService:
             rng = Random(os.urandom(16))  # incarnations must not repeat across restarts
             replica = restore(stored, node_id, list(peers), rng=rng, max_state=max_state)
             self.node = SnapshotNode(replica, colour=self._colour(stored))
+            self._advertise = advertise
+            own = _text(advertise or listen)
+            # Static peers are seeds too, by node id (their addresses are
+            # known); seeds by address are dialled under their address, and
+            # whoever answers there with the cluster key is taken.
+            seed_names = [_text(a) for a in seeds if a not in (listen, advertise)]
+            self.membership = Membership(
+                replica.replica_id, own, seeds=[*peers, *seed_names], rng=rng,
+                settings=membership,
+            )
+            self.members = MemberNode(replica, self.membership, inner=self.node)
+            self.membership.subscribe(self._on_member)
             log.info(
                 "%s: %s as %s",
                 node_id,
@@ -166,10 +198,15 @@ class NodeService:
                 client_ssl=client_ssl,
                 on_client=self._serve,
             )
+            for name, address in zip(seed_names, [a for a in seeds if a not in
+                                                  (listen, advertise)], strict=True):
+                self.endpoint.add_peer(name, address, any_name=True)
         except BaseException:
             self.store.close()  # and the folder with it
             raise
-        self.runtime = NodeRuntime(self.node, self.endpoint, interval=interval)
+        self.runtime = NodeRuntime(self.members, self.endpoint, interval=interval)
+        self.leave_on_stop = leave_on_stop
+        self.leave_timeout = leave_timeout
         self.flush_interval = flush_interval
         self.max_state = max_state
         # The requests answered, as the store keeps them; the answers
@@ -209,20 +246,28 @@ class NodeService:
         return self.node.replica
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
-        """Listen, gossip and serve until ``stop`` is set; then write what is
-        left and release the folder. ``ready`` is set once it listens.
+        """Listen, gossip and serve until ``stop`` is set (after leaving the
+        cluster, with ``leave_on_stop``) or this member is removed; then write
+        what is left and release the folder. ``ready`` is set once it listens.
         Cost: for as long as it runs."""
+        halt = asyncio.Event()
         try:
             await self.endpoint.start()
             host, port = self.endpoint.address
+            if self._advertise is None and self.membership.status == Status.JOINING:
+                self.membership.set_address(_text((host, port)))  # the real port
             log.info("%s: listening on %s:%d as %s", self.node.node_id, host, port,
                      self.replica.replica_id)
             if ready is not None:
                 ready.set()
-            writer = asyncio.create_task(self._writer(stop))
+            writer = asyncio.create_task(self._writer(halt))
+            watcher = asyncio.create_task(self._watch(stop, halt))
             try:
-                await self.runtime.run(stop)
+                await self.runtime.run(halt)
             finally:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
                 self._wake.set()
                 await writer
             log.info("%s: stopped; %s; refused %s", self.node.node_id, self._stats(),
@@ -230,6 +275,48 @@ class NodeService:
         finally:
             self._pool.shutdown()
             self.store.close()
+
+    async def _watch(self, stop: asyncio.Event, halt: asyncio.Event) -> None:
+        # Halts the node when it is removed, or when told to stop (leaving
+        # the cluster first with leave_on_stop, for at most leave_timeout).
+        membership, loop = self.membership, asyncio.get_running_loop()
+        poll = self.runtime.interval
+
+        def removed() -> bool:
+            return membership.status == Status.REMOVED
+
+        while not stop.is_set() and not removed():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), poll)
+        if stop.is_set() and self.leave_on_stop and not removed():
+            membership.leave()
+            log.info("%s: leaving the cluster before it stops", self.node.node_id)
+            deadline = loop.time() + self.leave_timeout
+            while not removed() and loop.time() < deadline:
+                await asyncio.sleep(poll)
+        if removed():
+            log.info("%s: removed from the cluster; stopping (a restart joins as a new member)",
+                     self.node.node_id)
+        elif self.leave_on_stop:
+            log.warning("%s: the leave did not finish within %.0f s; stopping anyway",
+                        self.node.node_id, self.leave_timeout)
+        halt.set()
+
+    def _on_member(self, event: MemberEvent) -> None:
+        # Where to reach each member: learnt from the members' state.
+        record = event.member
+        node = record.node
+        if event.kind in ("unreachable", "reachable"):
+            log.warning("%s: node %s (%s) is %s", self.node.node_id, node, record.member,
+                        event.kind)
+            return
+        log.info("%s: member %s at %s is %s", self.node.node_id, record.member,
+                 record.address or "?", event.kind)
+        if node == self.node.node_id or record.status == Status.REMOVED:
+            return
+        address = _parse_address(record.address)
+        if address is not None:
+            self.endpoint.add_peer(node, address)
 
     def _stats(self) -> str:
         s = self.replica.stats
@@ -465,6 +552,26 @@ class NodeService:
                 return protocol.encode("recording", request, None)
             channels = [[source, list(frames)] for source, frames in part.channels.items()]
             return protocol.encode("recording", request, [part.state.to_bytes(), channels])
+        if kind == "members" and not fields:
+            unreachable = self.membership.unreachable
+            rows = [
+                [m.member, m.node, m.address, m.status.name.lower(), m.node in unreachable]
+                for m in self.membership.state
+            ]
+            return protocol.encode("members", request, rows)
+        if kind == "leave" and not fields:
+            left = self.membership.leave()
+            log.info("%s: asked to leave the cluster%s", self.node.node_id,
+                     "" if left else " (leaving already)")
+            return protocol.encode("leave", request, self.membership.status.name.lower())
+        if kind == "down" and len(fields) == 1:
+            (target,) = fields
+            if not isinstance(target, str) or not target:
+                raise DecodeError("a node to down is a non-empty str")
+            downed = self.membership.down(target)
+            log.info("%s: an operator downed %s: %s", self.node.node_id, target,
+                     ", ".join(downed) or "no such member")
+            return protocol.encode("down", request, downed)
         if kind == "stats" and not fields:
             return protocol.encode("stats", request, [x for pair in self.counters() for x in pair])
         raise DecodeError(f"a node does not answer {kind!r} requests")
@@ -482,8 +589,22 @@ class NodeService:
             ("bytes_sent", net.bytes_sent),
             ("bytes_received", net.bytes_received),
             ("connections_refused", sum(net.refused.values())),
-            ("frames_refused", self.node.refusals),
+            ("frames_refused", self.members.refusals),
+            ("members", len(self.membership.members)),
+            ("unreachable", len(self.membership.unreachable)),
         ]
+
+
+def _text(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _parse_address(text: str) -> tuple[str, int] | None:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        return None
+    return host.strip("[]"), int(port)
 
 
 def _held_answers(stored: Stored, node_id: str) -> OrderedDict[bytes, bytes]:

@@ -24,7 +24,17 @@ request id the answer repeats:
   if complete, ``["recording", id, null]`` if not, else ``["recording", id,
   [checkpoint bytes, [[source, [frames]], ...]]]``.
 - ``["stats", id]``: ``["stats", id, [name, count, ...]]``, the node's
-  counters (updates, merges, frames and bytes sent and received, refusals).
+  counters (updates, merges, frames and bytes sent and received, refusals,
+  members, unreachable).
+- ``["members", id]``: ``["members", id, [[member, node, address, status,
+  unreachable], ...]]``, every member record the node holds (removed ones
+  too, while their tombstones last), ``status`` a lower-case name
+  (``replication.membership.Status``), ``unreachable`` the node's own
+  failure detector's view.
+- ``["leave", id]``: the node leaves the cluster (and stops once removed):
+  ``["leave", id, status]``, its status now.
+- ``["down", id, node]``: an operator's down of ``node`` (a node id, or one
+  member id): ``["down", id, [member, ...]]``, the members downed.
 
 A request the node cannot serve is answered ``["error", id, message]``.
 A client may send several requests without waiting for their answers (up to
@@ -58,6 +68,9 @@ _FIELDS: dict[str, set[int]] = {
     "snapshot": {0, 2},
     "recording": {2, 1},
     "stats": {0, 1},
+    "members": {0, 1},
+    "leave": {0, 1},
+    "down": {1},
     "error": {1},
 }
 

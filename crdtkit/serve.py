@@ -17,15 +17,16 @@ from pathlib import Path
 from random import Random
 from typing import TextIO
 
-from crdtkit.client import live_snapshot
+from crdtkit.client import Client, live_snapshot
 from crdtkit.cluster import LocalCluster, converge, problems
 from crdtkit.node import NodeService
 from replication.auth import generate_key, load_key
 from replication.history import History, random_operation
+from replication.membership import MembershipSettings
 from replication.store import StoreDamaged, StoreError
 from snapshot.sec import check
 
-__all__ = ["keygen", "run_cluster", "serve"]
+__all__ = ["ask", "keygen", "run_cluster", "serve"]
 
 
 def _tls(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
@@ -54,6 +55,15 @@ def serve(args: argparse.Namespace, err: TextIO) -> int:
             Path(args.folder),
             listen=args.listen,
             peers=dict(args.peer),
+            seeds=args.seed,
+            advertise=args.advertise,
+            membership=MembershipSettings(
+                detector=args.failure_detector,
+                acceptable_pause=args.acceptable_pause,
+                timeout=args.unreachable_after,
+                auto_down_after=args.auto_down_after,
+            ),
+            leave_on_stop=args.leave,
             interval=args.interval,
             max_state=args.max_state,
             repair=args.repair,
@@ -76,6 +86,39 @@ def serve(args: argparse.Namespace, err: TextIO) -> int:
 
     asyncio.run(main())
     return 0
+
+
+def ask(args: argparse.Namespace, out: TextIO) -> int:
+    """``crdtkit members | leave | down NODE --node HOST:PORT``: ask a running
+    node, print its answer for people. Exit 0, or 1 when a down found no such
+    member."""
+
+    async def main() -> int:
+        client = await asyncio.wait_for(Client.connect(args.node, load_key(args.key_file)), 10)
+        try:
+            where = f"{args.node[0]}:{args.node[1]}"
+            if args.command == "leave":
+                status = await asyncio.wait_for(client.leave(), 10)
+                print(f"{where} is {status}; it stops once the others have removed it", file=out)
+                return 0
+            if args.command == "down":
+                downed = await asyncio.wait_for(client.down(args.target), 10)
+                if not downed:
+                    print(f"{where} knows no live member {args.target!r}", file=out)
+                    return 1
+                print(f"downed {', '.join(downed)}; removed once every reachable member "
+                      "has seen it", file=out)
+                return 0
+            members = await asyncio.wait_for(client.members(), 10)
+            print(f"members as {where} sees them:", file=out)
+            for m in members:
+                flag = "  UNREACHABLE" if m.unreachable else ""
+                print(f"  {m.node:<12} {m.member:<24} {m.address:<22} {m.status}{flag}", file=out)
+            return 0
+        finally:
+            client.close()
+
+    return asyncio.run(main())
 
 
 def keygen(path: str, out: TextIO) -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from itertools import chain
 
-from crdts.base import expect_increasing, expect_list, expect_uints
-from crdts.errors import DecodeError
+from crdts.base import MAX_UINT, check_replica, expect_increasing, expect_list, expect_uints
+from crdts.errors import DecodeError, InvalidOperation
 
 
 def merge_max(mine: dict[str, int], theirs: dict[str, int]) -> None:
@@ -18,6 +18,25 @@ def merge_max(mine: dict[str, int], theirs: dict[str, int]) -> None:
     for replica, count in theirs.items():
         if count > get(replica, 0):
             mine[replica] = count
+
+
+def prune_slot(slots: dict[str, int], removed: str, owner: str) -> None:
+    """Fold ``removed``'s slot into ``owner``'s (the sum: both counted events
+    that happened) and drop it. InvalidOperation, changing nothing, if the
+    ids are not usable or the same, or the owner's slot would overflow.
+    Cost: O(1)."""
+    check_replica(removed)
+    check_replica(owner)
+    if removed == owner:
+        raise InvalidOperation(f"cannot prune {removed!r} into itself")
+    count = slots.get(removed)
+    if count is None:
+        return
+    total = slots.get(owner, 0) + count
+    if total > MAX_UINT:
+        raise InvalidOperation(f"the slot of {owner!r} would pass 2**64 - 1")
+    del slots[removed]
+    slots[owner] = total
 
 
 def leq_slots(mine: dict[str, int], theirs: dict[str, int]) -> bool:

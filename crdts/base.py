@@ -29,6 +29,7 @@ __all__ = [
     "CRDT",
     "MAX_UINT",
     "Atom",
+    "Prunable",
     "check_amount",
     "check_atom",
     "check_replica",
@@ -65,6 +66,43 @@ class CRDT(Protocol):
 
     @classmethod
     def from_payload(cls, payload: object, version: int) -> Self: ...
+
+
+@runtime_checkable
+class Prunable(CRDT, Protocol):
+    """A CRDT that can forget a replica id that will never issue again
+    (Akka Distributed Data's ``RemovedNodePruning``).
+
+    - ``prune(removed, owner) -> base`` moves everything ``removed``
+      contributed to the live replica ``owner`` and forgets ``removed``: the
+      value is unchanged. The counters fold the slot into the owner's (base
+      0); the dotted types rename the dots into a block of the owner's
+      above ``base`` (``crdts._rename``). Only ``owner`` itself may prune,
+      as a local operation, and only once every replica holds every
+      operation of ``removed`` (``replication.replicator`` checks both).
+    - ``cleanup(removed, owner, base)`` is what every other replica does to
+      its own state (and to any state it takes in) once it has seen a state
+      that carries the finished pruning: the counters drop ``removed``'s
+      slot (counted once, through ``owner``), the dotted types rename as the
+      owner did, so a concurrent remove or overwrite still finds its dot.
+
+    A type whose state holds no per-replica metadata that grows (a register
+    that keeps one write) implements both as no-ops.
+
+    >>> from crdts import GCounter
+    >>> a = GCounter(); _ = a.increment("old", 2); _ = a.increment("me", 1)
+    >>> b = a.copy()
+    >>> a.prune("old", "me"), a, a.value
+    (0, GCounter({'me': 3}), 3)
+    >>> b.cleanup("old", "me", 0); b.merge(a); b.value          # counted once
+    3
+    >>> isinstance(a, Prunable)
+    True
+    """
+
+    def prune(self, removed: str, owner: str) -> int: ...
+
+    def cleanup(self, removed: str, owner: str, base: int) -> None: ...
 
 
 C = TypeVar("C", bound=CRDT)

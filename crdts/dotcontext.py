@@ -194,6 +194,22 @@ class CausalContext:
         if not gaps:
             del self.cloud[replica]
 
+    def rename(self, removed: str, owner: str, base: int) -> None:
+        """Move ``removed``'s dots to ``owner``: ``(removed, i)`` becomes
+        ``(owner, base + i)`` (how the dotted types prune: ``crdts._rename``).
+
+        >>> c = CausalContext.from_dots([("a~1", 1), ("a~1", 2), ("a~2", 1)])
+        >>> c.rename("a~1", "a~2", 1); c
+        CausalContext(vv={'a~2': 3}, cloud={})
+
+        Cost: O(dots of ``removed``).
+        """
+        moving = list(self.dots(removed))
+        self.vv.pop(removed, None)
+        self.cloud.pop(removed, None)
+        for counter in moving:
+            self.add(owner, base + counter)
+
     def copy(self) -> CausalContext:
         """An independent copy.
 

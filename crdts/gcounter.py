@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from crdts._slots import from_flat, merge_max, to_flat
+from crdts._slots import from_flat, merge_max, prune_slot, to_flat
 from crdts.base import MAX_UINT, check_amount, check_replica
 from crdts.errors import InvalidOperation
 
@@ -94,6 +94,35 @@ class GCounter:
         Cost: O(r).
         """
         return sum(self._slots.values())
+
+    def prune(self, removed: str, owner: str) -> int:
+        """Fold the increments of ``removed`` (a replica id that will never
+        issue again) into the slot of ``owner`` and forget ``removed``: see
+        ``crdts.base.Prunable``. Only ``owner`` may do this, once every
+        replica holds all of ``removed``'s increments.
+
+        >>> c = GCounter(); _ = c.increment("a~1", 2); _ = c.increment("a~2", 1)
+        >>> c.prune("a~1", "a~2"), c, c.value
+        (0, GCounter({'a~2': 3}), 3)
+
+        Cost: O(1).
+        """
+        prune_slot(self._slots, removed, owner)
+        return 0  # nothing is renamed: see crdts.base.Prunable
+
+    def cleanup(self, removed: str, owner: str, base: int) -> None:
+        """Forget the slot of ``removed`` without folding it anywhere: what a
+        replica does once it has seen a state that carries the finished
+        pruning of ``removed`` into ``owner`` (whose increments are then
+        counted in the owner's slot; ``base`` is not used).
+
+        >>> c = GCounter(); _ = c.increment("a~1", 2); _ = c.increment("a~2", 1)
+        >>> c.cleanup("a~1", "a~2", 0); c
+        GCounter({'a~2': 1})
+
+        Cost: O(1).
+        """
+        self._slots.pop(removed, None)
 
     def copy(self) -> GCounter:
         """An independent copy.

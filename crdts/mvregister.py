@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Generic, TypeVar
 
+from crdts._rename import check_rename, context_top, rename_context
 from crdts.base import (
     check_atom,
     check_replica,
@@ -22,7 +23,7 @@ from crdts.base import (
     expect_uints,
 )
 from crdts.dotcontext import CausalContext
-from crdts.errors import DecodeError
+from crdts.errors import DecodeError, InvalidOperation
 
 __all__ = ["MVRegister"]
 
@@ -119,6 +120,63 @@ class MVRegister(Generic[T]):
         Cost: O(v).
         """
         return self.values
+
+    def prune(self, removed: str, owner: str) -> int:
+        """Rename ``removed``'s dots (a replica id that will never issue
+        again) into a block of ``owner``'s above its highest, and return the
+        block's base (``crdts.base.Prunable``, ``crdts._rename``): the values,
+        and what was seen and overwritten, are unchanged. Only ``owner`` may
+        do this; every other replica renames the same way with
+        :meth:`cleanup` and the base.
+
+        >>> r: MVRegister[str] = MVRegister(); _ = r.assign("v", "a~1")
+        >>> r.prune("a~1", "a~2"), r
+        (0, MVRegister({('a~2', 1): 'v'}, CausalContext(vv={'a~2': 1}, cloud={})))
+
+        Cost: O(v log v + r) (through the payload).
+        """
+        check_replica(owner)
+        context = self.to_payload()[0]  # (the canonical form: whatever the layout)
+        assert isinstance(context, list)
+        base = context_top(context, owner)
+        self.cleanup(removed, owner, base)
+        return base
+
+    def cleanup(self, removed: str, owner: str, base: int) -> None:
+        """Rename ``removed``'s dots into ``owner``'s at ``base``, as
+        ``owner``'s :meth:`prune` did (for a replica that has seen the
+        pruning): a write that overwrote a renamed one still overwrites it.
+        InvalidOperation, changing nothing, if a renamed dot would collide.
+
+        >>> a: MVRegister[str] = MVRegister(); _ = a.assign("v", "a~1"); b = a.copy()
+        >>> base = a.prune("a~1", "a~2")
+        >>> _ = b.assign("w", "b")              # concurrently: b overwrites the v it saw
+        >>> b.cleanup("a~1", "a~2", base); a.merge(b); sorted(a.values)
+        ['w']
+
+        Cost: O(v log v + r) (through the payload).
+        """
+        check_rename(removed, owner, base)
+        if all(replica != removed for replica, _ in self._entries):
+            self._ctx.rename(removed, owner, base)  # only seen, never live here
+            return
+        ctx, entries = self.to_payload()
+        assert isinstance(ctx, list) and isinstance(entries, list)
+        if removed not in ctx[0::3]:
+            return
+        triples = [
+            (owner, base + c, v) if r == removed else (r, c, v)
+            for r, c, v in zip(entries[0::3], entries[1::3], entries[2::3], strict=True)
+        ]
+        dots = [(r, c) for r, c, _ in triples]
+        if len(set(dots)) != len(dots):
+            raise InvalidOperation(f"renamed dots of {removed!r} collide with {owner!r}'s")
+        triples.sort(key=lambda t: (t[0], t[1]))
+        out: MVRegister[T] = MVRegister.from_payload(
+            [rename_context(ctx, removed, owner, base), [x for t in triples for x in t]],
+            self.FORMAT_VERSION,
+        )
+        self._entries, self._ctx = out._entries, out._ctx
 
     def copy(self) -> MVRegister[T]:
         """An independent copy.

@@ -48,6 +48,7 @@ from collections.abc import Iterable, Iterator
 from itertools import chain
 from typing import ClassVar, Generic, TypeAlias, TypeVar
 
+from crdts._rename import check_rename, context_top, rename_context
 from crdts.base import (
     check_atom,
     check_replica,
@@ -58,7 +59,7 @@ from crdts.base import (
     expect_uints,
 )
 from crdts.dotcontext import CausalContext
-from crdts.errors import DecodeError
+from crdts.errors import DecodeError, InvalidOperation
 
 __all__ = ["ORSet"]
 
@@ -440,6 +441,79 @@ class ORSet(Generic[T]):
         Cost: O(r + cloud).
         """
         return self._ctx.copy()
+
+    def prune(self, removed: str, owner: str) -> int:
+        """Rename ``removed``'s dots (a replica id that will never issue
+        again) into a block of ``owner``'s above its highest, and return the
+        block's base (``crdts.base.Prunable``, ``crdts._rename``): the
+        elements, and what was seen and removed, are unchanged. Only
+        ``owner`` may do this; every other replica then renames the same way
+        with :meth:`cleanup` and the base.
+
+        >>> s: ORSet[str] = ORSet(); _ = s.add("x", "a~1"); _ = s.add("y", "a~2")
+        >>> _ = s.add("z", "a~1"); _ = s.remove("z")
+        >>> s.prune("a~1", "a~2"), sorted(s)
+        (1, ['x', 'y'])
+        >>> s
+        ORSet({'a~2': {'y': 1, 'x': 2}}, CausalContext(vv={'a~2': 3}, cloud={}))
+
+        Cost: O(n log n) (through the payload).
+        """
+        check_replica(owner)
+        context = self.to_payload()[0]  # (the canonical form: whatever the layout)
+        assert isinstance(context, list)
+        base = context_top(context, owner)
+        self.cleanup(removed, owner, base)
+        return base
+
+    def cleanup(self, removed: str, owner: str, base: int) -> None:
+        """Rename ``removed``'s dots into ``owner``'s at ``base``, as
+        ``owner``'s :meth:`prune` did: what a replica does to its own state,
+        and to states arriving late, once it has seen the pruning. Nothing
+        is counted twice: renamed dots name the same adds. InvalidOperation,
+        changing nothing, if a renamed dot would collide with one of
+        ``owner``'s.
+
+        >>> a: ORSet[str] = ORSet(); _ = a.add("x", "a~1"); b = a.copy()
+        >>> base = a.prune("a~1", "a~2")
+        >>> _ = b.remove("x")                   # concurrently: b removes the x it saw
+        >>> b.cleanup("a~1", "a~2", base); a.merge(b); sorted(a)
+        []
+
+        Cost: O(n log n) (through the payload).
+        """
+        check_rename(removed, owner, base)
+        if removed not in self._entries:
+            # Only seen, never live here: the context alone moves, in
+            # O(its dots) (a pass over the whole state per retired id would
+            # make pruning many ids quadratic).
+            self._ctx.rename(removed, owner, base)
+            return
+        ctx, entries = self.to_payload()
+        assert isinstance(ctx, list) and isinstance(entries, list)
+        if removed not in ctx[0::3]:
+            return
+        groups = dict(zip(entries[0::2], entries[1::2], strict=True))
+        moving = groups.pop(removed, None)
+        if moving is not None:
+            assert isinstance(moving, list)
+            held = groups.get(owner, [])
+            assert isinstance(held, list)
+            pairs = list(zip(held[0::2], held[1::2], strict=True))
+            counters = {c for c, _ in pairs}
+            renamed = [(base + c, e) for c, e in zip(moving[0::2], moving[1::2], strict=True)]
+            if any(c in counters for c, _ in renamed):
+                raise InvalidOperation(f"renamed dots of {removed!r} collide with {owner!r}'s")
+            merged = sorted(pairs + renamed, key=lambda pair: pair[0])
+            groups[owner] = [x for pair in merged for x in pair]
+        flat: list[object] = []
+        for origin in sorted(groups):
+            flat += (origin, groups[origin])
+        out: ORSet[T] = ORSet.from_payload(
+            [rename_context(ctx, removed, owner, base), flat], self.FORMAT_VERSION
+        )
+        for name in ORSet.__slots__:
+            setattr(self, name, getattr(out, name))
 
     def copy(self) -> ORSet[T]:
         """An independent copy.

@@ -86,6 +86,36 @@ class PNCounter:
         """
         return self._p.value - self._n.value
 
+    def prune(self, removed: str, owner: str) -> int:
+        """Fold the increments and decrements of ``removed`` (a replica id
+        that will never issue again) into ``owner``'s slots and forget
+        ``removed`` (``crdts.base.Prunable``); the value is unchanged.
+
+        >>> p = PNCounter(); _ = p.increment("a~1", 5); _ = p.decrement("a~1", 2)
+        >>> p.prune("a~1", "a~2"), p.value, p
+        (0, 3, PNCounter(p=GCounter({'a~2': 5}), n=GCounter({'a~2': 2})))
+
+        Cost: O(1).
+        """
+        # Validate both halves before changing either: all or nothing.
+        self._p.copy().prune(removed, owner)
+        self._n.copy().prune(removed, owner)
+        self._p.prune(removed, owner)
+        return self._n.prune(removed, owner)
+
+    def cleanup(self, removed: str, owner: str, base: int) -> None:
+        """Forget ``removed``'s slots without folding them anywhere (once a
+        state carrying its finished pruning has been seen).
+
+        >>> p = PNCounter(); _ = p.increment("a~1", 5); _ = p.increment("b", 1)
+        >>> p.cleanup("a~1", "a~2", 0); p.value
+        1
+
+        Cost: O(1).
+        """
+        self._p.cleanup(removed, owner, base)
+        self._n.cleanup(removed, owner, base)
+
     def copy(self) -> PNCounter:
         """An independent copy.
 

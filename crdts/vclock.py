@@ -15,7 +15,7 @@ import enum
 from collections.abc import Iterator, Mapping
 from typing import ClassVar
 
-from crdts._slots import from_flat, leq_slots, merge_max, to_flat
+from crdts._slots import from_flat, leq_slots, merge_max, prune_slot, to_flat
 from crdts.base import MAX_UINT, check_replica
 from crdts.errors import InvalidOperation
 
@@ -147,6 +147,35 @@ class VectorClock:
         Cost: O(r).
         """
         return dict(self._slots)
+
+    def prune(self, removed: str, owner: str) -> int:
+        """Fold the events of ``removed`` (a replica id that will never
+        issue again) into the slot of ``owner`` and forget ``removed``: see
+        ``crdts.base.Prunable``. Only ``owner`` may do this, once every
+        replica holds all of ``removed``'s events.
+
+        >>> c = VectorClock({"a~1": 2, "a~2": 1})
+        >>> c.prune("a~1", "a~2"), c
+        (0, VectorClock({'a~2': 3}))
+
+        Cost: O(1).
+        """
+        prune_slot(self._slots, removed, owner)
+        return 0  # nothing is renamed: see crdts.base.Prunable
+
+    def cleanup(self, removed: str, owner: str, base: int) -> None:
+        """Forget the slot of ``removed`` without folding it anywhere: what a
+        replica does once it has seen a state that carries the finished
+        pruning of ``removed`` into ``owner`` (whose events are then
+        counted in the owner's slot; ``base`` is not used).
+
+        >>> c = VectorClock({"a~1": 2, "a~2": 1})
+        >>> c.cleanup("a~1", "a~2", 0); c
+        VectorClock({'a~2': 1})
+
+        Cost: O(1).
+        """
+        self._slots.pop(removed, None)
 
     def copy(self) -> VectorClock:
         """An independent copy.

@@ -34,6 +34,25 @@ DotRanges({'a': (2, 11, 3, 21)})
 >>> key.merge(delta); key.count("a"), key.top("a")
 (3, 21)
 
+Pruning (docs/pruning.md). When a writer can never issue again and every
+member holds all its operations, a live owner folds them into one operation
+of its own on each key (``crdts.base.Prunable``). The key's bookkeeping then
+drops the writer's stretch and keeps a *marker* ``writer -> (hi, hi_dot,
+owner, base)``: its first ``hi`` operations on this key (up to dot
+``hi_dot``) are counted through ``owner`` (``base``: where the owner's state
+renamed the writer's dots, for the dotted types). A replica that merges a
+marker drops its own stretch of that writer (and cleans the state the same
+way), and strips the writer from any stretch that arrives later and the
+marker covers. Markers are not operations: the questions above look at
+stretches only, and markers are dropped after a dissemination period. On
+the wire the markers are one last array, ``[writer, hi, hi_dot, owner,
+base, ...]`` in writer order, present only when there are some.
+
+>>> _ = key.strip("a"); key.mark("a", 3, 21, "b", 0); key, key.count("a")
+(DotRanges({}, pruned={'a': (3, 21, 'b', 0)}), 0)
+>>> late = DotRanges.whole({"a": (2, 11)}); key.covers(late, "a")
+True
+
 Cost: O(writers) for every operation that looks at all spans, O(1) per writer.
 """
 
@@ -44,10 +63,12 @@ from collections.abc import Iterator, Mapping
 from crdts.base import MAX_UINT, expect_increasing, expect_list, expect_replica, expect_uint
 from crdts.errors import DecodeError
 
-__all__ = ["DotRanges", "Span"]
+__all__ = ["DotRanges", "Marker", "Span"]
 
 #: ``(lo, lo_dot, hi, hi_dot)``, as described in the module docstring.
 Span = tuple[int, int, int, int]
+#: ``(hi, hi_dot, owner, base)``: a pruning marker (the module docstring).
+Marker = tuple[int, int, str, int]
 
 
 class DotRanges:
@@ -58,11 +79,18 @@ class DotRanges:
     (True, 2, True)
     """
 
-    __slots__ = ("spans",)
+    __slots__ = ("pruned", "spans")
     __hash__ = None  # type: ignore[assignment]  # mutable
 
-    def __init__(self, spans: Mapping[str, Span] | None = None) -> None:
+    def __init__(
+        self,
+        spans: Mapping[str, Span] | None = None,
+        pruned: Mapping[str, Marker] | None = None,
+    ) -> None:
         self.spans: dict[str, Span] = {} if spans is None else dict(spans)
+        #: writer -> (hi, hi_dot, owner, base): its first ``hi`` operations on
+        #: the key were pruned into ``owner`` (see the module docstring).
+        self.pruned: dict[str, Marker] = {} if pruned is None else dict(pruned)
 
     @classmethod
     def whole(cls, tops: Mapping[str, tuple[int, int]]) -> DotRanges:
@@ -259,6 +287,9 @@ class DotRanges:
         """
         if not self.joinable(other):
             raise ValueError("the stretches leave a hole: not joinable")
+        if other.pruned:
+            for writer, marker in other.pruned.items():
+                self.mark(writer, *marker)
         mine = self.spans
         for replica, span in other.spans.items():
             held = mine.get(replica)
@@ -277,23 +308,75 @@ class DotRanges:
 
         Cost: O(writers).
         """
-        return DotRanges(self.spans)
+        return DotRanges(self.spans, self.pruned)
+
+    # -- pruning -------------------------------------------------------------------
+
+    def strip(self, replica: str) -> Span | None:
+        """Drop ``replica``'s stretch; return it (None if there was none).
+
+        >>> d = DotRanges.whole({"a": (1, 4)}); d.strip("a"), d.strip("a")
+        ((0, 0, 1, 4), None)
+
+        Cost: O(1).
+        """
+        return self.spans.pop(replica, None)
+
+    def mark(self, replica: str, hi: int, hi_dot: int, owner: str, base: int) -> None:
+        """Record that ``replica``'s first ``hi`` operations on the key (up to
+        dot ``hi_dot``) were pruned into ``owner`` (renamed at ``base``); a
+        marker only grows.
+
+        >>> d = DotRanges(); d.mark("a", 2, 9, "b", 0); d.mark("a", 1, 4, "b", 0); d.pruned
+        {'a': (2, 9, 'b', 0)}
+
+        Cost: O(1).
+        """
+        held = self.pruned.get(replica)
+        if held is None or hi > held[0]:
+            self.pruned[replica] = (hi, hi_dot, owner, base)
+
+    def covers(self, other: DotRanges, replica: str) -> bool:
+        """Whether a marker here accounts for every operation of ``replica``
+        that ``other`` holds (so they must not be counted again).
+
+        >>> d = DotRanges(); d.mark("a", 2, 9, "b", 0)
+        >>> d.covers(DotRanges.whole({"a": (2, 9)}), "a")
+        True
+        >>> d.covers(DotRanges.whole({"a": (3, 12)}), "a")
+        False
+
+        Cost: O(1).
+        """
+        marker = self.pruned.get(replica)
+        span = other.spans.get(replica)
+        return marker is not None and (span is None or span[2] <= marker[0])
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not DotRanges:
             return NotImplemented
-        return self.spans == other.spans
+        return self.spans == other.spans and self.pruned == other.pruned
 
     def __repr__(self) -> str:
-        return f"DotRanges({dict(sorted(self.spans.items()))!r})"
+        if not self.pruned:
+            return f"DotRanges({dict(sorted(self.spans.items()))!r})"
+        spans, pruned = dict(sorted(self.spans.items())), dict(sorted(self.pruned.items()))
+        return f"DotRanges({spans!r}, pruned={pruned!r})"
 
     # -- wire form -----------------------------------------------------------------
 
     def to_payload(self) -> list[object]:
-        """``[writer, lo, lo_dot, hi, hi_dot, ...]`` in writer order."""
+        """``[writer, lo, lo_dot, hi, hi_dot, ...]`` in writer order, then
+        the markers as one array ``[writer, hi, hi_dot, owner, base, ...]``
+        if there are any."""
         out: list[object] = []
         for replica in sorted(self.spans):
             out += (replica, *self.spans[replica])
+        if self.pruned:
+            markers: list[object] = []
+            for replica in sorted(self.pruned):
+                markers += (replica, *self.pruned[replica])
+            out.append(markers)
         return out
 
     @classmethod
@@ -311,6 +394,9 @@ class DotRanges:
         Cost: O(len(payload)).
         """
         flat = expect_list(payload, what)
+        markers: list[object] | None = None
+        if len(flat) % 5 == 1 and isinstance(last := flat[-1], list):
+            flat, markers = flat[:-1], last
         if len(flat) % 5:
             raise DecodeError(f"{what}: expected writer/lo/lo_dot/hi/hi_dot groups")
         writers = flat[0::5]
@@ -331,4 +417,28 @@ class DotRanges:
                     f"in {hi_dot - lo_dot} dots"
                 )
             out.spans[writer] = (lo, lo_dot, hi, hi_dot)  # type: ignore[index]
+        if markers is not None:
+            out.pruned = _markers(markers, what, out.spans)
         return out
+
+
+def _markers(flat: list[object], what: str, spans: dict[str, Span]) -> dict[str, Marker]:
+    """The markers array of a payload, checked: writers in strictly
+    increasing order, ``0 < hi <= hi_dot``, an owner that is a replica id
+    other than the writer, a base >= 0; none at all is not canonical."""
+    if not flat or len(flat) % 5:
+        raise DecodeError(f"{what}: expected writer/hi/hi_dot/owner/base markers")
+    writers = flat[0::5]
+    for writer in writers:
+        expect_replica(writer, what)
+    expect_increasing(writers, what)
+    out: dict[str, Marker] = {}
+    for i in range(0, len(flat), 5):
+        writer, owner = flat[i], expect_replica(flat[i + 3], what)
+        if writer in spans:
+            raise DecodeError(f"{what}: {writer!r:.40} has both a stretch and a marker")
+        hi, hi_dot, base = (expect_uint(flat[i + j], what) for j in (1, 2, 4))
+        if not 0 < hi <= hi_dot <= MAX_UINT or base > MAX_UINT or owner == writer:
+            raise DecodeError(f"{what}: marker of {writer!r:.40} is not one a pruning leaves")
+        out[writer] = (hi, hi_dot, owner, base)  # type: ignore[index]
+    return out

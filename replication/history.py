@@ -17,6 +17,16 @@ An operation *survives* when its key's bookkeeping in the converged replicas
 covers its dot; an operation *acknowledged* by another replica (its dot was in that
 replica's context) must survive, whatever crashes happen.
 
+Pruning (docs/pruning.md) folds the operations of a retired replica id into
+an operation of a live owner, and its markers are later dropped, so the
+bookkeeping alone no longer names them. Give every replica
+``on_prune=history.pruned`` (the replicator's hook): the log then records
+each folding, ``(key, owner's dot) -> (retired id, last dot folded)``, and an
+operation of a retired id survives when the owner's operation that folded it
+survives (through chains of foldings, as owners retire in turn). For the
+vector clock, whose value names replicas, the model counts a folded
+operation under the owner that holds it now.
+
 >>> import random
 >>> from replication import Replicator
 >>> r = Replicator("a", [], rng=random.Random(1))
@@ -31,7 +41,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, TypeAlias
 
@@ -117,6 +127,33 @@ class History:
     operations: list[Operation] = field(default_factory=list)
     #: Types beyond the built-ins (or built-ins with another model), by type name.
     specs: dict[str, TypeSpec] = field(default_factory=dict)
+    #: (key, retired id) -> [(last dot folded, the owner's dot that folded them)]
+    foldings: dict[tuple[str, str], list[tuple[int, Dot]]] = field(default_factory=dict)
+
+    def pruned(self, key: str, removed: str, span: tuple[int, int], owner_dot: Dot) -> None:
+        """Record a folding (the replicator's ``on_prune`` hook): ``removed``'s
+        operations on ``key`` up to dot ``span[1]`` are now counted through
+        the operation ``owner_dot``. Cost: O(1)."""
+        self.foldings.setdefault((key, removed), []).append((span[1], owner_dot))
+
+    def holder(self, key: str, ops: DotRanges, dot: Dot) -> str | None:
+        """The replica id under which the bookkeeping ``ops`` of ``key``
+        holds the operation ``dot``: its own writer, the owner it was folded
+        into (and so on, through the chain of foldings), or None if it is
+        not held. Cost: O(length of the chain x foldings of a writer)."""
+        seen = 0
+        while not ops.contains(*dot):
+            writer, counter = dot
+            folded = [
+                owner
+                for upto, owner in self.foldings.get((key, writer), ())
+                if counter <= upto
+            ]
+            if not folded or seen > 64:
+                return None
+            dot = folded[0]  # (an operation is folded once: by its id's one owner)
+            seen += 1
+        return dot[0]
 
     def to_bytes(self) -> bytes:
         """The log of the built-in types' operations as canonical CBOR, for
@@ -205,7 +242,7 @@ class History:
             if replica.node_id == by_others_of:
                 continue
             for op in self.operations:
-                if replica.ops(op.key).contains(*op.dot):
+                if self.holder(op.key, replica.ops(op.key), op.dot) is not None:
                     held.add(op.dot)
         return held
 
@@ -241,9 +278,11 @@ class History:
             by_key.setdefault(op.key, []).append(op)
         for key, ops in sorted(by_key.items()):
             entry = held(key)
-            context = DotRanges() if entry is None else entry.ops
-            survivors = [op for op in ops if context.contains(*op.dot)]
-            kept = {op.dot for op in survivors}
+            context = None if entry is None else entry.ops
+            survivors = self.survivors(key, ops, context)
+            kept = {
+                op.dot for op in ops if context is not None and self.holder(key, context, op.dot)
+            }
             lost = [op.dot for op in ops if op.dot in must_survive and op.dot not in kept]
             if lost:
                 out.append(f"{key}: acknowledged operations lost: {lost[:5]}")
@@ -251,6 +290,52 @@ class History:
             got = None if entry is None else entry.state.value  # type: ignore[attr-defined]
             if survivors and got != want:
                 out.append(f"{key}: holds {got!r:.200}, the specification gives {want!r:.200}")
+        return out
+
+
+    def survivors(
+        self, key: str, ops: Sequence[Operation], held: DotRanges | None
+    ) -> list[Operation]:
+        """The operations of ``ops`` (logged on ``key``) that the bookkeeping
+        ``held`` holds, directly or folded into an owner's operation; for
+        the vector clock, a folded one is counted under its owner (its
+        value names replicas). Cost: O(ops) lookups."""
+        if held is None:
+            return []
+        folded = [
+            (writer, upto, owner)
+            for (k, writer), found in self.foldings.items()
+            if k == key
+            for upto, owner in found
+        ]
+        out: list[Operation] = []
+        for op in ops:
+            holder = self.holder(key, held, op.dot)
+            if holder is None:
+                continue
+            if holder != op.dot[0] and op.type_name == "VectorClock":
+                op = replace(op, dot=(holder, op.dot[1]))  # noqa: PLW2901
+            if folded or op.observed.pruned:
+                op = replace(op, observed=self._observed(key, op.observed, folded))  # noqa: PLW2901
+            out.append(op)
+        return out
+
+    def _observed(
+        self, key: str, observed: DotRanges, folded: list[tuple[str, int, Dot]]
+    ) -> DotRanges:
+        # What an update observed, with the operations folded into an
+        # owner's operation it observed (or named by a marker it held) as
+        # stretches again, so the models can ask ``observed.contains``.
+        out = observed.copy()
+        for writer, (hi, hi_dot, _, _) in observed.pruned.items():
+            if writer not in out.spans:
+                out.spans[writer] = (0, 0, hi, hi_dot)
+        for writer, upto, owner in folded:
+            span = out.spans.get(writer)
+            if (span is None or span[3] < upto) and self.holder(key, observed, owner):
+                out.spans[writer] = (0, 0, max(1, upto), upto) if span is None else (
+                    span[0], span[1], span[2], upto
+                )
         return out
 
 
@@ -414,10 +499,13 @@ def converged(replicas: Sequence[Replicator]) -> bool:
     """Whether the replicas hold byte-identical keyspaces and the same
     operations on every key. Equal bytes alone do not say every operation has
     arrived: an update may leave the state as it was (an increment by 0, a
-    write that loses to a later timestamp). Cost: O(total state size)."""
+    write that loses to a later timestamp). Pruning markers are not
+    operations (docs/pruning.md): each replica drops them on its own
+    schedule, so they are not compared. Cost: O(total state size)."""
     first = replicas[0]
     encoding, keys = first.encode_keyspace(), first.keys()
     return all(
-        r.encode_keyspace() == encoding and all(r.ops(k) == first.ops(k) for k in keys)
+        r.encode_keyspace() == encoding
+        and all(r.ops(k).spans == first.ops(k).spans for k in keys)
         for r in replicas[1:]
     )

@@ -16,6 +16,9 @@ The messages (see ``replication.replicator`` for the protocol):
   (``replication.dotranges``); a frame whose ranges its sender cannot back
   (a catch-up entry that is not a whole key, operations of the sender beyond
   the sender's own clock, a clock with gaps) does not parse;
+- :class:`Push`'s tally: for retired replica ids being pruned
+  (docs/pruning.md), how many of their operations the sender holds and a
+  digest of which (at most ``MAX_TALLY`` ids);
 - :class:`Ack`: "I have your log up to ``position``" (-1: nothing of it);
 - :class:`Piece`: one piece of a single entry too large for any frame: the
   entry's encoding cut in ``count`` pieces, which together make part
@@ -37,7 +40,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from crdts import codec
-from crdts.base import CRDT, expect_list, expect_replica, expect_uint
+from crdts.base import CRDT, expect_increasing, expect_list, expect_replica, expect_uint
 from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError
 from replication.dotranges import DotRanges
@@ -45,6 +48,7 @@ from replication.dotranges import DotRanges
 __all__ = [
     "DEFAULT_FRAME",
     "MAX_FRAME",
+    "MAX_TALLY",
     "Ack",
     "Entry",
     "EntryTooLarge",
@@ -71,7 +75,11 @@ DEFAULT_FRAME = 1024 * 1024
 #: a clock, and pieces large enough that an entry is not cut into thousands.
 MIN_FRAME = 4096
 #: 2: entries carry per-key dot ranges (``DotRanges``), not dot sets.
-VERSION = 2
+#: 3: a push carries a tally of retired ids (its thirteenth field), and
+#: ranges may carry pruning markers (docs/pruning.md).
+VERSION = 3
+#: The most retired ids a push's tally may name.
+MAX_TALLY = 256
 
 
 class EntryTooLarge(DecodeError):
@@ -100,7 +108,12 @@ class Push:
     by a fresh clock). ``to`` is the receiver's replica id the push was
     computed for: it leaves out what that incarnation held, which a restarted
     one may have lost, so another incarnation must not take it. ``ack`` is an
-    :class:`Ack` riding along: the sender holds the receiver's log up to it."""
+    :class:`Ack` riding along: the sender holds the receiver's log up to it.
+    ``tally``: for some replica ids that can never issue again (those the
+    opener of the round wants to prune, docs/pruning.md), ``(id, count,
+    digest)``: how many of that id's operations the sender holds and a
+    digest of which, so the opener can tell when every member holds the
+    same ones."""
 
     sender: str
     to: str
@@ -112,6 +125,7 @@ class Push:
     clock: CausalContext
     entries: tuple[Entry, ...]
     ack: int = -1
+    tally: tuple[tuple[str, int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,13 +203,28 @@ def encode(message: Message) -> bytes:
     fields: list[object]
     if isinstance(m, Push):
         fields = ["push", VERSION, m.sender, m.to, m.start, m.end, m.part, m.parts, m.reply]
-        fields += [m.clock.to_payload(), encode_entries(m.entries), m.ack]
+        fields += [m.clock.to_payload(), encode_entries(m.entries), m.ack, _tally(m.tally)]
     elif isinstance(m, Piece):
         fields = ["piece", VERSION, m.sender, m.to, m.start, m.end, m.part, m.parts, m.reply]
         fields += [m.clock.to_payload(), m.ack, m.index, m.count, m.chunk]
     else:
         fields = ["ack", VERSION, m.sender, m.position]
     return codec.encode_plain(fields)
+
+
+def _tally(tally: tuple[tuple[str, int, int], ...]) -> list[object]:
+    return [x for row in tally for x in row]
+
+
+def _parse_tally(raw: object) -> tuple[tuple[str, int, int], ...]:
+    flat = expect_list(raw, "push tally")
+    if len(flat) % 3 or len(flat) > 3 * MAX_TALLY:
+        raise DecodeError("push tally: expected at most 256 id/count/digest triples")
+    ids = [expect_replica(x, "push tally") for x in flat[0::3]]
+    expect_increasing(ids, "push tally")
+    counts = [expect_uint(x, "push tally") for x in flat[1::3]]
+    digests = [expect_uint(x, "push tally") for x in flat[2::3]]
+    return tuple(zip(ids, counts, digests, strict=True))
 
 
 def _array_head(n: int) -> bytes:
@@ -234,11 +263,12 @@ def encode_interval(
     Cost: O(total size); every entry is copied once into its frame.
     """
     sender, to, start, end = template.sender, template.to, template.start, template.end
-    reply, clock, ack = template.reply, template.clock, template.ack
+    reply, clock, ack, tally = template.reply, template.clock, template.ack, template.tally
     if max_frame < MIN_FRAME:
         raise ValueError(f"max_frame is at least {MIN_FRAME}")
     base = [sender, to, start, end, 0, 0, reply, clock.to_payload()]
-    push_room = max_frame - len(encode(Push(sender, to, start, end, 0, 1, reply, clock, (), ack)))
+    opening = Push(sender, to, start, end, 0, 1, reply, clock, (), ack, tally)
+    push_room = max_frame - len(encode(opening))
     piece_room = max_frame - len(codec.encode_plain(["piece", VERSION, *base, ack, 0, 0, b""]))
     push_room, piece_room = push_room - _SLACK, piece_room - _SLACK
     if piece_room < MIN_FRAME // 2:
@@ -263,17 +293,19 @@ def encode_interval(
     frames: list[bytes] = []
     total = len(parts)
     clock_and = codec.encode_plain(base[-1:])[1:]  # the clock alone
+    tally_bytes = codec.encode_plain(_tally(tally))
     for number, part in enumerate(parts):
         head = codec.encode_plain([sender, to, start, end, number, total, reply])[1:]
         if isinstance(part, list):
             frames.append(
-                _array_head(12)
+                _array_head(13)
                 + codec.encode_plain(["push", VERSION])[1:]
                 + head
                 + clock_and
                 + _array_head(len(part))
                 + b"".join(part)
                 + codec.encode_plain(ack)
+                + tally_bytes
             )
             continue
         count = -(-len(part) // piece_room)
@@ -352,7 +384,7 @@ def check_claims(
             )
 
 
-_ARITY = {"push": 12, "ack": 4, "piece": 14}
+_ARITY = {"push": 13, "ack": 4, "piece": 14}
 
 
 def parse(
@@ -396,5 +428,6 @@ def parse(
         entries = parse_entries(f[7], max_state=max_state)
         ack = expect_uint(f[8], "push ack", -1)
         check_claims(sender, start, clock, entries)
-        return Push(sender, to, start, end, part, parts, f[5], clock, entries, ack)
+        tally = _parse_tally(f[9])
+        return Push(sender, to, start, end, part, parts, f[5], clock, entries, ack, tally)
     return Ack(sender, expect_uint(f[0], "ack position", -1))

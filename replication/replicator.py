@@ -86,22 +86,41 @@ a replica must take a new *incarnation* (:meth:`Replicator.from_entries`): a
 fresh replica id derived from the node id, so its new dots never collide with
 ones it issued before.
 
+Pruning (docs/pruning.md; Akka Distributed Data's pruning). A replica id
+that can never issue again is *retired*: an earlier incarnation of this node
+(a node is the authority on its own incarnations), or any incarnation of a
+member removed for good (:meth:`Replicator.retire`). Once it has been retired
+for ``prune_after`` (a dissemination period) and every member reports, in
+the tally its pushes carry, the same count and digest of that id's
+operations as the owner holds, the owner (this node for its own
+incarnations, the least member node id for a removed member's) folds them,
+key by key, into one operation of its own (``crdts.base.Prunable.prune``)
+and leaves a marker in the key's ranges. A replica that merges a marker
+cleans the id out of its own state and ranges (``cleanup``), strips it from
+whatever arrives later, and drops the id from its prefix clock and tallies
+once it holds nothing of it; markers, and the dropping of late data, last
+``marker_ttl``. So the bookkeeping, the prefix clock that opens every round
+and the counters hold live ids only, whatever the number of restarts.
+
 Cost: ``update`` is the type's mutator plus O(1) (amortised over peers'
 acks); a push costs O(keys changed in the interval); a catch-up O(keys)
 range tests; merging an entry costs the type's merge plus O(its writers).
+Pruning costs one pass over the keys per round in which ids are pruned or
+markers expire.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from hashlib import blake2b
 from random import Random
-from typing import TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 from sortedcontainers import SortedList
 
 from crdts import codec
-from crdts.base import CRDT, check_replica
+from crdts.base import CRDT, Prunable, check_replica
 from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError, StateTooLarge
 from crdts.vclock import VectorClock
@@ -109,6 +128,7 @@ from replication.dotranges import DotRanges
 from replication.messages import (
     DEFAULT_FRAME,
     MAX_FRAME,
+    MAX_TALLY,
     MIN_FRAME,
     Ack,
     Entry,
@@ -126,13 +146,33 @@ from replication.messages import (
 )
 from replication.transport import Outgoing
 
-__all__ = ["DEFAULT_MAX_STATE", "Replicator", "ReplicatorStats", "Staged"]
+__all__ = ["DEFAULT_MAX_STATE", "PruneHook", "Replicator", "ReplicatorStats", "Staged"]
 
 C = TypeVar("C", bound=CRDT)
 #: The largest state a key may hold unless configured otherwise: 64 MiB of
 #: its canonical encoding.
 DEFAULT_MAX_STATE = 64 * 1024 * 1024
 _ANY = 1 << 64  # above every sequence number
+
+#: Called as ``hook(key, removed, (hi, hi_dot), owner_dot)`` when this replica
+#: folds ``removed``'s first ``hi`` operations on ``key`` (up to dot
+#: ``hi_dot``) into its operation ``owner_dot``: what an operation log needs
+#: to stay exact (``replication.history.History.pruned``).
+PruneHook = Callable[[str, str, tuple[int, int], tuple[str, int]], None]
+
+
+def _prunable(state: CRDT) -> TypeGuard[Prunable]:
+    # (An isinstance check against a runtime protocol walks its attributes
+    # on every call; this is on the merge path of every marked key.)
+    return callable(getattr(state, "cleanup", None)) and callable(getattr(state, "prune", None))
+
+
+def _mark(key: str, hi_dot: int) -> int:
+    """A writer's stretch on one key as 64 bits: a replica's digest of a
+    writer is the XOR of these over its keys, so two replicas with equal
+    digests (and counts) hold the same operations of that writer."""
+    data = key.encode("utf-8", "surrogatepass") + hi_dot.to_bytes(8, "big")
+    return int.from_bytes(blake2b(data, digest_size=8).digest(), "big")
 
 
 @dataclass(slots=True)
@@ -155,6 +195,9 @@ class _Peer:
     acked: int | None = None  # our log position the peer holds; None: unknown
     clock: CausalContext | None = None  # its prefix clock when it last pushed
     caught_up: int | None = None  # our head when we last sent it a catch-up
+    # retired id -> (count, digest, when heard) of its operations the peer holds
+    tally: dict[str, tuple[int, int, float]] = field(default_factory=dict)
+    asked: tuple[str, ...] = ()  # retired ids its last opener asked us about
 
 
 @dataclass(slots=True)
@@ -172,6 +215,10 @@ class ReplicatorStats:
     pieces: int = 0  # entries that arrived in pieces and were reassembled
     pieces_dropped: int = 0  # reassemblies given up: timed out, replaced, restarted
     gaps: int = 0  # entries left out: they need operations this replica lacks
+    pruned: int = 0  # (key, retired id) pairs this replica folded into its own operation
+    cleaned: int = 0  # (key, retired id) pairs cleaned out on seeing a marker
+    late: int = 0  # stretches of pruned ids stripped from what arrived
+    conflicts: int = 0  # of those, ones holding operations a marker did not fold
 
 
 @dataclass(slots=True)
@@ -186,6 +233,8 @@ class _Assembly:
 
 #: Entries in pieces that one peer may have half-received at once.
 _ASSEMBLIES = 8
+#: Extra members a round opens with while retired ids wait for their tallies.
+_ASK_EXTRA = 4
 
 
 def _entry_of(piece: Piece) -> tuple[object, ...]:
@@ -229,6 +278,8 @@ class Replicator:
         max_frame: int = DEFAULT_FRAME,
         max_state: int = DEFAULT_MAX_STATE,
         piece_timeout: float = 30.0,
+        prune_after: float = 300.0,
+        marker_ttl: float = 21_600.0,
     ) -> None:
         """A replica for node ``node_id`` gossiping with ``peers`` (node ids).
 
@@ -239,11 +290,20 @@ class Replicator:
         ``Limits.max_frame`` must leave room for it and its overhead) and
         carries at most ``chunk_size`` entries; a key's state may be at most
         ``max_state`` bytes; a partly received entry is dropped after
-        ``piece_timeout`` (in the time given to :meth:`receive`).
+        ``piece_timeout`` (in the time given to :meth:`receive`). A retired
+        replica id is pruned no sooner than ``prune_after`` after it was
+        retired, and markers of a pruning (and the dropping of late data of
+        the id) last ``marker_ttl``: both in the time given to :meth:`tick`,
+        and both must exceed how long a frame can be delayed (and
+        ``marker_ttl`` how old a store a member may restart from). The
+        defaults, 5 minutes and 6 hours in a node's seconds, are Akka's
+        ``max-pruning-dissemination`` and ``pruning-marker-time-to-live``.
         """
         check_replica(node_id)
         if fanout < 1 or chunk_size < 1 or log_limit < 1:
             raise ValueError("fanout, chunk_size and log_limit are at least 1")
+        if not (prune_after >= 0 and marker_ttl >= 0):
+            raise ValueError("prune_after and marker_ttl are at least 0")
         self._configure_sizes(max_frame, max_state, piece_timeout)
         self._node = node_id
         self._replica = node_id if incarnation == 0 else f"{node_id}~{incarnation}"
@@ -270,6 +330,18 @@ class Replicator:
         self._subscribers: list[Callable[[str, CRDT], None]] = []
         self._staged: Staged | None = None  # updates written down, not yet applied
         self.stats = ReplicatorStats()
+        # Pruning (see the module docstring). Times are None until the next
+        # tick stamps them (a restore does not know the time).
+        self._now: float | None = None
+        self._prune_after = prune_after
+        self._marker_ttl = marker_ttl
+        self._prune_hooks: list[PruneHook] = []
+        self._digest: dict[str, int] = {}  # writer -> XOR of _mark over its stretches
+        self._retired: dict[str, float | None] = {}  # ids this replica would prune
+        self._retired_nodes: dict[str, float | None] = {}  # removed members
+        self._asking: dict[str, float] = {}  # retired id -> since when peers are asked
+        self._gone: dict[str, float | None] = {}  # pruned ids: markers kept until ttl
+        self._spread: set[str] = set()  # members to open with after a pruning
 
     # -- identity and reads ------------------------------------------------------
 
@@ -310,17 +382,25 @@ class Replicator:
 
     def add_peer(self, node: str) -> bool:
         """Gossip with node ``node`` from now on; False if it already was a
-        peer (or is this node).
+        peer (or is this node). A node retired before (:meth:`retire`) that
+        joins again is live again: its new incarnation's ids are not
+        retired, and its old ones, not yet being pruned here, are left to it
+        (a node prunes its own earlier incarnations).
 
         >>> r = Replicator("a", ["b"], rng=Random(1))
         >>> r.add_peer("c"), r.add_peer("c"), r.peers
         (True, False, ['b', 'c'])
 
-        Cost: O(p).
+        Cost: O(p) plus O(retired ids).
         """
         check_replica(node)
         if node == self._node or node in self._peer_set:
             return False
+        if node in self._retired_nodes:
+            del self._retired_nodes[node]
+            for writer in [w for w in self._retired if self._of_node(w, node)]:
+                if writer not in self._asking:
+                    del self._retired[writer]
         self._peer_set.add(node)
         self._peer_ids.append(node)
         self._peer_ids.sort()
@@ -343,8 +423,82 @@ class Replicator:
         self._peer_set.discard(node)
         self._peer_ids.remove(node)
         self._peers.pop(node, None)
+        self._spread.discard(node)
         self._held_by_all = None
         return True
+
+    def retire(self, node: str) -> list[str]:
+        """Member ``node`` was removed from the cluster for good: none of its
+        incarnations will issue again, so their entries may be pruned (by
+        the least node id among this node and its peers, once every member
+        holds all their operations). Call it on every member (after
+        :meth:`remove_peer`); ids of ``node`` that arrive later are retired
+        too. Returns the ids of ``node`` held now, sorted.
+
+        >>> from crdts import GCounter
+        >>> r = Replicator("a", ["b"], rng=Random(1))
+        >>> _ = r.update("k", GCounter, lambda c, me: c.increment(me))
+        >>> r.retire("b"), r.retire("a")
+        Traceback (most recent call last):
+        ...
+        ValueError: node 'a' cannot retire itself
+
+        Cost: O(writers held).
+        """
+        check_replica(node)
+        if node == self._node:
+            raise ValueError(f"node {node!r} cannot retire itself")
+        self._retired_nodes[node] = self._now
+        found = sorted(w for w in self._count if self._of_node(w, node))
+        for writer in found:
+            self._retired.setdefault(writer, self._now)
+        return found
+
+    @property
+    def retired(self) -> list[str]:
+        """The retired replica ids this replica still holds operations of,
+        sorted: its own earlier incarnations, which it prunes, and a removed
+        member's (pruned by the least member node id).
+
+        >>> from crdts import GCounter
+        >>> from replication.messages import Entry
+        >>> a = Replicator("a", [], rng=Random(1))
+        >>> _ = a.update("k", GCounter, lambda c, me: c.increment(me))
+        >>> b = Replicator.from_entries("a", [Entry("k", a.get("k"), a.ops("k"))], [],
+        ...                             rng=Random(2), incarnation=5)
+        >>> b.retired
+        ['a']
+
+        Cost: O(r log r).
+        """
+        return sorted(self._retired)
+
+    @staticmethod
+    def _of_node(writer: str, node: str) -> bool:
+        return writer == node or writer.startswith(node + "~")
+
+    def handed_off(self, to: Iterable[str] | None = None) -> bool:
+        """Whether some peer (one of the nodes ``to``, if given) has
+        acknowledged this replica's whole log as it is now, so every
+        operation it holds lives on elsewhere: what a member that leaves
+        waits for (``replication.membership``: ``to`` are the members that
+        stay, as two leavers must not hand off to each other). True too when
+        it has nothing to hand over, or no such peer to hand it to.
+
+        >>> Replicator("a", ["b"], rng=Random(1)).handed_off()
+        True
+
+        Cost: O(p).
+        """
+        peers = self._peer_ids if to is None else [p for p in to if p in self._peer_set]
+        if self._head == 0 or not peers:
+            return True
+        return any(
+            (state := self._peers.get(node)) is not None
+            and state.acked is not None
+            and state.acked >= self._head
+            for node in peers
+        )
 
     def get(self, key: str) -> CRDT | None:
         """A copy of the state under ``key``, or None.
@@ -528,10 +682,16 @@ class Replicator:
         if held is None:
             held = self._ops[key] = DotRanges()
         mine = self._replica
+        digest = self._digest
         for writer, (_, _, hi, hi_dot) in ops.items():
             before = held.held(writer)
             if hi <= before:
                 continue
+            if writer not in self._count:
+                self._meet_writer(writer)
+            # (A stretch is known by its last dot: the key's ops are a prefix.)
+            mark = _mark(key, hi_dot) ^ (_mark(key, held.top(writer)) if before else 0)
+            digest[writer] = digest.get(writer, 0) ^ mark
             count = self._count[writer] = self._count.get(writer, 0) + hi - before
             top = self._top.get(writer, 0)
             if hi_dot > top:
@@ -542,6 +702,37 @@ class Replicator:
                 # failed staged update, names no operation anyone holds.)
                 self._clock.vv[writer] = top
         held.merge(ops)
+        for writer in ops.pruned:
+            if writer not in self._count and writer not in self._gone:
+                self._gone[writer] = self._now  # markers only: they expire
+
+    def _meet_writer(self, writer: str) -> None:
+        # A writer held here for the first time: one that can never issue
+        # again is retired (a node is the authority on its own incarnations).
+        if writer == self._replica:
+            return
+        node = self._node
+        if self._of_node(writer, node) or (self._retired_nodes and (
+            writer in self._retired_nodes or writer.rpartition("~")[0] in self._retired_nodes
+        )):
+            self._retired.setdefault(writer, self._now)
+
+    def _unhold(self, key: str, writer: str, span: tuple[int, int, int, int]) -> None:
+        """Forget the tallies of ``writer``'s stretch on ``key``, stripped
+        from its ranges by a pruning; the writer leaves the prefix clock and
+        the tallies once nothing of it is held. Cost: O(1)."""
+        _, _, hi, hi_dot = span
+        self._digest[writer] ^= _mark(key, hi_dot)
+        left = self._count[writer] - hi
+        if left > 0:
+            self._count[writer] = left
+            return
+        del self._count[writer], self._digest[writer]
+        self._top.pop(writer, None)
+        self._clock.vv.pop(writer, None)
+        self._retired.pop(writer, None)
+        self._asking.pop(writer, None)
+        self._gone[writer] = self._now
 
     def _record(self, key: str, delta: CRDT, ops: DotRanges, origin: str) -> None:
         """Log a change to ``key`` (``delta`` and ``ops`` now belong to the log)."""
@@ -597,6 +788,29 @@ class Replicator:
             least = min((p for p in positions if p is not None), default=_ANY)
             self._held_by_all = least
         return least >= seq
+
+    def subscribe_pruning(self, hook: PruneHook) -> Callable[[], None]:
+        """Call ``hook(key, removed, (hi, hi_dot), owner_dot)`` whenever this
+        replica folds ``removed``'s first ``hi`` operations on ``key`` into
+        its own operation ``owner_dot`` (see :data:`PruneHook`; an operation
+        log follows prunings this way: ``replication.history.History.pruned``).
+        Returns a function that unsubscribes.
+
+        >>> from crdts import GCounter
+        >>> from replication.messages import Entry
+        >>> a = Replicator("a", [], rng=Random(1))
+        >>> _ = a.update("k", GCounter, lambda c, me: c.increment(me, 2))
+        >>> b = Replicator.from_entries("a", [Entry("k", a.get("k"), a.ops("k"))], [],
+        ...                             rng=Random(2), incarnation=5, prune_after=0)
+        >>> stop = b.subscribe_pruning(print)
+        >>> _ = b.tick(0.0); _ = b.tick(1.0); b.get("k")
+        k a (1, 1) ('a~5', 1)
+        GCounter({'a~5': 2})
+
+        Cost: O(1); each pruning then costs one call per hook.
+        """
+        self._prune_hooks.append(hook)
+        return lambda: self._prune_hooks.remove(hook)
 
     def _notify(self, key: str) -> None:
         for callback in list(self._subscribers):
@@ -689,13 +903,131 @@ class Replicator:
         >>> [dest for dest, frame in r.tick(0.0)]
         ['b']
 
-        Cost: O(size of the clock) per peer.
+        Cost: O(size of the clock) per peer, plus a pass over the keys in a
+        round that prunes ids or drops markers.
         """
         self._expire_pieces(now)
+        self._now = now
+        if self._retired or self._gone or self._retired_nodes:
+            self._prune(now)
         if not self._peer_ids:
             return []
         chosen = self._rng.sample(self._peer_ids, min(self._fanout, len(self._peer_ids)))
+        if self._asking or self._spread:
+            # While ids wait to be pruned, also open with a few members whose
+            # tally is missing, and after a pruning with those not yet told:
+            # meeting each by chance takes O(members log members) rounds, and
+            # a cluster only converges again once every member has the prune.
+            missing = [
+                p
+                for p in self._peer_ids
+                if p not in chosen and (p in self._spread or not self._tallied(p))
+            ]
+            chosen += self._rng.sample(missing, min(_ASK_EXTRA, len(missing)))
+            self._spread.difference_update(chosen)
         return [out for peer in chosen for out in self._gossip(peer, reply=2)]
+
+    # -- pruning ------------------------------------------------------------------------
+
+    def _prune(self, now: float) -> None:
+        for table in (self._retired, self._gone, self._retired_nodes):
+            for name, since in table.items():
+                if since is None:
+                    table[name] = now
+        expired = [w for w, since in self._gone.items() if now - since >= self._marker_ttl]  # type: ignore[operator]
+        for node, since in list(self._retired_nodes.items()):
+            if now - since >= self._marker_ttl and not any(  # type: ignore[operator]
+                self._of_node(w, node) for w in self._retired
+            ):
+                del self._retired_nodes[node]
+        ready = [w for w in self._asking if self._everyone_tallies(w)]
+        if self._staged is not None:
+            ready = []  # a batch has taken dots ahead: issue none until it ends
+        if ready or expired:
+            self._prune_keys(set(ready), set(expired))
+        for writer in expired:
+            del self._gone[writer]
+        owner = not self._peer_ids or self._node < self._peer_ids[0]
+        for writer, since in self._retired.items():
+            if (
+                writer not in self._asking
+                and now - since >= self._prune_after  # type: ignore[operator]
+                and (owner or self._of_node(writer, self._node))
+                and len(self._asking) < MAX_TALLY
+            ):
+                # Only tallies heard from now on count: an earlier one may
+                # predate operations that were still on their way.
+                self._asking[writer] = now
+
+    def _tallied(self, node: str) -> bool:
+        # Whether the member's tally of every id asked about is fresh and equal.
+        peer = self._peers.get(node)
+        if peer is None:
+            return False
+        for writer, since in self._asking.items():
+            heard = peer.tally.get(writer)
+            mine = (self._count.get(writer, 0), self._digest.get(writer, 0))
+            if heard is None or heard[2] < since or heard[:2] != mine:
+                return False
+        return True
+
+    def _everyone_tallies(self, writer: str) -> bool:
+        # Every member holds exactly the operations of ``writer`` we hold:
+        # its tally (from its current incarnation, heard since we asked)
+        # has our count and digest.
+        since = self._asking[writer]
+        mine = (self._count.get(writer, 0), self._digest.get(writer, 0))
+        for node in self._peer_ids:
+            peer = self._peers.get(node)
+            heard = None if peer is None else peer.tally.get(writer)
+            if heard is None or heard[2] < since or heard[:2] != mine:
+                return False
+        return True
+
+    def _prune_keys(self, ready: set[str], expired: set[str]) -> None:
+        # One pass over the keys: fold each ready id into an operation of
+        # ours on every key it wrote (leaving a marker), and drop the markers
+        # of ids pruned longer than marker_ttl ago.
+        me = self._replica
+        for key in self._keys:
+            ops = self._ops[key]
+            changed = False
+            dropped = expired & ops.pruned.keys()
+            for writer in dropped:
+                del ops.pruned[writer]
+            for writer in sorted(ready & ops.spans.keys()):
+                state = self._states[key]
+                base = state.prune(writer, me) if _prunable(state) else 0
+                span = ops.strip(writer)
+                assert span is not None
+                ops.mark(writer, span[2], span[3], me, base)
+                self._unhold(key, writer, span)
+                mine = self._issue(key)
+                self._hold(key, mine)
+                self.stats.pruned += 1
+                changed = True
+                for hook in list(self._prune_hooks):
+                    hook(key, writer, (span[2], span[3]), (me, self._counter))
+            if changed:
+                self._record_whole(key)
+            if changed or dropped:
+                self._notify(key)  # (its row changes: a store writes it again)
+        if ready:
+            self._spread.update(self._peer_ids)
+        for writer in ready:
+            # Held nowhere now (or never was, if its last stretches were
+            # cleaned by another owner's markers): done.
+            self._retired.pop(writer, None)
+            self._asking.pop(writer, None)
+
+    def _record_whole(self, key: str) -> None:
+        """Log a change to ``key`` that no delta expresses (a pruning): the
+        key's record becomes the whole key, read live when pushed, which
+        holds whatever the old record held. Cost: O(1)."""
+        self._head += 1
+        old = self._log.pop(key, None)
+        origin = None if old is not None and old.origin != self._replica else self._replica
+        self._log[key] = _Change(self._head, key, None, None, origin)
 
     def _gossip(self, peer: str, *, reply: int) -> list[Outgoing]:
         state = self._peers.setdefault(peer, _Peer())
@@ -706,7 +1038,8 @@ class Replicator:
             at = 0 if state.acked is None else state.acked  # an empty interval
             to = peer if state.replica is None else state.replica
             held = self._positions.get(to, -1)
-            request = Push(self._replica, to, at, at, 0, 1, 2, self._clock, (), held)
+            tally = self._tally(self._asking)
+            request = Push(self._replica, to, at, at, 0, 1, 2, self._clock, (), held, tally)
             return [(peer, encode(request))]
         return self._push(peer, state, reply)
 
@@ -754,11 +1087,18 @@ class Replicator:
         # max_state left out: the peer would refuse them.
         held = self._positions.get(to, -1)  # of the peer's log: an ack rides along
         items = self._encode_entries(entries)
-        template = Push(self._replica, to, start, self._head, 0, 1, reply, self._clock, (), held)
+        state = self._peers.get(peer)
+        tally = self._tally(() if state is None else state.asked)
+        clock = self._clock
+        template = Push(self._replica, to, start, self._head, 0, 1, reply, clock, (), held, tally)
         frames = encode_interval(
             template, items, max_frame=self._max_frame, max_entries=self._chunk
         )
         return [(peer, frame) for frame in frames]
+
+    def _tally(self, ids: Iterable[str]) -> tuple[tuple[str, int, int], ...]:
+        count, digest = self._count, self._digest
+        return tuple((w, count.get(w, 0), digest.get(w, 0)) for w in sorted(ids)[:MAX_TALLY])
 
     # -- gossip in ------------------------------------------------------------------
 
@@ -775,6 +1115,7 @@ class Replicator:
 
         Cost: O(len(frame)) to parse, plus each entry's merge.
         """
+        self._now = now
         try:
             message = parse(frame, max_size=self._max_frame, max_state=self._max_state)
         except EntryTooLarge:
@@ -814,10 +1155,15 @@ class Replicator:
             peer = self._peers[node] = _Peer()
         if peer.replica != replica:
             # A new incarnation may have lost what the old one acknowledged.
+            # Our position in the old one's log is of no use: its log is gone.
+            if peer.replica is not None:
+                self._positions.pop(peer.replica, None)
+                self._parts.pop(peer.replica, None)
             peer.replica = replica
             peer.acked = None
             peer.clock = None
             peer.caught_up = None
+            peer.tally = {}
             self._held_by_all = None
 
     def _merge(self, entries: Iterable[Entry], origin: str) -> int:
@@ -825,9 +1171,12 @@ class Replicator:
         returns how many were gaps (left out). Cost: their merges."""
         gaps = 0
         empty = DotRanges()
-        for entry in entries:
-            key = entry.key
+        for arrived in entries:
+            key = arrived.key
             known = self._ops.get(key)
+            entry = arrived
+            if known is not None and known.pruned:
+                entry = self._strip_late(arrived, known)
             if known is not None and entry.ops.issubset(known):
                 self.stats.redundant += 1
                 continue
@@ -835,17 +1184,61 @@ class Replicator:
                 gaps += 1  # merging it would claim operations we lack
                 continue
             state = self._states.get(key)
+            cleaned = False
             if state is None:
                 self._states[key] = entry.state.copy()
                 self._keys.add(key)
             else:
+                if entry.ops.pruned and known is not None:
+                    cleaned = self._clean(key, state, known, entry.ops)
                 state.merge(entry.state)
             self._hold(key, entry.ops)
-            self._record(key, entry.state, entry.ops, origin)
+            if cleaned or entry.ops.pruned:
+                self._record_whole(key)  # a delta cannot say what was cleaned
+            else:
+                self._record(key, entry.state, entry.ops, origin)
             self.stats.merged += 1
             self._notify(key)
         self.stats.gaps += gaps
         return gaps
+
+    def _strip_late(self, entry: Entry, known: DotRanges) -> Entry:
+        """``entry`` with the stretches of ids pruned on its key (a marker
+        here covers them) stripped and its state cleaned as the marker says
+        (late data: already counted through the owner). Cost: O(writers)."""
+        markers = known.pruned
+        stale = [w for w in entry.ops.spans if w in markers]
+        if not stale:
+            return entry
+        ops, state = entry.ops.copy(), entry.state.copy()
+        for writer in stale:
+            self.stats.late += 1
+            if not known.covers(ops, writer):
+                # Operations the owner did not fold: only a frame delayed
+                # past the dissemination period can bring them. Lost.
+                self.stats.conflicts += 1
+            ops.strip(writer)
+            if _prunable(state):
+                state.cleanup(writer, *markers[writer][2:])
+        return Entry(entry.key, state, ops)
+
+    def _clean(self, key: str, state: CRDT, known: DotRanges, ops: DotRanges) -> bool:
+        """Clean out of ``key`` the writers that markers in ``ops`` say were
+        pruned into an owner's operation (Akka's pruningCleanup), so they
+        are counted once, through the owner. Cost: O(markers)."""
+        cleaned = False
+        for writer, (hi, _, owner, base) in ops.pruned.items():
+            span = known.strip(writer)
+            if span is None:
+                continue
+            if span[2] > hi:
+                self.stats.conflicts += 1  # as in _strip_late: lost
+            if _prunable(state):
+                state.cleanup(writer, owner, base)
+            self._unhold(key, writer, span)
+            self.stats.cleaned += 1
+            cleaned = True
+        return cleaned
 
     def _learn(self, clock: CausalContext) -> None:
         # We hold everything a peer held when it sent an interval we now have
@@ -865,7 +1258,16 @@ class Replicator:
             # (An opener carries nothing, so it is answered as usual.)
             self.stats.stale += 1
             return [(node, encode(Ack(self._replica, self._positions.get(push.sender, -1))))]
-        self._peers[node].clock = push.clock
+        peer = self._peers[node]
+        peer.clock = push.clock
+        if push.tally:
+            heard = -1.0 if self._now is None else self._now
+            for writer, count, digest in push.tally:
+                peer.tally[writer] = (count, digest, heard)
+            if len(peer.tally) > 2 * MAX_TALLY:  # only ids still asked about matter
+                peer.tally = {w: t for w, t in peer.tally.items() if w in self._asking}
+        if push.reply == 2:
+            peer.asked = tuple(writer for writer, _, _ in push.tally)
         if push.to == self._replica:  # else its ack is of another incarnation's log
             self._on_ack(node, push.ack)
         position = self._positions.get(push.sender, -1)
@@ -1067,7 +1469,7 @@ class Replicator:
         *,
         rng: Random,
         incarnation: int | None = None,
-        **options: int,
+        **options: Any,
     ) -> Replicator:
         """A replica of node ``node_id`` restarted from a keyspace given as
         entries (one per key, each a whole key: its ranges start at 0; the

@@ -45,7 +45,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from random import Random
-from typing import Protocol
+from typing import Any, Protocol
 
 from crdts import codec
 from crdts.errors import CRDTError, DecodeError
@@ -166,7 +166,7 @@ def decode_row(key: str, data: bytes) -> Entry:
 
 
 def restore(
-    stored: Stored, node_id: str, peers: Iterable[str], *, rng: Random, **options: int
+    stored: Stored, node_id: str, peers: Iterable[str], *, rng: Random, **options: Any
 ) -> Replicator:
     """Node ``node_id``'s replica restarted from what its store held
     (``store.load()``), under a fresh incarnation drawn from ``rng``: on every

@@ -218,6 +218,7 @@ class TcpEndpoint:
         self._rng = rng
         self._listen = listen
         self._peers: dict[str, Address] = dict(peers or {})
+        self._any_name: set[str] = set()  # seeds: any authenticated node may answer
         self.limits = limits or Limits()
         self._server_ssl = server_ssl
         self._client_ssl = client_ssl
@@ -248,9 +249,17 @@ class TcpEndpoint:
         host, port = self._server.sockets[0].getsockname()[:2]
         return str(host), int(port)
 
-    def add_peer(self, node_id: str, address: Address) -> None:
-        """Dial ``node_id`` at ``address`` from now on. Cost: O(1)."""
+    def add_peer(self, node_id: str, address: Address, *, any_name: bool = False) -> None:
+        """Dial ``node_id`` at ``address`` from now on. With ``any_name``,
+        ``node_id`` is only this endpoint's name for the address (a seed,
+        whose node id a joiner does not know yet), and whichever node answers
+        there is accepted, once it has proven it holds the cluster key.
+        Cost: O(1)."""
         self._peers[node_id] = address
+        if any_name:
+            self._any_name.add(node_id)
+        else:
+            self._any_name.discard(node_id)
 
     async def start(self) -> None:
         """Listen. Cost: O(1)."""
@@ -334,7 +343,7 @@ class TcpEndpoint:
                 writer = connected
                 self._writers.add(connected)
                 session = await self._handshake(reader, connected, initiator=True)
-                if session.peer.node != peer:
+                if session.peer.node != peer and peer not in self._any_name:
                     raise AuthError(f"dialled {peer!r}, but {session.peer.node!r} answered")
                 log.info("%s: connected to %s%s", self._node, peer,
                          f" after {failures} failed attempts" if failures else "")

@@ -28,7 +28,7 @@ from random import Random
 from typing import NamedTuple
 
 from crdts import codec
-from crdts.base import CRDT, expect_list, expect_replica, expect_uint
+from crdts.base import CRDT, Prunable, expect_list, expect_replica, expect_uint
 from crdts.errors import DecodeError
 from replication.dotranges import DotRanges
 from replication.messages import Entry, Push, encode_keyspace, parse, parse_entries, sent_by
@@ -418,7 +418,14 @@ def join_entries(
                     out[entry.key] = Entry(entry.key, entry.state.copy(), entry.ops.copy())
                 else:
                     left.append(entry)
-            elif entry.ops.follows(held.ops):
+                continue
+            entry = _without_pruned(entry, held.ops)  # noqa: PLW2901
+            if entry.ops.follows(held.ops):
+                # A marker joined in cleans the writer it names out of what
+                # is held, as a replica does (docs/pruning.md).
+                for writer, (_, _, owner, base) in entry.ops.pruned.items():
+                    if held.ops.strip(writer) is not None and isinstance(held.state, Prunable):
+                        held.state.cleanup(writer, owner, base)
                 held.state.merge(entry.state)
                 held.ops.merge(entry.ops)
             else:
@@ -427,6 +434,20 @@ def join_entries(
             return out, left
         pending = left
     return out, []
+
+
+def _without_pruned(entry: Entry, held: DotRanges) -> Entry:
+    """``entry`` without the stretches of writers a marker in ``held`` says
+    were pruned (counted through their owner), on copies."""
+    stale = held.pruned.keys() & entry.ops.spans.keys()
+    if not stale:
+        return entry
+    ops, state = entry.ops.copy(), entry.state.copy()
+    for writer in stale:
+        ops.strip(writer)
+        if isinstance(state, Prunable):
+            state.cleanup(writer, *held.pruned[writer][2:])
+    return Entry(entry.key, state, ops)
 
 
 def _joined(entries: Iterable[Entry]) -> list[Entry]:

@@ -286,8 +286,8 @@ def _join_equals_spec(
     for key, ops in sorted(logged.items()):
         entry = joined.get(key)
         here = None if entry is None else entry.ops
-        covered = [op for op in ops if here is not None and here.contains(*op.dot)]
-        kept = {op.dot for op in covered}
+        covered = history.survivors(key, ops, here)
+        kept = {op.dot for op in ops if here is not None and history.holder(key, here, op.dot)}
         astray = [op for op in ops if op.dot not in kept and named.get(op.dot, {key}) - {key}]
         if astray:
             offenders.update(n for op in astray for n in _holding(states, op.dot))

@@ -56,6 +56,7 @@ EXPECTED = [
     "snapshot bytes per round after 16 finished",
     "snapshot bytes per round during one",
     "snapshot frames per snapshot, 16 nodes",
+    "pruning: opening frame",
 ]
 
 #: What the floor and figure of a row count, by the start of its name; every
@@ -67,6 +68,7 @@ UNITS = {
     "bounded state": "B",
     "snapshot bytes": "B",
     "snapshot frames": "frames",
+    "pruning": "B",
 }
 
 

@@ -9,11 +9,14 @@ Every process listens on 127.0.0.1 only, and every wait is bounded."""
 from __future__ import annotations
 
 import asyncio
+import io
 import random
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from crdtkit.cli import main
 from crdtkit.client import Client, live_snapshot
 from crdtkit.cluster import LocalCluster, converge, problems
 from replication.history import History, random_operation
@@ -101,6 +104,8 @@ def test_crdtkit_node_refuses_bad_arguments_in_one_line(tmp_path: Path) -> None:
           str(tmp_path)], "key file"),
         (["--id", "a", "--listen", "127.0.0.1:0", "--peer", "b", "--key-file", str(key),
           "--folder", str(tmp_path)], "expected ID=HOST:PORT"),
+        (["--id", "a", "--listen", "127.0.0.1:0", "--seed", "b", "--key-file", str(key),
+          "--folder", str(tmp_path)], "expected HOST:PORT"),
     ]
     for args, message in cases:
         done = subprocess.run(
@@ -127,3 +132,93 @@ def test_acknowledged_updates_survive_a_sigkill_before_any_flush(tmp_path: Path)
     with LocalCluster(1, tmp_path) as cluster:
         assert asyncio.run(asyncio.wait_for(test(cluster), 60)) == []
     assert "restored" in cluster.log("n0")
+
+
+async def _until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        assert loop.time() < deadline, f"not within {timeout} s: {what}"
+        await asyncio.sleep(0.05)
+
+
+def test_a_node_joins_through_a_seed_and_once_killed_and_downed_is_removed(
+    tmp_path: Path,
+) -> None:
+    async def views(clients: dict[str, Client]) -> dict[str, list[tuple[str, str, bool]]]:
+        return {
+            node: [(m.node, m.status, m.unreachable) for m in await client.members()]
+            for node, client in clients.items()
+        }
+
+    async def test(cluster: LocalCluster) -> None:
+        rng, history = random.Random(7), History()
+        clients = await cluster.clients()
+        await _operations(clients, history, rng, 20)
+        cluster.join("n3", ["n0"])  # it knows one seed, and no peer
+        clients["n3"] = await cluster.client("n3")
+        await _operations(clients, history, rng, 20)
+        assert await converge(clients, timeout=15.0) is not None
+        up = [(node, "up", False) for node in cluster.ids]
+
+        async def all_up() -> bool:
+            return all(v == up for v in (await views(clients)).values())
+
+        await _until(all_up, 10.0, "every node sees four members up")
+        n3 = next(m.member for m in await clients["n0"].members() if m.node == "n3")
+
+        clients.pop("n3").close()
+        cluster.kill("n3")  # SIGKILL: no goodbye
+
+        async def unreachable() -> bool:
+            return all(("n3", "up", True) in v for v in (await views(clients)).values())
+
+        await _until(unreachable, 15.0, "n3 unreachable everywhere")
+        said = io.StringIO()  # the operator's command, beside the client call
+        args = ["down", "n3", "--node", f"127.0.0.1:{cluster.addresses['n1'][1]}",
+                "--key-file", str(cluster.key_file)]
+        assert await asyncio.to_thread(main, args, said, said) == 0, said.getvalue()
+        assert f"downed {n3}" in said.getvalue()
+
+        async def removed() -> bool:
+            seen = await asyncio.gather(*(c.members() for c in clients.values()))
+            return all(
+                [(m.node, m.status, m.unreachable) for m in v if m.status != "removed"]
+                == up[:3] and any(m.member == n3 and m.status == "removed" for m in v)
+                for v in seen
+            )
+
+        await _until(removed, 10.0, "n3 removed everywhere")
+        stats = await asyncio.gather(*(c.stats() for c in clients.values()))
+        assert all(s["unreachable"] == 0 and s["members"] == 3 for s in stats)
+        for node, client in clients.items():
+            assert await problems(client, history) == [], node
+
+        # A graceful leave: n4 joins through n2, writes, leaves, and stops by
+        # itself once removed; what it wrote lives on.
+        cluster.join("n4", ["n2"])
+        n4 = await cluster.client("n4")
+        op = await n4.update("left-behind", "GCounter", "increment", 5)
+        assert await n4.leave() == "leaving"
+        n4.close()
+        assert await asyncio.to_thread(cluster.processes["n4"].wait, 15) == 0
+
+        async def left() -> bool:
+            return all(
+                any(m.node == "n4" and m.status == "removed" for m in v)
+                and not any(m.node == "n4" and m.status != "removed" for m in v)
+                for v in await asyncio.gather(*(c.members() for c in clients.values()))
+            )
+
+        await _until(left, 10.0, "n4 removed everywhere")
+        for client in clients.values():
+            held = await client.entry("left-behind")
+            assert held is not None and held.ops.contains(*op.dot)
+            client.close()
+
+    options = ["--acceptable-pause", "0.5"]
+    with LocalCluster(3, tmp_path, interval=0.05, options=options) as cluster:
+        asyncio.run(asyncio.wait_for(test(cluster), 90))
+        codes = cluster.stop()
+    assert codes == {"n0": 0, "n1": 0, "n2": 0, "n4": 0}
+    assert "member n3" in cluster.log("n0") and "is unreachable" in cluster.log("n2")

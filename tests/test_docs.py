@@ -11,7 +11,17 @@ import pytest
 import crdts
 from crdtkit import demo, protocol
 from crdts import base, codec
-from replication import Replicator, auth, dotranges, messages, simnet, sqlite, store, tcp
+from replication import (
+    Replicator,
+    auth,
+    dotranges,
+    membership,
+    messages,
+    simnet,
+    sqlite,
+    store,
+    tcp,
+)
 from replication.replicator import Staged
 from snapshot import cut, files, marker, sec
 
@@ -39,6 +49,11 @@ CLASSES = [
     auth.Hello,
     auth.Handshake,
     auth.Session,
+    membership.Member,
+    membership.MemberSet,
+    membership.Membership,
+    membership.MemberNode,
+    membership.MembershipSettings,
 ]
 FUNCTIONS = [
     codec.encode,
@@ -51,6 +66,10 @@ FUNCTIONS = [
     messages.encode_entry,
     messages.encode_interval,
     messages.parse,
+    membership.encode,
+    membership.parse,
+    membership.is_membership_frame,
+    membership.node_of,
     store.encode_row,
     store.decode_row,
     store.restore,
