@@ -85,12 +85,15 @@ class _Sizes:
     preload: int  # updates spread over the nodes before the bursts
     preload_keys: int  # keys per type of the preload
     concurrent: int  # updates per timed repetition over the ``CLIENTS`` connections
+    pipelined: int  # updates per timed repetition of the pipelining client
 
 
 _FULL = _Sizes(
-    ops=300, burst=100, burst_keys=5, preload=1_000, preload_keys=100, concurrent=2_000
+    ops=300, burst=100, burst_keys=5, preload=1_000, preload_keys=100, concurrent=2_000,
+    pipelined=10_000,
 )
-_QUICK = _Sizes(ops=20, burst=20, burst_keys=3, preload=30, preload_keys=10, concurrent=128)
+_QUICK = _Sizes(ops=20, burst=20, burst_keys=3, preload=30, preload_keys=10, concurrent=128,
+                pipelined=256)
 
 
 def _run(work: Coroutine[Any, Any, T]) -> T:
@@ -300,7 +303,8 @@ async def _concurrent(
 
     try:
         for i in range(config.warmup + config.repeat):
-            ops = _ops(rng, sizes.concurrent, THROUGH_KEYS, f"{prefix}{i}-")
+            count = sizes.concurrent if width <= CLIENTS else sizes.pipelined
+            ops = _ops(rng, count, THROUGH_KEYS, f"{prefix}{i}-")
             gc.collect()
             start, cpu = perf_counter(), process_time()
             for at in range(0, len(ops), width):
@@ -424,7 +428,7 @@ def _pipelined_row(config: Config, sizes: _Sizes, floor: Timing, figure: Timing)
         None,
         f"figure = seconds per update: one Client (one connection) to the node of the "
         f"previous rows, {PIPELINE} of its update() calls in flight at once (asyncio.gather "
-        f"of {PIPELINE} senders, each sending its share of {sizes.concurrent:,} updates one "
+        f"of {PIPELINE} senders, each sending its share of {sizes.pipelined:,} updates one "
         "at a time): the node serves a connection's requests concurrently (up to "
         f"crdtkit.node.MAX_IN_FLIGHT = {MAX_IN_FLIGHT}) and each waits for its commit, so "
         "they share commits; same workload and repetitions as the previous rows; median "

@@ -101,3 +101,25 @@ def test_a_caller_that_gives_up_leaves_the_connection_usable(tmp_path: Path) -> 
         assert (await client.keyspace()) == service.replica.encode_keyspace()
 
     _with_node(tmp_path, work)
+
+
+def test_a_connection_in_flight_is_bounded_in_requests_and_bytes() -> None:
+    from crdtkit.node import _Room
+
+    async def main() -> None:
+        room = _Room(3, 100)
+        await room.take(200)  # alone: over the bytes, but one request always goes
+        second = asyncio.ensure_future(room.take(10))
+        await asyncio.sleep(0)
+        assert not second.done()  # 210 bytes would be over 100
+        room.give(200)
+        await asyncio.wait_for(second, 1)
+        for _ in range(2):
+            await room.take(1)
+        fourth = asyncio.ensure_future(room.take(1))
+        await asyncio.sleep(0)
+        assert not fourth.done()  # 3 requests in flight already
+        room.give(1)
+        await asyncio.wait_for(fourth, 1)
+
+    asyncio.run(main())
