@@ -180,6 +180,11 @@ def _parser() -> _Parser:
         "--max-state", type=_bounded(1024, 1 << 40), default=64 * 1024 * 1024, metavar="BYTES",
         help="refuse updates that make a key's state larger (64 MiB)",
     )
+    node.add_argument(
+        "--prune-after", type=_seconds, default=300.0, metavar="SECONDS",
+        help="wait this long after a replica id is retired (an earlier incarnation, a "
+        "removed member) before pruning it (300 s); longer than any frame is delayed",
+    )
     for option, text in (
         ("--tls-cert", "this node's certificate (PEM)"),
         ("--tls-key", "its private key (PEM)"),

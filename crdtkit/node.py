@@ -170,6 +170,7 @@ class NodeService:
         interval: float = 0.2,
         flush_interval: float = 1.0,
         max_state: int = MAX_STATE,
+        prune_after: float = 300.0,
         repair: bool = False,
         keep_answers: int = KEEP_ANSWERS,
         keep_answer_bytes: int = KEEP_ANSWER_BYTES,
@@ -194,7 +195,8 @@ class NodeService:
             for line in self.store.repairs:
                 log.warning("%s: repair: %s", node_id, line)
             rng = Random(os.urandom(16))  # incarnations must not repeat across restarts
-            replica = restore(stored, node_id, list(peers), rng=rng, max_state=max_state)
+            replica = restore(stored, node_id, list(peers), rng=rng, max_state=max_state,
+                              prune_after=prune_after)
             self.node = SnapshotNode(replica, colour=self._colour(stored))
             self._advertise = advertise
             own = _text(advertise or listen)

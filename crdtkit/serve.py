@@ -66,6 +66,7 @@ def serve(args: argparse.Namespace, err: TextIO) -> int:
             leave_on_stop=args.leave,
             interval=args.interval,
             max_state=args.max_state,
+            prune_after=args.prune_after,
             repair=args.repair,
             server_ssl=server_ssl,
             client_ssl=client_ssl,

@@ -222,3 +222,38 @@ def test_a_node_joins_through_a_seed_and_once_killed_and_downed_is_removed(
         codes = cluster.stop()
     assert codes == {"n0": 0, "n1": 0, "n2": 0, "n4": 0}
     assert "member n3" in cluster.log("n0") and "is unreachable" in cluster.log("n2")
+
+
+def test_a_killed_node_once_downed_is_pruned_and_its_updates_kept(tmp_path: Path) -> None:
+    async def test(cluster: LocalCluster) -> None:
+        clients = await cluster.clients()
+        for n, (_, client) in enumerate(sorted(clients.items())):
+            await client.update("hits", "GCounter", "increment", n + 1)
+        assert await converge(clients, timeout=15.0) is not None
+        gone = next(m.member for m in await clients["n0"].members() if m.node == "n2")
+        clients.pop("n2").close()
+        cluster.kill("n2")
+        survivors = list(clients.values())
+
+        async def unreachable() -> bool:
+            views = await asyncio.gather(*(c.members() for c in survivors))
+            return all(any(m.node == "n2" and m.unreachable for m in v) for v in views)
+
+        await _until(unreachable, 15.0, "n2 unreachable")
+        assert await clients["n0"].down("n2") == [gone]
+
+        async def pruned() -> bool:
+            entries = await asyncio.gather(*(c.entry("hits") for c in survivors))
+            return all(e is not None and gone not in e.ops.origins() for e in entries)
+
+        await _until(pruned, 20.0, f"{gone} pruned everywhere")
+        # Folded into a live member, not lost, not counted twice.
+        states = await asyncio.gather(*(c.get("hits") for c in survivors))
+        assert [getattr(s, "value", None) for s in states] == [6, 6]
+        for client in survivors:
+            client.close()
+
+    options = ["--acceptable-pause", "0.5", "--prune-after", "0.5"]
+    with LocalCluster(3, tmp_path, interval=0.05, options=options) as cluster:
+        asyncio.run(asyncio.wait_for(test(cluster), 60))
+        cluster.stop()
