@@ -10,7 +10,7 @@ A store holds, in one transaction at a time:
   ``KEEP_ANSWER_BYTES`` in all), so a retried request is answered from here
   instead of applied twice;
 - a few named *metadata* values (the node id, the last incarnation, the
-  snapshot epochs).
+  snapshot colour).
 
 :meth:`Store.commit` writes rows, answers and metadata atomically: after it
 returns all of them are durable, and if it raises :class:`CommitFailed`
