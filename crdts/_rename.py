@@ -17,8 +17,28 @@ rare.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from crdts.base import check_replica
 from crdts.errors import InvalidOperation
+
+
+class _Dotted(Protocol):
+    def to_payload(self) -> list[object]: ...
+
+    def cleanup(self, removed: str, owner: str, base: int) -> None: ...
+
+
+def prune_by_renaming(state: _Dotted, removed: str, owner: str) -> int:
+    """The owner's prune of a dotted type: rename ``removed``'s dots into a
+    block above ``owner``'s highest dot in ``state``; returns that base.
+    Cost: the state's ``cleanup``."""
+    check_replica(owner)
+    context = state.to_payload()[0]  # (the canonical form: whatever the layout)
+    assert isinstance(context, list)
+    base = context_top(context, owner)
+    state.cleanup(removed, owner, base)
+    return base
 
 
 def check_rename(removed: str, owner: str, base: int) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Generic, TypeVar
 
-from crdts._rename import check_rename, context_top, rename_context
+from crdts._rename import check_rename, prune_by_renaming, rename_context
 from crdts.base import (
     check_atom,
     check_replica,
@@ -135,12 +135,7 @@ class MVRegister(Generic[T]):
 
         Cost: O(v log v + r) (through the payload).
         """
-        check_replica(owner)
-        context = self.to_payload()[0]  # (the canonical form: whatever the layout)
-        assert isinstance(context, list)
-        base = context_top(context, owner)
-        self.cleanup(removed, owner, base)
-        return base
+        return prune_by_renaming(self, removed, owner)
 
     def cleanup(self, removed: str, owner: str, base: int) -> None:
         """Rename ``removed``'s dots into ``owner``'s at ``base``, as

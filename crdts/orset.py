@@ -48,7 +48,7 @@ from collections.abc import Iterable, Iterator
 from itertools import chain
 from typing import ClassVar, Generic, TypeAlias, TypeVar
 
-from crdts._rename import check_rename, context_top, rename_context
+from crdts._rename import check_rename, prune_by_renaming, rename_context
 from crdts.base import (
     check_atom,
     check_replica,
@@ -459,12 +459,7 @@ class ORSet(Generic[T]):
 
         Cost: O(n log n) (through the payload).
         """
-        check_replica(owner)
-        context = self.to_payload()[0]  # (the canonical form: whatever the layout)
-        assert isinstance(context, list)
-        base = context_top(context, owner)
-        self.cleanup(removed, owner, base)
-        return base
+        return prune_by_renaming(self, removed, owner)
 
     def cleanup(self, removed: str, owner: str, base: int) -> None:
         """Rename ``removed``'s dots into ``owner``'s at ``base``, as
