@@ -4,6 +4,7 @@ means something."""
 
 from __future__ import annotations
 
+import os
 import unittest
 from collections.abc import Sequence
 from random import Random
@@ -21,16 +22,20 @@ from replication.messages import Push, parse
 from replication.store import MemoryStore, restore
 from replication.testing import History, Operation, converged, convergence_machine
 
-# Steps per run, bounded so that all six machines under the ``ci`` profile
-# (500 runs each) stay within a few minutes on a two-core machine.
+# Steps and runs per machine, bounded so that all six under the ``ci``
+# profile stay within about a minute and a half on a two-core machine (at
+# 500 runs they took three and a half of CI's ten minutes). The lattice laws
+# keep the profile's 500 examples; longer runs: CRDTKIT_CONVERGENCE_RUNS.
 STEPS = 50
+RUNS = int(os.environ.get("CRDTKIT_CONVERGENCE_RUNS", "200"))
 
 
 def _test_case(type_name: str) -> type[unittest.TestCase]:
     # ``Machine.TestCase`` makes a new class on every access: set its settings
     # on the one pytest collects.
     case = convergence_machine(type_name).TestCase
-    case.settings = settings(stateful_step_count=STEPS)
+    runs = min(settings().max_examples, RUNS)  # the loaded profile's, at most RUNS
+    case.settings = settings(stateful_step_count=STEPS, max_examples=runs)
     return case
 
 
