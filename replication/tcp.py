@@ -55,6 +55,7 @@ from replication.transport import Node
 __all__ = [
     "OVERHEAD",
     "Channel",
+    "FrameReader",
     "FrameTooLarge",
     "Limits",
     "NodeRuntime",
@@ -153,15 +154,83 @@ async def read_frame(
         if exc.partial:
             raise
         raise PeerClosed("the peer closed the connection between frames") from None
-    length = int.from_bytes(head, "big")
-    if length > max_frame:
-        raise FrameTooLarge(f"a frame of {length} bytes is over the limit of {max_frame}")
+    length = _length(head, max_frame)
     async with asyncio.timeout(body_timeout):
         return await reader.readexactly(length)
 
 
-#: Bytes a channel asks for at a time (more only for a frame's remainder).
+def _length(head: bytes | bytearray, max_frame: int) -> int:
+    length = int.from_bytes(head[:_LENGTH], "big")
+    if length > max_frame:
+        raise FrameTooLarge(f"a frame of {length} bytes is over the limit of {max_frame}")
+    return length
+
+
+#: Bytes a FrameReader asks for at a time (more only for a frame's remainder).
 _CHUNK = 64 * 1024
+
+
+class FrameReader:
+    """The frames of a stream, as :func:`read_frame` reads them, cut from
+    chunks: a peer's pipelined frames cost one read and one deadline per
+    chunk, not two of each per frame. It reads ahead, so once it is used
+    the stream is its alone (the handshake reads frame by frame before).
+
+    >>> async def demo():
+    ...     reader = asyncio.StreamReader()
+    ...     reader.feed_data(b"\\x00\\x00\\x00\\x02hi\\x00\\x00\\x00\\x01!")
+    ...     reader.feed_eof()
+    ...     frames = FrameReader(reader)
+    ...     got = [await frames.next(16, 1.0, 1.0) for _ in range(2)]
+    ...     try:
+    ...         await frames.next(16, 1.0, 1.0)
+    ...     except PeerClosed:
+    ...         return got
+    >>> asyncio.run(demo())
+    [b'hi', b'!']
+
+    Cost: O(length) per frame, once its length is accepted.
+    """
+
+    __slots__ = ("_buffer", "_reader")
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self._reader = reader
+        self._buffer = bytearray()  # read, not yet taken as frames
+
+    async def next(self, max_frame: int, header_timeout: float, body_timeout: float) -> bytes:
+        """The next frame's body; the errors and timeouts of :func:`read_frame`.
+
+        >>> async def demo():
+        ...     reader = asyncio.StreamReader()
+        ...     reader.feed_data(b"\\xff\\xff\\xff\\xff")
+        ...     try:
+        ...         await FrameReader(reader).next(16, 1.0, 1.0)
+        ...     except FrameTooLarge as exc:
+        ...         return str(exc)
+        >>> asyncio.run(demo())
+        'a frame of 4294967295 bytes is over the limit of 16'
+
+        Cost: O(length) once the length is accepted.
+        """
+        buffer = self._buffer
+        while True:
+            if len(buffer) >= _LENGTH:
+                end = _LENGTH + _length(buffer, max_frame)
+                if len(buffer) >= end:
+                    body = bytes(buffer[_LENGTH:end])
+                    del buffer[:end]
+                    return body
+                want = end - len(buffer)
+            else:
+                want = _LENGTH - len(buffer)
+            async with asyncio.timeout(body_timeout if buffer else header_timeout):
+                data = await self._reader.read(max(want, _CHUNK))
+            if not data:
+                if buffer:
+                    raise asyncio.IncompleteReadError(bytes(buffer), None)
+                raise PeerClosed("the peer closed the connection between frames")
+            buffer += data
 
 
 def _write_frame(writer: asyncio.StreamWriter, body: bytes) -> None:
@@ -413,9 +482,10 @@ class TcpEndpoint:
             if peer == self._node or session.peer.role != "peer":
                 raise AuthError(f"a peer may not call itself {peer!r} ({session.peer.role})")
             limits = self.limits
+            frames = FrameReader(reader)
             while not self._closed:
-                sealed = await read_frame(
-                    reader, limits.max_frame, limits.idle_timeout, limits.read_timeout
+                sealed = await frames.next(
+                    limits.max_frame, limits.idle_timeout, limits.read_timeout
                 )
                 body = session.open(sealed)
                 self.stats.received += 1
@@ -475,7 +545,7 @@ class Channel:
     ) -> None:
         self._reader, self._writer, self._session, self._limits = reader, writer, session, limits
         self._out: list[bytes] = []  # sealed frames for the next write
-        self._in = bytearray()  # bytes read, not yet taken as frames
+        self._frames = FrameReader(reader)
 
     @property
     def peer(self) -> Hello:
@@ -486,35 +556,10 @@ class Channel:
         """The next frame's body; PeerClosed at a clean end, AuthError,
         FrameTooLarge, TimeoutError or IncompleteReadError otherwise.
         Cost: O(frame size)."""
-        # Read in chunks and cut frames from them, as read_frame would one at
-        # a time: a pipelining peer's frames then cost one read and one
-        # deadline per chunk, not two of each per frame.
         limits = self._limits
-        buffer = self._in
-        while True:
-            if len(buffer) >= _LENGTH:
-                length = int.from_bytes(buffer[:_LENGTH], "big")
-                if length > limits.max_client_frame:
-                    raise FrameTooLarge(
-                        f"a frame of {length} bytes is over the limit of "
-                        f"{limits.max_client_frame}"
-                    )
-                end = _LENGTH + length
-                if len(buffer) >= end:
-                    sealed = bytes(buffer[_LENGTH:end])
-                    del buffer[:end]
-                    return self._session.open(sealed)
-                want = end - len(buffer)
-            else:
-                want = _LENGTH - len(buffer)
-            idle = timeout if timeout is not None else limits.idle_timeout
-            async with asyncio.timeout(limits.read_timeout if buffer else idle):
-                data = await self._reader.read(max(want, _CHUNK))
-            if not data:
-                if buffer:
-                    raise asyncio.IncompleteReadError(bytes(buffer), None)
-                raise PeerClosed("the peer closed the connection between frames")
-            buffer += data
+        idle = limits.idle_timeout if timeout is None else timeout
+        sealed = await self._frames.next(limits.max_client_frame, idle, limits.read_timeout)
+        return self._session.open(sealed)
 
     async def send(self, body: bytes) -> None:
         """Seal and send ``body``, waiting while the connection's buffer is

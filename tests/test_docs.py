@@ -26,6 +26,7 @@ from replication.replicator import Staged
 from snapshot import cut, files, marker, sec
 
 CLASSES = [
+    tcp.FrameReader,
     crdts.GCounter,
     crdts.PNCounter,
     crdts.ORSet,
