@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import NoReturn, TextIO
 
 from crdts import codec
-from crdts.errors import CRDTError, DecodeError
+from crdts.errors import CallerError, CrdtkitError, DecodeError
 from replication.history import History
 from snapshot.cut import GlobalSnapshot, LocalState, SnapshotId
 from snapshot.errors import SnapshotCorrupt
@@ -38,7 +38,7 @@ from snapshot.sec import SECReport, check, join_cut
 __all__ = ["main"]
 
 
-class _Usage(Exception):
+class _Usage(CallerError):
     """A bad command line: one line for the user."""
 
 
@@ -271,7 +271,7 @@ def main(
         if out is sys.stdout:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except (CRDTError, OSError, ValueError) as exc:
+    except (CrdtkitError, OSError, ValueError) as exc:
         print(f"crdtkit: {exc}", file=err)
         return 2
     except KeyboardInterrupt:

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 from crdtkit import protocol
 from crdts import codec
 from crdts.base import CRDT, expect_list, expect_replica, expect_uint
-from crdts.errors import CRDTError, DecodeError
+from crdts.errors import DecodeError, PeerError
 from replication.dotranges import DotRanges
 from replication.history import Operation, check_update
 from replication.messages import Entry
@@ -52,8 +52,9 @@ class MemberView(NamedTuple):
     unreachable: bool  # in the answering node's failure detector's view
 
 
-class NodeError(CRDTError):
-    """The node refused a request, and said why."""
+class NodeError(PeerError):
+    """The node refused a request, and said why (its message tells whose
+    fault it was: a refused operation, a failed commit)."""
 
 
 class Client:

@@ -63,7 +63,7 @@ from typing import NamedTuple
 from crdtkit import protocol
 from crdts import codec
 from crdts.base import expect_list
-from crdts.errors import CRDTError, DecodeError
+from crdts.errors import CrdtkitError, DecodeError
 from replication.history import History, TypeSpec, check_update
 from replication.membership import (
     MemberEvent,
@@ -430,7 +430,7 @@ class NodeService:
         for request in requests:
             try:
                 staged.append((request, self._stage(batch, request)))
-            except (CRDTError, ValueError, TypeError) as exc:
+            except (CrdtkitError, ValueError, TypeError) as exc:
                 request.done.set_result(_Answer(False, f"refused: {exc}".encode()))
         rows = {key: encode_row(batch.entry(key)) for key in batch.keys()}  # noqa: SIM118 (a list, not a dict)
         if all(len(row) <= self.max_state for row in rows.values()):
@@ -534,7 +534,7 @@ class NodeService:
                 if kind == "update":
                     try:
                         waiting = self._submit(fields)
-                    except (CRDTError, ValueError, TypeError) as exc:
+                    except (CrdtkitError, ValueError, TypeError) as exc:
                         room.give(size)
                         channel.send_nowait(protocol.encode("error", request, f"{exc}"[:500]))
                         continue
@@ -556,7 +556,7 @@ class NodeService:
                      ) -> None:
         try:
             answer = self._answer(kind, request, fields)
-        except (CRDTError, ValueError, TypeError) as exc:
+        except (CrdtkitError, ValueError, TypeError) as exc:
             answer = protocol.encode("error", request, f"{exc}"[:500])
         with contextlib.suppress(ConnectionError):
             await channel.send(answer)

@@ -11,7 +11,13 @@ format.
 
 from crdts.base import CRDT, join, leq
 from crdts.dotcontext import CausalContext
-from crdts.errors import CRDTError, DecodeError, InvalidOperation, StateTooLarge
+from crdts.errors import (
+    CRDTError,
+    CrdtkitError,
+    DecodeError,
+    InvalidOperation,
+    StateTooLarge,
+)
 from crdts.gcounter import GCounter
 from crdts.lwwregister import LWWRegister
 from crdts.mvregister import MVRegister
@@ -23,6 +29,7 @@ __all__ = [
     "CRDT",
     "CRDTError",
     "CausalContext",
+    "CrdtkitError",
     "DecodeError",
     "GCounter",
     "InvalidOperation",

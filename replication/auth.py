@@ -77,7 +77,7 @@ from pathlib import Path
 
 from crdts import codec
 from crdts.base import check_replica, expect_list, expect_replica, expect_uint
-from crdts.errors import CRDTError, DecodeError
+from crdts.errors import CallerError, DecodeError, PeerError
 
 __all__ = [
     "HELLO_MAX",
@@ -88,6 +88,7 @@ __all__ = [
     "AuthError",
     "Handshake",
     "Hello",
+    "KeyUnusable",
     "Session",
     "check_key",
     "generate_key",
@@ -114,9 +115,9 @@ _TAG = 32
 _MAX_SEQ = 2**64 - 1
 
 
-class AuthError(CRDTError, ValueError):
+class AuthError(PeerError, ValueError):
     """A peer failed authentication or sent a frame that does not verify (a bad
-    MAC, a replayed or reordered frame, a bad hello), or a key is unusable.
+    MAC, a replayed or reordered frame, a bad hello).
 
     The connection it came from should be closed; nothing it carried is used.
 
@@ -127,22 +128,32 @@ class AuthError(CRDTError, ValueError):
     """
 
 
+class KeyUnusable(AuthError, CallerError):
+    """A cluster key, or a key file, that cannot be a key (too short, not
+    hex): the operator's to fix, not a peer's doing. Also an ``AuthError``,
+    which is what it was raised as before it had a name of its own.
+
+    >>> issubclass(KeyUnusable, CallerError) and issubclass(KeyUnusable, AuthError)
+    True
+    """
+
+
 def check_key(key: bytes | bytearray) -> bytes:
-    """Return ``key`` (as bytes) if it can be a cluster key, else raise AuthError.
+    """Return ``key`` (as bytes) if it can be a cluster key, else raise KeyUnusable.
 
     >>> len(check_key(bytes(16)))
     16
     >>> check_key(b"short")
     Traceback (most recent call last):
     ...
-    replication.auth.AuthError: a cluster key is at least 16 bytes, got 5
+    replication.auth.KeyUnusable: a cluster key is at least 16 bytes, got 5
 
     Cost: O(1), or a copy if ``key`` is a bytearray.
     """
     if not isinstance(key, bytes | bytearray):
         raise TypeError(f"a cluster key is bytes, not {type(key).__name__}")
     if len(key) < MIN_KEY:
-        raise AuthError(f"a cluster key is at least {MIN_KEY} bytes, got {len(key)}")
+        raise KeyUnusable(f"a cluster key is at least {MIN_KEY} bytes, got {len(key)}")
     return bytes(key)
 
 
@@ -151,7 +162,7 @@ def load_key(path: str | os.PathLike[str]) -> bytes:
 
     Surrounding whitespace is ignored. A missing file raises
     FileNotFoundError; a file that is not one line of hex, or holds a key
-    shorter than 16 bytes, raises AuthError naming the file.
+    shorter than 16 bytes, raises KeyUnusable naming the file.
 
     >>> import tempfile
     >>> with tempfile.TemporaryDirectory() as folder:
@@ -169,11 +180,11 @@ def load_key(path: str | os.PathLike[str]) -> bytes:
             raise ValueError("expected one line of hex digits")
         key = bytes.fromhex(text)
     except ValueError as exc:  # UnicodeDecodeError is a ValueError too
-        raise AuthError(f"key file {os.fspath(path)}: not a hex key ({exc})") from None
+        raise KeyUnusable(f"key file {os.fspath(path)}: not a hex key ({exc})") from None
     try:
         return check_key(key)
-    except AuthError as exc:
-        raise AuthError(f"key file {os.fspath(path)}: {exc}") from None
+    except KeyUnusable as exc:
+        raise KeyUnusable(f"key file {os.fspath(path)}: {exc}") from None
 
 
 def generate_key() -> str:

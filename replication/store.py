@@ -48,7 +48,7 @@ from random import Random
 from typing import Any, Protocol
 
 from crdts import codec
-from crdts.errors import CRDTError, DecodeError
+from crdts.errors import DecodeError, MachineError
 from replication.messages import Entry, encode_entries, parse_entries
 from replication.replicator import Replicator
 
@@ -73,7 +73,7 @@ KEEP_ANSWERS = 100_000
 KEEP_ANSWER_BYTES = 256 * 1024 * 1024
 
 
-class StoreError(CRDTError):
+class StoreError(MachineError):
     """The machine failed the store: its folder, its disk, its files."""
 
 

@@ -48,6 +48,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from random import Random
 
+from crdts.errors import PeerError, ProtocolError
 from replication.auth import AuthError, Handshake, Hello, Session
 from replication.messages import DEFAULT_FRAME, MAX_FRAME
 from replication.transport import Node
@@ -76,15 +77,15 @@ _LENGTH = 4
 OVERHEAD = _OVERHEAD = 64 * 1024
 
 
-class FrameTooLarge(Exception):
+class FrameTooLarge(ProtocolError):
     """A length prefix over the cap: refused before the body was read."""
 
 
-class PeerClosed(Exception):
+class PeerClosed(PeerError):
     """The stream ended cleanly, between frames."""
 
 
-class PeerMisbehaved(Exception):
+class PeerMisbehaved(ProtocolError):
     """Raised by an ``on_frame`` callback: close the connection it came on."""
 
 
