@@ -22,7 +22,7 @@ from typing import TypeVar
 import cbor2
 
 from bench.harness import Config, Row, Timing, Trial, compare
-from bench.workloads import History, counts, keys, replica_ids
+from bench.workloads import SetWorkload, counts, keys, replica_ids
 from crdts import GCounter, ORSet
 from crdts.base import CRDT
 from crdts.codec import decode, encode
@@ -88,12 +88,12 @@ def _codec_rows(
     ]
 
 
-def _interleave(rng: Random, histories: list[History]) -> list[tuple[str, str, bool]]:
+def _interleave(rng: Random, workloads: list[SetWorkload]) -> list[tuple[str, str, bool]]:
     """All replicas' operations as (replica, element, is_add), shuffled across
     replicas but in order within each, as each replica's counters require."""
     ops = [
         [(h.replica, e, True) for e in h.added] + [(h.replica, e, False) for e in h.removed]
-        for h in histories
+        for h in workloads
     ]
     turns = [i for i, replica_ops in enumerate(ops) for _ in replica_ops]
     rng.shuffle(turns)
@@ -109,31 +109,31 @@ def orset_codec(config: Config, rng: Random) -> list[Row]:
     and as four replica states merged in reverse order."""
     live_each = config.codec_size // REPLICAS
     adds_each = round(live_each / (1 - REMOVE_FRACTION))
-    histories = []
+    workloads = []
     for i in range(REPLICAS):
         added = keys(rng, adds_each, f"{i}-")
-        histories.append(History(f"r{i}", added, rng.sample(added, adds_each - live_each)))
+        workloads.append(SetWorkload(f"r{i}", added, rng.sample(added, adds_each - live_each)))
 
     in_order: ORSet[str] = ORSet()
-    for h in histories:
+    for h in workloads:
         for element in h.added:
             in_order.add(element, h.replica)
         for element in h.removed:
             in_order.remove(element)
     shuffled: ORSet[str] = ORSet()
-    for replica, element, is_add in _interleave(rng, histories):
+    for replica, element, is_add in _interleave(rng, workloads):
         if is_add:
             shuffled.add(element, replica)
         else:
             shuffled.remove(element)
     merged: ORSet[str] = ORSet()
-    for h in reversed(histories):
+    for h in reversed(workloads):
         merged.merge(h.replay())
 
     # The plain structure: each live element and its dot, the replica as its
     # index and the counter as the position of the add in that replica's history.
     plain: dict[str, list[int]] = {}
-    for i, h in enumerate(histories):
+    for i, h in enumerate(workloads):
         live = h.live()
         for counter, element in enumerate(h.added, start=1):
             if element in live:

@@ -17,15 +17,15 @@ from random import Random
 from typing import Any
 
 from bench.harness import Config, Row, Trial, compare
-from bench.workloads import History, disjoint_histories
+from bench.workloads import SetWorkload, disjoint_workloads
 
 Sets = tuple[set[str], set[str]]
 
 
-def _pycrdt_merge(histories: list[History]) -> Trial[Any]:
+def _pycrdt_merge(workloads: list[SetWorkload]) -> Trial[Any]:
     pycrdt: Any = importlib.import_module("pycrdt")
 
-    def build(h: History) -> Any:
+    def build(h: SetWorkload) -> Any:
         doc = pycrdt.Doc()
         doc["set"] = items = pycrdt.Map()
         with doc.transaction():
@@ -35,7 +35,7 @@ def _pycrdt_merge(histories: list[History]) -> Trial[Any]:
                 del items[element]
         return doc
 
-    a, b = (build(h) for h in histories)
+    a, b = (build(h) for h in workloads)
     update_a, update_b = a.get_update(), b.get_update()
 
     def copies() -> tuple[Any, Any]:
@@ -51,10 +51,10 @@ def _pycrdt_merge(histories: list[History]) -> Trial[Any]:
     return Trial(copies, merge, 2)
 
 
-def _automerge_merge(histories: list[History]) -> Trial[Any]:
+def _automerge_merge(workloads: list[SetWorkload]) -> Trial[Any]:
     core: Any = importlib.import_module("automerge.core")
 
-    def build(h: History) -> Any:
+    def build(h: SetWorkload) -> Any:
         doc = core.Document(actor_id=h.replica.encode())
         with doc.transaction() as tx:
             for element in h.added:
@@ -63,7 +63,7 @@ def _automerge_merge(histories: list[History]) -> Trial[Any]:
                 tx.delete(core.ROOT, element)
         return doc
 
-    a, b = (build(h) for h in histories)
+    a, b = (build(h) for h in workloads)
 
     def copies() -> tuple[Any, Any]:
         return a.fork(), b.fork()
@@ -75,7 +75,7 @@ def _automerge_merge(histories: list[History]) -> Trial[Any]:
     return Trial(copies, merge, 2)
 
 
-PEERS: dict[str, tuple[str, Callable[[list[History]], Trial[Any]]]] = {
+PEERS: dict[str, tuple[str, Callable[[list[SetWorkload]], Trial[Any]]]] = {
     "pycrdt": ("pycrdt", _pycrdt_merge),
     "automerge": ("automerge.core", _automerge_merge),
 }
@@ -84,8 +84,8 @@ PEERS: dict[str, tuple[str, Callable[[list[History]], Trial[Any]]]] = {
 def peer_merge(config: Config, rng: Random) -> tuple[list[Row], list[str]]:
     """Each installed peer on the workload of :func:`bench.sets.disjoint_merge`;
     given the same seeded ``rng``, the very same strings."""
-    histories = disjoint_histories(rng, config.set_size, 0.1)
-    x, y = (h.live() for h in histories)
+    workloads = disjoint_workloads(rng, config.set_size, 0.1)
+    x, y = (h.live() for h in workloads)
 
     def plain_copies() -> Sets:
         return x.copy(), y.copy()
@@ -102,7 +102,7 @@ def peer_merge(config: Config, rng: Random) -> tuple[list[Row], list[str]]:
             notes.append(f"peer {peer}: not installed, skipped")
             continue
         try:
-            floor, figure = compare(Trial(plain_copies, union, 2), trial(histories), config)
+            floor, figure = compare(Trial(plain_copies, union, 2), trial(workloads), config)
         except Exception as exc:  # a peer's API moved: report it, don't stop the run
             notes.append(f"peer {peer}: failed ({exc!r:.120}), skipped")
             continue

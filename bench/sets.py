@@ -11,7 +11,7 @@ from __future__ import annotations
 from random import Random
 
 from bench.harness import Config, Row, Trial, compare
-from bench.workloads import disjoint_histories, interleaved_replicas, keys
+from bench.workloads import disjoint_workloads, interleaved_replicas, keys
 from crdts import ORSet
 
 Sets = tuple[set[str], set[str]]
@@ -100,7 +100,7 @@ def disjoint_merge(config: Config, rng: Random) -> list[Row]:
     """PERFORMANCE.md's OR-Set workload: two replicas each add ``set_size``
     distinct strings of their own and remove 10% of them, then merge full
     states. Target: within 3x of the set union."""
-    a, b = (h.replay() for h in disjoint_histories(rng, config.set_size, 0.1))
+    a, b = (h.replay() for h in disjoint_workloads(rng, config.set_size, 0.1))
     name = f"ORSet merge, 2 x {config.set_size:,} disjoint"
     return _full_state_rows(
         name,

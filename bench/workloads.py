@@ -22,7 +22,7 @@ def keys(rng: Random, n: int, prefix: str) -> list[str]:
 
 
 @dataclass(frozen=True)
-class History:
+class SetWorkload:
     """What one replica did to a set: it added ``added`` in order, then removed
     ``removed`` (a subset of its own adds)."""
 
@@ -35,7 +35,7 @@ class History:
         return set(self.added).difference(self.removed)
 
     def replay(self) -> ORSet[str]:
-        """The replica's OR-Set after this history."""
+        """The replica's OR-Set after this workload."""
         state: ORSet[str] = ORSet()
         for element in self.added:
             state.add(element, self.replica)
@@ -44,15 +44,15 @@ class History:
         return state
 
 
-def disjoint_histories(
+def disjoint_workloads(
     rng: Random, n: int, remove_fraction: float, replicas: tuple[str, ...] = ("a", "b")
-) -> list[History]:
+) -> list[SetWorkload]:
     """Each replica adds ``n`` distinct strings of its own and removes a
     ``remove_fraction`` of them: the workload peers were measured on."""
     out = []
     for replica in replicas:
         added = keys(rng, n, f"{replica}-")
-        out.append(History(replica, added, rng.sample(added, int(n * remove_fraction))))
+        out.append(SetWorkload(replica, added, rng.sample(added, int(n * remove_fraction))))
     return out
 
 

@@ -10,7 +10,7 @@ law a state-based CRDT must obey (Shapiro et al., 2011; Almeida et al., 2018):
 - ``copy`` is independent; equal states encode to equal bytes and
   ``decode(encode(x)) == x`` (for types registered with ``crdts.codec``).
 
-The states come from random *histories*: a few replicas that apply random
+The states come from random *executions*: a few replicas that apply random
 operations and merge each other's states and deltas, in and out of order. A
 law is checked on replica states and deltas alike, since a delta is a state.
 
@@ -45,7 +45,7 @@ from hypothesis import given, note
 from crdts import codec
 from crdts.base import CRDT, join, leq
 
-__all__ = ["CRDTSpec", "History", "LatticeLaws", "Op", "check_laws", "histories"]
+__all__ = ["CRDTSpec", "Execution", "LatticeLaws", "Op", "check_laws", "executions", "histories"]
 
 C = TypeVar("C", bound=CRDT)
 
@@ -87,7 +87,7 @@ class CRDTSpec(Generic[C]):
 
 
 @dataclass
-class History(Generic[C]):
+class Execution(Generic[C]):
     """A random run: each replica's state, every delta issued, and which
     deltas lie in each replica's causal past."""
 
@@ -103,12 +103,14 @@ class History(Generic[C]):
 
 
 @st.composite
-def histories(draw: st.DrawFn, spec: CRDTSpec[C]) -> History[C]:
-    """A strategy of :class:`History` for ``spec``, checking on the way that
+def executions(draw: st.DrawFn, spec: CRDTSpec[C]) -> Execution[C]:
+    """A strategy of :class:`Execution` for ``spec``, checking on the way that
     each update inflates its replica and returns a delta that joins to it."""
     n = len(spec.replicas)
-    history: History[C] = History([spec.new() for _ in range(n)], seen=[set() for _ in range(n)])
-    states, deltas, seen = history.states, history.deltas, history.seen
+    execution: Execution[C] = Execution(
+        [spec.new() for _ in range(n)], seen=[set() for _ in range(n)]
+    )
+    states, deltas, seen = execution.states, execution.deltas, execution.seen
     replica = st.integers(0, n - 1)
     for _ in range(draw(st.integers(0, spec.max_steps))):
         kind = draw(st.sampled_from(["update", "update", "merge", "delta"]))
@@ -117,22 +119,26 @@ def histories(draw: st.DrawFn, spec: CRDTSpec[C]) -> History[C]:
             op = draw(spec.operations(spec.replicas[i]))
             before = states[i].copy()
             delta = op.apply(states[i])
-            history.log.append(f"{spec.replicas[i]}: {op!r} -> delta {len(deltas)}")
+            execution.log.append(f"{spec.replicas[i]}: {op!r} -> delta {len(deltas)}")
             assert leq(before, states[i]), f"{op!r} did not inflate the state"
             assert join(before, delta) == states[i], f"{op!r}: old state ⊔ delta != new state"
             seen[i].add(len(deltas))
             deltas.append(delta)
         elif kind == "merge":
             j = draw(replica)
-            history.log.append(f"{spec.replicas[i]}: merge state of {spec.replicas[j]}")
+            execution.log.append(f"{spec.replicas[i]}: merge state of {spec.replicas[j]}")
             states[i].merge(states[j])
             seen[i] |= seen[j]
         elif deltas:
             k = draw(st.integers(0, len(deltas) - 1))
-            history.log.append(f"{spec.replicas[i]}: merge delta {k}")
+            execution.log.append(f"{spec.replicas[i]}: merge delta {k}")
             states[i].merge(deltas[k])
             seen[i].add(k)
-    return history
+    return execution
+
+
+#: The old name of :func:`executions`.
+histories = executions
 
 
 class LatticeLaws:
@@ -151,9 +157,9 @@ class LatticeLaws:
             setattr(cls, "test_" + name.removeprefix("check_"), _law_test(cls, name))
 
     def _states(self, data: st.DataObject, count: int) -> list[Any]:
-        history = data.draw(histories(self.spec), label="history")
-        note("\n".join(history.log))
-        universe = history.universe
+        execution = data.draw(executions(self.spec), label="execution")
+        note("\n".join(execution.log))
+        universe = execution.universe
         picks = data.draw(
             st.lists(st.integers(0, len(universe) - 1), min_size=count, max_size=count),
             label="picked states (replica states first, then deltas)",
@@ -199,14 +205,14 @@ class LatticeLaws:
         assert a == before
 
     def check_delta_law(self, data: st.DataObject) -> None:
-        history = data.draw(histories(self.spec), label="history")
-        note("\n".join(history.log))
-        for state, seen in zip(history.states, history.seen, strict=True):
+        execution = data.draw(executions(self.spec), label="execution")
+        note("\n".join(execution.log))
+        for state, seen in zip(execution.states, execution.seen, strict=True):
             indices = data.draw(st.permutations(sorted(seen)))
             duplicates = data.draw(st.lists(st.sampled_from(indices))) if indices else []
             joined = self.spec.new()
             for k in [*indices, *duplicates]:
-                joined.merge(history.deltas[k])
+                joined.merge(execution.deltas[k])
             assert joined == state, f"deltas {indices} + {duplicates} do not join to the state"
             if self.spec.encodable:
                 assert codec.encode(joined) == codec.encode(state)

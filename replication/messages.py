@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import TypeAlias
 
 from crdts import codec
@@ -55,6 +56,7 @@ __all__ = [
     "Message",
     "Piece",
     "Push",
+    "Reply",
     "check_claims",
     "encode",
     "encode_entries",
@@ -97,15 +99,37 @@ class Entry:
     ops: DotRanges
 
 
+class Reply(IntEnum):
+    """What a :class:`Push` asks of its receiver. On the wire it is the int
+    (0, 1 or 2), as it always was.
+
+    A round opens with ``PUSH_AND_ASK`` (an empty push: the opener's clock
+    alone); the receiver answers with its push asking ``PUSH``; the opener
+    answers that with its own, asking ``NOTHING``, so both directions are
+    filtered by a fresh clock.
+
+    >>> Reply.PUSH_AND_ASK.answer, Reply.PUSH.answer, int(Reply.PUSH)
+    (<Reply.PUSH: 1>, <Reply.NOTHING: 0>, 1)
+    """
+
+    NOTHING = 0  # no answer wanted (an ack will do)
+    PUSH = 1  # answer with your push
+    PUSH_AND_ASK = 2  # answer with your push, and ask for mine
+
+    @property
+    def answer(self) -> Reply:
+        """What the push that answers this one asks for. Cost: O(1)."""
+        return Reply(max(self - 1, 0))
+
+
 @dataclass(frozen=True, slots=True)
 class Push:
     """Part ``part`` of ``parts`` of the sender's log interval ``(start, end]``,
     with the sender's prefix clock (``clock``: for each writer, every one of
     its operations up to that counter is held; a version vector, no gaps),
-    so that the answer leaves out what the sender already has. ``reply``: 0, none
-    wanted; 1, answer with your push; 2, answer with your push and ask for
-    mine (a round opens with an empty push, so both directions are filtered
-    by a fresh clock). ``to`` is the receiver's replica id the push was
+    so that the answer leaves out what the sender already has. ``reply``: what
+    the sender asks of the receiver (:class:`Reply`; a round opens with an
+    empty push asking ``PUSH_AND_ASK``). ``to`` is the receiver's replica id the push was
     computed for: it leaves out what that incarnation held, which a restarted
     one may have lost, so another incarnation must not take it. ``ack`` is an
     :class:`Ack` riding along: the sender holds the receiver's log up to it.
@@ -121,7 +145,7 @@ class Push:
     end: int
     part: int
     parts: int
-    reply: int
+    reply: Reply
     clock: CausalContext
     entries: tuple[Entry, ...]
     ack: int = -1
@@ -149,7 +173,7 @@ class Piece:
     end: int
     part: int
     parts: int
-    reply: int
+    reply: Reply
     clock: CausalContext
     ack: int
     index: int
@@ -424,10 +448,12 @@ def parse(
                 raise DecodeError("piece: inconsistent index or empty chunk")
             if clock.cloud:
                 raise DecodeError("piece clock: a prefix clock has no gaps")
-            return Piece(sender, to, start, end, part, parts, f[5], clock, ack, index, count, f[10])
+            return Piece(
+                sender, to, start, end, part, parts, Reply(f[5]), clock, ack, index, count, f[10]
+            )
         entries = parse_entries(f[7], max_state=max_state)
         ack = expect_uint(f[8], "push ack", -1)
         check_claims(sender, start, clock, entries)
         tally = _parse_tally(f[9])
-        return Push(sender, to, start, end, part, parts, f[5], clock, entries, ack, tally)
+        return Push(sender, to, start, end, part, parts, Reply(f[5]), clock, entries, ack, tally)
     return Ack(sender, expect_uint(f[0], "ack position", -1))

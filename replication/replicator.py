@@ -123,7 +123,6 @@ from crdts import codec
 from crdts.base import CRDT, Prunable, check_replica
 from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError, StateTooLarge
-from crdts.vclock import VectorClock
 from replication.dotranges import DotRanges
 from replication.messages import (
     DEFAULT_FRAME,
@@ -136,6 +135,7 @@ from replication.messages import (
     Message,
     Piece,
     Push,
+    Reply,
     check_claims,
     encode,
     encode_interval,
@@ -559,17 +559,6 @@ class Replicator:
         """
         return self.stats.malformed + self.stats.refused
 
-    @property
-    def vclock(self) -> VectorClock:
-        """:attr:`clock` as a vector clock.
-
-        >>> Replicator("a", [], rng=Random(1)).vclock
-        VectorClock({})
-
-        Cost: O(r).
-        """
-        return VectorClock(self._clock.vv)
-
     def entry(self, key: str) -> Entry | None:
         """The state under ``key`` with the dots of the operations it
         reflects, or None: the live objects, to read (encode, write down)
@@ -925,7 +914,7 @@ class Replicator:
             ]
             chosen += self._rng.sample(missing, min(_ASK_EXTRA, len(missing)))
             self._spread.difference_update(chosen)
-        return [out for peer in chosen for out in self._gossip(peer, reply=2)]
+        return [out for peer in chosen for out in self._gossip(peer, reply=Reply.PUSH_AND_ASK)]
 
     # -- pruning ------------------------------------------------------------------------
 
@@ -1029,9 +1018,9 @@ class Replicator:
         origin = None if old is not None and old.origin != self._replica else self._replica
         self._log[key] = _Change(self._head, key, None, None, origin)
 
-    def _gossip(self, peer: str, *, reply: int) -> list[Outgoing]:
+    def _gossip(self, peer: str, *, reply: Reply) -> list[Outgoing]:
         state = self._peers.setdefault(peer, _Peer())
-        if reply == 2:
+        if reply is Reply.PUSH_AND_ASK:
             # Open with our clock alone: the peer answers with only what we
             # lack and asks for ours, which we then filter by its fresh clock.
             # Before we have heard from it we can only address it by node id.
@@ -1039,11 +1028,13 @@ class Replicator:
             to = peer if state.replica is None else state.replica
             held = self._positions.get(to, -1)
             tally = self._tally(self._asking)
-            request = Push(self._replica, to, at, at, 0, 1, 2, self._clock, (), held, tally)
+            request = Push(
+                self._replica, to, at, at, 0, 1, reply, self._clock, (), held, tally
+            )
             return [(peer, encode(request))]
         return self._push(peer, state, reply)
 
-    def _push(self, peer: str, state: _Peer, reply: int) -> list[Outgoing]:
+    def _push(self, peer: str, state: _Peer, reply: Reply) -> list[Outgoing]:
         # Only ever a reply: the peer's replica id and clock are fresh.
         to, known = state.replica, state.clock
         assert to is not None and known is not None
@@ -1066,7 +1057,7 @@ class Replicator:
         return self._send(peer, to, acked, entries, reply)
 
     def _catch_up(
-        self, peer: str, state: _Peer, to: str, known: CausalContext, reply: int
+        self, peer: str, state: _Peer, to: str, known: CausalContext, reply: Reply
     ) -> list[Outgoing]:
         # The whole log interval (-1, head], as the keys it changed: every key
         # holding an operation the peer's prefix clock does not cover.
@@ -1081,7 +1072,7 @@ class Replicator:
         return self._send(peer, to, -1, entries, reply)
 
     def _send(
-        self, peer: str, to: str, start: int, entries: list[Entry], reply: int
+        self, peer: str, to: str, start: int, entries: list[Entry], reply: Reply
     ) -> list[Outgoing]:
         # Frames bounded in bytes (messages.encode_interval), entries over
         # max_state left out: the peer would refuse them.
@@ -1266,7 +1257,7 @@ class Replicator:
                 peer.tally[writer] = (count, digest, heard)
             if len(peer.tally) > 2 * MAX_TALLY:  # only ids still asked about matter
                 peer.tally = {w: t for w, t in peer.tally.items() if w in self._asking}
-        if push.reply == 2:
+        if push.reply is Reply.PUSH_AND_ASK:
             peer.asked = tuple(writer for writer, _, _ in push.tally)
         if push.to == self._replica:  # else its ack is of another incarnation's log
             self._on_ack(node, push.ack)
@@ -1295,7 +1286,7 @@ class Replicator:
             else:
                 self._parts[push.sender] = (push.start, push.end, parts)
         if push.reply and push.part == 0:
-            return self._gossip(node, reply=push.reply - 1)  # it carries our ack
+            return self._gossip(node, reply=push.reply.answer)  # it carries our ack
         return [(node, encode(Ack(self._replica, self._positions.get(push.sender, -1))))]
 
     # -- sizes: frames in bytes, entries in pieces, states under max_state ----------

@@ -15,14 +15,14 @@ from crdts import CausalContext, DecodeError, GCounter, ORSet, codec
 from replication import Replicator
 from replication.dotranges import DotRanges
 from replication.history import History, Operation, converged, random_operation
-from replication.messages import Ack, Entry, Push, encode, parse
+from replication.messages import Ack, Entry, Push, Reply, encode, parse
 from replication.simnet import Faults, SimulatedNetwork
 
 
 def exchange(first: Replicator, second: Replicator) -> None:
     """One round opened by ``first`` with ``second`` over a perfect channel."""
     nodes = {r.node_id: r for r in (first, second)}
-    opener = first._gossip(second.node_id, reply=2)
+    opener = first._gossip(second.node_id, reply=Reply.PUSH_AND_ASK)
     frames = [(first.node_id, out) for out in opener]
     while frames:
         source, (dest, frame) = frames.pop(0)
@@ -106,11 +106,13 @@ def test_a_delta_that_needs_operations_the_receiver_lacks_is_not_merged() -> Non
     second = a.update("k", GCounter, increment)
     assert a.ops("k") == DotRanges({"a": (0, 0, 2, 2)})
     # The second increment alone: its stretch starts after the first, which b lacks.
-    gap = Push("a", "b", 1, 2, 0, 1, 0, a.clock, (Entry("k", second, stretch(1, 1, 2, 2)),))
+    gap = Push("a", "b", 1, 2, 0, 1, Reply.NOTHING, a.clock, (Entry("k", second, stretch(1, 1, 2,
+                                                                                         2)),))
     assert b.receive(0.0, "a", encode(gap)) != []
     assert b.get("k") is None and b.stats.gaps == 1 and b.ops("k") == DotRanges()
     # Once the first arrives, the second follows it.
-    one = Push("a", "b", 0, 1, 0, 1, 0, a.clock, (Entry("k", first, stretch(0, 0, 1, 1)),))
+    one = Push("a", "b", 0, 1, 0, 1, Reply.NOTHING, a.clock, (Entry("k", first, stretch(0, 0, 1,
+                                                                                        1)),))
     b.receive(0.0, "a", encode(one))
     b.receive(0.0, "a", encode(gap))
     assert b.get("k") == a.get("k") and b.ops("k") == a.ops("k")
@@ -126,7 +128,8 @@ def test_a_gap_makes_the_sender_answer_with_a_catch_up() -> None:
     a.update("k", GCounter, increment)
     delta = a.update("k", GCounter, increment)
     # Only the last increment reaches b, as if the one before were lost.
-    lost = Push("a", "b", 2, 3, 0, 1, 0, a.clock, (Entry("k", delta, stretch(2, 2, 3, 3)),))
+    lost = Push("a", "b", 2, 3, 0, 1, Reply.NOTHING, a.clock, (Entry("k", delta, stretch(2, 2, 3,
+                                                                                         3)),))
     b.receive(0.0, "a", encode(lost))
     assert b.stats.gaps == 1 and b._positions["a"] == -1
     catch_ups = a.stats.catch_ups
@@ -150,14 +153,14 @@ def test_joined_log_records_never_claim_a_hole() -> None:
     a.update("k", GCounter, increment)
     exchange(a, b)  # b: a's first two
     exchange(b, a)  # a acknowledges b's record of them: b may replace it
-    push = Push("c", "b", 0, 0, 0, 1, 0, c.clock, (Entry("k", stale, stale_ops),))
+    push = Push("c", "b", 0, 0, 0, 1, Reply.NOTHING, c.clock, (Entry("k", stale, stale_ops),))
     b.receive(0.0, "c", encode(push))
     assert b.stats.merged >= 2 and b.ops("k") == DotRanges({"a": (0, 0, 2, 2), "c": (0, 0, 1, 1)})
     record = b._log["k"]
     assert record.ops == stale_ops  # the stale stretch of a, (0, 1], with c's
     # a's third starts at 2: a hole after the record's stretch of a, (0, 1].
     third = a.update("k", GCounter, increment)
-    push = Push("a", "b", a._head - 1, a._head, 0, 1, 0, a.clock,
+    push = Push("a", "b", a._head - 1, a._head, 0, 1, Reply.NOTHING, a.clock,
                 (Entry("k", third, DotRanges({"a": (2, 2, 3, 3)})),))
     b.receive(0.0, "a", encode(push))
     record = b._log["k"]
@@ -192,7 +195,7 @@ def test_malformed_ranges_are_refused(payload: list[object], why: str) -> None:
 def _frame(start: int, clock: CausalContext, ops: DotRanges) -> bytes:
     state = GCounter()
     state.increment("a", 1)
-    return encode(Push("a", "b", start, 1, 0, 1, 0, clock, (Entry("k", state, ops),)))
+    return encode(Push("a", "b", start, 1, 0, 1, Reply.NOTHING, clock, (Entry("k", state, ops),)))
 
 
 @pytest.mark.parametrize(
@@ -294,7 +297,7 @@ def test_keys_stay_exact_and_prefix_clocks_sound_under_loss_reordering_and_resta
                 source = rng.choice(holders)
                 destination = rng.choice([i for i in ids if i != source])
                 push = Push(replicas[source].replica_id, replicas[destination].replica_id,
-                            0, 0, 0, 1, 0, replicas[source].clock, (op.entry(),))
+                            0, 0, 0, 1, Reply.NOTHING, replicas[source].clock, (op.entry(),))
                 queue.append((source, destination, encode(push)))
         elif action == "save":
             held = replica.keys()
@@ -334,7 +337,7 @@ def test_an_empty_catch_up_for_another_incarnation_does_not_lift_this_one() -> N
     exchange(b, a)
     assert a.get("k") is not None
     restarted = Replicator.from_entries("a", [], ["b"], rng=random.Random(3), incarnation=1)
-    empty = Push("b", "a", -1, b._head, 0, 1, 0, b.clock, (), -1)
+    empty = Push("b", "a", -1, b._head, 0, 1, Reply.NOTHING, b.clock, (), -1)
     restarted.receive(0.0, "b", encode(empty))
     assert restarted.clock.vv.get("b", 0) == 0
     assert restarted._positions.get("b", -1) == -1
@@ -358,7 +361,7 @@ def test_a_peer_behind_a_replaced_record_gets_a_catch_up_not_a_later_delta() -> 
     exchange(b, a)
     exchange(a, b)
     assert a._peers["b"].acked == a._head
-    late = Push("c", "a", 0, 0, 0, 1, 0, c.clock, (), -1)  # an old frame, late
+    late = Push("c", "a", 0, 0, 0, 1, Reply.NOTHING, c.clock, (), -1)  # an old frame, late
     a.receive(0.0, "c", encode(late))
     assert a._peers["c"].acked is None
     lost = a._gossip("c", reply=1)  # a catch-up, lost on the way

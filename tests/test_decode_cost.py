@@ -26,7 +26,7 @@ from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError
 from replication import messages
 from replication.dotranges import DotRanges
-from replication.messages import Entry, Push
+from replication.messages import Entry, Push, Reply
 
 MiB = 1024 * 1024
 N = MiB - 64
@@ -151,7 +151,7 @@ def test_a_push_of_many_small_entries_still_parses() -> None:
         c.increment("n1", i + 1)
         entries.append(Entry(f"k{i:05d}", c, DotRanges.whole({"n1": (1, i + 1)})))
     clock = CausalContext.from_dots([("n1", n) for n in range(1, 2_001)])
-    push = Push("n1", "n2", -1, 9, 0, 1, 0, clock, tuple(entries))
+    push = Push("n1", "n2", -1, 9, 0, 1, Reply.NOTHING, clock, tuple(entries))
     assert messages.parse(messages.encode(push)) == push
 
 

@@ -29,6 +29,7 @@ from replication.messages import (
     Entry,
     Piece,
     Push,
+    Reply,
     encode,
     encode_entry,
     encode_interval,
@@ -117,7 +118,7 @@ def test_entries_larger_than_a_frame_travel_in_pieces_under_faults(seed: int) ->
 
 
 def template(start: int = -1, end: int = 7, clock: CausalContext | None = None) -> Push:
-    return Push("a", "b", start, end, 0, 1, 1, clock or CausalContext(), (), 3)
+    return Push("a", "b", start, end, 0, 1, Reply.PUSH, clock or CausalContext(), (), 3)
 
 
 def reassemble(frames: list[bytes]) -> list[tuple[int, int, tuple[Entry, ...]]]:
@@ -180,7 +181,8 @@ def test_frames_are_bounded_and_carry_every_entry_once(
 
 def test_an_empty_interval_is_one_empty_push() -> None:
     frames = encode_interval(template(3, 3), [], max_frame=MIN_FRAME)
-    assert [parse(f) for f in frames] == [Push("a", "b", 3, 3, 0, 1, 1, CausalContext(), (), 3)]
+    assert [parse(f) for f in frames] == [Push("a", "b", 3, 3, 0, 1, Reply.PUSH, CausalContext(),
+                                               (), 3)]
 
 
 def test_max_frame_is_checked() -> None:
@@ -286,13 +288,14 @@ def test_a_half_received_entry_is_dropped_after_the_timeout() -> None:
 
 def test_lying_pieces_are_refused_without_gathering_them() -> None:
     b = receiver()
-    tiny = Piece("a", "b", -1, 1, 0, 1, 0, CausalContext(), -1, 0, 2, b"x")
+    tiny = Piece("a", "b", -1, 1, 0, 1, Reply.NOTHING, CausalContext(), -1, 0, 2, b"x")
     b.receive(0.5, "a", encode(tiny))  # a first piece of one byte: not what a sender cuts
-    huge = Piece("a", "b", -1, 1, 0, 1, 0, CausalContext(), -1, 0, 10**9, b"x" * 4000)
+    huge = Piece("a", "b", -1, 1, 0, 1, Reply.NOTHING, CausalContext(), -1, 0, 10**9, b"x" * 4000)
     b.receive(0.5, "a", encode(huge))  # a billion pieces: over max_state
     assert b._pieces == {}
     assert b.refusals == 2
-    junk = [Piece("a", "b", -1, 1, 0, 1, 0, CausalContext(), -1, i, 2, bytes(3000)) for i in (0, 1)]
+    junk = [Piece("a", "b", -1, 1, 0, 1, Reply.NOTHING, CausalContext(), -1, i, 2,
+                  bytes(3000)) for i in (0, 1)]
     for piece in junk:
         b.receive(0.5, "a", encode(piece))  # whole, but not an entry
     assert b.stats.malformed == 2 and b.keys() == []

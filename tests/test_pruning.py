@@ -27,7 +27,7 @@ from crdts.testing import Op
 from replication import Replicator
 from replication.dotranges import DotRanges
 from replication.history import History, converged, random_operation
-from replication.messages import Entry, Push, encode, parse
+from replication.messages import Entry, Push, Reply, encode, parse
 from replication.simnet import SimulatedNetwork
 from replication.store import MemoryStore, WriteBehind, restore
 from tests.strategies import SPECS
@@ -120,9 +120,10 @@ def test_a_marker_travels_and_hostile_ones_are_refused() -> None:
 
 def test_a_tally_travels_and_a_bad_one_is_refused() -> None:
     tally = (("x~1", 3, 2**64 - 1), ("y", 0, 0))
-    push = Push("a", "b", 0, 0, 0, 1, 2, CausalContext(), (), -1, tally)
+    push = Push("a", "b", 0, 0, 0, 1, Reply.PUSH_AND_ASK, CausalContext(), (), -1, tally)
     assert parse(encode(push)) == push
-    bad = Push("a", "b", 0, 0, 0, 1, 2, CausalContext(), (), -1, (("y", 0, 0), ("x", 1, 1)))
+    bad = Push("a", "b", 0, 0, 0, 1, Reply.PUSH_AND_ASK, CausalContext(), (), -1, (("y", 0, 0),
+                                                                                   ("x", 1, 1)))
     with pytest.raises(DecodeError):
         parse(encode(bad))  # ids out of order
 
@@ -232,7 +233,8 @@ def test_late_data_of_a_pruned_id_is_stripped_not_counted_again() -> None:
     _ = b.update("hits", GCounter, lambda c, me: c.increment(me, 5))
     net.run_until(lambda: converged(replicas), 20)
     late = Entry("hits", _get(b, "hits"), b.ops("hits"))  # b's state before it goes
-    frame = encode(Push(b.replica_id, a.replica_id, -1, 1, 0, 1, 0, b.clock, (late,), -1))
+    frame = encode(Push(b.replica_id, a.replica_id, -1, 1, 0, 1, Reply.NOTHING, b.clock, (late,),
+                        -1))
     net.crash(b.node_id)
     a.remove_peer(b.node_id)
     a.retire(b.node_id)

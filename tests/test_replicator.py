@@ -10,7 +10,7 @@ import pytest
 
 from crdts import CausalContext, DecodeError, GCounter, ORSet, PNCounter
 from replication import Replicator
-from replication.messages import Ack, Entry, Push, encode, parse
+from replication.messages import Ack, Entry, Push, Reply, encode, parse
 from replication.simnet import Faults, SimulatedNetwork
 from replication.store import MemoryStore, decode_row, restore
 
@@ -131,7 +131,8 @@ def test_malformed_and_impersonating_frames_change_nothing() -> None:
     a.update("s", ORSet, lambda s, me: s.add("x", me))
     before = b.encode_keyspace()
     assert b.receive(0.0, "n00", b"\xff\x00garbage") == []
-    forged = encode(Push("n99", "n01", -1, 1, 0, 1, 0, CausalContext(), ()))  # another node
+    forged = encode(Push("n99", "n01", -1, 1, 0, 1, Reply.NOTHING, CausalContext(),
+                         ()))  # another node
     assert b.receive(0.0, "n00", forged) == []
     assert (b.stats.malformed, b.stats.refused) == (1, 1)
     assert b.encode_keyspace() == before

@@ -14,7 +14,7 @@ from crdts import CausalContext, GCounter, ORSet
 from replication import Replicator
 from replication.dotranges import DotRanges
 from replication.history import History, converged
-from replication.messages import Entry, Push, encode, parse
+from replication.messages import Entry, Push, Reply, encode, parse
 from replication.store import MemoryStore, restore
 from snapshot.cut import GlobalSnapshot, LocalState, SnapshotId
 from snapshot.sec import MAX_DETAILS, SECReport, Verdict, check, join_cut
@@ -232,7 +232,8 @@ def test_an_operation_only_in_flight_is_joined() -> None:
     h = History()
     h.apply(a, "hits", "GCounter", "increment", 2)
     h.apply(a, "cart", "ORSet", "add", "milk")
-    frame = encode(Push("a", "b", 0, 2, 0, 1, 0, a.clock, LocalState.capture(a).entries))
+    frame = encode(Push("a", "b", 0, 2, 0, 1, Reply.NOTHING, a.clock,
+                        LocalState.capture(a).entries))
     restarted = restore(saved, "a", ["b"], rng=random.Random(7), incarnation=1)
     states = [LocalState.capture(restarted), LocalState.capture(replicas["b"])]
     assert all(s.entries == () for s in states)
@@ -246,7 +247,7 @@ def test_an_operation_only_in_flight_is_joined() -> None:
     assert join_cut(cut(states)) == {}
 
     tampered = (Entry("hits", counter(a=9), a.ops("hits")),)
-    bad = encode(Push("a", "b", 0, 2, 0, 1, 0, a.clock, tampered))
+    bad = encode(Push("a", "b", 0, 2, 0, 1, Reply.NOTHING, a.clock, tampered))
     spec = verdict(check(cut(states, {("a", "b"): (bad,)}), h), "join equals specification")
     assert spec.passed is False
     assert spec.offenders == ("a",)
@@ -288,7 +289,7 @@ def test_an_entry_of_another_type_is_an_offence_of_its_holder() -> None:
     settle(replicas)
     s = ORSet[str]()
     s.add("x", "b")
-    frame = encode(Push("b", "a", 0, 1, 0, 1, 0, CausalContext.from_dots([("b", 1)]),
+    frame = encode(Push("b", "a", 0, 1, 0, 1, Reply.NOTHING, CausalContext.from_dots([("b", 1)]),
                         (Entry("hits", s, dots(("b", 1))),)))
 
     snapshot = cut(capture(replicas).states.values(), {("b", "a"): (frame,)})

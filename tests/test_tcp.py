@@ -19,7 +19,7 @@ import pytest
 from crdts import GCounter
 from replication import Replicator
 from replication.auth import Handshake, Session
-from replication.messages import Entry, Push, encode
+from replication.messages import Entry, Push, Reply, encode
 from replication.tcp import Limits, NodeRuntime, TcpEndpoint
 from tests.test_transport_conformance import Connected, TransportConformance
 
@@ -235,7 +235,7 @@ def _push_from(claimed: str) -> bytes:
     state = mallory.get("hits")
     assert state is not None
     entry = Entry("hits", state, mallory.ops("hits"))
-    return encode(Push(claimed, "b", -1, 1, 0, 1, 0, mallory.clock, (entry,)))
+    return encode(Push(claimed, "b", -1, 1, 0, 1, Reply.NOTHING, mallory.clock, (entry,)))
 
 
 def test_a_bad_mac_is_refused() -> None:
@@ -262,7 +262,7 @@ def test_a_wrong_key_fails_the_handshake() -> None:
 def test_a_replayed_frame_is_refused() -> None:
     async def attack(cluster: Cluster) -> None:
         reader, writer, session = await handshake(cluster.endpoint("b").address, "m")
-        sealed = session.seal(encode(Push("m", "b", 0, 0, 0, 1, 0, Replicator(
+        sealed = session.seal(encode(Push("m", "b", 0, 0, 0, 1, Reply.NOTHING, Replicator(
             "m", [], rng=random.Random(1)).clock, ())))
         send(writer, sealed)
         send(writer, sealed)  # the same frame again
