@@ -81,8 +81,8 @@ class RateLimitedLog:
         held = int(entry[1]) if entry is not None else 0
         self._reasons[reason] = [now + self._interval, 0]
         if held:
-            message += " (and %d more like it, not logged)"
-            args = (*args, held)
+            message += " (and %s more like it, not logged)"
+            args = (*args, f"{held:,}")
         self._logger.log(level, message, *args)
         return True
 
@@ -108,6 +108,6 @@ class RateLimitedLog:
         now = self._clock()
         for reason, entry in self._reasons.items():
             if entry[1] and (force or now >= entry[0]):
-                self._logger.warning('%s%d more like "%s", not logged', prefix,
-                                     int(entry[1]), reason)
+                self._logger.warning('%s%s more like "%s", not logged', prefix,
+                                     f"{int(entry[1]):,}", reason)
                 entry[0], entry[1] = now + self._interval, 0
