@@ -161,8 +161,6 @@ def test_a_trickled_handshake_ends_at_one_deadline() -> None:
         b = await server(limits=Limits(handshake_timeout=0.5))
         reader, writer = await open_from(b.address, attackers(1)[0])
         shake = Handshake(KEY, "slow", "peer", os.urandom(32), initiator=True)
-        loop = asyncio.get_running_loop()
-        began = loop.time()
 
         async def trickle(body: bytes) -> None:
             frame = len(body).to_bytes(4, "big") + body
@@ -175,10 +173,10 @@ def test_a_trickled_handshake_ends_at_one_deadline() -> None:
             length = int.from_bytes(await reader.readexactly(4), "big")
             proof = shake.receive_hello(await reader.readexactly(length))
             await trickle(proof)
+            # Closed at the deadline, before its proof was answered (on main
+            # the node answered it, 0.8 s in: no read had taken 0.5 s).
             assert await is_closed(reader, 2.0)
             assert b.stats.refused["timed out"] == 1
-            # The slot was held until the deadline, not a deadline per read.
-            assert loop.time() - began < 1.0
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # closed before its hello was even answered: also the deadline
         finally:
