@@ -14,8 +14,20 @@ to check the cluster against the sequential specification.
 gathers every node's part into a ``GlobalSnapshot``.
 
 Every call raises :class:`NodeError` if the node answers with an error, and
-the transport's errors (OSError, TimeoutError, AuthError) if the connection
-fails. Cost: one round trip per call.
+:class:`NodeUnavailable` if the node is gone (the connection closed under
+the call, or had closed before it: the node stopped or died; an update that
+raises it may or may not be applied, so retry it with its request id).
+:meth:`Client.connect` raises :class:`AuthenticationFailed` if the node
+refused our cluster key (or its proof does not verify with ours), and
+:class:`NodeUnavailable` if nothing answers at the address, the node stayed
+too busy to admit us within ``Limits.handshake_timeout`` (it drops
+connections early under a flood, and ``connect`` dials again until then),
+or the handshake did not finish in time; a TLS failure is the
+``ssl.SSLError``. Both are ``PeerError``s (docs/errors.md), as :class:`NodeError` is;
+``AuthenticationFailed`` is an ``AuthError`` and ``NodeUnavailable`` a
+``ConnectionError``, so code that caught those before still does.
+
+Cost: one round trip per call.
 """
 
 from __future__ import annotations
@@ -31,15 +43,23 @@ from crdtkit import protocol
 from crdts import codec
 from crdts.base import CRDT, expect_list, expect_replica, expect_uint
 from crdts.errors import DecodeError, PeerError
+from replication.auth import AuthError
 from replication.dotranges import DotRanges
 from replication.history import Operation, check_update
 from replication.messages import Entry
-from replication.tcp import Channel, Limits, connect
+from replication.tcp import Channel, KeyRefused, Limits, NotAdmitted, PeerClosed, connect
 from snapshot.cut import GlobalSnapshot, LocalState, SnapshotId
 from snapshot.errors import SnapshotIncomplete
 from snapshot.marker import LocalRecording, assemble
 
-__all__ = ["Client", "MemberView", "NodeError", "live_snapshot"]
+__all__ = [
+    "AuthenticationFailed",
+    "Client",
+    "MemberView",
+    "NodeError",
+    "NodeUnavailable",
+    "live_snapshot",
+]
 
 
 class MemberView(NamedTuple):
@@ -57,6 +77,23 @@ class NodeError(PeerError):
     fault it was: a refused operation, a failed commit)."""
 
 
+class AuthenticationFailed(AuthError):
+    """The node refused our cluster key: it closed the connection on our
+    proof (or its own proof does not verify with our key). The two hold
+    different keys; nothing was sent."""
+
+
+class NodeUnavailable(PeerError, ConnectionError):
+    """The node is gone or out of reach: nothing listens at its address, it
+    stayed too busy to admit us, the handshake did not finish in time, or
+    the connection closed (the node stopped or died). A call that raised it
+    may or may not have been applied."""
+
+
+#: What a connection's end looks like from the client: clean or not.
+_LOST = (PeerClosed, asyncio.IncompleteReadError, OSError)
+
+
 class Client:
     """An open connection to one node (use :meth:`connect`).
 
@@ -66,8 +103,10 @@ class Client:
     the node's commits. Each call still returns its own answer.
     """
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, *, where: str = "the node") -> None:
         self._channel = channel
+        self._where = where  # for errors: "the node at 127.0.0.1:7000"
+        self._lost: str | None = None  # why the connection ended, once it has
         self._requests = 0
         # Request ids: a random prefix per client and a count (os.urandom
         # per update was a system call each).
@@ -87,13 +126,44 @@ class Client:
         ssl_context: ssl.SSLContext | None = None,
         limits: Limits | None = None,
     ) -> Client:
-        """Connect and authenticate with the cluster ``key``.
+        """Connect and authenticate with the cluster ``key``, within
+        ``limits.handshake_timeout`` (5 s by default) in all, dialling again
+        while the node drops the connection early. Raises
+        AuthenticationFailed if the node refused the key, NodeUnavailable if
+        no node could be reached or admitted us in time, ssl.SSLError for TLS.
+
+        >>> async def nobody_there():
+        ...     try:
+        ...         await Client.connect(("127.0.0.1", 1), bytes(32))
+        ...     except NodeUnavailable as exc:
+        ...         print(exc)
+        >>> asyncio.run(nobody_there())
+        no node at 127.0.0.1:1: ...
+
         Cost: one handshake."""
         name = name or f"client-{os.urandom(4).hex()}"
-        channel = await connect(
-            address, key, name, role="client", ssl_context=ssl_context, limits=limits
-        )
-        return cls(channel)
+        host, port = address
+        where = f"{host}:{port}"
+        try:
+            channel = await connect(
+                address, key, name, role="client", ssl_context=ssl_context, limits=limits
+            )
+        except KeyRefused as exc:
+            raise AuthenticationFailed(f"the node at {where} refused our cluster key ({exc})"
+                                       ) from None
+        except AuthError as exc:
+            raise AuthenticationFailed(f"the node at {where}: {exc}") from None
+        except NotAdmitted as exc:
+            raise NodeUnavailable(f"the node at {where} is too busy: it dropped every attempt "
+                                  f"to connect ({exc})") from exc
+        except ssl.SSLError:
+            raise
+        except TimeoutError as exc:
+            raise NodeUnavailable(f"the node at {where} did not finish the handshake in time"
+                                  ) from exc
+        except OSError as exc:
+            raise NodeUnavailable(f"no node at {where}: {exc}") from exc
+        return cls(channel, where=f"the node at {where}")
 
     async def __aenter__(self) -> Client:
         return self
@@ -109,7 +179,16 @@ class Client:
         if self._reader is not None:
             self._reader.cancel()
 
+    def _gone(self, exc: BaseException) -> NodeUnavailable:
+        if self._lost is None:
+            what = "did not answer in time" if isinstance(exc, TimeoutError) else (
+                "closed the connection: it stopped or went away")
+            self._lost = f"{self._where} {what}"
+        return NodeUnavailable(self._lost)
+
     async def _call(self, kind: str, *fields: object) -> list[object]:
+        if self._lost is not None:
+            raise NodeUnavailable(self._lost)
         self._requests += 1
         request = self._requests
         waiter: asyncio.Future[tuple[str, list[object]]] = (
@@ -119,7 +198,10 @@ class Client:
         if self._reader is None:
             self._reader = asyncio.create_task(self._read())
         try:
-            await self._channel.send(protocol.encode(kind, request, *fields))
+            try:
+                await self._channel.send(protocol.encode(kind, request, *fields))
+            except _LOST as exc:
+                raise self._gone(exc) from exc
             answer, out = await waiter
         finally:
             self._waiting.pop(request, None)
@@ -147,9 +229,10 @@ class Client:
             self._waiting.clear()
             raise
         except Exception as exc:
+            error = self._gone(exc) if isinstance(exc, _LOST) else exc
             for waiter in self._waiting.values():
                 if not waiter.done():
-                    waiter.set_exception(exc)
+                    waiter.set_exception(error)
             self._waiting.clear()
         finally:
             self._reader = None

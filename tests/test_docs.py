@@ -17,6 +17,7 @@ from replication import (
     dotranges,
     membership,
     messages,
+    ratelog,
     simnet,
     sqlite,
     store,
@@ -27,6 +28,8 @@ from snapshot import cut, files, marker, sec
 
 CLASSES = [
     tcp.FrameReader,
+    tcp.Limits,
+    ratelog.RateLimitedLog,
     crdts.GCounter,
     crdts.PNCounter,
     crdts.ORSet,
@@ -92,6 +95,7 @@ FUNCTIONS = [
     auth.load_key,
     auth.generate_key,
     tcp.read_frame,
+    tcp.connect,
     protocol.encode,
     protocol.parse,
 ]
