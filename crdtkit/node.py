@@ -752,6 +752,8 @@ class NodeService:
             ("bytes_received", net.bytes_received),
             ("connections_refused", sum(net.refused.values())),
             ("frames_refused", self.members.refusals),
+            ("reads_answered", r.reads),
+            ("read_answers", r.answers),
             ("members", len(self.membership.members)),
             ("unreachable", len(self.membership.unreachable)),
         ]

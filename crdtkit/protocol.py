@@ -34,7 +34,8 @@ request id the answer repeats:
   [checkpoint bytes, [[source, [frames]], ...]]]``.
 - ``["stats", id]``: ``["stats", id, [name, count, ...]]``, the node's
   counters (updates, merges, frames and bytes sent and received, refusals,
-  members, unreachable).
+  reads answered for other nodes and answers taken in, members,
+  unreachable).
 - ``["members", id]``: ``["members", id, [[member, node, address, status,
   unreachable], ...]]``, every member record the node holds (removed ones
   too, while their tombstones last), ``status`` a lower-case name
