@@ -95,12 +95,24 @@ class Reached:
 
     @property
     def ok(self) -> bool:
-        """Whether the level was reached."""
+        """Whether the level was reached.
+
+        >>> Reached("majority", 2, ("a", "b"), ("a", "b", "c")).ok
+        True
+
+        Cost: O(1).
+        """
         return len(self.reached) >= self.needed
 
     @property
     def missing(self) -> tuple[str, ...]:
-        """The members not reached, sorted."""
+        """The members not reached, sorted.
+
+        >>> Reached("all", 3, ("a", "b"), ("a", "b", "c")).missing
+        ('c',)
+
+        Cost: O(members).
+        """
         held = set(self.reached)
         return tuple(m for m in self.members if m not in held)
 
@@ -126,7 +138,15 @@ class Reached:
     @classmethod
     def from_payload(cls, raw: object) -> Reached:
         """Inverse of :meth:`to_payload` for untrusted input; DecodeError
-        otherwise. Cost: O(members)."""
+        otherwise.
+
+        >>> Reached.from_payload(["most", 1, [], []])
+        Traceback (most recent call last):
+        ...
+        crdts.errors.DecodeError: reached: unknown level 'most'
+
+        Cost: O(members).
+        """
         fields = expect_list(raw, "reached")
         if len(fields) != 4:
             raise DecodeError("reached: expected [level, needed, reached, members]")
@@ -165,24 +185,49 @@ class Quorum:
 
     @property
     def done(self) -> bool:
-        """Whether the level is reached."""
+        """Whether the level is reached.
+
+        >>> Quorum("local", "a", ["a", "b"]).done, Quorum("all", "a", ["a", "b"]).done
+        (True, False)
+
+        Cost: O(1).
+        """
         return len(self._held) >= self._needed
 
     @property
     def waiting_for(self) -> list[str]:
-        """The members not counted yet, sorted: the ones to push to or ask."""
+        """The members not counted yet, sorted: the ones to push to or ask.
+
+        >>> Quorum("all", "b", ["a", "b", "c"]).waiting_for
+        ['a', 'c']
+
+        Cost: O(members).
+        """
         return sorted(self._members - self._held)
 
     def add(self, node: str) -> bool:
         """Count member ``node`` (a node that is not a current member is not
-        counted); whether the level is reached now."""
+        counted); whether the level is reached now.
+
+        >>> q = Quorum("majority", "a", ["a", "b", "c"])
+        >>> q.add("z"), q.add("c"), q.add("c")
+        (False, True, True)
+
+        Cost: O(1).
+        """
         if node in self._members:
             self._held.add(node)
         return self.done
 
     @property
     def reached(self) -> Reached:
-        """How far it got, now."""
+        """How far it got, now.
+
+        >>> Quorum("all", "a", ["a", "b"]).reached
+        Reached(level='all', needed=2, reached=('a',), members=('a', 'b'))
+
+        Cost: O(members log members).
+        """
         return Reached(
             self._level, self._needed, tuple(sorted(self._held)), tuple(sorted(self._members))
         )

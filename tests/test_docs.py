@@ -14,6 +14,7 @@ from crdts import base, codec
 from replication import (
     Replicator,
     auth,
+    consistency,
     dotranges,
     membership,
     messages,
@@ -55,6 +56,8 @@ CLASSES = [
     membership.Membership,
     membership.MemberNode,
     membership.MembershipSettings,
+    consistency.Quorum,
+    consistency.Reached,
 ]
 FUNCTIONS = [
     codec.encode,
@@ -94,6 +97,8 @@ FUNCTIONS = [
     tcp.read_frame,
     protocol.encode,
     protocol.parse,
+    consistency.check_level,
+    consistency.needed,
 ]
 # Wire and generic-protocol plumbing: documented, but an example would only
 # repeat the codec's.
