@@ -26,7 +26,7 @@ from replication.messages import (
     parse,
 )
 from replication.replicator import Replicator
-from replication.simnet import SimulatedNetwork
+from replication.simnet import Faults, SimulatedNetwork
 from snapshot.marker import SnapshotNode
 
 IDS = ["n0", "n1", "n2", "n3", "n4"]
@@ -255,3 +255,47 @@ def test_read_and_result_frames_round_trip() -> None:
         ReadResult("b", "a", 1, "k", TOO_LARGE),
     ):
         assert parse(encode(message)) == message
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_reached_never_names_a_node_without_the_write(seed: int) -> None:
+    """Under loss, duplication, reordering, partitions and gossip running
+    meanwhile: every node a write's quorum counts holds the write (its dot
+    is in the node's ranges for the key) when it is counted."""
+    rng = Random(seed)
+    net = SimulatedNetwork(seed=seed, faults=Faults(loss=0.3, duplication=0.05, reorder=True))
+    replicas = {i: Replicator(i, IDS, rng=Random(f"{seed}{i}")) for i in IDS}
+    for replica in replicas.values():
+        net.add(replica)
+    counted = 0
+    for _ in range(15):
+        if rng.random() < 0.3:
+            cut = rng.randrange(1, len(IDS))
+            shuffled = rng.sample(IDS, len(IDS))
+            net.partition([shuffled[:cut], shuffled[cut:]])
+        elif rng.random() < 0.3:
+            net.heal()
+        origin = replicas[rng.choice(IDS)]
+        key = f"k{rng.randrange(3)}"
+        _ = origin.update(key, GCounter, lambda c, me: c.increment(me))
+        dot = (origin.replica_id, origin.ops(key).top(origin.replica_id))
+        position = origin.head
+        quorum = Quorum(rng.choice(["majority", "all"]), origin.node_id, IDS)
+
+        def acked(node: str, at: int, *, quorum: Quorum = quorum, position: int = position,
+                  key: str = key, dot: tuple[str, int] = dot) -> None:
+            if at >= position:
+                assert replicas[node].ops(key).contains(*dot), (node, key, dot)
+                quorum.add(node)
+
+        stop = origin.subscribe_acks(acked)
+        for dest, frame in origin.replicate(quorum.waiting_for):
+            net.send(origin.node_id, dest, frame)
+        net.run_rounds(rng.randrange(3))  # gossip goes on meanwhile
+        net.advance(1.0)
+        stop()
+        reached = quorum.reached
+        for node in reached.reached:
+            assert replicas[node].ops(key).contains(*dot)
+        counted += len(reached.reached) - 1
+    assert counted > 0

@@ -11,8 +11,10 @@ import asyncio
 import io
 from pathlib import Path
 
+import pytest
+
 from crdtkit.cli import main
-from crdtkit.client import Client, Gathered, Written
+from crdtkit.client import Client, Gathered, NodeError, Written
 from crdtkit.cluster import LocalCluster
 from crdts import GCounter, ORSet
 
@@ -47,7 +49,7 @@ async def _levels(cluster: LocalCluster) -> None:
         assert written.reached.reached == LIVE and written.reached.members[3:] == STOPPED
 
         everyone = await clients["n1"].update(
-            "hits", "GCounter", "increment", 2, level="all", timeout=1
+            "hits", "GCounter", "increment", 2, level="all", timeout=0.5
         )
         assert not everyone.reached.ok
         assert everyone.reached.reached == LIVE and everyone.reached.missing == STOPPED
@@ -72,8 +74,17 @@ async def _levels(cluster: LocalCluster) -> None:
                 assert isinstance(gathered.state, ORSet)
                 assert sorted(gathered.state) == [f"milk-{n}"], (reader, gathered)
 
+        # A bad level or timeout from a client is refused, changes nothing,
+        # and the connection stays up.
+        node = clients["n0"]
+        with pytest.raises(NodeError, match="consistency level"):
+            await node._call("update", "bad", "GCounter", "increment", [1], b"r" * 8, "most", 9)
+        with pytest.raises(NodeError, match="timeout"):
+            await node._call("get", "hits", "majority", 10**9)
+        assert await node.get("bad") is None
+
         # A read at all with two members down: what it gathered, and that it fell short.
-        partial = await clients["n2"].get("hits", level="all", timeout=1)
+        partial = await clients["n2"].get("hits", level="all", timeout=0.5)
         assert not partial.reached.ok and partial.reached.missing == STOPPED
         assert isinstance(partial.state, GCounter) and partial.state.value == 3
     finally:
@@ -109,3 +120,17 @@ def test_levels_with_two_of_five_nodes_stopped(tmp_path: Path) -> None:
     finally:
         codes = cluster.stop()
         assert all(code == 0 for code in codes.values()), (codes, cluster.log("n0"))
+
+
+def test_ask_refuses_a_bad_level_or_timeout_in_one_line(tmp_path: Path) -> None:
+    key_file = tmp_path / "cluster.key"
+    key_file.write_text("00" * 32 + "\n")
+    base = ["ask", "--node", "127.0.0.1:9", "--key-file", str(key_file)]
+    for argv in (
+        [*base, "get", "k", "--read", "most"],
+        [*base, "update", "k", "GCounter", "increment", "1", "--timeout", "-1"],
+        [*base, "update", "k", "GCounter", "increment", "1", "--timeout", "601"],
+    ):
+        err = io.StringIO()
+        assert main(argv, out=io.StringIO(), err=err) == 2
+        assert err.getvalue().count("\n") == 1 and err.getvalue().startswith("crdtkit: ")
