@@ -9,7 +9,12 @@ process, and take live snapshots, over the node's authenticated port.
 
 ``update`` returns once the node's store has committed the update; the
 :class:`~replication.history.Operation` it returns can go into a ``History``
-to check the cluster against the sequential specification.
+to check the cluster against the sequential specification. With
+``level="majority"`` or ``"all"`` it returns once that many of the current
+members hold the update, or after ``timeout`` seconds, as a
+:class:`Written` that says how far it got; ``get(key, level=...)``
+likewise gathers the key from that many members, as a :class:`Gathered`
+(docs/consistency.md). Not reaching a level is a value, not an error.
 :func:`live_snapshot` starts a Chandy-Lamport snapshot at one node and
 gathers every node's part into a ``GlobalSnapshot``.
 
@@ -37,13 +42,14 @@ import os
 import ssl
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 from crdtkit import protocol
 from crdts import codec
 from crdts.base import CRDT, expect_list, expect_replica, expect_uint
 from crdts.errors import DecodeError, PeerError
 from replication.auth import AuthError
+from replication.consistency import Level, Reached, check_level
 from replication.dotranges import DotRanges
 from replication.history import Operation, check_update
 from replication.messages import Entry
@@ -55,9 +61,11 @@ from snapshot.marker import LocalRecording, assemble
 __all__ = [
     "AuthenticationFailed",
     "Client",
+    "Gathered",
     "MemberView",
     "NodeError",
     "NodeUnavailable",
+    "Written",
     "live_snapshot",
 ]
 
@@ -70,6 +78,29 @@ class MemberView(NamedTuple):
     address: str
     status: str  # "joining", "up", "leaving", "exiting", "down" or "removed"
     unreachable: bool  # in the answering node's failure detector's view
+
+
+class Written(NamedTuple):
+    """An update at a consistency level: the update (applied and durable at
+    the node whatever ``reached`` says) and how far it spread in time
+    (``reached.ok``: the level was reached; Akka's ``UpdateTimeout``
+    otherwise, as a value)."""
+
+    operation: Operation
+    reached: Reached
+
+
+class Gathered(NamedTuple):
+    """A read at a consistency level: the state merged from what the node
+    gathered (None: held nowhere it asked), and how far it got
+    (``reached.ok`` false: Akka's ``GetFailure``, with what did arrive)."""
+
+    state: CRDT | None
+    reached: Reached
+
+
+#: The default time a write or read waits for its level, in seconds.
+DEFAULT_TIMEOUT = 5.0
 
 
 class NodeError(PeerError):
@@ -237,9 +268,22 @@ class Client:
         finally:
             self._reader = None
 
+    @overload
     async def update(
-        self, key: str, type_name: str, kind: str, *args: Any, request_id: bytes | None = None
-    ) -> Operation:
+        self, key: str, type_name: str, kind: str, *args: Any, request_id: bytes | None = None,
+        level: Literal["local"] = "local", timeout: float = DEFAULT_TIMEOUT,
+    ) -> Operation: ...
+
+    @overload
+    async def update(
+        self, key: str, type_name: str, kind: str, *args: Any, request_id: bytes | None = None,
+        level: Literal["majority", "all"], timeout: float = DEFAULT_TIMEOUT,
+    ) -> Written: ...
+
+    async def update(
+        self, key: str, type_name: str, kind: str, *args: Any, request_id: bytes | None = None,
+        level: Level = "local", timeout: float = DEFAULT_TIMEOUT,
+    ) -> Operation | Written:
         """Apply an update of a built-in type at the node (for example
         ``update("hits", "GCounter", "increment", 2)``); returns it as logged,
         once the node's store committed it.
@@ -251,25 +295,60 @@ class Client:
         the update or could not commit it ("not applied": nothing of it is
         visible anywhere, and a retry with the same id may apply it).
 
-        Cost: a round trip and the node's commit."""
+        ``level`` ``"majority"`` or ``"all"``: it returns, as a
+        :class:`Written`, once that many of the node's current members hold
+        the update, or after ``timeout`` seconds (up to 600) with what was
+        reached; the update is durable at the node either way and spreads
+        on by gossip.
+
+        Cost: a round trip and the node's commit (and, with a level, the
+        node's push to the members and their acknowledgements)."""
         type_name, kind, items = check_update(type_name, kind, list(args))
         if request_id is None:
             self._ids += 1
             request_id = self._prefix + self._ids.to_bytes(8, "big")
-        replica, counter, observed, delta = await self._call(
-            "update", key, type_name, kind, items, request_id
-        )
+        fields: list[object] = [key, type_name, kind, items, request_id]
+        if level != "local":
+            fields += [check_level(level), _milliseconds(timeout)]
+        out = await self._call("update", *fields)
+        replica, counter, observed, delta = out[:4]
         if type(delta) is not bytes:
             raise DecodeError("an update's delta is bytes")
         dot = (expect_replica(replica, "dot"), expect_uint(counter, "dot", 1))
         context = DotRanges.from_payload(observed, "observed")
-        return Operation(key, type_name, kind, tuple(items), dot, context, codec.decode(delta))
+        op = Operation(key, type_name, kind, tuple(items), dot, context, codec.decode(delta))
+        if level == "local":
+            return op
+        if len(out) != 5:
+            raise DecodeError("an update at a level is answered with how far it spread")
+        return Written(op, Reached.from_payload(out[4]))
 
-    async def get(self, key: str) -> CRDT | None:
+    @overload
+    async def get(self, key: str, *, level: Literal["local"] = "local",
+                  timeout: float = DEFAULT_TIMEOUT) -> CRDT | None: ...
+
+    @overload
+    async def get(self, key: str, *, level: Literal["majority", "all"],
+                  timeout: float = DEFAULT_TIMEOUT) -> Gathered: ...
+
+    async def get(self, key: str, *, level: Level = "local", timeout: float = DEFAULT_TIMEOUT
+                  ) -> CRDT | Gathered | None:
         """A copy of the state under ``key`` at the node, or None.
-        Cost: a round trip and the state's size."""
-        entry = await self.entry(key)
-        return None if entry is None else entry.state
+
+        ``level`` ``"majority"`` or ``"all"``: the node first gathers the
+        key's state from that many of its current members (waiting at most
+        ``timeout`` seconds) and merges it into its own; returns a
+        :class:`Gathered` with the merged state and how far it got.
+
+        Cost: a round trip and the state's size (with a level, plus one
+        round trip from the node to each member)."""
+        if level == "local":
+            entry = await self.entry(key)
+            return None if entry is None else entry.state
+        held, _, reached = await self._call("get", key, check_level(level), _milliseconds(timeout))
+        if held is not None and type(held) is not bytes:
+            raise DecodeError("a state is bytes")
+        return Gathered(None if held is None else codec.decode(held), Reached.from_payload(reached))
 
     async def entry(self, key: str) -> Entry | None:
         """The state under ``key`` at the node with the dots of the operations
@@ -352,6 +431,12 @@ class Client:
                 raise DecodeError("frames are bytes")
             frames[expect_replica(source, "source")] = tuple(listed)  # type: ignore[arg-type]
         return LocalRecording(LocalState.from_bytes(state), frames)
+
+
+def _milliseconds(timeout: float) -> int:
+    if not 0 <= timeout <= 600:
+        raise ValueError(f"a level's timeout is 0 to 600 seconds, not {timeout!r:.20}")
+    return round(timeout * 1000)
 
 
 async def live_snapshot(

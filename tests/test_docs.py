@@ -14,6 +14,7 @@ from crdts import base, codec
 from replication import (
     Replicator,
     auth,
+    consistency,
     dotranges,
     membership,
     messages,
@@ -58,6 +59,8 @@ CLASSES = [
     membership.Membership,
     membership.MemberNode,
     membership.MembershipSettings,
+    consistency.Quorum,
+    consistency.Reached,
 ]
 FUNCTIONS = [
     codec.encode,
@@ -98,6 +101,8 @@ FUNCTIONS = [
     tcp.connect,
     protocol.encode,
     protocol.parse,
+    consistency.check_level,
+    consistency.needed,
 ]
 # Wire and generic-protocol plumbing: documented, but an example would only
 # repeat the codec's.
