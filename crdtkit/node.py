@@ -63,8 +63,8 @@ from typing import NamedTuple
 from crdtkit import protocol
 from crdts import codec
 from crdts.base import expect_list
-from crdts.errors import CRDTError, DecodeError
-from replication.history import History, TypeSpec, check_update
+from crdts.errors import CRDTError, DecodeError, InvalidOperation
+from crdts.operations import operations_of
 from replication.membership import (
     MemberEvent,
     MemberNode,
@@ -452,10 +452,10 @@ class NodeService:
 
     def _stage(self, batch: Staged, request: _Request) -> tuple[bytes, list[object]]:
         """Stage one update; its answer, as kept and as sent."""
-        spec = _spec(request.type_name)
-        kind, args = request.kind, tuple(request.args)
+        cls, table = operations_of(request.type_name)
+        kind, args, clock = request.kind, request.args, self.replica.hlc
         delta, dot, observed = batch.update(
-            request.key, spec.new, lambda s, me: spec.mutate(s, me, kind, args)
+            request.key, cls, lambda s, me: table.apply(s, me, kind, args, clock)
         )
         done: list[object] = [*dot, observed.to_payload(), codec.encode(delta)]
         return codec.encode_plain([request.key, *done]), done
@@ -474,13 +474,23 @@ class NodeService:
             return waiting
         if not fresh and request_id in self._window.sizes:  # answered: read it back
             return asyncio.ensure_future(self._answered(request_id, fields))
-        type_name, kind, items = check_update(type_name, kind, args)
+        # Through the type's operation table: an operation the key's type
+        # does not take, or arguments it refuses, are answered with an error
+        # before anything is queued (staging checks the type again: gossip
+        # may bring the key meanwhile).
+        cls, table = operations_of(type_name)
+        items = list(table.validate(kind, expect_list(args, "arguments"),
+                                    max_size=self.max_state))
+        held = self.replica.get(key)
+        if held is not None and type(held) is not cls:
+            raise InvalidOperation(f"{key!r:.60} holds a {type(held).__name__}, not a {type_name}")
         done: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
         self._inflight[request_id] = done
         # Forgotten when answered, even if the client that asked has gone:
         # it is not taken out of the commit it is in.
         done.add_done_callback(lambda _: self._inflight.pop(request_id, None))
-        self._queue.append(_Request(key, type_name, kind, items, request_id, done))
+        name = table.mutator(kind).name
+        self._queue.append(_Request(key, cls.TYPE_TAG, name, items, request_id, done))
         self._wake.set()
         return done
 
@@ -676,9 +686,3 @@ def _done(request: int, answer: _Answer) -> bytes:
     if done is None:  # read back from the store: after its key
         _, *done = expect_list(codec.decode_plain(answer.fields), "answer")
     return protocol.encode("done", request, *done)
-
-
-@functools.cache
-def _spec(type_name: str) -> TypeSpec:
-    """The built-in type's spec, made once (``check_update`` named it)."""
-    return History().spec(type_name)
