@@ -52,6 +52,7 @@ import functools
 import logging
 import os
 import ssl
+import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -197,6 +198,11 @@ class NodeService:
             rng = Random(os.urandom(16))  # incarnations must not repeat across restarts
             replica = restore(stored, node_id, list(peers), rng=rng, max_state=max_state,
                               prune_after=prune_after)
+            # The runtime's time is the event loop's (monotonic); the hybrid
+            # clock's physical half is wall time, so LWW timestamps of
+            # different nodes compare.
+            replica.hlc.origin = time.time_ns() - time.monotonic_ns()
+            replica.hlc.advance(time.monotonic())
             self.node = SnapshotNode(replica, colour=self._colour(stored))
             self._advertise = advertise
             own = _text(advertise or listen)
