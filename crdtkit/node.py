@@ -489,7 +489,8 @@ class NodeService:
                                     max_size=self.max_state))
         held = self.replica.get(key)
         if held is not None and type(held) is not cls:
-            raise InvalidOperation(f"{key!r:.60} holds a {type(held).__name__}, not a {type_name}")
+            raise InvalidOperation(f"{key!r:.60} holds a {type(held).__name__}; {type_name} "
+                                   "operations do not apply to it")
         done: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
         self._inflight[request_id] = done
         # Forgotten when answered, even if the client that asked has gone:

@@ -169,4 +169,5 @@ GCounter.OPERATIONS = Operations(
     [Mutator("increment", lambda c, me, _, n: c.increment(me, n),
              (Arg("amount", check_amount, 1),))],
     _model,
+    generate=lambda rng: ("increment", (rng.randint(0, 9),)),
 )

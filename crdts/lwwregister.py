@@ -34,7 +34,7 @@ from crdts.base import (
     expect_uint,
 )
 from crdts.errors import DecodeError, InvalidOperation
-from crdts.operations import Arg, Clock, Logged, Mutator, Operations
+from crdts.operations import SAMPLE_ATOMS, Arg, Clock, Logged, Mutator, Operations
 
 __all__ = ["LWWRegister"]
 
@@ -266,4 +266,8 @@ LWWRegister.OPERATIONS = Operations(
         )
     ],
     _model,
+    # An explicit timestamp now and then: equal readings, and clocks behind.
+    generate=lambda rng: (
+        "assign", (rng.choice(SAMPLE_ATOMS), rng.choice([None, None, rng.randrange(5)]))
+    ),
 )

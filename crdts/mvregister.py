@@ -25,7 +25,7 @@ from crdts.base import (
 )
 from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError, InvalidOperation
-from crdts.operations import Arg, Logged, Mutator, Operations
+from crdts.operations import SAMPLE_ATOMS, Arg, Logged, Mutator, Operations
 
 __all__ = ["MVRegister"]
 
@@ -244,4 +244,5 @@ def _model(ops: Sequence[Logged]) -> frozenset[object]:
 MVRegister.OPERATIONS = Operations(
     [Mutator("assign", lambda r, me, _, v: r.assign(v, me), (Arg("value", check_atom),))],
     _model,
+    generate=lambda rng: ("assign", (rng.choice(SAMPLE_ATOMS),)),
 )

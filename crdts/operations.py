@@ -27,7 +27,7 @@ crdts.errors.InvalidOperation: a GCounter has no operation 'decrement' (it has: 
 >>> PNCounter.OPERATIONS.apply(c, "a", "increment", (1,))
 Traceback (most recent call last):
 ...
-crdts.errors.InvalidOperation: the key holds a GCounter, not a PNCounter
+crdts.errors.InvalidOperation: the key holds a GCounter; PNCounter operations do not apply to it
 >>> c.value
 2
 
@@ -44,6 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from random import Random
 from typing import Any, Protocol
 
 from crdts.base import CRDT, MAX_UINT
@@ -51,6 +52,7 @@ from crdts.errors import InvalidOperation, StateTooLarge
 
 __all__ = [
     "LOGICAL",
+    "SAMPLE_ATOMS",
     "Arg",
     "Clock",
     "Logged",
@@ -150,6 +152,12 @@ class Mutator:
 
 #: A type's sequential specification: the value, given the surviving operations.
 Model = Callable[[Sequence[Logged]], object]
+#: A random operation of a type, ``(name, args)``, every choice from the
+#: ``Random`` given (riak_dt's ``gen_op``): for the demo, soaks and tests.
+Generate = Callable[[Random], tuple[str, tuple[Any, ...]]]
+
+#: Few values of every atom kind, so that random adds and removes meet.
+SAMPLE_ATOMS: tuple[str | int | bytes, ...] = ("x", "y", "z", 1, 2, b"b")
 
 
 class Operations:
@@ -157,7 +165,8 @@ class Operations:
 
     ``names_replicas`` says the value names replica ids (a vector clock):
     an operation folded into an owner's by pruning then counts under the
-    owner (``replication.history``).
+    owner (``replication.history``). ``generate``, if given, draws a random
+    operation (:meth:`random`).
 
     >>> from crdts import ORSet
     >>> ORSet.OPERATIONS.names()
@@ -166,13 +175,28 @@ class Operations:
     Cost: see each method.
     """
 
-    __slots__ = ("_mutators", "model", "names_replicas")
+    __slots__ = ("_generate", "_mutators", "model", "names_replicas")
 
     def __init__(self, mutators: Iterable[Mutator], model: Model, *,
-                 names_replicas: bool = False) -> None:
+                 names_replicas: bool = False, generate: Generate | None = None) -> None:
         self._mutators = {m.name: m for m in mutators}
         self.model = model
         self.names_replicas = names_replicas
+        self._generate = generate
+
+    def random(self, rng: Random) -> tuple[str, tuple[Any, ...]]:
+        """A random operation ``(name, args)`` drawn from ``rng``; ValueError
+        if the type declares no generator.
+
+        >>> from crdts import PNCounter
+        >>> PNCounter.OPERATIONS.random(Random(3))
+        ('increment', (9,))
+
+        Cost: the generator's, O(1) for the built-in types.
+        """
+        if self._generate is None:
+            raise ValueError(f"{self._owner()} declares no generator of operations")
+        return self._generate(rng)
 
     def names(self) -> list[str]:
         """The operations' names, sorted. Cost: O(n log n)."""
@@ -251,7 +275,10 @@ class Operations:
         Cost: :meth:`validate` plus the mutator's.
         """
         if getattr(type(state), "OPERATIONS", None) is not self:
-            raise InvalidOperation(f"the key holds a {type(state).__name__}, not a {self._owner()}")
+            raise InvalidOperation(
+                f"the key holds a {type(state).__name__}; {self._owner()} operations do not "
+                "apply to it"
+            )
         checked = self.validate(name, args, max_size=max_size)
         delta: CRDT = self._mutators[name].method(state, replica, clock, *checked)
         return delta

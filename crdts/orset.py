@@ -60,7 +60,7 @@ from crdts.base import (
 )
 from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError, InvalidOperation
-from crdts.operations import Arg, Logged, Mutator, Operations
+from crdts.operations import SAMPLE_ATOMS, Arg, Logged, Mutator, Operations
 
 __all__ = ["ORSet"]
 
@@ -639,4 +639,5 @@ ORSet.OPERATIONS = Operations(
         Mutator("remove", lambda s, _me, _, x: s.remove(x), _ELEMENT),
     ],
     _model,
+    generate=lambda rng: (rng.choice(["add", "add", "remove"]), (rng.choice(SAMPLE_ATOMS),)),
 )

@@ -169,4 +169,5 @@ PNCounter.OPERATIONS = Operations(
         Mutator("decrement", lambda c, me, _, n: c.decrement(me, n), _AMOUNT),
     ],
     _model,
+    generate=lambda rng: (rng.choice(["increment", "decrement"]), (rng.randint(0, 9),)),
 )

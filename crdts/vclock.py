@@ -223,5 +223,8 @@ def _model(ops: Sequence[Logged]) -> dict[str, int]:
 # Its value names replicas: an operation folded into an owner's by pruning
 # counts under the owner.
 VectorClock.OPERATIONS = Operations(
-    [Mutator("increment", lambda v, me, _: v.increment(me))], _model, names_replicas=True
+    [Mutator("increment", lambda v, me, _: v.increment(me))],
+    _model,
+    names_replicas=True,
+    generate=lambda _: ("increment", ()),
 )

@@ -369,28 +369,17 @@ def expected(type_name: str, ops: Sequence[Operation]) -> object:
         raise ValueError(f"no specification for {type_name}") from None
 
 
-_ELEMENTS = ("x", "y", "z", 1, 2, b"b")
-
-
-def random_operation(rng: random.Random, keys: int = 3) -> tuple[str, str, str, tuple[Any, ...]]:
-    """A random ``(key, type name, kind, args)`` over every built-in type, on
-    one of ``keys`` keys per type; the key names its type, so a key's type
-    never changes."""
-    type_name = rng.choice(sorted(TYPES))
+def random_operation(
+    rng: random.Random, keys: int = 3, types: Sequence[str] = ()
+) -> tuple[str, str, str, tuple[Any, ...]]:
+    """A random ``(key, type name, kind, args)`` over ``types`` (by default
+    every built-in type), drawn by each type's table (``Operations.random``)
+    on one of ``keys`` keys per type; the key names its type, so a key's
+    type never changes. Cost: O(len(types) log len(types))."""
+    type_name = rng.choice(sorted(types or TYPES))
     key = f"{type_name}-{rng.randrange(keys)}"
-    element = rng.choice(_ELEMENTS)
-    if type_name == "GCounter":
-        return key, type_name, "increment", (rng.randint(0, 9),)
-    if type_name == "PNCounter":
-        return key, type_name, rng.choice(["increment", "decrement"]), (rng.randint(0, 9),)
-    if type_name == "ORSet":
-        return key, type_name, rng.choice(["add", "add", "remove"]), (element,)
-    if type_name == "LWWRegister":
-        timestamp = rng.choice([None, None, rng.randrange(5)])
-        return key, type_name, "assign", (element, timestamp)
-    if type_name == "MVRegister":
-        return key, type_name, "assign", (element,)
-    return key, type_name, "increment", ()
+    kind, args = operations_of(type_name)[1].random(rng)
+    return key, type_name, kind, args
 
 
 # -- a user's own types --------------------------------------------------------------

@@ -9,6 +9,7 @@ every node test of the module; it is stopped at the end."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from random import Random
@@ -19,13 +20,12 @@ import pytest
 import crdts.lwwregister
 from crdtkit.client import Client, NodeError
 from crdtkit.cluster import LocalCluster
-from crdts import GCounter, LWWRegister, MVRegister, ORSet, PNCounter, VectorClock, codec
+from crdts import CRDT, GCounter, LWWRegister, MVRegister, ORSet, PNCounter, VectorClock, codec
 from crdts.errors import InvalidOperation
 from crdts.operations import LOGICAL, Operations, operations_of
 from replication import Replicator
 from replication.history import TYPES, History
 from tests.crashkit import client_of
-from tests.usertype import GSet
 
 SURROGATE = "x\ud800y"
 
@@ -167,7 +167,20 @@ def test_default_lww_timestamps_come_from_the_replicators_clock() -> None:
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+def gset() -> Iterator[type[CRDT]]:
+    """The user's type, registered in this process (to decode what the node
+    sends) for this module's tests only: other tests see the built-in
+    registry, whatever order they run in."""
+    module = importlib.import_module("tests.usertype")  # it registers itself
+    cls: type[CRDT] = module.GSet
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(codec._REGISTRY, cls.TYPE_TAG, cls)
+        yield cls
+    codec._REGISTRY.pop(cls.TYPE_TAG, None)
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory, gset: type[CRDT]) -> Iterator[LocalCluster]:
     cluster = LocalCluster(1, tmp_path_factory.mktemp("node"),
                            options=["--import", "tests.usertype"])
     cluster.start()
@@ -233,7 +246,7 @@ def test_observation_3_a_timestamp_far_ahead_is_refused_at_the_node(node: LocalC
     _with_client(node, work)
 
 
-def test_a_users_own_type_runs_through_a_node(node: LocalCluster) -> None:
+def test_a_users_own_type_runs_through_a_node(node: LocalCluster, gset: type[CRDT]) -> None:
     async def work(client: Client) -> None:
         h = History()
         for element in ("x", "y", "x"):
@@ -243,8 +256,8 @@ def test_a_users_own_type_runs_through_a_node(node: LocalCluster) -> None:
         with pytest.raises(NodeError, match="holds a GSet"):
             await client.update("tags", "ORSet", "add", "z")
         entry = await client.entry("tags")
-        assert entry is not None and isinstance(entry.state, GSet)
-        assert entry.state.value == {"x", "y"}
+        assert entry is not None and isinstance(entry.state, gset)
+        assert entry.state.value == {"x", "y"}  # type: ignore[attr-defined]
         assert h.problems_of(lambda key: entry if key == "tags" else None) == []
 
     _with_client(node, work)

@@ -1,10 +1,9 @@
 """A user's own CRDT, as a user would write it: a grow-only set of strings
 registered with the codec and declaring its operations, nothing else. The
 node serves it with ``crdtkit node --import tests.usertype``; nothing outside
-this module knows it (tests/test_operations.py).
-
->>> s = GSet(); _ = s.add("x"); sorted(s.value)
-['x']
+this module knows it (tests/test_operations.py, which registers it in its
+own process for its own tests only; tests/conftest.py keeps pytest from
+importing it to collect doctests).
 """
 
 from __future__ import annotations
