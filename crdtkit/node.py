@@ -430,14 +430,25 @@ class NodeService:
         with its answer. A key's row is encoded once per batch; if one comes
         out over ``max_state``, the batch is staged again an update at a time
         (its dots are not reused) so only the updates that grow a key too far
-        are refused."""
+        are refused. A type's own code that fails otherwise (a user's type
+        with a bug) may have changed the batch's copy half-way: that update
+        is answered "failed" and the rest are staged again without it."""
         batch = self.replica.stage()
         staged = []
+        broken = False
         for request in requests:
             try:
                 staged.append((request, self._stage(batch, request)))
             except (CRDTError, ValueError, TypeError) as exc:
                 request.done.set_result(_Answer(False, f"refused: {exc}".encode()))
+            except Exception as exc:
+                log.exception("%s: %s.%s failed on %r", self.replica.node_id,
+                              request.type_name, request.kind, request.key)
+                request.done.set_result(_Answer(False, f"failed: {exc!r}"[:500].encode()))
+                broken = True
+        if broken:
+            self.replica.discard(batch)
+            return self._stage_all([request for request, _ in staged])
         rows = {key: encode_row(batch.entry(key)) for key in batch.keys()}  # noqa: SIM118 (a list, not a dict)
         if all(len(row) <= self.max_state for row in rows.values()):
             return batch, rows, staged

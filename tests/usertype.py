@@ -9,7 +9,7 @@ importing it to collect doctests).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, Self
 
 from crdts import codec
 from crdts.base import check_text, expect_list
@@ -41,10 +41,10 @@ class GSet:
     def __init__(self) -> None:
         self._items: set[str] = set()
 
-    def add(self, element: str) -> GSet:
+    def add(self, element: str) -> Self:
         _element(element)
         self._items.add(element)
-        delta = GSet()
+        delta = type(self)()
         delta._items = {element}
         return delta
 
@@ -52,25 +52,25 @@ class GSet:
     def value(self) -> frozenset[str]:
         return frozenset(self._items)
 
-    def merge(self, other: GSet) -> None:
-        if type(other) is not GSet:
-            raise TypeError(f"cannot merge {type(other).__name__} into GSet")
+    def merge(self, other: Self) -> None:
+        if type(other) is not type(self):
+            raise TypeError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
         self._items |= other._items
 
-    def copy(self) -> GSet:
-        out = GSet()
+    def copy(self) -> Self:
+        out = type(self)()
         out._items = set(self._items)
         return out
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is GSet and self._items == other._items
+        return type(other) is type(self) and self._items == other._items
 
     def to_payload(self) -> list[object]:
         items = sorted(self._items, key=_canonical)
         return list(items)
 
     @classmethod
-    def from_payload(cls, payload: object, version: int) -> GSet:
+    def from_payload(cls, payload: object, version: int) -> Self:
         items = expect_list(payload, "GSet")
         if version != 1 or not all(type(x) is str for x in items):
             raise DecodeError("GSet: version 1, an array of str")
@@ -86,5 +86,25 @@ def _model(ops: Sequence[Logged]) -> frozenset[str]:
 
 
 GSet.OPERATIONS = Operations(
+    [Mutator("add", lambda s, _me, _clock, x: s.add(x), (Arg("element", _element),))], _model
+)
+
+
+@codec.register
+class BrokenGSet(GSet):
+    """A planted bug, for the node's sake: ``add("boom")`` changes the state
+    and then raises something no type should (the node must answer it,
+    keep serving, and keep nothing of it)."""
+
+    TYPE_TAG: ClassVar[str] = "example.BrokenGSet"
+
+    def add(self, element: str) -> Self:
+        delta = super().add(element)
+        if element == "boom":
+            raise RuntimeError("a bug in a user's type")
+        return delta
+
+
+BrokenGSet.OPERATIONS = Operations(
     [Mutator("add", lambda s, _me, _clock, x: s.add(x), (Arg("element", _element),))], _model
 )
