@@ -122,7 +122,7 @@ from sortedcontainers import SortedList
 from crdts import codec
 from crdts.base import CRDT, Prunable, check_replica, check_text
 from crdts.dotcontext import CausalContext
-from crdts.errors import DecodeError, StateTooLarge
+from crdts.errors import DecodeError, InvalidOperation, StateTooLarge
 from crdts.vclock import VectorClock
 from replication.dotranges import DotRanges
 from replication.hlc import DEFAULT_MAX_OFFSET, HybridClock
@@ -166,6 +166,16 @@ def _prunable(state: CRDT) -> TypeGuard[Prunable]:
     # (An isinstance check against a runtime protocol walks its attributes
     # on every call; this is on the merge path of every marked key.)
     return callable(getattr(state, "cleanup", None)) and callable(getattr(state, "prune", None))
+
+
+def _check_kind(key: str, held: CRDT | None, new: Callable[[], CRDT]) -> None:
+    # An update made for one type never runs on a key of another (a
+    # PN-Counter's increment would run on a G-Counter and be acknowledged):
+    # when the caller names the type by its class, it must be the key's.
+    if held is not None and isinstance(new, type) and type(held) is not new:
+        raise InvalidOperation(
+            f"{key!r:.60} holds a {type(held).__name__}, not a {new.__name__}"
+        )
 
 
 def _mark(key: str, hi_dot: int) -> int:
@@ -655,7 +665,9 @@ class Replicator:
         """Apply ``mutate(state, replica_id)`` to the state under ``key``
         (created empty with ``new()`` if absent) and record the delta it returns.
 
-        If ``mutate`` raises, nothing changes and the error propagates.
+        If ``mutate`` raises, nothing changes and the error propagates. If
+        ``new`` is a class and the key holds another type, InvalidOperation
+        is raised before ``mutate`` runs.
 
         >>> from crdts import PNCounter
         >>> r = Replicator("a", [], rng=Random(1))
@@ -670,6 +682,7 @@ class Replicator:
         if self._staged is not None:
             raise RuntimeError("updates are staged: apply or discard them first")
         held = self._states.get(key)
+        _check_kind(key, held, new)
         state: C = new() if held is None else held  # type: ignore[assignment]
         delta = mutate(state, self._replica)
         if type(delta) is not type(state):
@@ -1579,9 +1592,11 @@ class Staged:
         state = self._states.get(key)
         if state is None:
             held = replica._states.get(key)
+            _check_kind(key, held, new)
             state = new() if held is None else held.copy()
             ops = DotRanges() if held is None else replica._ops[key].copy()
         else:
+            _check_kind(key, state, new)
             ops = self._ops[key]
         typed: C = state  # type: ignore[assignment]
         delta = mutate(typed, replica._replica)

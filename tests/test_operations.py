@@ -282,3 +282,19 @@ def test_a_bug_in_a_users_type_fails_its_update_only(node: LocalCluster) -> None
         assert isinstance(other, GCounter) and other.value == 3
 
     _with_client(node, work)
+
+
+def test_the_replicator_refuses_an_update_made_for_another_type() -> None:
+    r = Replicator("a", [], rng=Random(1))
+    r.update("hits", GCounter, lambda c, me: c.increment(me, 2))
+    with pytest.raises(InvalidOperation, match="holds a GCounter, not a PNCounter"):
+        r.update("hits", PNCounter, lambda c, me: c.increment(me))
+    batch = r.stage()
+    with pytest.raises(InvalidOperation, match="holds a GCounter, not a VectorClock"):
+        batch.update("hits", VectorClock, lambda v, me: v.increment(me))
+    batch.update("hits", GCounter, lambda c, me: c.increment(me))
+    with pytest.raises(InvalidOperation, match="holds a GCounter, not a PNCounter"):
+        batch.update("hits", PNCounter, lambda c, me: c.increment(me))
+    r.apply(batch)
+    hits = r.get("hits")
+    assert isinstance(hits, GCounter) and hits.value == 3
