@@ -84,6 +84,7 @@ def serve(args: argparse.Namespace, err: TextIO) -> int:
     except StoreError as exc:
         print(f"crdtkit node: {exc}", file=err)
         return 2
+    service.replica.hlc.max_offset = round(args.max_offset * 1e9)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -184,7 +184,7 @@ def gset() -> Iterator[type[CRDT]]:
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, gset: type[CRDT]) -> Iterator[LocalCluster]:
     cluster = LocalCluster(1, tmp_path_factory.mktemp("node"),
-                           options=["--import", "tests.usertype"])
+                           options=["--import", "tests.usertype", "--max-offset", "2"])
     cluster.start()
     try:
         yield cluster
@@ -238,7 +238,9 @@ def test_observation_3_a_timestamp_far_ahead_is_refused_at_the_node(node: LocalC
     async def work(client: Client) -> None:
         with pytest.raises(NodeError, match="ahead of this replica's clock"):
             await client.update("reg", "LWWRegister", "assign", "frozen", 2**64 - 1)
-        now = await client.update("reg", "LWWRegister", "assign", "now", time.time_ns())
+        with pytest.raises(NodeError, match="at most 2000000000 allowed"):  # --max-offset 2
+            await client.update("reg", "LWWRegister", "assign", "ahead", time.time_ns() + 10**10)
+        now = await client.update("reg", "LWWRegister", "assign", "now", time.time_ns() + 10**9)
         later = await client.update("reg", "LWWRegister", "assign", "later")
         assert isinstance(now.delta, LWWRegister) and isinstance(later.delta, LWWRegister)
         assert (later.delta.timestamp or 0) > (now.delta.timestamp or 0)
