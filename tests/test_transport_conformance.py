@@ -72,6 +72,11 @@ def nats(server: NatsServer) -> Connected:
     )
     loop.run_until_complete(a.start())
     loop.run_until_complete(b.start())
+    # A round trip on each connection once both have subscribed: else the
+    # server may route a's first publish with the interest it had before b
+    # subscribed (core NATS is at most once; nats-io/nats-server#5677).
+    loop.run_until_complete(a.connection.flush())
+    loop.run_until_complete(b.connection.flush())
     return on_loop(a, b, loop)
 
 
