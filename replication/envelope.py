@@ -201,7 +201,13 @@ class Envelope:
 
     @property
     def boot(self) -> bytes:
-        """This node's boot nonce. Cost: O(1)."""
+        """This node's boot nonce.
+
+        >>> Envelope("a", bytes(16), cluster="c", boot=bytes(16)).boot == bytes(16)
+        True
+
+        Cost: O(1).
+        """
         return self._boot
 
     @property
@@ -229,6 +235,10 @@ class Envelope:
         """The envelope of ``body`` for ``receiver``, with the next sequence
         number. ValueError for a receiver that is not a usable node id.
 
+        >>> a = Envelope("a", bytes(16), cluster="c")
+        >>> len(a.seal("b", b"body")) == a.overhead("b") + 4
+        True
+
         Cost: one HMAC over the frame.
         """
         to = _name(receiver, "receiver")
@@ -248,6 +258,14 @@ class Envelope:
         that it is taken in once; :class:`EnvelopeRefused` otherwise, with
         nothing remembered. ``max_size`` bounds the whole frame and is
         checked first.
+
+        >>> a, b = Envelope("a", bytes(16), cluster="c"), Envelope("b", bytes(16), cluster="c")
+        >>> b.open(a.seal("b", b"x"))
+        ('a', b'x')
+        >>> b.open(a.seal("b", bytes(100)), max_size=64)
+        Traceback (most recent call last):
+        ...
+        replication.envelope.EnvelopeRefused: oversize: 161 bytes, over the limit of 64
 
         Cost: one HMAC over the frame, when it gets that far.
         """

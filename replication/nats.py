@@ -127,7 +127,13 @@ class NatsStats:
 
     @property
     def refusals(self) -> int:
-        """Arrived frames refused for any reason. Cost: O(1)."""
+        """Arrived frames refused for any reason.
+
+        >>> NatsStats(oversize=1, refused=1).refusals
+        2
+
+        Cost: O(1).
+        """
         return (
             self.oversize + self.malformed + self.forged + self.misaddressed
             + self.impersonating + self.replayed + self.refused
@@ -209,36 +215,86 @@ class NatsEndpoint:
 
     @property
     def node_id(self) -> str:
-        """This endpoint's node id. Cost: O(1)."""
+        """This endpoint's node id.
+
+        >>> endpoint = NatsEndpoint("a", bytes(16), servers=["nats://127.0.0.1:4222"],
+        ...                         cluster="demo", rng=Random(1))
+        >>> endpoint.node_id
+        'a'
+
+        Cost: O(1).
+        """
         return self._node
 
     @property
     def cluster(self) -> str:
-        """The cluster's name. Cost: O(1)."""
+        """The cluster's name.
+
+        >>> endpoint = NatsEndpoint("a", bytes(16), servers=["nats://127.0.0.1:4222"],
+        ...                         cluster="demo", rng=Random(1))
+        >>> endpoint.cluster
+        'demo'
+
+        Cost: O(1).
+        """
         return self._cluster
 
     def subject(self, kind: str, node_id: str) -> str:
         """:func:`subject` in this endpoint's cluster: ``subject("node", id)``
-        is where node ``id`` takes frames. Cost: O(len(node_id))."""
+        is where node ``id`` takes frames.
+
+        >>> endpoint = NatsEndpoint("a", bytes(16), servers=["nats://127.0.0.1:4222"],
+        ...                         cluster="demo", rng=Random(1))
+        >>> endpoint.subject("node", "b"), endpoint.subject("client", "a")
+        ('crdtkit.demo.node.b', 'crdtkit.demo.client.a')
+
+        Cost: O(len(node_id)).
+        """
         return subject(self._cluster, kind, node_id)
 
     @property
     def max_payload(self) -> int:
         """The largest envelope sent or taken in: the server's ``max_payload``
         once connected (1 MiB before), lowered by the ``max_payload`` asked
-        for. Cost: O(1)."""
+        for.
+
+        >>> endpoint = NatsEndpoint("a", bytes(16), servers=["nats://127.0.0.1:4222"],
+        ...                         cluster="demo", rng=Random(1))
+        >>> endpoint.max_payload                    # before start: the default
+        1048576
+
+        Cost: O(1).
+        """
         return self._max_payload
 
     @property
     def max_frame(self) -> int:
         """The largest frame :meth:`send` carries, whatever the node ids:
-        :attr:`max_payload` less the largest envelope overhead. Cost: O(1)."""
+:attr:`max_payload` less the largest envelope overhead.
+
+        >>> endpoint = NatsEndpoint("a", bytes(16), servers=["nats://127.0.0.1:4222"],
+        ...                         cluster="demo", rng=Random(1))
+        >>> endpoint.max_frame
+        1048007
+
+        Cost: O(1).
+        """
         return self._max_payload - MAX_OVERHEAD
 
     @property
     def connection(self) -> Client:
         """The connected NATS client, for the application's own subjects
-        (request/reply). RuntimeError before :meth:`start`. Cost: O(1)."""
+        (request/reply). RuntimeError before :meth:`start`.
+
+        >>> endpoint = NatsEndpoint("a", bytes(16), servers=["nats://127.0.0.1:4222"],
+        ...                         cluster="demo", rng=Random(1))
+        >>> endpoint.connection
+        Traceback (most recent call last):
+        ...
+        RuntimeError: the endpoint is not started
+
+        Cost: O(1).
+        """
         if self._nc is None:
             raise RuntimeError("the endpoint is not started")
         return self._nc
@@ -246,7 +302,14 @@ class NatsEndpoint:
     @property
     def boot(self) -> bytes:
         """This start's boot nonce (it changes with every new endpoint).
-        Cost: O(1)."""
+
+        >>> endpoint = NatsEndpoint("a", bytes(16), servers=["nats://127.0.0.1:4222"],
+        ...                         cluster="demo", rng=Random(1))
+        >>> len(endpoint.boot)
+        16
+
+        Cost: O(1).
+        """
         return self._envelope.boot
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -255,7 +318,14 @@ class NatsEndpoint:
         """Connect, read the server's ``max_payload`` and subscribe to this
         node's subject. Raises what ``nats.connect`` raises when no server
         can be reached (``nats.errors.NoServersError``, ``OSError``,
-        ``TimeoutError``). Cost: a connection handshake and a flush."""
+        ``TimeoutError``).
+
+        >>> endpoint = NatsEndpoint("a", bytes(16), servers=["nats://127.0.0.1:4222"],
+        ...                         cluster="demo", rng=Random(1))
+        >>> asyncio.run(endpoint.start())   # doctest: +SKIP
+
+        Cost: a connection handshake and a flush.
+        """
         if self._nc is not None or self._closed:
             raise RuntimeError("an endpoint starts once")
         options: dict[str, Any] = {
@@ -277,7 +347,15 @@ class NatsEndpoint:
 
     async def close(self) -> None:
         """Send what is queued (for at most a second), unsubscribe and
-        disconnect. Idempotent. Cost: O(queued frames)."""
+        disconnect. Idempotent.
+
+        >>> endpoint = NatsEndpoint("a", bytes(16), servers=["nats://127.0.0.1:4222"],
+        ...                         cluster="demo", rng=Random(1))
+        >>> asyncio.run(endpoint.close()); endpoint.send("b", b"x"); endpoint.stats.dropped
+        1
+
+        Cost: O(queued frames).
+        """
         if self._closed:
             return
         self._closed = True
@@ -304,7 +382,16 @@ class NatsEndpoint:
         """Seal ``frame`` for ``destination`` and queue it for publishing;
         never blocks or raises (a closed endpoint, a frame over
         :attr:`max_frame`, a name that cannot be an id or a full outbox drop
-        it, counted). Cost: one HMAC over the frame."""
+        it, counted).
+
+        >>> endpoint = NatsEndpoint("a", bytes(16), servers=["nats://127.0.0.1:4222"],
+        ...                         cluster="demo", rng=Random(1))
+        >>> endpoint.send("b", b"x")   # not started: dropped, counted
+        >>> endpoint.stats.dropped
+        1
+
+        Cost: one HMAC over the frame.
+        """
         if self._closed or self._wakeup is None:
             self.stats.dropped += 1
             return
@@ -325,7 +412,15 @@ class NatsEndpoint:
 
     def receive(self) -> list[tuple[str, bytes]]:
         """The frames that arrived since the last call (when there is no
-        ``on_frame``). Cost: O(frames)."""
+        ``on_frame``).
+
+        >>> endpoint = NatsEndpoint("a", bytes(16), servers=["nats://127.0.0.1:4222"],
+        ...                         cluster="demo", rng=Random(1))
+        >>> endpoint.receive()
+        []
+
+        Cost: O(frames).
+        """
         out, self._inbox = self._inbox, []
         return out
 

@@ -91,7 +91,21 @@ class NodeRuntime(Generic[T]):
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until ``stop`` is set, then close the endpoint.
-        Cost: one tick per interval."""
+
+        >>> async def demo():
+        ...     from random import Random
+        ...     from replication.replicator import Replicator
+        ...     from replication.simnet import SimulatedNetwork
+        ...     endpoint = SimulatedNetwork(seed=0).endpoint("a")
+        ...     runtime = NodeRuntime(Replicator("a", [], rng=Random(1)), endpoint)
+        ...     stop = asyncio.Event(); stop.set()
+        ...     await runtime.run(stop)   # set already: one tick, then close
+        ...     return endpoint.receive()
+        >>> asyncio.run(demo())
+        []
+
+        Cost: one tick per interval.
+        """
         loop = asyncio.get_running_loop()
         try:
             while not stop.is_set():

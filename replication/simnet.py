@@ -617,7 +617,12 @@ class SimulatedEndpoint:
 
     async def start(self) -> None:
         """Nothing to do: the endpoint is on the network from its creation.
-        Cost: O(1)."""
+
+        >>> import asyncio
+        >>> asyncio.run(SimulatedNetwork(seed=0).endpoint("a").start())
+
+        Cost: O(1).
+        """
 
     async def close(self) -> None:
         """Leave the network: frames to this node id are dropped as
