@@ -48,10 +48,11 @@ from crdtkit import protocol
 from crdts import codec
 from crdts.base import CRDT, expect_list, expect_replica, expect_uint
 from crdts.errors import DecodeError, PeerError
+from crdts.operations import operations_of
 from replication.auth import AuthError
 from replication.consistency import Level, Reached, check_level
 from replication.dotranges import DotRanges
-from replication.history import Operation, check_update
+from replication.history import Operation
 from replication.messages import Entry
 from replication.tcp import Channel, KeyRefused, Limits, NotAdmitted, PeerClosed, connect
 from snapshot.cut import GlobalSnapshot, LocalState, SnapshotId
@@ -284,9 +285,11 @@ class Client:
         self, key: str, type_name: str, kind: str, *args: Any, request_id: bytes | None = None,
         level: Level = "local", timeout: float = DEFAULT_TIMEOUT,
     ) -> Operation | Written:
-        """Apply an update of a built-in type at the node (for example
-        ``update("hits", "GCounter", "increment", 2)``); returns it as logged,
-        once the node's store committed it.
+        """Apply an operation of a type registered with ``crdts.codec`` at
+        the node (for example ``update("hits", "GCounter", "increment", 2)``);
+        returns it as logged, once the node's store committed it. Its
+        arguments are checked here first, by the type's operation table
+        (``crdts.operations``): InvalidOperation, and nothing is sent.
 
         ``request_id`` (1 to 64 bytes; a fresh unique one if not given) makes
         a retry safe: calling again with the same id, on this connection or
@@ -303,7 +306,7 @@ class Client:
 
         Cost: a round trip and the node's commit (and, with a level, the
         node's push to the members and their acknowledgements)."""
-        type_name, kind, items = check_update(type_name, kind, list(args))
+        items = list(operations_of(type_name)[1].validate(kind, args))
         if request_id is None:
             self._ids += 1
             request_id = self._prefix + self._ids.to_bytes(8, "big")

@@ -120,10 +120,11 @@ from typing import Any, TypeGuard, TypeVar
 from sortedcontainers import SortedList
 
 from crdts import codec
-from crdts.base import CRDT, Prunable, check_replica
+from crdts.base import CRDT, Prunable, check_replica, check_text
 from crdts.dotcontext import CausalContext
-from crdts.errors import DecodeError, StateTooLarge
+from crdts.errors import DecodeError, InvalidOperation, StateTooLarge
 from replication.dotranges import DotRanges
+from replication.hlc import DEFAULT_MAX_OFFSET, HybridClock
 from replication.messages import (
     DEFAULT_FRAME,
     HELD,
@@ -187,6 +188,16 @@ def _prunable(state: CRDT) -> TypeGuard[Prunable]:
     # (An isinstance check against a runtime protocol walks its attributes
     # on every call; this is on the merge path of every marked key.)
     return callable(getattr(state, "cleanup", None)) and callable(getattr(state, "prune", None))
+
+
+def _check_kind(key: str, held: CRDT | None, new: Callable[[], CRDT]) -> None:
+    # An update made for one type never runs on a key of another (a
+    # PN-Counter's increment would run on a G-Counter and be acknowledged):
+    # when the caller names the type by its class, it must be the key's.
+    if held is not None and isinstance(new, type) and type(held) is not new:
+        raise InvalidOperation(
+            f"{key!r:.60} holds a {type(held).__name__}, not a {new.__name__}"
+        )
 
 
 def _mark(key: str, hi_dot: int) -> int:
@@ -304,6 +315,7 @@ class Replicator:
         piece_timeout: float = 30.0,
         prune_after: float = 300.0,
         marker_ttl: float = 21_600.0,
+        max_offset: int = DEFAULT_MAX_OFFSET,
     ) -> None:
         """A replica for node ``node_id`` gossiping with ``peers`` (node ids).
 
@@ -322,6 +334,9 @@ class Replicator:
         ``marker_ttl`` how old a store a member may restart from). The
         defaults, 5 minutes and 6 hours in a node's seconds, are Akka's
         ``max-pruning-dissemination`` and ``pruning-marker-time-to-live``.
+        The replica's hybrid logical clock (:attr:`hlc`) is fed the time
+        given to :meth:`tick` and :meth:`receive`; an explicit LWW timestamp
+        more than ``max_offset`` nanoseconds ahead of it is refused.
         """
         check_replica(node_id)
         if fanout < 1 or chunk_size < 1 or log_limit < 1:
@@ -366,6 +381,7 @@ class Replicator:
         self._asking: dict[str, float] = {}  # retired id -> since when peers are asked
         self._gone: dict[str, float | None] = {}  # pruned ids: markers kept until ttl
         self._spread: set[str] = set()  # members to open with after a pruning
+        self._hlc = HybridClock(max_offset=max_offset)
         # Consistency levels (docs/consistency.md): who waits for acks and
         # answers, and the number of this incarnation's last read.
         self._ack_hooks: list[AckHook] = []
@@ -384,6 +400,21 @@ class Replicator:
         Cost: O(1).
         """
         return self._node
+
+    @property
+    def hlc(self) -> HybridClock:
+        """This replica's hybrid logical clock (``replication.hlc``): what
+        default LWW timestamps are read from, fed by the time given to
+        :meth:`tick` and :meth:`receive`. Operations dispatched through a
+        type's table (``crdts.operations``) are handed it.
+
+        >>> r = Replicator("a", [], rng=Random(1)); _ = r.tick(2.0)
+        >>> r.hlc.timestamp(None)
+        2000000000
+
+        Cost: O(1).
+        """
+        return self._hlc
 
     @property
     def replica_id(self) -> str:
@@ -652,7 +683,9 @@ class Replicator:
         """Apply ``mutate(state, replica_id)`` to the state under ``key``
         (created empty with ``new()`` if absent) and record the delta it returns.
 
-        If ``mutate`` raises, nothing changes and the error propagates.
+        If ``mutate`` raises, nothing changes and the error propagates. If
+        ``new`` is a class and the key holds another type, InvalidOperation
+        is raised before ``mutate`` runs.
 
         >>> from crdts import PNCounter
         >>> r = Replicator("a", [], rng=Random(1))
@@ -663,9 +696,11 @@ class Replicator:
         """
         if type(key) is not str:
             raise TypeError("keys are str")
+        check_text(key, "a key")
         if self._staged is not None:
             raise RuntimeError("updates are staged: apply or discard them first")
         held = self._states.get(key)
+        _check_kind(key, held, new)
         state: C = new() if held is None else held  # type: ignore[assignment]
         delta = mutate(state, self._replica)
         if type(delta) is not type(state):
@@ -926,6 +961,7 @@ class Replicator:
         """
         self._expire_pieces(now)
         self._now = now
+        self._hlc.advance(now)
         if self._retired or self._gone or self._retired_nodes:
             self._prune(now)
         if not self._peer_ids:
@@ -1136,6 +1172,7 @@ class Replicator:
         Cost: O(len(frame)) to parse, plus each entry's merge.
         """
         self._now = now
+        self._hlc.advance(now)
         try:
             message = parse(frame, max_size=self._max_frame, max_state=self._max_state)
         except EntryTooLarge:
@@ -1740,13 +1777,16 @@ class Staged:
         """
         if type(key) is not str:
             raise TypeError("keys are str")
+        check_text(key, "a key")
         replica = self._replica
         state = self._states.get(key)
         if state is None:
             held = replica._states.get(key)
+            _check_kind(key, held, new)
             state = new() if held is None else held.copy()
             ops = DotRanges() if held is None else replica._ops[key].copy()
         else:
+            _check_kind(key, state, new)
             ops = self._ops[key]
         typed: C = state  # type: ignore[assignment]
         delta = mutate(typed, replica._replica)

@@ -1,4 +1,9 @@
-"""A Hypothesis state machine that checks convergence for any type.
+"""A Hypothesis state machine that checks convergence for any type, and the
+transport conformance suite.
+
+:func:`check_transport` (from :mod:`replication.conformance`, handed on here)
+checks that a :class:`~replication.transport.Transport` keeps the protocol's
+promises; see that module.
 
 It builds on :mod:`replication.history` (operation logs and sequential
 specifications), whose names it hands on.
@@ -59,6 +64,12 @@ import hypothesis.strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 from crdts.base import CRDT
+from replication.conformance import (
+    CHECKS,
+    Connected,
+    TransportNonConformance,
+    check_transport,
+)
 from replication.history import (
     TYPES,
     Dot,
@@ -79,14 +90,18 @@ from replication.simnet import Faults, SimulatedNetwork
 from replication.store import MemoryStore, WriteBehind, restore
 
 __all__ = [
+    "CHECKS",
     "OPERATIONS",
     "TYPES",
+    "Connected",
     "History",
     "Model",
     "Mutate",
     "Operation",
+    "TransportNonConformance",
     "TypeSpec",
     "Update",
+    "check_transport",
     "converged",
     "convergence_machine",
     "expected",
@@ -155,12 +170,14 @@ def convergence_machine(
     replicas are a fixed set. Bind ``Machine.TestCase`` in a test module, or call
     ``hypothesis.stateful.run_state_machine_as_test(Machine)``.
     """
+    table = None
     if isinstance(crdt, str):
         builtin = _builtin_spec(crdt)
         type_name = crdt
         updates = OPERATIONS[crdt] if operations is None else operations
         model = builtin.model if model is None else model
-        mutate = builtin.mutate if mutate is None else mutate
+        if mutate is None:  # through the type's table, handed each replica's clock
+            mutate, table = builtin.mutate, builtin.operations
         new = builtin.new
     else:
         if operations is None or model is None:
@@ -171,7 +188,7 @@ def convergence_machine(
         new = crdt
     if replicas < 2 or keys < 1 or max_rounds < 1 or spares < 0:
         raise ValueError("replicas >= 2, keys >= 1, max_rounds >= 1 and spares >= 0")
-    spec = TypeSpec(new, model, mutate)
+    spec = TypeSpec(new, model, mutate, table, table is not None and table.names_replicas)
     nodes = [f"r{i}" for i in range(replicas)]
     pool = nodes + ([f"r{i}" for i in range(replicas, replicas + spares)] if membership else [])
     # Time is in rounds: a member silent for 4 to 5 rounds is unreachable.

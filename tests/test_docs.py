@@ -14,16 +14,21 @@ from crdts import base, codec
 from replication import (
     Replicator,
     auth,
+    conformance,
     consistency,
     dotranges,
+    envelope,
     membership,
     messages,
     ratelog,
+    runtime,
     simnet,
     sqlite,
     store,
     tcp,
 )
+from replication.nats import NatsEndpoint, NatsStats
+from replication.nats import subject as nats_subject
 from replication.replicator import Staged
 from snapshot import cut, files, marker, sec
 
@@ -59,6 +64,11 @@ CLASSES = [
     membership.Membership,
     membership.MemberNode,
     membership.MembershipSettings,
+    runtime.NodeRuntime,
+    simnet.SimulatedEndpoint,
+    envelope.Envelope,
+    NatsEndpoint,
+    NatsStats,
     consistency.Quorum,
     consistency.Reached,
 ]
@@ -98,6 +108,9 @@ FUNCTIONS = [
     auth.load_key,
     auth.generate_key,
     tcp.read_frame,
+    conformance.check_transport,
+    envelope.new_boot,
+    nats_subject,
     tcp.connect,
     protocol.encode,
     protocol.parse,
