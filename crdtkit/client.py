@@ -25,7 +25,7 @@ import os
 import ssl
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from crdtkit import protocol
 from crdts import codec
@@ -34,7 +34,7 @@ from crdts.errors import CRDTError, DecodeError
 from replication.dotranges import DotRanges
 from replication.history import Operation, check_update
 from replication.messages import Entry
-from replication.tcp import Channel, Limits, connect
+from replication.tcp import Limits, connect
 from snapshot.cut import GlobalSnapshot, LocalState, SnapshotId
 from snapshot.errors import SnapshotIncomplete
 from snapshot.marker import LocalRecording, assemble
@@ -56,6 +56,17 @@ class NodeError(CRDTError):
     """The node refused a request, and said why."""
 
 
+class Connection(Protocol):
+    """What a client talks to a node through: a ``replication.tcp.Channel``
+    (TCP), or a ``crdtkit.natsnode.NatsChannel`` (NATS request/reply)."""
+
+    async def send(self, body: bytes) -> None: ...
+
+    async def recv(self) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
 class Client:
     """An open connection to one node (use :meth:`connect`).
 
@@ -65,7 +76,7 @@ class Client:
     the node's commits. Each call still returns its own answer.
     """
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Connection) -> None:
         self._channel = channel
         self._requests = 0
         # Request ids: a random prefix per client and a count (os.urandom

@@ -13,6 +13,7 @@ import shutil
 import signal
 import ssl
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from random import Random
 from typing import TextIO
@@ -20,6 +21,7 @@ from typing import TextIO
 from crdtkit.client import Client, live_snapshot
 from crdtkit.cluster import LocalCluster, converge, problems
 from crdtkit.node import NodeService
+from crdtkit.tcpnode import TcpNodeTransport
 from replication.auth import generate_key, load_key
 from replication.history import History, random_operation
 from replication.membership import MembershipSettings
@@ -43,20 +45,31 @@ def _tls(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, ssl.SSLContex
     return server, client
 
 
+def _tcp_transport(
+    args: argparse.Namespace, key: bytes
+) -> Callable[[Random], TcpNodeTransport]:
+    """``crdtkit node --listen``: the built-in TCP runtime."""
+    server_ssl, client_ssl = _tls(args)
+
+    def make(rng: Random) -> TcpNodeTransport:
+        return TcpNodeTransport(
+            args.id, key, rng=rng, listen=args.listen, peers=dict(args.peer), seeds=args.seed,
+            advertise=args.advertise, server_ssl=server_ssl, client_ssl=client_ssl,
+        )
+
+    return make
+
+
 def serve(args: argparse.Namespace, err: TextIO) -> int:
     """Run one node until SIGTERM or SIGINT, then write what is left.
     A folder in use or a damaged store: one line on ``err``, exit 2."""
     logging.basicConfig(stream=err, level=logging.INFO, format="%(asctime)s %(message)s")
-    server_ssl, client_ssl = _tls(args)
     try:
+        key = load_key(args.key_file)
         service = NodeService(
             args.id,
-            load_key(args.key_file),
             Path(args.folder),
-            listen=args.listen,
-            peers=dict(args.peer),
-            seeds=args.seed,
-            advertise=args.advertise,
+            transport=_tcp_transport(args, key),
             membership=MembershipSettings(
                 detector=args.failure_detector,
                 acceptable_pause=args.acceptable_pause,
@@ -68,8 +81,6 @@ def serve(args: argparse.Namespace, err: TextIO) -> int:
             max_state=args.max_state,
             prune_after=args.prune_after,
             repair=args.repair,
-            server_ssl=server_ssl,
-            client_ssl=client_ssl,
         )
     except StoreDamaged as exc:
         print(f"crdtkit node: {exc}; start with --repair to keep what is intact", file=err)
