@@ -230,6 +230,10 @@ class _Tap:
         self.tally = tally
         self.peer: str | None = None
 
+    @property
+    def refusals(self) -> int:
+        return self.replica.refusals
+
     def tick(self, now: float) -> list[Outgoing]:
         out = self.replica.tick(now)
         self.peer = out[0][0] if out else None

@@ -1174,7 +1174,7 @@ class MemberNode:
 
         Cost: O(1).
         """
-        return self._membership.refusals + int(getattr(self._inner, "refusals", 0))
+        return self._membership.refusals + self._inner.refusals
 
     def _follow(self, event: MemberEvent) -> None:
         node = event.member.node

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, NamedTuple, TypeAlias
 
-from replication.transport import Node
+from replication.transport import FrameHandler, Node, PeerMisbehaved
 
 __all__ = [
     "ROUND",
@@ -135,6 +135,8 @@ class NetworkStats:
     bytes_delivered: int = 0
     rounds: int = 0
     bytes_sent_per_round: list[int] = field(default_factory=list)
+    #: Delivered copies an endpoint's ``on_frame`` refused (PeerMisbehaved).
+    refused: int = 0
 
     @property
     def dropped(self) -> int:
@@ -171,6 +173,7 @@ class SimulatedNetwork:
     >>> class Pinger:
     ...     def __init__(self, node_id, peer):
     ...         self.node_id, self.peer, self.heard = node_id, peer, []
+    ...         self.refusals = 0  # a Node counts the frames it refuses
     ...     def tick(self, now):
     ...         return [(self.peer, b"ping")] if self.peer else []
     ...     def receive(self, now, sender, frame):
@@ -539,7 +542,7 @@ class SimulatedNetwork:
                 self._record("deliver", source, destination, frame)
             node = self._nodes.get(destination)
             if node is None:
-                self._mailboxes[destination]._inbox.append((source, frame))
+                self._mailboxes[destination]._take(source, frame)
                 continue
             for reply_to, reply in node.receive(at, source, frame):
                 self.send(destination, reply_to, reply)
@@ -575,15 +578,17 @@ class SimulatedNetwork:
 class SimulatedEndpoint:
     """A :class:`~replication.transport.Transport` on a :class:`SimulatedNetwork`
     (get one from :meth:`SimulatedNetwork.endpoint`). Frames it sends go through
-    the network's fault model; frames for it wait in its inbox until
-    :meth:`receive`.
+    the network's fault model; frames for it go to its ``on_frame`` if set,
+    else wait in its inbox until :meth:`receive`. It needs no ``start``;
+    after ``close`` it leaves the network (frames to it are unreachable, its
+    own sends are dropped as unreachable too).
 
     >>> net = SimulatedNetwork(seed=0); a = net.endpoint("a")
     >>> a.node_id, a.receive()
     ('a', [])
     """
 
-    __slots__ = ("_inbox", "_network", "_node_id")
+    __slots__ = ("_closed", "_inbox", "_network", "_node_id", "on_frame")
 
     def __init__(self, network: SimulatedNetwork, node_id: str) -> None:
         """Use :meth:`SimulatedNetwork.endpoint`, which also registers it.
@@ -596,6 +601,8 @@ class SimulatedEndpoint:
         self._network = network
         self._node_id = node_id
         self._inbox: list[tuple[str, bytes]] = []
+        self._closed = False
+        self.on_frame: FrameHandler | None = None
 
     @property
     def node_id(self) -> str:
@@ -608,6 +615,32 @@ class SimulatedEndpoint:
         """
         return self._node_id
 
+    async def start(self) -> None:
+        """Nothing to do: the endpoint is on the network from its creation.
+
+        >>> import asyncio
+        >>> asyncio.run(SimulatedNetwork(seed=0).endpoint("a").start())
+
+        Cost: O(1).
+        """
+
+    async def close(self) -> None:
+        """Leave the network: frames to this node id are dropped as
+        unreachable from now on, and so are this endpoint's sends.
+
+        >>> import asyncio
+        >>> net = SimulatedNetwork(seed=0); a, b = net.endpoint("a"), net.endpoint("b")
+        >>> asyncio.run(b.close()); a.send("b", b"x"); b.send("a", b"y")
+        >>> net.advance(1.0); a.receive(), net.stats.unreachable
+        ([], 2)
+
+        Cost: O(1).
+        """
+        self._closed = True
+        if self._network._mailboxes.get(self._node_id) is self:
+            del self._network._mailboxes[self._node_id]
+        self._inbox = []
+
     def send(self, destination: str, frame: bytes) -> None:
         """Send at the network's current time; never raises for an unknown or
         unreachable destination (the frame is dropped and counted).
@@ -618,6 +651,11 @@ class SimulatedEndpoint:
 
         Cost: as :meth:`SimulatedNetwork.send`.
         """
+        if self._closed:
+            stats = self._network.stats
+            stats.sent += 1  # handed to the network, and dropped at once
+            stats.unreachable += 1
+            return
         self._network.send(self._node_id, destination, frame)
 
     def receive(self) -> list[tuple[str, bytes]]:
@@ -631,3 +669,12 @@ class SimulatedEndpoint:
         """
         inbox, self._inbox = self._inbox, []
         return inbox
+
+    def _take(self, sender: str, frame: bytes) -> None:
+        if self.on_frame is None:
+            self._inbox.append((sender, frame))
+            return
+        try:
+            self.on_frame(sender, frame)
+        except PeerMisbehaved:
+            self._network.stats.refused += 1  # no connection to drop: counted

@@ -1,10 +1,9 @@
 """The asyncio TCP runtime: nodes in separate processes and hosts.
 
-:class:`TcpEndpoint` is a :class:`~replication.transport.Transport` over TCP,
-and :class:`NodeRuntime` drives an unchanged sans-I/O
-:class:`~replication.transport.Node` (a ``Replicator``, a ``SnapshotNode``)
-with it: it calls ``tick`` every ``interval`` seconds of the event loop's
-clock and ``receive`` for every frame that arrives, and sends what they return.
+:class:`TcpEndpoint` is a :class:`~replication.transport.Transport` over TCP;
+:class:`~replication.runtime.NodeRuntime` (re-exported here, where it used to
+live) drives an unchanged sans-I/O :class:`~replication.transport.Node` with
+it, as with any other transport.
 
 On the wire every frame is a 4-byte big-endian length and then the body. The
 length is checked against ``Limits.max_frame`` (between peers: the
@@ -50,7 +49,8 @@ from random import Random
 
 from replication.auth import AuthError, Handshake, Hello, Session
 from replication.messages import DEFAULT_FRAME, MAX_FRAME
-from replication.transport import Node
+from replication.runtime import NodeRuntime  # re-exported: it lived here
+from replication.transport import FrameHandler, PeerMisbehaved
 
 __all__ = [
     "OVERHEAD",
@@ -82,10 +82,6 @@ class FrameTooLarge(Exception):
 
 class PeerClosed(Exception):
     """The stream ended cleanly, between frames."""
-
-
-class PeerMisbehaved(Exception):
-    """Raised by an ``on_frame`` callback: close the connection it came on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +275,7 @@ class TcpEndpoint:
         limits: Limits | None = None,
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
-        on_frame: Callable[[str, bytes], None] | None = None,
+        on_frame: FrameHandler | None = None,
         on_client: Callable[[Channel], Awaitable[None]] | None = None,
     ) -> None:
         self._node = node_id
@@ -291,7 +287,7 @@ class TcpEndpoint:
         self.limits = limits or Limits()
         self._server_ssl = server_ssl
         self._client_ssl = client_ssl
-        self.on_frame = on_frame
+        self.on_frame: FrameHandler | None = on_frame
         self.on_client = on_client
         self._inbox: list[tuple[str, bytes]] = []
         self._queues: dict[str, deque[bytes]] = {}
@@ -647,70 +643,3 @@ async def _handshake(
         _write_frame(writer, proof)
     await writer.drain()
     return session
-
-
-class NodeRuntime:
-    """Drives a sans-I/O ``node`` over ``endpoint``: ``tick`` every
-    ``interval`` seconds, ``receive`` for every frame, and what they return
-    sent on. Time is the event loop's clock.
-
-    >>> async def demo():
-    ...     from crdts import GCounter
-    ...     from replication.replicator import Replicator
-    ...     key, ids = bytes(32), ["a", "b"]
-    ...     runs = [NodeRuntime(Replicator(i, ids, rng=Random(i)),
-    ...                         TcpEndpoint(i, key, rng=Random(i)), interval=0.02) for i in ids]
-    ...     for run in runs:
-    ...         await run.endpoint.start()
-    ...     runs[0].endpoint.add_peer("b", runs[1].endpoint.address)
-    ...     runs[1].endpoint.add_peer("a", runs[0].endpoint.address)
-    ...     _ = runs[0].node.update("hits", GCounter, lambda c, me: c.increment(me, 2))
-    ...     stop = asyncio.Event()
-    ...     tasks = [asyncio.create_task(run.run(stop)) for run in runs]
-    ...     for _ in range(300):  # bounded: at most 3 s
-    ...         if runs[1].node.get("hits") is not None:
-    ...             break
-    ...         await asyncio.sleep(0.01)
-    ...     stop.set(); await asyncio.gather(*tasks)
-    ...     return runs[1].node.get("hits").value
-    >>> asyncio.run(demo())
-    2
-
-    Cost: the node's, plus the endpoint's per frame.
-    """
-
-    def __init__(self, node: Node, endpoint: TcpEndpoint, *, interval: float = 0.5) -> None:
-        if node.node_id != endpoint.node_id:
-            raise ValueError("the node and its endpoint name different node ids")
-        self.node = node
-        self.endpoint = endpoint
-        self.interval = interval
-        endpoint.on_frame = self._on_frame
-
-    def _send(self, out: list[tuple[str, bytes]]) -> None:
-        for destination, frame in out:
-            self.endpoint.send(destination, frame)
-
-    def _on_frame(self, sender: str, frame: bytes) -> None:
-        now = asyncio.get_running_loop().time()
-        before = self._refusals()
-        self._send(self.node.receive(now, sender, frame))
-        if self._refusals() > before:
-            # It sent what the node refused (another's name, a broken frame):
-            # nothing of it was applied; now it loses the connection.
-            raise PeerMisbehaved(f"node {sender!r} sent a frame the node refused")
-
-    def _refusals(self) -> int:
-        return int(getattr(self.node, "refusals", 0))
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Tick until ``stop`` is set, then close the endpoint.
-        Cost: one tick per interval."""
-        loop = asyncio.get_running_loop()
-        try:
-            while not stop.is_set():
-                self._send(self.node.tick(loop.time()))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.interval)
-        finally:
-            await self.endpoint.close()

@@ -1,4 +1,9 @@
-"""A Hypothesis state machine that checks convergence for any type.
+"""A Hypothesis state machine that checks convergence for any type, and the
+transport conformance suite.
+
+:func:`check_transport` (from :mod:`replication.conformance`, handed on here)
+checks that a :class:`~replication.transport.Transport` keeps the protocol's
+promises; see that module.
 
 It builds on :mod:`replication.history` (operation logs and sequential
 specifications), whose names it hands on.
@@ -59,6 +64,12 @@ import hypothesis.strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 from crdts.base import CRDT
+from replication.conformance import (
+    CHECKS,
+    Connected,
+    TransportNonConformance,
+    check_transport,
+)
 from replication.history import (
     TYPES,
     Dot,
@@ -79,14 +90,18 @@ from replication.simnet import Faults, SimulatedNetwork
 from replication.store import MemoryStore, WriteBehind, restore
 
 __all__ = [
+    "CHECKS",
     "OPERATIONS",
     "TYPES",
+    "Connected",
     "History",
     "Model",
     "Mutate",
     "Operation",
+    "TransportNonConformance",
     "TypeSpec",
     "Update",
+    "check_transport",
     "converged",
     "convergence_machine",
     "expected",

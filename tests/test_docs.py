@@ -14,14 +14,19 @@ from crdts import base, codec
 from replication import (
     Replicator,
     auth,
+    conformance,
     dotranges,
+    envelope,
     membership,
     messages,
+    runtime,
     simnet,
     sqlite,
     store,
     tcp,
 )
+from replication.nats import NatsEndpoint, NatsStats
+from replication.nats import subject as nats_subject
 from replication.replicator import Staged
 from snapshot import cut, files, marker, sec
 
@@ -55,6 +60,11 @@ CLASSES = [
     membership.Membership,
     membership.MemberNode,
     membership.MembershipSettings,
+    runtime.NodeRuntime,
+    simnet.SimulatedEndpoint,
+    envelope.Envelope,
+    NatsEndpoint,
+    NatsStats,
 ]
 FUNCTIONS = [
     codec.encode,
@@ -92,6 +102,9 @@ FUNCTIONS = [
     auth.load_key,
     auth.generate_key,
     tcp.read_frame,
+    conformance.check_transport,
+    envelope.new_boot,
+    nats_subject,
     protocol.encode,
     protocol.parse,
 ]

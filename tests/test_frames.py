@@ -53,6 +53,10 @@ class Watched:
         self.replica, self.sizes = replica, sizes
         self.node_id = replica.node_id
 
+    @property
+    def refusals(self) -> int:
+        return self.replica.refusals
+
     def _seen(self, frames: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
         self.sizes += (len(frame) for _, frame in frames)
         return frames

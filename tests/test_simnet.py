@@ -23,6 +23,7 @@ class Flood:
         self.sent = 0
         self.ticks: list[float] = []
         self.heard: list[tuple[float, str, bytes]] = []
+        self.refusals = 0  # it refuses nothing
 
     def tick(self, now: float) -> list[Outgoing]:
         self.ticks.append(now)

@@ -21,38 +21,10 @@ from replication import Replicator
 from replication.auth import Handshake, Session
 from replication.messages import Entry, Push, encode
 from replication.tcp import Limits, NodeRuntime, TcpEndpoint
-from tests.test_transport_conformance import Connected, TransportConformance
 
 KEY = bytes(range(32))
 CERTS = Path(__file__).parent / "certs"
 T = TypeVar("T")
-
-
-class TestTcpEndpoint(TransportConformance):
-    loop: asyncio.AbstractEventLoop
-    endpoints: list[TcpEndpoint]
-
-    def connect(self) -> Connected:
-        self.loop = asyncio.new_event_loop()
-        a = TcpEndpoint("a", KEY, rng=random.Random(1))
-        b = TcpEndpoint("b", KEY, rng=random.Random(2))
-        self.endpoints = [a, b]
-        self.loop.run_until_complete(a.start())
-        self.loop.run_until_complete(b.start())
-        a.add_peer("b", b.address)
-        b.add_peer("a", a.address)
-        # Sends must be made inside the loop's thread; the suite calls them
-        # between pumps, which is the same thread, with the loop idle.
-        asyncio.set_event_loop(self.loop)
-        return Connected(a, b, lambda: self.loop.run_until_complete(asyncio.sleep(0.02)))
-
-    def teardown_method(self) -> None:
-        loop = getattr(self, "loop", None)
-        if loop is not None:
-            for endpoint in self.endpoints:
-                loop.run_until_complete(endpoint.close())
-            asyncio.set_event_loop(None)
-            loop.close()
 
 
 # -- helpers --------------------------------------------------------------------------

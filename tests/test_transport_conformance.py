@@ -1,105 +1,148 @@
-"""What every :class:`~replication.transport.Transport` must do, as trio's
-``check_one_way_stream`` does for streams.
+"""Every transport passes the public conformance suite
+(:func:`replication.conformance.check_transport`): simulated, TCP and NATS,
+one test per check so a failure names it; and the suite itself catches a
+transport that breaks a promise.
 
-:class:`TransportConformance` holds the checks; a transport runs them by
-subclassing it (as ``Test...``) and implementing :meth:`~TransportConformance.connect`,
-which returns two connected endpoints and a ``pump`` that lets the transport
-make progress (advance virtual time; run an event loop for a moment). The
-checks pump a bounded number of times, never sleep, and assume no faults.
-"""
+The TCP and NATS endpoints run on a fresh event loop per check, on loopback;
+NATS needs a real ``nats-server`` (the ``nats_server`` fixture: skipped when
+the binary is missing, a failure under ``CI=true``)."""
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+import asyncio
+import itertools
+import random
+from collections.abc import Coroutine
+from typing import Any
 
 import pytest
 
-from replication.simnet import SimulatedNetwork
-from replication.transport import Transport
+from replication.conformance import CHECKS, Connected, TransportNonConformance
+from replication.simnet import Faults, SimulatedNetwork
+from replication.tcp import TcpEndpoint
+from replication.testing import check_transport
+from replication.transport import FrameHandler, Transport
+from tests.conftest import NatsServer
 
-MAX_PUMPS = 100
-MIB = 1 << 20
-
-
-@dataclass(frozen=True)
-class Connected:
-    """Two endpoints that can reach each other, and how to let frames move."""
-
-    a: Transport
-    b: Transport
-    pump: Callable[[], None]
+KEY = bytes(range(32))
+_clusters = itertools.count()
 
 
-def collect(connected: Connected, endpoint: Transport, count: int) -> list[tuple[str, bytes]]:
-    """What ``endpoint`` receives until ``count`` frames came (or the pump
-    bound ran out), plus anything that turns up in one more pump: so an extra
-    copy is seen, not hidden."""
-    got: list[tuple[str, bytes]] = []
-    for _ in range(MAX_PUMPS):
-        got += endpoint.receive()
-        if len(got) >= count:
-            break
-        connected.pump()
-    connected.pump()
-    got += endpoint.receive()
-    return got
+def simulated() -> Connected:
+    net = SimulatedNetwork(seed=0)
+    return Connected(net.endpoint("a"), net.endpoint("b"), lambda: net.advance(1.0))
 
 
-class TransportConformance:
-    """The checks; subclass as ``Test<Transport>`` and implement :meth:`connect`."""
+def on_loop(a: Transport, b: Transport, loop: asyncio.AbstractEventLoop) -> Connected:
+    """Endpoints living on ``loop``, which runs only while the suite pumps."""
 
-    def connect(self) -> Connected:
-        raise NotImplementedError
+    def run(work: Coroutine[Any, Any, None]) -> None:
+        loop.run_until_complete(work)
 
-    def test_endpoints_are_transports(self) -> None:
-        connected = self.connect()
-        assert isinstance(connected.a, Transport) and isinstance(connected.b, Transport)
-        assert connected.a.node_id != connected.b.node_id
+    def finish() -> None:
+        asyncio.set_event_loop(None)
+        loop.close()
 
-    def test_frame_arrives_intact_with_its_sender(self) -> None:
-        connected = self.connect()
-        connected.a.send(connected.b.node_id, b"hello, b")
-        assert collect(connected, connected.b, 1) == [(connected.a.node_id, b"hello, b")]
-        assert connected.a.receive() == []
-
-    def test_both_directions(self) -> None:
-        connected = self.connect()
-        connected.b.send(connected.a.node_id, b"hello, a")
-        assert collect(connected, connected.a, 1) == [(connected.b.node_id, b"hello, a")]
-
-    @pytest.mark.parametrize("length", [0, 1, MIB])
-    def test_frame_lengths(self, length: int) -> None:
-        connected = self.connect()
-        frame = bytes(i % 251 for i in range(length))
-        connected.a.send(connected.b.node_id, frame)
-        assert collect(connected, connected.b, 1) == [(connected.a.node_id, frame)]
-
-    def test_many_frames_all_arrive_once(self) -> None:
-        connected = self.connect()
-        frames = [i.to_bytes(4, "big") * (i % 7) for i in range(1000)]
-        for frame in frames:
-            connected.a.send(connected.b.node_id, frame)
-        got = collect(connected, connected.b, len(frames))
-        assert {sender for sender, _ in got} == {connected.a.node_id}
-        assert Counter(frame for _, frame in got) == Counter(frames)
-
-    def test_send_to_unknown_destination_does_not_raise(self) -> None:
-        connected = self.connect()
-        connected.a.send("no-such-node", b"lost")
-        connected.pump()
-        connected.a.send(connected.b.node_id, b"still works")
-        assert collect(connected, connected.b, 1) == [(connected.a.node_id, b"still works")]
-
-    def test_receive_with_nothing_pending_returns_empty(self) -> None:
-        connected = self.connect()
-        assert connected.b.receive() == []
-        connected.pump()
-        assert connected.b.receive() == []
+    return Connected(a, b, lambda: run(asyncio.sleep(0.02)), run, finish)
 
 
-class TestSimulatedNetwork(TransportConformance):
-    def connect(self) -> Connected:
-        net = SimulatedNetwork(seed=0)
+def tcp() -> Connected:
+    loop = asyncio.new_event_loop()
+    # Sends are made inside the loop's thread: the suite calls them between
+    # pumps, in the same thread, with the loop idle.
+    asyncio.set_event_loop(loop)
+    a = TcpEndpoint("a", KEY, rng=random.Random(1))
+    b = TcpEndpoint("b", KEY, rng=random.Random(2))
+    loop.run_until_complete(a.start())
+    loop.run_until_complete(b.start())
+    a.add_peer("b", b.address)
+    b.add_peer("a", a.address)
+    return on_loop(a, b, loop)
+
+
+def nats(server: NatsServer) -> Connected:
+    from replication.nats import NatsEndpoint
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    cluster = f"conformance{next(_clusters)}"  # apart from every other test's frames
+    a, b = (
+        NatsEndpoint(i, KEY, servers=[server.url], cluster=cluster, rng=random.Random(i))
+        for i in ("a", "b")
+    )
+    loop.run_until_complete(a.start())
+    loop.run_until_complete(b.start())
+    # A round trip on each connection once both have subscribed: else the
+    # server may route a's first publish with the interest it had before b
+    # subscribed (core NATS is at most once; nats-io/nats-server#5677).
+    loop.run_until_complete(a.connection.flush())
+    loop.run_until_complete(b.connection.flush())
+    return on_loop(a, b, loop)
+
+
+@pytest.mark.parametrize("check", CHECKS)
+def test_simulated_network(check: str) -> None:
+    check_transport(simulated, only=[check])
+
+
+@pytest.mark.parametrize("check", CHECKS)
+def test_tcp(check: str) -> None:
+    check_transport(tcp, only=[check])
+
+
+@pytest.mark.parametrize("check", CHECKS)
+def test_nats(check: str, nats_server: NatsServer) -> None:
+    # A frame and its envelope fit the server's max_payload (1 MiB by default).
+    max_frame = (1 << 20) - 569
+    check_transport(lambda: nats(nats_server), only=[check], max_frame=max_frame)
+
+
+# -- the suite catches what breaks a promise ----------------------------------------------
+
+
+def test_a_duplicating_network_fails_the_suite() -> None:
+    def duplicating() -> Connected:
+        net = SimulatedNetwork(seed=0, faults=Faults(duplication=0.5))
         return Connected(net.endpoint("a"), net.endpoint("b"), lambda: net.advance(1.0))
+
+    with pytest.raises(TransportNonConformance, match=r"^frame_lengths: .* arrived as \[1, 1\]"):
+        check_transport(duplicating)
+
+
+def test_a_lossy_network_fails_the_suite() -> None:
+    def lossy() -> Connected:
+        net = SimulatedNetwork(seed=3, faults=Faults(loss=0.3))
+        return Connected(net.endpoint("a"), net.endpoint("b"), lambda: net.advance(1.0))
+
+    with pytest.raises(TransportNonConformance, match="did not arrive"):
+        check_transport(lossy, only=["many_frames_all_arrive_once"])
+
+
+def test_a_transport_that_raises_fails_the_suite() -> None:
+    class Raising:
+        def __init__(self, endpoint: Transport) -> None:
+            self.inner = endpoint
+            self.node_id = endpoint.node_id
+            self.on_frame: FrameHandler | None = None
+
+        async def start(self) -> None:
+            pass
+
+        async def close(self) -> None:
+            pass
+
+        def send(self, destination: str, frame: bytes) -> None:
+            if destination not in ("a", "b"):
+                raise KeyError(destination)
+            self.inner.send(destination, frame)
+
+        def receive(self) -> list[tuple[str, bytes]]:
+            return self.inner.receive()
+
+    def raising() -> Connected:
+        net = SimulatedNetwork(seed=0)
+        a, b = Raising(net.endpoint("a")), Raising(net.endpoint("b"))
+        return Connected(a, b, lambda: net.advance(1.0))
+
+    with pytest.raises(TransportNonConformance, match=r"^unknown_destination: raised KeyError"):
+        check_transport(raising, only=["unknown_destination"])
