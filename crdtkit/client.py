@@ -105,6 +105,28 @@ class Client:
         )
         return cls(channel)
 
+    @classmethod
+    async def over_nats(
+        cls,
+        node: str,
+        key: bytes,
+        *,
+        servers: Sequence[str],
+        cluster: str,
+        options: Mapping[str, Any] | None = None,
+    ) -> Client:
+        """A client of node ``node`` of the NATS cluster ``cluster``, through
+        the NATS ``servers`` (``options`` go to ``nats.connect``: TLS,
+        credentials). Requests are sealed with the cluster ``key``; a node
+        that refuses them raises ``crdtkit.natsnode.RequestRefused``, and
+        ``NodeUnreachable`` if no node listens under that name.
+        Cost: a NATS connection."""
+        from crdtkit.natsnode import NatsChannel
+
+        channel = await NatsChannel.open(node, key, servers=servers, cluster=cluster,
+                                         options=options)
+        return cls(channel)
+
     async def __aenter__(self) -> Client:
         return self
 

@@ -76,6 +76,7 @@ from replication.membership import (
     Status,
 )
 from replication.replicator import Replicator, Staged
+from replication.runtime import NodeRuntime
 from replication.sqlite import SQLiteStore
 from replication.store import (
     KEEP_ANSWER_BYTES,
@@ -88,7 +89,6 @@ from replication.store import (
     encode_row,
     restore,
 )
-from replication.tcp import NodeRuntime
 from snapshot.cut import MAX_COLOUR, SnapshotId
 from snapshot.marker import SnapshotNode
 
@@ -184,9 +184,7 @@ class NodeService:
         except BaseException:
             self.store.close()  # and the folder with it
             raise
-        self.runtime = NodeRuntime(
-            self.members, self.transport.endpoint, interval=interval  # type: ignore[arg-type]
-        )
+        self.runtime = NodeRuntime(self.members, self.transport.endpoint, interval=interval)
         self.leave_on_stop = leave_on_stop
         self.leave_timeout = leave_timeout
         self.flush_interval = flush_interval

@@ -24,13 +24,14 @@ Cost: as the transport's.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Protocol
+
+from replication.transport import Transport
 
 __all__ = [
     "MAX_IN_FLIGHT",
     "MAX_IN_FLIGHT_BYTES",
-    "FrameEndpoint",
     "NodeTransport",
     "Requests",
     "address_text",
@@ -61,26 +62,11 @@ class Requests(Protocol):
         ...
 
 
-class FrameEndpoint(Protocol):
-    """What ``NodeRuntime`` drives: a transport whose frames go to ``on_frame``."""
-
-    on_frame: Callable[[str, bytes], None] | None
-
-    @property
-    def node_id(self) -> str: ...
-
-    def send(self, destination: str, frame: bytes) -> None: ...
-
-    def receive(self) -> list[tuple[str, bytes]]: ...
-
-    async def close(self) -> None: ...
-
-
 class NodeTransport(Protocol):
     """A node's way onto a network: frames to peers, requests from clients."""
 
     @property
-    def endpoint(self) -> FrameEndpoint:
+    def endpoint(self) -> Transport:
         """The frame transport ``NodeRuntime`` drives (and closes)."""
         ...
 
