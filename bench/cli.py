@@ -25,6 +25,7 @@ from bench import (
     sets,
     snapshots,
     store,
+    transports,
 )
 from bench.harness import Config, Row, render, write_json
 
@@ -51,6 +52,7 @@ BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("snapshot-frames", snapshots.snapshot_frames),
     ("store-flush", store.flush_changed),
     ("tcp-processes", processes.processes),
+    ("nats-frames", transports.nats_frames),
     ("bounded-state", bookkeeping.bounded_state),
     ("pruning-opener", pruning.opener),
 ]

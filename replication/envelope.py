@@ -245,13 +245,13 @@ class Envelope:
         if self._seq >= _MAX_SEQ:
             raise OverflowError("this boot sealed 2**64 - 1 frames: restart for a new boot")
         self._seq += 1
-        head = b"".join((
+        sealed = b"".join((
             bytes((VERSION, len(self._me_raw))), self._me_raw, bytes((len(to),)), to,
-            self._boot, self._seq.to_bytes(_SEQ, "big"),
+            self._boot, self._seq.to_bytes(_SEQ, "big"), body,
         ))
-        mac = hmac.new(self._key, head, sha256)
-        mac.update(body)
-        return head + body + mac.digest()
+        # hmac.digest: OpenSSL's one-shot HMAC, several times faster than an
+        # hmac.new object for the small frames gossip sends most.
+        return sealed + hmac.digest(self._key, sealed, "sha256")
 
     def open(self, frame: bytes, max_size: int | None = None) -> tuple[str, bytes]:
         """``(sender, body)`` of a frame sealed for this node, remembered so
@@ -282,7 +282,7 @@ class Envelope:
         if body_start + _TAG > size or frame[1] == 0 or frame[sender_end] == 0:
             raise EnvelopeRefused("malformed", "cut short, or an empty name")
         view = memoryview(frame)
-        tag = hmac.new(self._key, view[:-_TAG], sha256).digest()
+        tag = hmac.digest(self._key, view[:-_TAG], "sha256")
         if not hmac.compare_digest(tag, view[-_TAG:]):
             raise EnvelopeRefused("forged", "the tag does not verify")
         sender_raw = frame[2:sender_end]

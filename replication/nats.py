@@ -151,7 +151,9 @@ class NatsEndpoint:
     ``nkeys_seed``, ``name``, reconnect settings...; they override this
     endpoint's defaults). ``max_payload`` lowers the server's limit on an
     envelope. Frames that arrive go to ``on_frame(sender, frame)`` if set,
-    else wait for :meth:`receive` (at most ``queue`` of them).
+    else wait for :meth:`receive` (at most ``queue`` of them; as many wait
+    to be published). :meth:`start` gives up after ``start_timeout``
+    seconds; once connected, the client reconnects for ever.
 
     >>> async def demo(url):
     ...     key = bytes(32)
@@ -184,6 +186,7 @@ class NatsEndpoint:
         max_payload: int | None = None,
         queue: int = 4096,
         max_senders: int = 1024,
+        start_timeout: float = 10.0,
         on_frame: FrameHandler | None = None,
     ) -> None:
         if isinstance(servers, str) or not servers:
@@ -192,6 +195,9 @@ class NatsEndpoint:
             raise ValueError(f"max_payload must exceed {MAX_OVERHEAD} bytes, got {max_payload}")
         if queue < 1:
             raise ValueError(f"queue is at least 1, got {queue}")
+        if not start_timeout > 0:
+            raise ValueError(f"start_timeout is positive, got {start_timeout!r}")
+        self._start_timeout = start_timeout
         self._node = node_id
         self._cluster = cluster
         self._subject = subject(cluster, "node", node_id)  # checks both names
@@ -316,9 +322,9 @@ class NatsEndpoint:
 
     async def start(self) -> None:
         """Connect, read the server's ``max_payload`` and subscribe to this
-        node's subject. Raises what ``nats.connect`` raises when no server
-        can be reached (``nats.errors.NoServersError``, ``OSError``,
-        ``TimeoutError``).
+        node's subject. Raises TimeoutError when no server answers within
+        ``start_timeout`` (the client retries until then), or what
+        ``nats.connect`` raises (an authorization error, say).
 
         >>> endpoint = NatsEndpoint("a", bytes(16), servers=["nats://127.0.0.1:4222"],
         ...                         cluster="demo", rng=Random(1))
@@ -338,7 +344,15 @@ class NatsEndpoint:
             "error_cb": self._error,
         }
         options.update(self._options)
-        self._nc = nc = await nats.connect(**options)
+        try:
+            # With reconnects unbounded, nats.connect retries a first connection
+            # for ever too: the bound is ours.
+            nc = await asyncio.wait_for(nats.connect(**options), self._start_timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"no NATS server of {self._servers} answered within {self._start_timeout} s"
+            ) from None
+        self._nc = nc
         self._max_payload = min(nc.max_payload, self._max_payload_asked or nc.max_payload)
         await nc.subscribe(self._subject, cb=self._on_msg)
         await nc.flush()

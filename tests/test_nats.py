@@ -264,6 +264,21 @@ def test_bad_arguments_are_refused_at_the_boundary() -> None:
         _ = endpoint.connection
 
 
+def test_start_without_a_server_gives_up_in_time() -> None:
+    async def test() -> None:
+        endpoint = NatsEndpoint(
+            "a", KEY, servers=["nats://127.0.0.1:1"], cluster="c", rng=random.Random(1),
+            start_timeout=0.5,
+        )
+        with pytest.raises(TimeoutError, match="no NATS server"):
+            await endpoint.start()
+        await endpoint.close()
+        endpoint.send("b", b"x")
+        assert endpoint.stats.dropped == 1
+
+    run(test)
+
+
 def test_importing_replication_does_not_import_nats() -> None:
     code = (
         "import sys, replication, replication.tcp, replication.runtime, "
