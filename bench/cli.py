@@ -18,6 +18,7 @@ from bench import (
     codec,
     counters,
     gossip,
+    natsprocesses,
     origins,
     peers,
     processes,
@@ -53,6 +54,7 @@ BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("store-flush", store.flush_changed),
     ("tcp-processes", processes.processes),
     ("nats-frames", transports.nats_frames),
+    ("nats-processes", natsprocesses.nats_processes),
     ("bounded-state", bookkeeping.bounded_state),
     ("pruning-opener", pruning.opener),
 ]
