@@ -3,6 +3,9 @@ network: what it refuses, by which reason, and that refusing changes nothing."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 import pytest
 
 from replication.envelope import (
@@ -129,3 +132,17 @@ def test_bad_names_and_sizes_are_refused_at_the_boundary() -> None:
     a = Envelope("a" * 255, KEY, cluster="c")
     assert len(a.seal("b" * 255, b"")) == MAX_OVERHEAD
     assert len(new_boot()) == 16
+
+
+def test_golden_envelope() -> None:
+    """The wire format, pinned: a change to it must change this vector on purpose."""
+    sealer = Envelope("a", KEY, cluster="prod", boot=bytes(range(16)))
+    sealed = sealer.seal("b", b"gossip")
+    head = bytes([1, 1]) + b"a" + bytes([1]) + b"b" + bytes(range(16)) + (1).to_bytes(8, "big")
+    subkey = hmac.new(KEY, b"crdtkit-envelope-v1prod", hashlib.sha256).digest()
+    tag = hmac.new(subkey, head + b"gossip", hashlib.sha256).digest()
+    assert sealed == head + b"gossip" + tag
+    assert sealed.hex() == (
+        "0101610162000102030405060708090a0b0c0d0e0f0000000000000001676f737369702c9b"
+        "708022cf657ac59f88a862dcf9db7e3035e93e5d8167e25ccd1f3dcc0767"
+    )
