@@ -44,6 +44,7 @@ import asyncio
 import hmac
 import logging
 import os
+import re
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -60,15 +61,18 @@ from replication.messages import DEFAULT_FRAME
 from replication.nats import NatsEndpoint, subject
 
 __all__ = [
+    "CONNECT_TIMEOUT",
     "MAX_NONCES",
     "MAX_REQUESTS",
     "NATS_FRAME",
     "REFUSALS_PER_SECOND",
     "NatsChannel",
     "NatsNodeTransport",
+    "NatsUnavailable",
     "NodeUnreachable",
     "RequestRefused",
     "open_request",
+    "redact",
     "requests_subject",
     "seal_request",
 ]
@@ -79,6 +83,8 @@ log = logging.getLogger("crdtkit.node")
 MAX_NONCES = 100_000
 #: Requests a node serves at once over NATS.
 MAX_REQUESTS = 4096
+#: Seconds a client waits for a NATS server to take its connection.
+CONNECT_TIMEOUT = 10.0
 #: Refusals answered per second (the rest are only counted).
 REFUSALS_PER_SECOND = 20
 _MAC = 32
@@ -96,9 +102,25 @@ class RequestRefused(CRDTError):
     cluster key is not the node's), and said why."""
 
 
+class NatsUnavailable(CRDTError, ConnectionError):
+    """A client could not connect to any of the NATS servers it was given
+    (down, or refusing its user, credentials or TLS)."""
+
+
 class NodeUnreachable(CRDTError, ConnectionError):
     """No node listens on the subject asked (NATS's "no responders"): the
     node is not running, or runs under another cluster name."""
+
+
+def redact(text: str) -> str:
+    """``text`` with the user and password or token of every URL in it hidden.
+
+    >>> redact("tls://crdt:secret@nats1:4222, nats://tok@nats2:4222, nats://nats3:4222")
+    'tls://***@nats1:4222, nats://***@nats2:4222, nats://nats3:4222'
+
+    Cost: O(len(text)).
+    """
+    return re.sub(r"(://)[^/@\s,]+@", r"\1***@", text)
 
 
 def requests_subject(cluster: str, node: str) -> str:
@@ -304,7 +326,7 @@ class NatsNodeTransport:
         """Connect, subscribe to frames and to requests. Cost: round trips
         to the server."""
         self._requests = requests
-        log.info("%s: connecting to NATS at %s", self._node, ", ".join(self._servers))
+        log.info("%s: connecting to NATS at %s", self._node, redact(", ".join(self._servers)))
         await self._nats.start()  # gives up after its start_timeout
         self._subscription = await self._nats.connection.subscribe(
             self.subject, cb=self._on_request
@@ -478,12 +500,22 @@ class NatsChannel:
         ``servers`` with ``options`` (closed with the channel).
         Cost: a connection and a subscription."""
         import nats
+        import nats.errors
 
         owned = connection is None
         if connection is None:
-            connection = await nats.connect(**{
-                "servers": list(servers), "connect_timeout": 5, "max_reconnect_attempts": 3,
-                "error_cb": _quiet, **dict(options or {})})
+            try:
+                connection = await asyncio.wait_for(nats.connect(**{
+                    "servers": list(servers), "connect_timeout": 5, "max_reconnect_attempts": 2,
+                    "reconnect_time_wait": 0.5, "error_cb": _quiet, **dict(options or {})}),
+                    CONNECT_TIMEOUT)
+            except (nats.errors.Error, OSError) as exc:  # TimeoutError included
+                why = f"{type(exc).__name__}{': ' + str(exc) if str(exc) else ''}"
+                raise NatsUnavailable(
+                    f"no NATS server of {redact(', '.join(servers))} took the connection "
+                    f"within {CONNECT_TIMEOUT:g} s ({why}); check the URL, the user, password "
+                    "or token, the credentials and the TLS options"
+                ) from exc
         channel = cls(connection, key, node, requests_subject(cluster, node),
                       owned=owned)
         channel._subscription = await connection.subscribe(channel._inbox, cb=channel._on_answer)

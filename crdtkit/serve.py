@@ -135,8 +135,13 @@ def serve(args: argparse.Namespace, err: TextIO) -> int:
     except Exception as exc:
         if not _unreachable(exc):
             raise
-        where = f"NATS at {', '.join(args.nats)}" if args.nats else "the network"
-        print(f"crdtkit node: cannot reach {where}: {exc!r}", file=err)
+        if args.nats:
+            from crdtkit.natsnode import redact
+
+            said = redact(f"crdtkit node: cannot reach NATS at {', '.join(args.nats)}: {exc}")
+        else:
+            said = f"crdtkit node: {exc}"
+        print(said, file=err)
         return 2
     return 0
 
@@ -162,7 +167,7 @@ def ask(args: argparse.Namespace, out: TextIO) -> int:
         if args.nats:
             client = await asyncio.wait_for(Client.over_nats(
                 args.node, key, servers=args.nats, cluster=args.cluster,
-                options=nats_options(args)), 10)
+                options=nats_options(args)), 15)
             where = f"{args.node} (NATS cluster {args.cluster})"
         else:
             client = await asyncio.wait_for(Client.connect(args.node, key), 10)

@@ -7,6 +7,7 @@ checked without a server. Every wait is bounded."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import functools
 import io
@@ -282,3 +283,51 @@ def test_crdtkit_cluster_on_nats_starts_and_stops_its_own_server(tmp_path: Path)
     assert "on NATS at nats://127.0.0.1:" in said.getvalue()
     assert "verdict: PASS" in said.getvalue()
     assert "Server is ready" in (tmp_path / "nats-server.log").read_text()
+
+
+def test_nats_tls_and_a_password_pass_through_to_node_and_commands(tmp_path: Path) -> None:
+    from crdtkit.cli import main
+    from tests.conftest import start_nats_server, stop_nats_server
+
+    certs = Path(__file__).parent / "certs"
+    server = start_nats_server(
+        "--tls", "--tlscert", str(certs / "node.pem"), "--tlskey", str(certs / "node.key"),
+        "--tlsverify", "--tlscacert", str(certs / "ca.pem"), "--user", "crdt", "--pass", "pw",
+    )
+    try:
+        key = tmp_path / "k.key"
+        assert main(["keygen", str(key)], io.StringIO()) == 0
+        tls = ["--nats-tls-ca", str(certs / "ca.pem"), "--nats-tls-cert",
+               str(certs / "client.pem"), "--nats-tls-key", str(certs / "client.key")]
+        url = f"tls://crdt:pw@127.0.0.1:{server.port}"
+
+        async def main_async() -> None:
+            from crdtkit.serve import nats_options
+
+            args = argparse.Namespace(nats_creds=None, nats_tls_ca=tls[1], nats_tls_cert=tls[3],
+                                      nats_tls_key=tls[5])
+            options = nats_options(args)
+            service = NodeService("t0", tmp_path / "t0", transport=lambda rng: NatsNodeTransport(
+                "t0", bytes.fromhex(key.read_text().strip()), rng=rng, servers=[url],
+                cluster="tls", options=options))
+            stop, ready = asyncio.Event(), asyncio.Event()
+            running = asyncio.create_task(service.run(stop, ready))
+            try:
+                await asyncio.wait_for(ready.wait(), 10)
+                said = io.StringIO()
+                ask = ["members", "--node", "t0", "--cluster", "tls", "--key-file", str(key)]
+                assert await asyncio.to_thread(main, [*ask, "--nats", url, *tls], said, said) \
+                    == 0, said.getvalue()
+                assert "crdtkit.tls.requests.t0 up" in said.getvalue()
+                said = io.StringIO()
+                wrong = url.replace(":pw@", ":wrong@")
+                assert await asyncio.to_thread(main, [*ask, "--nats", wrong, *tls], said, said) \
+                    == 2
+                assert "took the connection" in said.getvalue() and "wrong" not in said.getvalue()
+            finally:
+                stop.set()
+                await asyncio.wait_for(running, 30)
+
+        asyncio.run(main_async())
+    finally:
+        stop_nats_server(server.process)
