@@ -241,7 +241,7 @@ class NodeService:
             address = self.transport.address
             if self.membership.status == Status.JOINING:
                 self.membership.set_address(address)  # the real port, once listening
-            log.info("%s: reached at %s as %s", self.node.node_id, address,
+            log.info("%s: listening on %s as %s", self.node.node_id, address,
                      self.replica.replica_id)
             if ready is not None:
                 ready.set()

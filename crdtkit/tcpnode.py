@@ -137,8 +137,6 @@ class TcpNodeTransport:
         self._requests = requests
         self._tcp.on_client = self._serve
         await self._tcp.start()
-        host, port = self._tcp.address
-        log.info("%s: listening on %s:%d", requests.node_id, host, port)
 
     async def stop_serving(self) -> None:
         """Clients are served until the endpoint closes. Cost: O(1)."""
