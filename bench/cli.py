@@ -18,6 +18,7 @@ from bench import (
     codec,
     counters,
     gossip,
+    levels,
     natsprocesses,
     origins,
     peers,
@@ -55,6 +56,7 @@ BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("tcp-processes", processes.processes),
     ("nats-frames", transports.nats_frames),
     ("nats-processes", natsprocesses.nats_processes),
+    ("levels", levels.levels),
     ("bounded-state", bookkeeping.bounded_state),
     ("pruning-opener", pruning.opener),
 ]

@@ -17,6 +17,11 @@ prints for people.
   for its members, to leave, or to down a node.
 - ``crdtkit cluster``: local node processes, on TCP or (``--engine nats``)
   NATS, driven, snapshotted and checked.
+- ``crdtkit ask --node HOST:PORT update KEY TYPE KIND [VALUE...] [--write
+  LEVEL --timeout S]`` and ``crdtkit ask ... get KEY [--read LEVEL]``: an
+  update or a read at a running node, at a consistency level (``local``,
+  ``majority``, ``all``; docs/consistency.md); exit 0 when the level was
+  reached, 1 when not (the update is applied at the node all the same).
 
 A bad argument or a bad file gets one line on stderr and exit status 2,
 never a traceback.
@@ -35,6 +40,7 @@ from typing import NoReturn, TextIO
 
 from crdts import codec
 from crdts.errors import CRDTError, DecodeError
+from replication.consistency import LEVELS
 from replication.history import History
 from snapshot.cut import GlobalSnapshot, LocalState, SnapshotId
 from snapshot.errors import SnapshotCorrupt
@@ -312,6 +318,29 @@ def _parser() -> _Parser:
                              help="the cluster key (hex)")
         _nats_options(command)
 
+    ask = commands.add_parser("ask", help="update or read a key at a running node, at a "
+                              "consistency level")
+    ask.add_argument("--node", required=True, metavar="HOST:PORT",
+                     help="a running node to ask (over NATS: its node id)")
+    ask.add_argument("--key-file", required=True, metavar="PATH", help="the cluster key (hex)")
+    _nats_options(ask)
+    asks = ask.add_subparsers(dest="request", required=True, parser_class=_Parser)
+    update = asks.add_parser("update", help="apply an update (durable at the node first)")
+    update.add_argument("key", metavar="KEY")
+    update.add_argument("type", metavar="TYPE", help="GCounter, PNCounter, ORSet, ...")
+    update.add_argument("kind", metavar="KIND", help="the operation: increment, add, ...")
+    update.add_argument("values", nargs="*", metavar="VALUE",
+                        help="its arguments (whole numbers are ints)")
+    update.add_argument("--write", choices=LEVELS, default="local",
+                        help="how many members must hold it before it returns (local)")
+    get = asks.add_parser("get", help="read a key")
+    get.add_argument("key", metavar="KEY")
+    get.add_argument("--read", choices=LEVELS, default="local",
+                     help="how many members to gather it from (local)")
+    for command in (update, get):
+        command.add_argument("--timeout", type=_real(0.0, 600.0, "a timeout in seconds"),
+                             default=5.0, help="seconds to wait for the level (5)")
+
     keygen = commands.add_parser("keygen", help="write a new cluster key file")
     keygen.add_argument("file", metavar="FILE")
     return parser
@@ -346,8 +375,8 @@ def main(
             if args.nats and args.engine != "nats":
                 raise _Usage("--nats URL goes with --engine nats")
             return run_cluster(args, out)
-        if args.command in ("members", "leave", "down"):
-            from crdtkit.serve import ask
+        if args.command in ("members", "leave", "down", "ask"):
+            from crdtkit.serve import ask, request
 
             _check_nats(args)
             if not args.nats:
@@ -355,7 +384,7 @@ def main(
                     args.node = _address(args.node)
                 except argparse.ArgumentTypeError as exc:
                     raise _Usage(str(exc)) from None
-            return ask(args, out)
+            return request(args, out) if args.command == "ask" else ask(args, out)
         if args.command == "keygen":
             from crdtkit.serve import keygen
 

@@ -243,6 +243,8 @@ class LocalCluster:
         return await Client.connect(self.addresses[node], self.key)
 
     async def _nats_client(self, node: str, timeout: float) -> Client:
+        from crdtkit.natsnode import NodeUnreachable
+
         # A node answers once it has subscribed; until then NATS says no
         # one listens (NodeUnreachable).
         client = await Client.over_nats(node, self.key, servers=[str(self.nats_url)],
@@ -253,7 +255,7 @@ class LocalCluster:
             try:
                 await asyncio.wait_for(client.stats(), max(0.1, deadline - loop.time()))
                 return client
-            except (OSError, TimeoutError):
+            except (NodeUnreachable, OSError, TimeoutError):
                 if loop.time() >= deadline:
                     client.close()
                     raise

@@ -107,9 +107,11 @@ class NatsUnavailable(CRDTError, ConnectionError):
     (down, or refusing its user, credentials or TLS)."""
 
 
-class NodeUnreachable(CRDTError, ConnectionError):
+class NodeUnreachable(CRDTError):
     """No node listens on the subject asked (NATS's "no responders"): the
-    node is not running, or runs under another cluster name."""
+    node is not running (yet), or runs under another cluster name. Unlike a
+    TCP client's ``NodeUnavailable`` the client stays usable: a later call
+    reaches the node once it listens."""
 
 
 def redact(text: str) -> str:

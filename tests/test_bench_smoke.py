@@ -58,6 +58,9 @@ EXPECTED = [
     "snapshot bytes per round during one",
     "snapshot frames per snapshot, 16 nodes",
     "pruning: opening frame",
+    "levels: update at majority, 5 processes",
+    "levels: read at all, 5 processes",
+    "levels: update at majority, 3 of 5 running",
 ]
 if nats_server_binary() is not None:  # else left out, with a line on stderr
     EXPECTED.append("nats frames through an endpoint")

@@ -15,10 +15,12 @@ from replication import (
     Replicator,
     auth,
     conformance,
+    consistency,
     dotranges,
     envelope,
     membership,
     messages,
+    ratelog,
     runtime,
     simnet,
     sqlite,
@@ -32,6 +34,8 @@ from snapshot import cut, files, marker, sec
 
 CLASSES = [
     tcp.FrameReader,
+    tcp.Limits,
+    ratelog.RateLimitedLog,
     crdts.GCounter,
     crdts.PNCounter,
     crdts.ORSet,
@@ -65,6 +69,8 @@ CLASSES = [
     envelope.Envelope,
     NatsEndpoint,
     NatsStats,
+    consistency.Quorum,
+    consistency.Reached,
 ]
 FUNCTIONS = [
     codec.encode,
@@ -105,8 +111,11 @@ FUNCTIONS = [
     conformance.check_transport,
     envelope.new_boot,
     nats_subject,
+    tcp.connect,
     protocol.encode,
     protocol.parse,
+    consistency.check_level,
+    consistency.needed,
 ]
 # Wire and generic-protocol plumbing: documented, but an example would only
 # repeat the codec's.

@@ -83,6 +83,15 @@ def test_nats_processes_converge_pass_sec_survive_a_sigkill_join_and_leave(
         said = io.StringIO()
         assert await asyncio.to_thread(main, ["members", "--node", "n1", *nats], said, said) == 0
         assert "crdtkit.five.requests.n5" in said.getvalue(), said.getvalue()
+        # Consistency levels over NATS: a majority write, then a majority read elsewhere.
+        said = io.StringIO()
+        ask = ["ask", "--node", "n1", *nats, "update", "levels", "GCounter", "increment", "2",
+               "--write", "majority"]
+        assert await asyncio.to_thread(main, ask, said, said) == 0, said.getvalue()
+        said = io.StringIO()
+        ask = ["ask", "--node", "n3", *nats, "get", "levels", "--read", "majority"]
+        assert await asyncio.to_thread(main, ask, said, said) == 0, said.getvalue()
+        assert "levels = 2" in said.getvalue(), said.getvalue()
         said = io.StringIO()
         assert await asyncio.to_thread(main, ["leave", "--node", "n5", *nats], said, said) == 0, \
             said.getvalue()
