@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import hypothesis.strategies as st
 
-from crdts import GCounter, LWWRegister, MVRegister, ORSet, PNCounter, VectorClock
+from crdts import GCounter, LWWRegister, MVRegister, ORMap, ORSet, PNCounter, VectorClock
 from crdts.testing import CRDTSpec, Op
 
 #: A small pool, so that removes hit and concurrent adds collide; it mixes
@@ -42,6 +45,64 @@ def vclock_ops(replica: str) -> st.SearchStrategy[Op]:
     return st.just(Op("increment", (replica,)))
 
 
+@dataclass(frozen=True)
+class Increment:
+    """A value mutator for ORMap.update: increment a counter (a readable repr)."""
+
+    amount: int
+
+    def __call__(self, counter: Any, me: str) -> object:
+        return counter.increment(me, self.amount)
+
+
+@dataclass(frozen=True)
+class Add:
+    element: object
+
+    def __call__(self, elements: Any, me: str) -> object:
+        return elements.add(self.element, me)
+
+
+@dataclass(frozen=True)
+class Remove:
+    element: object
+
+    def __call__(self, elements: Any, me: str) -> object:
+        return elements.remove(self.element)
+
+
+@dataclass(frozen=True)
+class Nested:
+    """Update (or, with ``remove``, remove) key ``key`` of a nested map."""
+
+    key: str
+    amount: int
+    remove: bool = False
+
+    def __call__(self, inner: Any, me: str) -> object:
+        if self.remove:
+            return inner.remove(self.key)
+        return inner.update(me, self.key, GCounter, Increment(self.amount))
+
+
+def ormap_ops(replica: str) -> st.SearchStrategy[Op]:
+    # Each key keeps one type: "c" counters, "s" sets, "m" maps of counters.
+    counters = st.builds(lambda n: Op("update", (replica, "c", GCounter, Increment(n))), AMOUNTS)
+    sets = st.builds(
+        lambda add, x: Op("update", (replica, "s", ORSet, Add(x) if add else Remove(x))),
+        st.booleans(),
+        st.sampled_from(["x", "y", 0]),
+    )
+    maps = st.builds(
+        lambda k, n, rm: Op("update", (replica, "m", ORMap, Nested(k, n, rm))),
+        st.sampled_from(["p", "q"]),
+        st.integers(0, 3),
+        st.booleans(),
+    )
+    removes = st.builds(lambda k: Op("remove", (k,)), st.sampled_from(["c", "s", "m"]))
+    return counters | sets | maps | removes
+
+
 def _stopped_clock() -> int:
     # A wall clock that never moves: every default timestamp comes from the
     # logical half of the hybrid clock, deterministically.
@@ -59,4 +120,5 @@ SPECS: dict[str, CRDTSpec] = {  # type: ignore[type-arg]
     "LWWRegister": CRDTSpec(new_lww, lww_ops),
     "MVRegister": CRDTSpec(MVRegister, mvregister_ops),
     "VectorClock": CRDTSpec(VectorClock, vclock_ops),
+    "ORMap": CRDTSpec(ORMap, ormap_ops, max_steps=14),
 }
