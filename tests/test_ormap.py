@@ -198,7 +198,7 @@ def test_hostile_payloads_give_decode_errors() -> None:
         [ctx, flat + flat],  # the same dot twice
         [ctx, [*flat[:2], 1.5, *flat[3:]]],  # a float key
         [ctx, [*flat[:2], ["k"], *flat[3:]]],  # a list key
-        [ctx, [*flat[:3], ["a", 2], *flat[4:]]],  # folded without its own dot
+        [ctx, [*flat[:3], [], *flat[4:]]],  # folded without its own dot
         [ctx, [*flat[:3], ["z", 1], *flat[4:]]],
         [ctx, [*flat[:4], "Nope", *flat[5:]]],  # an unknown value type
         [ctx, [*flat[:4], "ORSet", *flat[5:]]],  # a payload of another type
