@@ -1,15 +1,15 @@
 """The yardstick of TESTING.md: 16 replicas, 1,000 random operations over every
-type (the OR-Map's from ``tests.ormapkit``), 30% loss, 5% duplication, reordering, random partitions healed, and
-replicas crashing and restarting from their stores (``MemoryStore``: the
-node's restart path), whose last write may be older than what they had sent
-since, a replica restarted every few rounds whatever, and members removed
-for good (``remove_peer`` and ``retire`` everywhere) and new ones added
-(``add_peer``), so retired incarnations and removed members are pruned
-mid-run (docs/pruning.md). Within 30
-rounds of the last heal every replica must encode to identical bytes, every
-value must equal the sequential specification (the operation log follows
-every pruning through ``on_prune``), and no operation another replica had
-acknowledged may be lost or counted twice.
+type (the OR-Map's from ``tests.ormapkit``), 30% loss, 5% duplication,
+reordering, random partitions healed, and replicas crashing and restarting from
+their stores (``MemoryStore``: the node's restart path), whose last write may
+be older than what they had sent since, a replica restarted every few rounds
+whatever, and members removed for good (``remove_peer`` and ``retire``
+everywhere) and new ones added (``add_peer``), so retired incarnations and
+removed members are pruned mid-run (docs/pruning.md). Within 30 rounds of the
+last heal every replica must encode to identical bytes, every value must equal
+the sequential specification (the operation log follows every pruning through
+``on_prune``), and no operation another replica had acknowledged may be lost or
+counted twice.
 
 Pruning assumes no frame is delayed past ``prune_after`` and no member
 restarts from a store older than ``marker_ttl``: a replica here writes its
