@@ -181,6 +181,11 @@ def _parser() -> _Parser:
         help="refuse updates that make a key's state larger (64 MiB)",
     )
     node.add_argument(
+        "--import", dest="imports", action="append", default=[], metavar="MODULE",
+        help="import MODULE first: your own types, registered with crdts.codec and "
+        "declaring their OPERATIONS, are then served (repeatable)",
+    )
+    node.add_argument(
         "--prune-after", type=_seconds, default=300.0, metavar="SECONDS",
         help="wait this long after a replica id is retired (an earlier incarnation, a "
         "removed member) before pruning it (300 s); longer than any frame is delayed",

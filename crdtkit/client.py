@@ -31,8 +31,9 @@ from crdtkit import protocol
 from crdts import codec
 from crdts.base import CRDT, expect_list, expect_replica, expect_uint
 from crdts.errors import CRDTError, DecodeError
+from crdts.operations import operations_of
 from replication.dotranges import DotRanges
-from replication.history import Operation, check_update
+from replication.history import Operation
 from replication.messages import Entry
 from replication.tcp import Channel, Limits, connect
 from snapshot.cut import GlobalSnapshot, LocalState, SnapshotId
@@ -156,9 +157,11 @@ class Client:
     async def update(
         self, key: str, type_name: str, kind: str, *args: Any, request_id: bytes | None = None
     ) -> Operation:
-        """Apply an update of a built-in type at the node (for example
-        ``update("hits", "GCounter", "increment", 2)``); returns it as logged,
-        once the node's store committed it.
+        """Apply an operation of a type registered with ``crdts.codec`` at
+        the node (for example ``update("hits", "GCounter", "increment", 2)``);
+        returns it as logged, once the node's store committed it. Its
+        arguments are checked here first, by the type's operation table
+        (``crdts.operations``): InvalidOperation, and nothing is sent.
 
         ``request_id`` (1 to 64 bytes; a fresh unique one if not given) makes
         a retry safe: calling again with the same id, on this connection or
@@ -168,7 +171,7 @@ class Client:
         visible anywhere, and a retry with the same id may apply it).
 
         Cost: a round trip and the node's commit."""
-        type_name, kind, items = check_update(type_name, kind, list(args))
+        items = list(operations_of(type_name)[1].validate(kind, args))
         if request_id is None:
             self._ids += 1
             request_id = self._prefix + self._ids.to_bytes(8, "big")

@@ -52,6 +52,7 @@ import functools
 import logging
 import os
 import ssl
+import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -63,8 +64,8 @@ from typing import NamedTuple
 from crdtkit import protocol
 from crdts import codec
 from crdts.base import expect_list
-from crdts.errors import CRDTError, DecodeError
-from replication.history import History, TypeSpec, check_update
+from crdts.errors import CRDTError, DecodeError, InvalidOperation
+from crdts.operations import operations_of
 from replication.membership import (
     MemberEvent,
     MemberNode,
@@ -197,6 +198,11 @@ class NodeService:
             rng = Random(os.urandom(16))  # incarnations must not repeat across restarts
             replica = restore(stored, node_id, list(peers), rng=rng, max_state=max_state,
                               prune_after=prune_after)
+            # The runtime's time is the event loop's (monotonic); the hybrid
+            # clock's physical half is wall time, so LWW timestamps of
+            # different nodes compare.
+            replica.hlc.origin = time.time_ns() - time.monotonic_ns()
+            replica.hlc.advance(time.monotonic())
             self.node = SnapshotNode(replica, colour=self._colour(stored))
             self._advertise = advertise
             own = _text(advertise or listen)
@@ -424,14 +430,25 @@ class NodeService:
         with its answer. A key's row is encoded once per batch; if one comes
         out over ``max_state``, the batch is staged again an update at a time
         (its dots are not reused) so only the updates that grow a key too far
-        are refused."""
+        are refused. A type's own code that fails otherwise (a user's type
+        with a bug) may have changed the batch's copy half-way: that update
+        is answered "failed" and the rest are staged again without it."""
         batch = self.replica.stage()
         staged = []
+        broken = False
         for request in requests:
             try:
                 staged.append((request, self._stage(batch, request)))
             except (CRDTError, ValueError, TypeError) as exc:
                 request.done.set_result(_Answer(False, f"refused: {exc}".encode()))
+            except Exception as exc:
+                log.exception("%s: %s.%s failed on %r", self.replica.node_id,
+                              request.type_name, request.kind, request.key)
+                request.done.set_result(_Answer(False, f"failed: {exc!r}"[:500].encode()))
+                broken = True
+        if broken:
+            self.replica.discard(batch)
+            return self._stage_all([request for request, _ in staged])
         rows = {key: encode_row(batch.entry(key)) for key in batch.keys()}  # noqa: SIM118 (a list, not a dict)
         if all(len(row) <= self.max_state for row in rows.values()):
             return batch, rows, staged
@@ -452,10 +469,10 @@ class NodeService:
 
     def _stage(self, batch: Staged, request: _Request) -> tuple[bytes, list[object]]:
         """Stage one update; its answer, as kept and as sent."""
-        spec = _spec(request.type_name)
-        kind, args = request.kind, tuple(request.args)
+        cls, table = operations_of(request.type_name)
+        kind, args, clock = request.kind, request.args, self.replica.hlc
         delta, dot, observed = batch.update(
-            request.key, spec.new, lambda s, me: spec.mutate(s, me, kind, args)
+            request.key, cls, lambda s, me: table.apply(s, me, kind, args, clock)
         )
         done: list[object] = [*dot, observed.to_payload(), codec.encode(delta)]
         return codec.encode_plain([request.key, *done]), done
@@ -474,13 +491,24 @@ class NodeService:
             return waiting
         if not fresh and request_id in self._window.sizes:  # answered: read it back
             return asyncio.ensure_future(self._answered(request_id, fields))
-        type_name, kind, items = check_update(type_name, kind, args)
+        # Through the type's operation table: an operation the key's type
+        # does not take, or arguments it refuses, are answered with an error
+        # before anything is queued (staging checks the type again: gossip
+        # may bring the key meanwhile).
+        cls, table = operations_of(type_name)
+        items = list(table.validate(kind, expect_list(args, "arguments"),
+                                    max_size=self.max_state))
+        held = self.replica.get(key)
+        if held is not None and type(held) is not cls:
+            raise InvalidOperation(f"{key!r:.60} holds a {type(held).__name__}; {type_name} "
+                                   "operations do not apply to it")
         done: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
         self._inflight[request_id] = done
         # Forgotten when answered, even if the client that asked has gone:
         # it is not taken out of the commit it is in.
         done.add_done_callback(lambda _: self._inflight.pop(request_id, None))
-        self._queue.append(_Request(key, type_name, kind, items, request_id, done))
+        name = table.mutator(kind).name
+        self._queue.append(_Request(key, cls.TYPE_TAG, name, items, request_id, done))
         self._wake.set()
         return done
 
@@ -676,9 +704,3 @@ def _done(request: int, answer: _Answer) -> bytes:
     if done is None:  # read back from the store: after its key
         _, *done = expect_list(codec.decode_plain(answer.fields), "answer")
     return protocol.encode("done", request, *done)
-
-
-@functools.cache
-def _spec(type_name: str) -> TypeSpec:
-    """The built-in type's spec, made once (``check_update`` named it)."""
-    return History().spec(type_name)

@@ -5,8 +5,12 @@ in the ``client`` role.
 Every message is a canonical CBOR array whose first items are its kind and a
 request id the answer repeats:
 
-- ``["update", id, key, type, kind, [args], request id]``: apply an update
-  of a built-in type (``replication.history.check_update`` lists them).
+- ``["update", id, key, type, kind, [args], request id]``: apply operation
+  ``kind`` of the type registered as ``type`` (its operation table,
+  ``crdts.operations``: the built-in types and any the node imported). An
+  operation the type does not take, arguments it refuses, or a key that
+  holds another type are answered with an error before anything is applied
+  or journalled, and the connection stays open.
   Answered, once the node's store committed it, with ``["done", id, replica,
   counter, observed, delta]``: the update's dot, the operations it observed
   on its key (dot ranges, ``replication.dotranges``), and its delta, all a

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import shutil
 import signal
@@ -48,6 +49,12 @@ def serve(args: argparse.Namespace, err: TextIO) -> int:
     A folder in use or a damaged store: one line on ``err``, exit 2."""
     logging.basicConfig(stream=err, level=logging.INFO, format="%(asctime)s %(message)s")
     server_ssl, client_ssl = _tls(args)
+    for module in args.imports:  # a user's types register themselves on import
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            print(f"crdtkit node: --import {module}: {exc!r:.200}", file=err)
+            return 2
     try:
         service = NodeService(
             args.id,

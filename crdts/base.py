@@ -33,6 +33,7 @@ __all__ = [
     "check_amount",
     "check_atom",
     "check_replica",
+    "check_text",
     "join",
     "leq",
 ]
@@ -138,11 +139,35 @@ def leq(a: C, b: C) -> bool:
     return join(b, a) == b
 
 
+def check_text(text: str, what: str) -> str:
+    """Return ``text`` if it encodes to UTF-8, else raise InvalidOperation: a
+    lone surrogate (``"x\\ud800"``) is a Python ``str`` that no encoder
+    writes, so taking one in would make every later encoding of the state
+    fail. Cost: O(len(text)), at C speed (ASCII is checked without copying).
+
+    >>> check_text("caf\u00e9", "a value")
+    'café'
+    >>> check_text("x\\ud800", "a value")
+    Traceback (most recent call last):
+    ...
+    crdts.errors.InvalidOperation: a value must be valid Unicode (no lone surrogates): 'x\\ud800'
+    """
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise InvalidOperation(
+                f"{what} must be valid Unicode (no lone surrogates): {text!r:.60}"
+            ) from None
+    return text
+
+
 def check_replica(replica: object) -> str:
-    """Return ``replica`` if it is a usable replica id, else raise InvalidOperation."""
+    """Return ``replica`` if it is a usable replica id (a non-empty str that
+    encodes), else raise InvalidOperation."""
     if type(replica) is not str or not replica:
-        raise InvalidOperation(f"a replica id is a non-empty str, not {replica!r}")
-    return replica
+        raise InvalidOperation(f"a replica id is a non-empty str, not {replica!r:.60}")
+    return check_text(replica, "a replica id")
 
 
 def check_amount(amount: object) -> int:
@@ -157,7 +182,9 @@ def check_amount(amount: object) -> int:
 def check_atom(value: object) -> Atom:
     """Return ``value`` if it is an :data:`Atom` that CBOR holds without a tag."""
     kind = type(value)
-    if kind is str or kind is bytes:
+    if kind is str:
+        return check_text(value, "a str value")  # type: ignore[arg-type]
+    if kind is bytes:
         return value  # type: ignore[return-value]
     if kind is int:
         if not _MIN_NINT <= value <= MAX_UINT:  # type: ignore[operator]

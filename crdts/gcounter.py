@@ -10,11 +10,13 @@ same loop as a plain dict max-merge); ``value`` O(r).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 from crdts._slots import from_flat, merge_max, prune_slot, to_flat
 from crdts.base import MAX_UINT, check_amount, check_replica
 from crdts.errors import InvalidOperation
+from crdts.operations import Arg, Logged, Mutator, Operations
 
 __all__ = ["GCounter"]
 
@@ -37,6 +39,8 @@ class GCounter:
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     TYPE_TAG: ClassVar[str] = "GCounter"
+    #: The operations it takes and its sequential model (``crdts.operations``).
+    OPERATIONS: ClassVar[Operations]
     FORMAT_VERSION: ClassVar[int] = 1
 
     def __init__(self) -> None:
@@ -55,7 +59,7 @@ class GCounter:
         Cost: O(1).
         """
         # The type tests inline are the hot path; the checkers raise the errors.
-        if type(replica) is not str or not replica:
+        if type(replica) is not str or not replica or not replica.isascii():
             check_replica(replica)
         if type(amount) is not int or amount < 0:
             check_amount(amount)
@@ -154,3 +158,16 @@ class GCounter:
         out = cls()
         out._slots = from_flat(payload, "GCounter")
         return out
+
+
+def _model(ops: Sequence[Logged]) -> int:
+    # The sequential specification: the sum of the increments.
+    return sum(op.args[0] for op in ops)
+
+
+GCounter.OPERATIONS = Operations(
+    [Mutator("increment", lambda c, me, _, n: c.increment(me, n),
+             (Arg("amount", check_amount, 1),))],
+    _model,
+    generate=lambda rng: ("increment", (rng.randint(0, 9),)),
+)

@@ -5,19 +5,23 @@ Equal timestamps are broken by the larger replica id, and (only for writes a
 caller forced to share a timestamp and a replica) by the value's canonical
 order, so the order is total and every replica picks the same winner.
 
-Default timestamps come from a hybrid logical clock (Kulkarni et al., 2014):
-``max(wall clock, current timestamp + 1)``. A write made after reading a value
-therefore always beats it, even when this replica's wall clock is behind the
-clock that wrote the value (clock skew, a clock stepping backwards). Lost
-concurrent writes are the point of the type: use an MV-Register to keep them.
+A default timestamp is always strictly above the register's current one,
+so a write made after reading a value beats it, even when this replica's
+clock is behind the clock that wrote the value (clock skew, a clock stepping
+backwards). The type reads no clock: through a replicator (the operation
+table, ``OPERATIONS``) the default comes from the replicator's hybrid logical
+clock (Kulkarni et al., 2014; ``replication.hlc``), which also refuses an
+explicit timestamp too far ahead of it, so no writer can freeze the register;
+a bare register takes ``max(clock(), current + 1)`` from the ``clock`` it was
+given, or ``current + 1`` without one. Lost concurrent writes are the point
+of the type: use an MV-Register to keep them.
 
 Cost: every operation O(1).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import ClassVar, Generic, TypeVar
 
 from crdts.base import (
@@ -30,6 +34,7 @@ from crdts.base import (
     expect_uint,
 )
 from crdts.errors import DecodeError, InvalidOperation
+from crdts.operations import SAMPLE_ATOMS, Arg, Clock, Logged, Mutator, Operations
 
 __all__ = ["LWWRegister"]
 
@@ -57,27 +62,29 @@ class LWWRegister(Generic[T]):
     >>> r.value
     'v2'
 
-    ``clock`` is the wall clock the default timestamps start from (an int; by
-    default ``time.time_ns``). It is not part of the state: it is neither
-    compared nor encoded.
+    ``clock``, if given, is the clock the default timestamps start from (an
+    int reading; the type never reads one of its own). It is not part of the
+    state: it is neither compared nor encoded.
     """
 
     __slots__ = ("_clock", "_write")
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     TYPE_TAG: ClassVar[str] = "LWWRegister"
+    #: The operations it takes and its sequential model (``crdts.operations``).
+    OPERATIONS: ClassVar[Operations]
     FORMAT_VERSION: ClassVar[int] = 1
 
-    def __init__(self, *, clock: Callable[[], int] = time.time_ns) -> None:
-        self._clock = clock
+    def __init__(self, *, clock: Callable[[], int] | None = None) -> None:
+        self._clock: Callable[[], int] | None = clock
         self._write: tuple[int, str, T] | None = None
 
     def assign(self, value: T, replica: str, timestamp: int | None = None) -> LWWRegister[T]:
         """Write ``value`` on behalf of ``replica``; return the delta (the write).
 
-        Without ``timestamp``, the hybrid logical clock picks one above the
-        current timestamp, so this write wins over everything this replica
-        has seen:
+        Without ``timestamp``, the register's clock (if it has one) picks one
+        above the current timestamp, so this write wins over everything this
+        replica has seen:
 
         >>> r: LWWRegister[str] = LWWRegister(clock=lambda: 5)  # a clock far behind
         >>> _ = r.assign("theirs", "z", timestamp=1_000)
@@ -100,7 +107,7 @@ class LWWRegister(Generic[T]):
         return delta
 
     def _next_timestamp(self) -> int:
-        now = self._clock()
+        now = 0 if self._clock is None else self._clock()
         if type(now) is not int:
             raise InvalidOperation(f"the clock must return an int, got {now!r}")
         # Strictly above the current write, whatever the wall clock says.
@@ -224,3 +231,43 @@ class LWWRegister(Generic[T]):
         expect_atoms(fields[2:], "LWWRegister value")
         out._write = (timestamp, replica, fields[2])  # type: ignore[assignment]
         return out
+
+
+def _model(ops: Sequence[Logged]) -> object:
+    # The write with the greatest (timestamp, replica): read from the
+    # deltas, since a default timestamp is the clock's to choose.
+    writes = [op.delta._write for op in ops]
+    return max(writes, key=_order)[2] if writes else None
+
+
+def _check_timestamp(timestamp: object) -> int | None:
+    if timestamp is not None and (type(timestamp) is not int or not 0 <= timestamp <= MAX_UINT):
+        raise InvalidOperation(
+            f"a timestamp is None or an int in [0, 2**64), got {timestamp!r:.40}"
+        )
+    return timestamp
+
+
+def _assign(
+    register: LWWRegister[object], replica: str, clock: Clock, value: object, timestamp: int | None
+) -> LWWRegister[object]:
+    # The replicator's clock picks a default timestamp above the register's
+    # and refuses an explicit one too far ahead of it (max offset).
+    timestamp = clock.timestamp(register.timestamp) if timestamp is None else clock.admit(timestamp)
+    return register.assign(value, replica, timestamp)
+
+
+LWWRegister.OPERATIONS = Operations(
+    [
+        Mutator(
+            "assign",
+            _assign,
+            (Arg("value", check_atom), Arg("timestamp", _check_timestamp, None)),
+        )
+    ],
+    _model,
+    # An explicit timestamp now and then: equal readings, and clocks behind.
+    generate=lambda rng: (
+        "assign", (rng.choice(SAMPLE_ATOMS), rng.choice([None, None, rng.randrange(5)]))
+    ),
+)

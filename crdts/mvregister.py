@@ -11,6 +11,7 @@ Cost (v concurrent values, r replicas): ``assign`` O(v); ``merge`` O(v + r);
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar, Generic, TypeVar
 
 from crdts._rename import check_rename, prune_by_renaming, rename_context
@@ -24,6 +25,7 @@ from crdts.base import (
 )
 from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError, InvalidOperation
+from crdts.operations import SAMPLE_ATOMS, Arg, Logged, Mutator, Operations
 
 __all__ = ["MVRegister"]
 
@@ -47,6 +49,8 @@ class MVRegister(Generic[T]):
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     TYPE_TAG: ClassVar[str] = "MVRegister"
+    #: The operations it takes and its sequential model (``crdts.operations``).
+    OPERATIONS: ClassVar[Operations]
     FORMAT_VERSION: ClassVar[int] = 1
 
     def __init__(self) -> None:
@@ -226,3 +230,19 @@ class MVRegister(Generic[T]):
         out._ctx = ctx
         out._entries = dict(zip(dots, values, strict=True))  # type: ignore[arg-type]
         return out
+
+
+def _model(ops: Sequence[Logged]) -> frozenset[object]:
+    # The writes no other write observed.
+    return frozenset(
+        op.args[0]
+        for op in ops
+        if not any(other is not op and other.observed.contains(*op.dot) for other in ops)
+    )
+
+
+MVRegister.OPERATIONS = Operations(
+    [Mutator("assign", lambda r, me, _, v: r.assign(v, me), (Arg("value", check_atom),))],
+    _model,
+    generate=lambda rng: ("assign", (rng.choice(SAMPLE_ATOMS),)),
+)

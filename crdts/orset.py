@@ -44,7 +44,7 @@ them grows with r: the O(n + r) rebuild after a full-state join is paid once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
 from typing import ClassVar, Generic, TypeAlias, TypeVar
 
@@ -60,6 +60,7 @@ from crdts.base import (
 )
 from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError, InvalidOperation
+from crdts.operations import SAMPLE_ATOMS, Arg, Logged, Mutator, Operations
 
 __all__ = ["ORSet"]
 
@@ -127,6 +128,8 @@ class ORSet(Generic[T]):
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     TYPE_TAG: ClassVar[str] = "ORSet"
+    #: The operations it takes and its sequential model (``crdts.operations``).
+    OPERATIONS: ClassVar[Operations]
     FORMAT_VERSION: ClassVar[int] = 1
 
     def __init__(self) -> None:
@@ -615,3 +618,26 @@ def _check_seen(ctx: CausalContext, origin: str, counters: list[int]) -> None:
         c for c in counters if c > top
     ):
         raise DecodeError(f"ORSet: a dot of {origin!r} lies outside the causal context")
+
+
+def _model(ops: Sequence[Logged]) -> frozenset[object]:
+    # Add-wins: an element is in iff some add of it was observed by no
+    # remove of it.
+    removes = [op for op in ops if op.kind == "remove"]
+    return frozenset(
+        op.args[0]
+        for op in ops
+        if op.kind == "add"
+        and not any(r.args[0] == op.args[0] and r.observed.contains(*op.dot) for r in removes)
+    )
+
+
+_ELEMENT = (Arg("element", check_atom),)
+ORSet.OPERATIONS = Operations(
+    [
+        Mutator("add", lambda s, me, _, x: s.add(x, me), _ELEMENT),
+        Mutator("remove", lambda s, _me, _, x: s.remove(x), _ELEMENT),
+    ],
+    _model,
+    generate=lambda rng: (rng.choice(["add", "add", "remove"]), (rng.choice(SAMPLE_ATOMS),)),
+)

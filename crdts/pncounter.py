@@ -8,11 +8,13 @@ Cost: ``increment`` and ``decrement`` O(1); ``merge`` O(r); ``value`` O(r).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
-from crdts.base import expect_list
+from crdts.base import check_amount, expect_list
 from crdts.errors import DecodeError
 from crdts.gcounter import GCounter
+from crdts.operations import Arg, Logged, Mutator, Operations
 
 __all__ = ["PNCounter"]
 
@@ -30,6 +32,8 @@ class PNCounter:
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     TYPE_TAG: ClassVar[str] = "PNCounter"
+    #: The operations it takes and its sequential model (``crdts.operations``).
+    OPERATIONS: ClassVar[Operations]
     FORMAT_VERSION: ClassVar[int] = 1
 
     def __init__(self) -> None:
@@ -151,3 +155,19 @@ class PNCounter:
         out._p = GCounter.from_payload(halves[0], version)
         out._n = GCounter.from_payload(halves[1], version)
         return out
+
+
+def _model(ops: Sequence[Logged]) -> int:
+    # The sequential specification: increments minus decrements.
+    return sum(op.args[0] if op.kind == "increment" else -op.args[0] for op in ops)
+
+
+_AMOUNT = (Arg("amount", check_amount, 1),)
+PNCounter.OPERATIONS = Operations(
+    [
+        Mutator("increment", lambda c, me, _, n: c.increment(me, n), _AMOUNT),
+        Mutator("decrement", lambda c, me, _, n: c.decrement(me, n), _AMOUNT),
+    ],
+    _model,
+    generate=lambda rng: (rng.choice(["increment", "decrement"]), (rng.randint(0, 9),)),
+)

@@ -12,12 +12,13 @@ replicas; ``compare`` and ``<=`` are O(r) in both clocks' replicas.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import ClassVar
 
 from crdts._slots import from_flat, leq_slots, merge_max, prune_slot, to_flat
 from crdts.base import MAX_UINT, check_replica
 from crdts.errors import InvalidOperation
+from crdts.operations import Logged, Mutator, Operations
 
 __all__ = ["Order", "VectorClock"]
 
@@ -48,6 +49,8 @@ class VectorClock:
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     TYPE_TAG: ClassVar[str] = "VectorClock"
+    #: The operations it takes and its sequential model (``crdts.operations``).
+    OPERATIONS: ClassVar[Operations]
     FORMAT_VERSION: ClassVar[int] = 1
 
     def __init__(self, counts: Mapping[str, int] | None = None) -> None:
@@ -207,3 +210,21 @@ class VectorClock:
         out = cls()
         out._slots = from_flat(payload, "VectorClock")
         return out
+
+
+def _model(ops: Sequence[Logged]) -> dict[str, int]:
+    # The sequential specification: the number of increments per replica.
+    counts: dict[str, int] = {}
+    for op in ops:
+        counts[op.dot[0]] = counts.get(op.dot[0], 0) + 1
+    return counts
+
+
+# Its value names replicas: an operation folded into an owner's by pruning
+# counts under the owner.
+VectorClock.OPERATIONS = Operations(
+    [Mutator("increment", lambda v, me, _: v.increment(me))],
+    _model,
+    names_replicas=True,
+    generate=lambda _: ("increment", ()),
+)

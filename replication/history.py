@@ -42,13 +42,12 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
-from functools import partial
 from typing import Any, TypeAlias
 
 from crdts import GCounter, LWWRegister, MVRegister, ORSet, PNCounter, VectorClock, codec
-from crdts.base import CRDT, MAX_UINT, expect_list, expect_replica, expect_uint
-from crdts.errors import DecodeError
-from crdts.lwwregister import _order
+from crdts.base import CRDT, expect_list, expect_replica, expect_uint
+from crdts.errors import DecodeError, InvalidOperation
+from crdts.operations import Operations, operations_of
 from replication.dotranges import DotRanges
 from replication.messages import Entry
 from replication.replicator import Replicator
@@ -70,34 +69,11 @@ __all__ = [
 Dot = tuple[str, int]
 
 
-def _logical(state: LWWRegister[Any], timestamp: int | None = None) -> int:
-    # The logical half of the hybrid clock, max(0, current + 1), whatever
-    # wall clock the register carries (a decoded one reads the real one):
-    # so a run is deterministic for its seed.
-    if timestamp is not None:
-        return timestamp
-    return 0 if state.timestamp is None else state.timestamp + 1
-
-
-#: The built-in types by name: how to make an empty one, and its updates.
-TYPES: dict[str, Callable[[], CRDT]] = {
-    "GCounter": GCounter,
-    "PNCounter": PNCounter,
-    "ORSet": ORSet,
-    "LWWRegister": LWWRegister,
-    "MVRegister": MVRegister,
-    "VectorClock": VectorClock,
-}
-
-_CALLS: dict[tuple[str, str], Callable[[Any, str, tuple[Any, ...]], Any]] = {
-    ("GCounter", "increment"): lambda s, me, a: s.increment(me, *a),
-    ("PNCounter", "increment"): lambda s, me, a: s.increment(me, *a),
-    ("PNCounter", "decrement"): lambda s, me, a: s.decrement(me, *a),
-    ("ORSet", "add"): lambda s, me, a: s.add(a[0], me),
-    ("ORSet", "remove"): lambda s, me, a: s.remove(a[0]),
-    ("LWWRegister", "assign"): lambda s, me, a: s.assign(a[0], me, _logical(s, *a[1:])),
-    ("MVRegister", "assign"): lambda s, me, a: s.assign(a[0], me),
-    ("VectorClock", "increment"): lambda s, me, a: s.increment(me),
+#: The built-in types by name. Their operations, argument checks and models
+#: are their own (``crdts.operations``): nothing here special-cases a type.
+TYPES: dict[str, type[CRDT]] = {
+    cls.TYPE_TAG: cls
+    for cls in (GCounter, PNCounter, ORSet, LWWRegister, MVRegister, VectorClock)
 }
 
 
@@ -189,8 +165,8 @@ class History:
     @classmethod
     def from_bytes(cls, data: bytes, *, max_size: int = 1 << 30) -> History:
         """Parse :meth:`to_bytes` output (untrusted): DecodeError unless every
-        operation is a well-formed update of a built-in type whose delta has
-        that type. Cost: O(len(data))."""
+        operation is a well-formed operation of a registered type (its
+        table's) whose delta has that type. Cost: O(len(data))."""
         raw = expect_list(codec.decode_plain(data, max_size=max_size), "log")
         if len(raw) != 3 or raw[:2] != [_LOG_TAG, _LOG_VERSION]:
             raise DecodeError("not a crdtkit operation log")
@@ -223,15 +199,27 @@ class History:
 
     def spec(self, type_name: str) -> TypeSpec:
         """The :class:`TypeSpec` in :attr:`specs` for ``type_name``, else the
-        built-in one; ValueError if there is neither."""
+        one of the type registered under that name, from its operation
+        table; ValueError if there is neither."""
         spec = self.specs.get(type_name)
         return _builtin_spec(type_name) if spec is None else spec
 
     def apply(self, replica: Replicator, key: str, type_name: str, kind: str, *args: Any) -> None:
-        """Make one update on ``replica`` and log it with what it observed."""
+        """Make one update on ``replica`` and log it with what it observed.
+        Through a type's operation table, the arguments are checked first
+        (InvalidOperation, and nothing changes) and logged as checked, and
+        the operation is handed the replica's clock (``Replicator.hlc``)."""
         spec = self.spec(type_name)
+        table = spec.operations
+        mutate: Callable[[Any, str], Any]
+        if table is not None:
+            args = table.validate(kind, args, max_size=replica.max_state)
+            clock = replica.hlc
+            mutate = lambda s, me: table.apply(s, me, kind, args, clock)  # noqa: E731
+        else:
+            mutate = lambda s, me: spec.mutate(s, me, kind, args)  # noqa: E731
         observed = replica.ops(key)
-        delta = replica.update(key, spec.new, lambda s, me: spec.mutate(s, me, kind, args))
+        delta = replica.update(key, spec.new, mutate)
         dot = (replica.replica_id, replica.clock.vv[replica.replica_id])
         self.operations.append(Operation(key, type_name, kind, args, dot, observed, delta))
 
@@ -313,7 +301,7 @@ class History:
             holder = self.holder(key, held, op.dot)
             if holder is None:
                 continue
-            if holder != op.dot[0] and op.type_name == "VectorClock":
+            if holder != op.dot[0] and self.spec(op.type_name).names_replicas:
                 op = replace(op, dot=(holder, op.dot[1]))  # noqa: PLW2901
             if folded or op.observed.pruned:
                 op = replace(op, observed=self._observed(key, op.observed, folded))  # noqa: PLW2901
@@ -348,104 +336,50 @@ def _observed(raw: object) -> DotRanges:
         raise DecodeError("observed: not a key's whole bookkeeping")
     return observed
 
-#: The arguments of each built-in update: an amount, a value, a timestamp or None.
-_ARGS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("GCounter", "increment"): ("amount",),
-    ("PNCounter", "increment"): ("amount",),
-    ("PNCounter", "decrement"): ("amount",),
-    ("ORSet", "add"): ("atom",),
-    ("ORSet", "remove"): ("atom",),
-    ("LWWRegister", "assign"): ("atom", "timestamp"),
-    ("MVRegister", "assign"): ("atom",),
-    ("VectorClock", "increment"): (),
-}
-
-
 def check_update(type_name: object, kind: object, args: object) -> tuple[str, str, list[object]]:
-    """``(type_name, kind, args)`` if they name an update of a built-in type
-    with arguments it takes (from untrusted input); DecodeError otherwise.
+    """``(type_name, kind, args)`` if they name an operation of a type
+    registered with ``crdts.codec`` with arguments it takes (from untrusted
+    input; the arguments come back checked, defaults filled in, by the
+    type's table: ``crdts.operations``); DecodeError otherwise.
 
     >>> check_update("GCounter", "increment", [2])
     ('GCounter', 'increment', [2])
     >>> check_update("GCounter", "decrement", [2])
     Traceback (most recent call last):
     ...
-    crdts.errors.DecodeError: no update 'GCounter'.'decrement'
+    crdts.errors.DecodeError: a GCounter has no operation 'decrement' (it has: increment)
 
-    Cost: O(len(args)).
+    Cost: O(size of args).
     """
-    if not (isinstance(type_name, str) and isinstance(kind, str)):
-        raise DecodeError("the type and the kind of an update are str")
-    shape = _ARGS.get((type_name, kind))
-    if shape is None:
-        raise DecodeError(f"no update {type_name!r:.40}.{kind!r:.40}")
     items = expect_list(args, "update arguments")
-    if len(items) != len(shape) or not all(map(_fits, shape, items)):
-        raise DecodeError(f"bad arguments for {type_name}.{kind}")
-    return type_name, kind, items
-
-
-def _fits(shape: str, arg: object) -> bool:
-    if shape == "atom":
-        return type(arg) in (str, bytes, int)
-    if shape == "timestamp" and arg is None:
-        return True
-    return type(arg) is int and 0 <= arg <= MAX_UINT
+    try:
+        _, table = operations_of(type_name)
+        checked = table.validate(kind, items)
+    except InvalidOperation as exc:
+        raise DecodeError(str(exc)) from None
+    return type_name, kind, list(checked)  # type: ignore[return-value]  # validated
 
 
 def expected(type_name: str, ops: Sequence[Operation]) -> object:
-    """The sequential specification of ``type_name`` over ``ops``."""
-    if type_name == "GCounter":
-        return sum(op.args[0] for op in ops)
-    if type_name == "PNCounter":
-        return sum(op.args[0] if op.kind == "increment" else -op.args[0] for op in ops)
-    if type_name == "VectorClock":
-        counts: dict[str, int] = {}
-        for op in ops:
-            counts[op.dot[0]] = counts.get(op.dot[0], 0) + 1
-        return counts
-    if type_name == "ORSet":
-        removes = [op for op in ops if op.kind == "remove"]
-        return frozenset(
-            op.args[0]
-            for op in ops
-            if op.kind == "add"
-            and not any(r.args[0] == op.args[0] and r.observed.contains(*op.dot) for r in removes)
-        )
-    if type_name == "MVRegister":
-        return frozenset(
-            op.args[0]
-            for op in ops
-            if not any(other is not op and other.observed.contains(*op.dot) for other in ops)
-        )
-    if type_name == "LWWRegister":
-        writes = [op.delta._write for op in ops]  # type: ignore[attr-defined]
-        return max(writes, key=_order)[2] if writes else None
-    raise ValueError(f"no specification for {type_name}")
+    """The sequential specification of ``type_name`` over ``ops``: its
+    table's model (``crdts.operations``)."""
+    try:
+        return operations_of(type_name)[1].model(ops)
+    except InvalidOperation:
+        raise ValueError(f"no specification for {type_name}") from None
 
 
-_ELEMENTS = ("x", "y", "z", 1, 2, b"b")
-
-
-def random_operation(rng: random.Random, keys: int = 3) -> tuple[str, str, str, tuple[Any, ...]]:
-    """A random ``(key, type name, kind, args)`` over every built-in type, on
-    one of ``keys`` keys per type; the key names its type, so a key's type
-    never changes."""
-    type_name = rng.choice(sorted(TYPES))
+def random_operation(
+    rng: random.Random, keys: int = 3, types: Sequence[str] = ()
+) -> tuple[str, str, str, tuple[Any, ...]]:
+    """A random ``(key, type name, kind, args)`` over ``types`` (by default
+    every built-in type), drawn by each type's table (``Operations.random``)
+    on one of ``keys`` keys per type; the key names its type, so a key's
+    type never changes. Cost: O(len(types) log len(types))."""
+    type_name = rng.choice(sorted(types or TYPES))
     key = f"{type_name}-{rng.randrange(keys)}"
-    element = rng.choice(_ELEMENTS)
-    if type_name == "GCounter":
-        return key, type_name, "increment", (rng.randint(0, 9),)
-    if type_name == "PNCounter":
-        return key, type_name, rng.choice(["increment", "decrement"]), (rng.randint(0, 9),)
-    if type_name == "ORSet":
-        return key, type_name, rng.choice(["add", "add", "remove"]), (element,)
-    if type_name == "LWWRegister":
-        timestamp = rng.choice([None, None, rng.randrange(5)])
-        return key, type_name, "assign", (element, timestamp)
-    if type_name == "MVRegister":
-        return key, type_name, "assign", (element,)
-    return key, type_name, "increment", ()
+    kind, args = operations_of(type_name)[1].random(rng)
+    return key, type_name, kind, args
 
 
 # -- a user's own types --------------------------------------------------------------
@@ -470,6 +404,9 @@ class TypeSpec:
     one, how to apply an update ``(kind, args)`` on behalf of a replica (by
     default the method ``kind``, called with the replica id and then ``args``),
     and its model. The value compared with the model is the state's ``value``.
+    A type that declares an operation table (``crdts.operations``) needs
+    none of this: :meth:`History.spec` makes its spec from the table
+    (``operations``, through which updates are then checked and applied).
 
     >>> from crdts import GCounter
     >>> spec = TypeSpec(GCounter, lambda ops: sum(op.args[0] for op in ops))
@@ -480,19 +417,23 @@ class TypeSpec:
     new: Callable[[], CRDT]
     model: Model
     mutate: Mutate = _replica_first
+    operations: Operations | None = None
+    #: The model names replicas (see ``crdts.operations.Operations``).
+    names_replicas: bool = False
 
 
 def _builtin_spec(type_name: str) -> TypeSpec:
-    if type_name not in TYPES:
-        raise ValueError(f"no built-in type {type_name!r}: give History a TypeSpec for it")
+    try:
+        cls, table = operations_of(type_name)
+    except InvalidOperation:
+        raise ValueError(
+            f"no registered type {type_name!r} with operations: give History a TypeSpec for it"
+        ) from None
 
     def mutate(state: Any, replica: str, kind: str, args: tuple[Any, ...]) -> CRDT:
-        delta: CRDT = _CALLS[(type_name, kind)](state, replica, args)
-        return delta
+        return table.apply(state, replica, kind, args)
 
-    return TypeSpec(TYPES[type_name], partial(expected, type_name), mutate)
-
-
+    return TypeSpec(cls, table.model, mutate, table, table.names_replicas)
 
 
 def converged(replicas: Sequence[Replicator]) -> bool:

@@ -120,11 +120,12 @@ from typing import Any, TypeGuard, TypeVar
 from sortedcontainers import SortedList
 
 from crdts import codec
-from crdts.base import CRDT, Prunable, check_replica
+from crdts.base import CRDT, Prunable, check_replica, check_text
 from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError, StateTooLarge
 from crdts.vclock import VectorClock
 from replication.dotranges import DotRanges
+from replication.hlc import DEFAULT_MAX_OFFSET, HybridClock
 from replication.messages import (
     DEFAULT_FRAME,
     MAX_FRAME,
@@ -280,6 +281,7 @@ class Replicator:
         piece_timeout: float = 30.0,
         prune_after: float = 300.0,
         marker_ttl: float = 21_600.0,
+        max_offset: int = DEFAULT_MAX_OFFSET,
     ) -> None:
         """A replica for node ``node_id`` gossiping with ``peers`` (node ids).
 
@@ -298,6 +300,9 @@ class Replicator:
         ``marker_ttl`` how old a store a member may restart from). The
         defaults, 5 minutes and 6 hours in a node's seconds, are Akka's
         ``max-pruning-dissemination`` and ``pruning-marker-time-to-live``.
+        The replica's hybrid logical clock (:attr:`hlc`) is fed the time
+        given to :meth:`tick` and :meth:`receive`; an explicit LWW timestamp
+        more than ``max_offset`` nanoseconds ahead of it is refused.
         """
         check_replica(node_id)
         if fanout < 1 or chunk_size < 1 or log_limit < 1:
@@ -342,6 +347,7 @@ class Replicator:
         self._asking: dict[str, float] = {}  # retired id -> since when peers are asked
         self._gone: dict[str, float | None] = {}  # pruned ids: markers kept until ttl
         self._spread: set[str] = set()  # members to open with after a pruning
+        self._hlc = HybridClock(max_offset=max_offset)
 
     # -- identity and reads ------------------------------------------------------
 
@@ -355,6 +361,21 @@ class Replicator:
         Cost: O(1).
         """
         return self._node
+
+    @property
+    def hlc(self) -> HybridClock:
+        """This replica's hybrid logical clock (``replication.hlc``): what
+        default LWW timestamps are read from, fed by the time given to
+        :meth:`tick` and :meth:`receive`. Operations dispatched through a
+        type's table (``crdts.operations``) are handed it.
+
+        >>> r = Replicator("a", [], rng=Random(1)); _ = r.tick(2.0)
+        >>> r.hlc.timestamp(None)
+        2000000000
+
+        Cost: O(1).
+        """
+        return self._hlc
 
     @property
     def replica_id(self) -> str:
@@ -645,6 +666,7 @@ class Replicator:
         """
         if type(key) is not str:
             raise TypeError("keys are str")
+        check_text(key, "a key")
         if self._staged is not None:
             raise RuntimeError("updates are staged: apply or discard them first")
         held = self._states.get(key)
@@ -908,6 +930,7 @@ class Replicator:
         """
         self._expire_pieces(now)
         self._now = now
+        self._hlc.advance(now)
         if self._retired or self._gone or self._retired_nodes:
             self._prune(now)
         if not self._peer_ids:
@@ -1116,6 +1139,7 @@ class Replicator:
         Cost: O(len(frame)) to parse, plus each entry's merge.
         """
         self._now = now
+        self._hlc.advance(now)
         try:
             message = parse(frame, max_size=self._max_frame, max_state=self._max_state)
         except EntryTooLarge:
@@ -1550,6 +1574,7 @@ class Staged:
         """
         if type(key) is not str:
             raise TypeError("keys are str")
+        check_text(key, "a key")
         replica = self._replica
         state = self._states.get(key)
         if state is None:

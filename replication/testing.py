@@ -155,12 +155,14 @@ def convergence_machine(
     replicas are a fixed set. Bind ``Machine.TestCase`` in a test module, or call
     ``hypothesis.stateful.run_state_machine_as_test(Machine)``.
     """
+    table = None
     if isinstance(crdt, str):
         builtin = _builtin_spec(crdt)
         type_name = crdt
         updates = OPERATIONS[crdt] if operations is None else operations
         model = builtin.model if model is None else model
-        mutate = builtin.mutate if mutate is None else mutate
+        if mutate is None:  # through the type's table, handed each replica's clock
+            mutate, table = builtin.mutate, builtin.operations
         new = builtin.new
     else:
         if operations is None or model is None:
@@ -171,7 +173,7 @@ def convergence_machine(
         new = crdt
     if replicas < 2 or keys < 1 or max_rounds < 1 or spares < 0:
         raise ValueError("replicas >= 2, keys >= 1, max_rounds >= 1 and spares >= 0")
-    spec = TypeSpec(new, model, mutate)
+    spec = TypeSpec(new, model, mutate, table, table is not None and table.names_replicas)
     nodes = [f"r{i}" for i in range(replicas)]
     pool = nodes + ([f"r{i}" for i in range(replicas, replicas + spares)] if membership else [])
     # Time is in rounds: a member silent for 4 to 5 rounds is unreachable.

@@ -14,3 +14,7 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+# A user's own type (tests/test_operations.py registers it for its own tests
+# only): collecting its doctests would register it for every test.
+collect_ignore = ["usertype.py"]
