@@ -44,7 +44,8 @@ states; ``value`` O(n |v|).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from random import Random
 from typing import Any, ClassVar, Generic, TypeAlias, TypeVar
 
 from crdts._rename import check_rename, prune_by_renaming, rename_context
@@ -60,6 +61,7 @@ from crdts.base import (
 )
 from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError, InvalidOperation
+from crdts.operations import Arg, Clock, Logged, Mutator, Operations, operations_of
 
 __all__ = ["ORMap"]
 
@@ -94,6 +96,9 @@ class ORMap(Generic[K, V]):
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     TYPE_TAG: ClassVar[str] = "ORMap"
+    #: The operations it takes and its sequential model (``crdts.operations``):
+    #: ``update(key, type name, operation, args)`` and ``remove(key)``.
+    OPERATIONS: ClassVar[Operations]
     FORMAT_VERSION: ClassVar[int] = 1
 
     def __init__(self) -> None:
@@ -609,3 +614,80 @@ def model(ops: Any, value_model: Callable[[str, list[Any]], object]) -> dict[obj
             values.append(_ValueOperation(key_ops[i], _Seen({key_ops[j].dot for j in folded})))
         out[key] = value_model(key_ops[covered[-1]].args[1], values)
     return out
+
+
+# -- the operation table ----------------------------------------------------------------
+
+
+def _value_model(type_name: str, ops: list[Any]) -> object:
+    return operations_of(type_name)[1].model(ops)
+
+
+def _model(ops: Sequence[Logged]) -> dict[object, object]:
+    return model(ops, _value_model)
+
+
+def _check_type(type_name: object) -> str:
+    # A registered type with an operation table: InvalidOperation otherwise.
+    operations_of(type_name)
+    assert isinstance(type_name, str)
+    return type_name
+
+
+def _check_name(name: object) -> str:
+    if type(name) is not str:
+        raise InvalidOperation(f"an operation's name is a str, not {name!r:.40}")
+    return name
+
+
+def _check_args(args: object) -> list[object]:
+    if type(args) not in (list, tuple):
+        raise InvalidOperation(f"an operation's arguments are a list, not {args!r:.40}")
+    out: list[object] = list(args)  # type: ignore[call-overload]
+    return out
+
+
+def _update(
+    state: ORMap[Any, Any], replica: str, clock: Clock, *operation: Any
+) -> ORMap[Any, Any]:
+    # The value's own table checks its operation and applies it, on the copy
+    # the map hands it: a refusal leaves the map as it was.
+    key, type_name, name, args = operation
+    cls, table = operations_of(type_name)
+    return state.update(
+        replica, key, cls, lambda value, actor: table.apply(value, actor, name, args, clock)
+    )
+
+
+#: A few keys, one type each, so that generated updates and removes meet.
+_GENERATED = (("c", "GCounter"), ("s", "ORSet"), ("m", "ORMap"))
+
+
+def _generate(rng: Random) -> tuple[str, tuple[Any, ...]]:
+    key, type_name = rng.choice(_GENERATED)
+    if rng.random() < 0.2:
+        return "remove", (key,)
+    if type_name == "ORMap":  # one level down, of counters (no deeper)
+        inner = rng.choice(["p", "q"])
+        if rng.random() < 0.2:
+            return "update", (key, type_name, "remove", [inner])
+        name, args = operations_of("GCounter")[1].random(rng)
+        return "update", (key, type_name, "update", [inner, "GCounter", name, list(args)])
+    name, args = operations_of(type_name)[1].random(rng)
+    return "update", (key, type_name, name, list(args))
+
+
+_KEY = Arg("key", check_atom)
+ORMap.OPERATIONS = Operations(
+    [
+        Mutator(
+            "update",
+            _update,
+            (_KEY, Arg("type", _check_type), Arg("operation", _check_name),
+             Arg("args", _check_args, [])),
+        ),
+        Mutator("remove", lambda m, _me, _, key: m.remove(key), (_KEY,)),
+    ],
+    _model,
+    generate=_generate,
+)

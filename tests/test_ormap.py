@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 import cbor2
+import hypothesis.strategies as st
 import pytest
 from hypothesis import settings
 
@@ -14,7 +15,6 @@ from crdts import GCounter, MVRegister, ORMap, ORSet, PNCounter, codec
 from crdts.base import CRDT, Atom
 from crdts.errors import DecodeError, InvalidOperation
 from replication.testing import convergence_machine
-from tests.ormapkit import OPERATIONS, map_model, mutate
 
 
 def inc(n: int = 1) -> Any:
@@ -261,9 +261,49 @@ def test_prune_and_cleanup_rename_the_retired_id_everywhere() -> None:
 #: Programs of the machine (more: CRDTKIT_CONVERGENCE_RUNS, as for the other types).
 RUNS = int(os.environ.get("CRDTKIT_CONVERGENCE_RUNS", "200"))
 
-TestORMapConvergence = convergence_machine(
-    ORMap, OPERATIONS, map_model, mutate=mutate
-).TestCase
+ELEMENTS = st.sampled_from(["x", "y", 1])
+
+#: Map operations over a few keys, one type per key, so that updates and
+#: removes of a key meet: counters, sets, registers and a nested map.
+OPERATIONS: st.SearchStrategy[tuple[str, tuple[Any, ...]]] = st.one_of(
+    st.tuples(
+        st.just("update"),
+        st.tuples(st.just("c"), st.just("GCounter"), st.just("increment"),
+                  st.tuples(st.integers(0, 5)).map(list)),
+    ),
+    st.tuples(
+        st.just("update"),
+        st.tuples(st.just("s"), st.just("ORSet"), st.sampled_from(["add", "remove"]),
+                  st.tuples(ELEMENTS).map(list)),
+    ),
+    st.tuples(
+        st.just("update"),
+        st.tuples(st.just("r"), st.just("MVRegister"), st.just("assign"),
+                  st.tuples(ELEMENTS).map(list)),
+    ),
+    st.tuples(
+        st.just("update"),
+        st.tuples(st.just("l"), st.just("LWWRegister"), st.just("assign"),
+                  st.tuples(ELEMENTS, st.none() | st.integers(0, 4)).map(list)),
+    ),
+    st.tuples(
+        st.just("update"),
+        st.tuples(
+            st.just("m"), st.just("ORMap"), st.just("update"),
+            st.tuples(st.sampled_from(["p", "q"]), st.just("GCounter"), st.just("increment"),
+                      st.tuples(st.integers(0, 3)).map(list)).map(list),
+        ),
+    ),
+    st.tuples(
+        st.just("update"),
+        st.tuples(st.just("m"), st.just("ORMap"), st.just("remove"),
+                  st.tuples(st.sampled_from(["p", "q"])).map(list)),
+    ),
+    st.tuples(st.just("remove"), st.tuples(st.sampled_from(["c", "s", "r", "l", "m"]))),
+)
+
+# Through the map's operation table, as a node applies them.
+TestORMapConvergence = convergence_machine("ORMap", OPERATIONS).TestCase
 TestORMapConvergence.settings = settings(
     stateful_step_count=50, max_examples=min(settings().max_examples, RUNS // 2)
 )

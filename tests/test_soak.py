@@ -1,5 +1,5 @@
 """The yardstick of TESTING.md: 16 replicas, 1,000 random operations over every
-type (the OR-Map's from ``tests.ormapkit``), 30% loss, 5% duplication,
+type (the OR-Map included), 30% loss, 5% duplication,
 reordering, random partitions healed, and replicas crashing and restarting from
 their stores (``MemoryStore``: the node's restart path), whose last write may
 be older than what they had sent since, a replica restarted every few rounds
@@ -29,10 +29,11 @@ import pytest
 from replication import Replicator
 from replication.simnet import Faults, SimulatedNetwork
 from replication.store import MemoryStore, WriteBehind, restore
-from replication.testing import History, converged, random_operation
-from tests.ormapkit import SPEC as ORMAP_SPEC
-from tests.ormapkit import random_map_operation
+from replication.testing import TYPES, History, converged, random_operation
 
+#: Every built-in type, the OR-Map included (its table generates updates of
+#: counters, sets and a nested map of counters, and removes).
+SOAKED = sorted([*TYPES, "ORMap"])
 SEEDS = int(os.environ.get("CRDTKIT_SOAK_SEEDS", "20"))
 CHAOS = Faults(loss=0.3, duplication=0.05, reorder=True, long_delay=0.01)
 #: Frames are delayed at most 5 rounds; stores lag at most FLUSH_EVERY rounds.
@@ -45,7 +46,7 @@ def soak(seed: int, size: int = 16, operations: int = 1000) -> tuple[int | None,
     rng = random.Random(seed)
     net = SimulatedNetwork(seed=rng.getrandbits(32), faults=CHAOS)
     ids = [f"r{i:02d}" for i in range(size)]
-    history = History(specs={"ORMap": ORMAP_SPEC})
+    history = History()
     replicas = [
         Replicator(
             i, ids, rng=random.Random(rng.getrandbits(32)), prune_after=PRUNE_AFTER,
@@ -76,11 +77,7 @@ def soak(seed: int, size: int = 16, operations: int = 1000) -> tuple[int | None,
     while done < operations:
         batch += 1
         for _ in range(min(rng.randint(10, 50), operations - done)):
-            if rng.random() < 1 / 7:  # the OR-Map, beside the six built-in types
-                kind, args = random_map_operation(rng)
-                key, type_name = f"ORMap-{rng.randrange(3)}", "ORMap"
-            else:
-                key, type_name, kind, args = random_operation(rng)
+            key, type_name, kind, args = random_operation(rng, types=SOAKED)
             history.apply(rng.choice(replicas), key, type_name, kind, *args)
             done += 1
         if not partitioned and rng.random() < 0.2:
