@@ -3,7 +3,9 @@ pruning, and the convergence machine against the map's specification."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -11,10 +13,14 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import settings
 
+from crdtkit.client import NodeError
+from crdtkit.cluster import LocalCluster
 from crdts import GCounter, MVRegister, ORMap, ORSet, PNCounter, codec
 from crdts.base import CRDT, Atom
 from crdts.errors import DecodeError, InvalidOperation
+from replication.history import History
 from replication.testing import convergence_machine
+from tests.crashkit import client_of
 
 
 def inc(n: int = 1) -> Any:
@@ -254,6 +260,56 @@ def test_prune_and_cleanup_rename_the_retired_id_everywhere() -> None:
     assert a.value == {"m": 1}
     with pytest.raises(InvalidOperation):
         a.cleanup("r~2", "r~2", 0)
+
+
+# -- through a node and the client ---------------------------------------------------
+
+
+def test_a_map_through_a_node_and_the_client(tmp_path: Path) -> None:
+    cluster = LocalCluster(2, tmp_path)
+    cluster.start()
+
+    async def work() -> None:
+        n0, n1 = await client_of(cluster, "n0"), await client_of(cluster, "n1")
+        try:
+            h = History()
+            for client, args in [
+                (n0, ("visits", "GCounter", "increment", [2])),
+                (n1, ("visits", "GCounter", "increment", [3])),
+                (n0, ("tags", "ORSet", "add", ["red"])),
+                (n1, ("profile", "ORMap", "update", ["logins", "GCounter", "increment", [1]])),
+            ]:
+                h.operations.append(await client.update("user", "ORMap", "update", *args))
+            with pytest.raises(NodeError, match="holds a GCounter"):  # refused, connection kept
+                await n0.update("user", "ORMap", "update", "visits", "ORSet", "add", ["x"])
+            with pytest.raises(NodeError, match="no operation 'decrement'"):
+                await n0.update("user", "ORMap", "update", "visits", "GCounter", "decrement", [1])
+            with pytest.raises(InvalidOperation):  # the client checks before sending
+                await n0.update("user", "ORMap", "update", 1.5, "GCounter", "increment", [1])
+            with pytest.raises(NodeError):  # and so does the node
+                await n0._call("update", "user", "ORMap", "update",
+                               [["k"], "GCounter", "increment", [1]], b"a list as a key")
+            h.operations.append(await n0.update("user", "ORMap", "remove", "tags"))
+            for _ in range(200):  # gossip between the two nodes, bounded
+                entries = [await c.entry("user") for c in (n0, n1)]
+                if all(e is not None and e.state.value == {  # type: ignore[attr-defined]
+                    "visits": 5, "profile": {"logins": 1}
+                } for e in entries):
+                    break
+                await asyncio.sleep(0.05)
+            entry = await n1.entry("user")
+            assert entry is not None and isinstance(entry.state, ORMap)
+            assert entry.state.value == {"visits": 5, "profile": {"logins": 1}}
+            assert h.problems_of(lambda key: entry if key == "user" else None) == []
+        finally:
+            n0.close()
+            n1.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(work(), 60))
+    finally:
+        cluster.stop()
+    assert "Traceback" not in cluster.log("n0") + cluster.log("n1")
 
 
 # -- convergence -----------------------------------------------------------------------
