@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,31 +17,37 @@ ELEMENTS = st.sampled_from(["x", "y", 0, b"x"]) | st.sampled_from(["z", -3, 2**4
 AMOUNTS = st.integers(0, 5) | st.just(2**32)
 
 
+@functools.cache
 def gcounter_ops(replica: str) -> st.SearchStrategy[Op]:
     return st.builds(lambda n: Op("increment", (replica, n)), AMOUNTS)
 
 
+@functools.cache
 def pncounter_ops(replica: str) -> st.SearchStrategy[Op]:
     names = st.sampled_from(["increment", "decrement"])
     return st.builds(lambda name, n: Op(name, (replica, n)), names, AMOUNTS)
 
 
+@functools.cache
 def orset_ops(replica: str) -> st.SearchStrategy[Op]:
     return st.builds(lambda x: Op("add", (x, replica)), ELEMENTS) | st.builds(
         lambda x: Op("remove", (x,)), ELEMENTS
     )
 
 
+@functools.cache
 def lww_ops(replica: str) -> st.SearchStrategy[Op]:
     # Explicit timestamps collide on purpose; None takes the hybrid clock.
     timestamps = st.none() | st.integers(0, 4)
     return st.builds(lambda x, t: Op("assign", (x, replica, t)), ELEMENTS, timestamps)
 
 
+@functools.cache
 def mvregister_ops(replica: str) -> st.SearchStrategy[Op]:
     return st.builds(lambda x: Op("assign", (x, replica)), ELEMENTS)
 
 
+@functools.cache
 def vclock_ops(replica: str) -> st.SearchStrategy[Op]:
     return st.just(Op("increment", (replica,)))
 
@@ -85,7 +92,10 @@ class Nested:
         return inner.update(me, self.key, GCounter, Increment(self.amount))
 
 
+@functools.cache
 def ormap_ops(replica: str) -> st.SearchStrategy[Op]:
+    # Built once per replica: a composite strategy costs Hypothesis more to
+    # set up than to draw from, and the laws draw one per update.
     # Each key keeps one type: "c" counters, "s" sets, "m" maps of counters.
     counters = st.builds(lambda n: Op("update", (replica, "c", GCounter, Increment(n))), AMOUNTS)
     sets = st.builds(
