@@ -18,6 +18,7 @@ from bench import (
     codec,
     counters,
     gossip,
+    levels,
     maps,
     origins,
     peers,
@@ -54,6 +55,7 @@ BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("snapshot-frames", snapshots.snapshot_frames),
     ("store-flush", store.flush_changed),
     ("tcp-processes", processes.processes),
+    ("levels", levels.levels),
     ("bounded-state", bookkeeping.bounded_state),
     ("pruning-opener", pruning.opener),
 ]

@@ -14,7 +14,8 @@ node acknowledged are in the converged keyspace, with the values the
 sequential specification gives (``crdtkit.cluster.problems``).
 
 First a 1-process cluster for the ``CLIENTS`` concurrent clients (a node
-takes at most 8 connections from one address, peers included); then one
+once took at most 8 connections from one address, peers included; the row
+keeps its own node so that its figures compare); then one
 cluster per size in ``BURST_CLUSTERS``, started fresh: on the
 ``THROUGH``-process one the sequential updates run first, then the preload
 and the bursts; on the others only the preload and the bursts.
@@ -60,9 +61,9 @@ BURST_CLUSTERS = (3, 5)
 THROUGH = 3
 #: Keys per type of the sequential updates (``random_operation``'s default).
 THROUGH_KEYS = 3
-#: Connections of the concurrent-clients row, each to the same node. A node
-#: accepts at most ``Limits.max_per_address`` (8) connections from one IP
-#: address, its peers' included, so that row runs on a node of its own.
+#: Connections of the concurrent-clients row, each to the same node. That row
+#: runs on a node of its own (as when a node took at most 8 connections from
+#: one address, peers included; now clients count against ``Limits.max_clients``).
 CLIENTS = 8
 #: The issue's target for ``CLIENTS`` concurrent clients, updates per second.
 TARGET_RATE = 10_000
@@ -356,8 +357,8 @@ def _concurrent_rows(config: Config, sizes: _Sizes, floor: Timing, figure: Timin
                      ) -> tuple[Row, Row]:
     rate, floor_rate = 1 / figure.median, 1 / floor.median
     workload = (
-        f"{CLIENTS} connections to one node (a 1-process cluster: the node's cap of "
-        f"{CLIENTS} connections per IP address leaves no room for peers), each sending its "
+        f"{CLIENTS} connections to one node (a 1-process cluster, as when a node took at "
+        "most 8 connections per IP address), each sending its "
         f"share of {sizes.concurrent:,} updates (random_operation over every type, "
         f"{THROUGH_KEYS} fresh keys per type per repetition, dealt round-robin) one at a "
         "time, each awaited until the node acknowledges it durable, all connections at once "

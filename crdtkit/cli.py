@@ -13,6 +13,11 @@ prints for people.
   the cluster on SIGTERM before stopping); ``crdtkit members``, ``crdtkit
   leave`` and ``crdtkit down NODE`` ask a running node (``--node``) for its
   members, to leave, or to down a node.
+- ``crdtkit ask --node HOST:PORT update KEY TYPE KIND [VALUE...] [--write
+  LEVEL --timeout S]`` and ``crdtkit ask ... get KEY [--read LEVEL]``: an
+  update or a read at a running node, at a consistency level (``local``,
+  ``majority``, ``all``; docs/consistency.md); exit 0 when the level was
+  reached, 1 when not (the update is applied at the node all the same).
 
 A bad argument or a bad file gets one line on stderr and exit status 2,
 never a traceback.
@@ -29,6 +34,7 @@ from typing import NoReturn, TextIO
 
 from crdts import codec
 from crdts.errors import CRDTError, DecodeError
+from replication.consistency import LEVELS
 from replication.history import History
 from snapshot.cut import GlobalSnapshot, LocalState, SnapshotId
 from snapshot.errors import SnapshotCorrupt
@@ -181,6 +187,11 @@ def _parser() -> _Parser:
         help="refuse updates that make a key's state larger (64 MiB)",
     )
     node.add_argument(
+        "--max-offset", type=_real(0.0, 3600.0, "an offset in seconds"), default=0.5,
+        metavar="SECONDS",
+        help="refuse an explicit LWW timestamp further ahead of this node's clock (0.5 s)",
+    )
+    node.add_argument(
         "--import", dest="imports", action="append", default=[], metavar="MODULE",
         help="import MODULE first: your own types, registered with crdts.codec and "
         "declaring their OPERATIONS, are then served (repeatable)",
@@ -218,6 +229,28 @@ def _parser() -> _Parser:
         command.add_argument("--key-file", required=True, metavar="PATH",
                              help="the cluster key (hex)")
 
+    ask = commands.add_parser("ask", help="update or read a key at a running node, at a "
+                              "consistency level")
+    ask.add_argument("--node", required=True, type=_address, metavar="HOST:PORT",
+                     help="a running node to ask")
+    ask.add_argument("--key-file", required=True, metavar="PATH", help="the cluster key (hex)")
+    asks = ask.add_subparsers(dest="request", required=True, parser_class=_Parser)
+    update = asks.add_parser("update", help="apply an update (durable at the node first)")
+    update.add_argument("key", metavar="KEY")
+    update.add_argument("type", metavar="TYPE", help="GCounter, PNCounter, ORSet, ...")
+    update.add_argument("kind", metavar="KIND", help="the operation: increment, add, ...")
+    update.add_argument("values", nargs="*", metavar="VALUE",
+                        help="its arguments (whole numbers are ints)")
+    update.add_argument("--write", choices=LEVELS, default="local",
+                        help="how many members must hold it before it returns (local)")
+    get = asks.add_parser("get", help="read a key")
+    get.add_argument("key", metavar="KEY")
+    get.add_argument("--read", choices=LEVELS, default="local",
+                     help="how many members to gather it from (local)")
+    for command in (update, get):
+        command.add_argument("--timeout", type=_real(0.0, 600.0, "a timeout in seconds"),
+                             default=5.0, help="seconds to wait for the level (5)")
+
     keygen = commands.add_parser("keygen", help="write a new cluster key file")
     keygen.add_argument("file", metavar="FILE")
     return parser
@@ -253,6 +286,10 @@ def main(
             from crdtkit.serve import ask
 
             return ask(args, out)
+        if args.command == "ask":
+            from crdtkit.serve import request
+
+            return request(args, out)
         if args.command == "keygen":
             from crdtkit.serve import keygen
 

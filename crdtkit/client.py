@@ -9,13 +9,30 @@ process, and take live snapshots, over the node's authenticated port.
 
 ``update`` returns once the node's store has committed the update; the
 :class:`~replication.history.Operation` it returns can go into a ``History``
-to check the cluster against the sequential specification.
+to check the cluster against the sequential specification. With
+``level="majority"`` or ``"all"`` it returns once that many of the current
+members hold the update, or after ``timeout`` seconds, as a
+:class:`Written` that says how far it got; ``get(key, level=...)``
+likewise gathers the key from that many members, as a :class:`Gathered`
+(docs/consistency.md). Not reaching a level is a value, not an error.
 :func:`live_snapshot` starts a Chandy-Lamport snapshot at one node and
 gathers every node's part into a ``GlobalSnapshot``.
 
 Every call raises :class:`NodeError` if the node answers with an error, and
-the transport's errors (OSError, TimeoutError, AuthError) if the connection
-fails. Cost: one round trip per call.
+:class:`NodeUnavailable` if the node is gone (the connection closed under
+the call, or had closed before it: the node stopped or died; an update that
+raises it may or may not be applied, so retry it with its request id).
+:meth:`Client.connect` raises :class:`AuthenticationFailed` if the node
+refused our cluster key (or its proof does not verify with ours), and
+:class:`NodeUnavailable` if nothing answers at the address, the node stayed
+too busy to admit us within ``Limits.handshake_timeout`` (it drops
+connections early under a flood, and ``connect`` dials again until then),
+or the handshake did not finish in time; a TLS failure is the
+``ssl.SSLError``. Both derive from ``CRDTError``, as :class:`NodeError` does;
+``AuthenticationFailed`` is an ``AuthError`` and ``NodeUnavailable`` a
+``ConnectionError``, so code that caught those before still does.
+
+Cost: one round trip per call.
 """
 
 from __future__ import annotations
@@ -25,22 +42,33 @@ import os
 import ssl
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 from crdtkit import protocol
 from crdts import codec
 from crdts.base import CRDT, expect_list, expect_replica, expect_uint
 from crdts.errors import CRDTError, DecodeError
 from crdts.operations import operations_of
+from replication.auth import AuthError
+from replication.consistency import Level, Reached, check_level
 from replication.dotranges import DotRanges
 from replication.history import Operation
 from replication.messages import Entry
-from replication.tcp import Channel, Limits, connect
+from replication.tcp import Channel, KeyRefused, Limits, NotAdmitted, PeerClosed, connect
 from snapshot.cut import GlobalSnapshot, LocalState, SnapshotId
 from snapshot.errors import SnapshotIncomplete
 from snapshot.marker import LocalRecording, assemble
 
-__all__ = ["Client", "MemberView", "NodeError", "live_snapshot"]
+__all__ = [
+    "AuthenticationFailed",
+    "Client",
+    "Gathered",
+    "MemberView",
+    "NodeError",
+    "NodeUnavailable",
+    "Written",
+    "live_snapshot",
+]
 
 
 class MemberView(NamedTuple):
@@ -53,8 +81,48 @@ class MemberView(NamedTuple):
     unreachable: bool  # in the answering node's failure detector's view
 
 
+class Written(NamedTuple):
+    """An update at a consistency level: the update (applied and durable at
+    the node whatever ``reached`` says) and how far it spread in time
+    (``reached.ok``: the level was reached; Akka's ``UpdateTimeout``
+    otherwise, as a value)."""
+
+    operation: Operation
+    reached: Reached
+
+
+class Gathered(NamedTuple):
+    """A read at a consistency level: the state merged from what the node
+    gathered (None: held nowhere it asked), and how far it got
+    (``reached.ok`` false: Akka's ``GetFailure``, with what did arrive)."""
+
+    state: CRDT | None
+    reached: Reached
+
+
+#: The default time a write or read waits for its level, in seconds.
+DEFAULT_TIMEOUT = 5.0
+
+
 class NodeError(CRDTError):
     """The node refused a request, and said why."""
+
+
+class AuthenticationFailed(AuthError):
+    """The node refused our cluster key: it closed the connection on our
+    proof (or its own proof does not verify with our key). The two hold
+    different keys; nothing was sent."""
+
+
+class NodeUnavailable(CRDTError, ConnectionError):
+    """The node is gone or out of reach: nothing listens at its address, it
+    stayed too busy to admit us, the handshake did not finish in time, or
+    the connection closed (the node stopped or died). A call that raised it
+    may or may not have been applied."""
+
+
+#: What a connection's end looks like from the client: clean or not.
+_LOST = (PeerClosed, asyncio.IncompleteReadError, OSError)
 
 
 class Client:
@@ -66,8 +134,10 @@ class Client:
     the node's commits. Each call still returns its own answer.
     """
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, *, where: str = "the node") -> None:
         self._channel = channel
+        self._where = where  # for errors: "the node at 127.0.0.1:7000"
+        self._lost: str | None = None  # why the connection ended, once it has
         self._requests = 0
         # Request ids: a random prefix per client and a count (os.urandom
         # per update was a system call each).
@@ -87,13 +157,44 @@ class Client:
         ssl_context: ssl.SSLContext | None = None,
         limits: Limits | None = None,
     ) -> Client:
-        """Connect and authenticate with the cluster ``key``.
+        """Connect and authenticate with the cluster ``key``, within
+        ``limits.handshake_timeout`` (5 s by default) in all, dialling again
+        while the node drops the connection early. Raises
+        AuthenticationFailed if the node refused the key, NodeUnavailable if
+        no node could be reached or admitted us in time, ssl.SSLError for TLS.
+
+        >>> async def nobody_there():
+        ...     try:
+        ...         await Client.connect(("127.0.0.1", 1), bytes(32))
+        ...     except NodeUnavailable as exc:
+        ...         print(exc)
+        >>> asyncio.run(nobody_there())
+        no node at 127.0.0.1:1: ...
+
         Cost: one handshake."""
         name = name or f"client-{os.urandom(4).hex()}"
-        channel = await connect(
-            address, key, name, role="client", ssl_context=ssl_context, limits=limits
-        )
-        return cls(channel)
+        host, port = address
+        where = f"{host}:{port}"
+        try:
+            channel = await connect(
+                address, key, name, role="client", ssl_context=ssl_context, limits=limits
+            )
+        except KeyRefused as exc:
+            raise AuthenticationFailed(f"the node at {where} refused our cluster key ({exc})"
+                                       ) from None
+        except AuthError as exc:
+            raise AuthenticationFailed(f"the node at {where}: {exc}") from None
+        except NotAdmitted as exc:
+            raise NodeUnavailable(f"the node at {where} is too busy: it dropped every attempt "
+                                  f"to connect ({exc})") from exc
+        except ssl.SSLError:
+            raise
+        except TimeoutError as exc:
+            raise NodeUnavailable(f"the node at {where} did not finish the handshake in time"
+                                  ) from exc
+        except OSError as exc:
+            raise NodeUnavailable(f"no node at {where}: {exc}") from exc
+        return cls(channel, where=f"the node at {where}")
 
     async def __aenter__(self) -> Client:
         return self
@@ -109,7 +210,16 @@ class Client:
         if self._reader is not None:
             self._reader.cancel()
 
+    def _gone(self, exc: BaseException) -> NodeUnavailable:
+        if self._lost is None:
+            what = "did not answer in time" if isinstance(exc, TimeoutError) else (
+                "closed the connection: it stopped or went away")
+            self._lost = f"{self._where} {what}"
+        return NodeUnavailable(self._lost)
+
     async def _call(self, kind: str, *fields: object) -> list[object]:
+        if self._lost is not None:
+            raise NodeUnavailable(self._lost)
         self._requests += 1
         request = self._requests
         waiter: asyncio.Future[tuple[str, list[object]]] = (
@@ -119,7 +229,10 @@ class Client:
         if self._reader is None:
             self._reader = asyncio.create_task(self._read())
         try:
-            await self._channel.send(protocol.encode(kind, request, *fields))
+            try:
+                await self._channel.send(protocol.encode(kind, request, *fields))
+            except _LOST as exc:
+                raise self._gone(exc) from exc
             answer, out = await waiter
         finally:
             self._waiting.pop(request, None)
@@ -147,16 +260,30 @@ class Client:
             self._waiting.clear()
             raise
         except Exception as exc:
+            error = self._gone(exc) if isinstance(exc, _LOST) else exc
             for waiter in self._waiting.values():
                 if not waiter.done():
-                    waiter.set_exception(exc)
+                    waiter.set_exception(error)
             self._waiting.clear()
         finally:
             self._reader = None
 
+    @overload
     async def update(
-        self, key: str, type_name: str, kind: str, *args: Any, request_id: bytes | None = None
-    ) -> Operation:
+        self, key: str, type_name: str, kind: str, *args: Any, request_id: bytes | None = None,
+        level: Literal["local"] = "local", timeout: float = DEFAULT_TIMEOUT,
+    ) -> Operation: ...
+
+    @overload
+    async def update(
+        self, key: str, type_name: str, kind: str, *args: Any, request_id: bytes | None = None,
+        level: Literal["majority", "all"], timeout: float = DEFAULT_TIMEOUT,
+    ) -> Written: ...
+
+    async def update(
+        self, key: str, type_name: str, kind: str, *args: Any, request_id: bytes | None = None,
+        level: Level = "local", timeout: float = DEFAULT_TIMEOUT,
+    ) -> Operation | Written:
         """Apply an operation of a type registered with ``crdts.codec`` at
         the node (for example ``update("hits", "GCounter", "increment", 2)``);
         returns it as logged, once the node's store committed it. Its
@@ -170,25 +297,60 @@ class Client:
         the update or could not commit it ("not applied": nothing of it is
         visible anywhere, and a retry with the same id may apply it).
 
-        Cost: a round trip and the node's commit."""
+        ``level`` ``"majority"`` or ``"all"``: it returns, as a
+        :class:`Written`, once that many of the node's current members hold
+        the update, or after ``timeout`` seconds (up to 600) with what was
+        reached; the update is durable at the node either way and spreads
+        on by gossip.
+
+        Cost: a round trip and the node's commit (and, with a level, the
+        node's push to the members and their acknowledgements)."""
         items = list(operations_of(type_name)[1].validate(kind, args))
         if request_id is None:
             self._ids += 1
             request_id = self._prefix + self._ids.to_bytes(8, "big")
-        replica, counter, observed, delta = await self._call(
-            "update", key, type_name, kind, items, request_id
-        )
+        fields: list[object] = [key, type_name, kind, items, request_id]
+        if level != "local":
+            fields += [check_level(level), _milliseconds(timeout)]
+        out = await self._call("update", *fields)
+        replica, counter, observed, delta = out[:4]
         if type(delta) is not bytes:
             raise DecodeError("an update's delta is bytes")
         dot = (expect_replica(replica, "dot"), expect_uint(counter, "dot", 1))
         context = DotRanges.from_payload(observed, "observed")
-        return Operation(key, type_name, kind, tuple(items), dot, context, codec.decode(delta))
+        op = Operation(key, type_name, kind, tuple(items), dot, context, codec.decode(delta))
+        if level == "local":
+            return op
+        if len(out) != 5:
+            raise DecodeError("an update at a level is answered with how far it spread")
+        return Written(op, Reached.from_payload(out[4]))
 
-    async def get(self, key: str) -> CRDT | None:
+    @overload
+    async def get(self, key: str, *, level: Literal["local"] = "local",
+                  timeout: float = DEFAULT_TIMEOUT) -> CRDT | None: ...
+
+    @overload
+    async def get(self, key: str, *, level: Literal["majority", "all"],
+                  timeout: float = DEFAULT_TIMEOUT) -> Gathered: ...
+
+    async def get(self, key: str, *, level: Level = "local", timeout: float = DEFAULT_TIMEOUT
+                  ) -> CRDT | Gathered | None:
         """A copy of the state under ``key`` at the node, or None.
-        Cost: a round trip and the state's size."""
-        entry = await self.entry(key)
-        return None if entry is None else entry.state
+
+        ``level`` ``"majority"`` or ``"all"``: the node first gathers the
+        key's state from that many of its current members (waiting at most
+        ``timeout`` seconds) and merges it into its own; returns a
+        :class:`Gathered` with the merged state and how far it got.
+
+        Cost: a round trip and the state's size (with a level, plus one
+        round trip from the node to each member)."""
+        if level == "local":
+            entry = await self.entry(key)
+            return None if entry is None else entry.state
+        held, _, reached = await self._call("get", key, check_level(level), _milliseconds(timeout))
+        if held is not None and type(held) is not bytes:
+            raise DecodeError("a state is bytes")
+        return Gathered(None if held is None else codec.decode(held), Reached.from_payload(reached))
 
     async def entry(self, key: str) -> Entry | None:
         """The state under ``key`` at the node with the dots of the operations
@@ -271,6 +433,12 @@ class Client:
                 raise DecodeError("frames are bytes")
             frames[expect_replica(source, "source")] = tuple(listed)  # type: ignore[arg-type]
         return LocalRecording(LocalState.from_bytes(state), frames)
+
+
+def _milliseconds(timeout: float) -> int:
+    if not 0 <= timeout <= 600:
+        raise ValueError(f"a level's timeout is 0 to 600 seconds, not {timeout!r:.20}")
+    return round(timeout * 1000)
 
 
 async def live_snapshot(

@@ -66,6 +66,7 @@ from crdts import codec
 from crdts.base import expect_list
 from crdts.errors import CRDTError, DecodeError, InvalidOperation
 from crdts.operations import operations_of
+from replication.consistency import Level, Quorum, Reached, check_level
 from replication.membership import (
     MemberEvent,
     MemberNode,
@@ -87,10 +88,18 @@ from replication.store import (
     restore,
 )
 from replication.tcp import Channel, Limits, NodeRuntime, PeerClosed, TcpEndpoint
+from replication.transport import Outgoing
 from snapshot.cut import MAX_COLOUR, SnapshotId
 from snapshot.marker import SnapshotNode
 
-__all__ = ["MAX_IN_FLIGHT", "MAX_IN_FLIGHT_BYTES", "MAX_REQUEST_ID", "MAX_STATE", "NodeService"]
+__all__ = [
+    "MAX_IN_FLIGHT",
+    "MAX_IN_FLIGHT_BYTES",
+    "MAX_LEVEL_TIMEOUT",
+    "MAX_REQUEST_ID",
+    "MAX_STATE",
+    "NodeService",
+]
 
 #: The largest state a key may encode to, by default.
 MAX_STATE = 64 * 1024 * 1024
@@ -102,6 +111,12 @@ MAX_REQUEST_ID = 64
 #: 9,500), and the bytes bound what one connection can make a node hold.
 MAX_IN_FLIGHT = 1024
 MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024
+#: The longest a write or read may wait for its consistency level, in ms.
+MAX_LEVEL_TIMEOUT = 600_000
+#: The statuses of a member counted by a consistency level: joining members
+#: count once up (as in Akka), down ones no more (an operator said they are
+#: gone); unreachable ones still count (docs/consistency.md).
+_COUNTED = frozenset({Status.UP, Status.LEAVING, Status.EXITING})
 log = logging.getLogger("crdtkit.node")
 
 
@@ -119,12 +134,14 @@ class _Request:
 
 class _Answer(NamedTuple):
     """How an update ended: applied (``fields``: the answer as the store
-    keeps it, ``done``: what "done" carries, if at hand) or not (``fields``:
-    why)."""
+    keeps it, ``done``: what "done" carries, if at hand, ``position``: the
+    replica's log head once it was applied, 0 if not known) or not
+    (``fields``: why)."""
 
     applied: bool
     fields: bytes
     done: list[object] | None = None
+    position: int = 0
 
 
 class _Room:
@@ -258,6 +275,9 @@ class NodeService:
         self._written_colour = self.node.colour
         self._written_identity = False
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"{node_id}-store")
+        # Peers a write at a consistency level wants pushed to, once per turn
+        # of the event loop (a commit's writers share one push).
+        self._push_to: set[str] = set()
 
     def _colour(self, stored: Stored) -> int:
         # The snapshots recorded before the restart: never recorded again.
@@ -419,9 +439,10 @@ class NodeService:
             changes.paused = False
         self._written_colour = colour
         self._written_identity = True
+        head = replica.head
         for request, (answer, done) in staged:
             self._window.add(request.request_id, len(answer))
-            request.done.set_result(_Answer(True, answer, done))
+            request.done.set_result(_Answer(True, answer, done, head))
 
     def _stage_all(
         self, requests: list[_Request]
@@ -561,14 +582,20 @@ class NodeService:
                 await room.take(size)
                 if kind == "update":
                     try:
-                        waiting = self._submit(fields)
+                        level, timeout = _level(fields[5:])
+                        waiting = self._submit(fields[:5])
                     except (CRDTError, ValueError, TypeError) as exc:
                         room.give(size)
                         channel.send_nowait(protocol.encode("error", request, f"{exc}"[:500]))
                         continue
-                    waiting.add_done_callback(functools.partial(answered, request, size))
-                    continue
-                task = asyncio.create_task(self._reply(channel, kind, request, fields))
+                    if len(fields) == 5:
+                        waiting.add_done_callback(functools.partial(answered, request, size))
+                        continue
+                    task = asyncio.create_task(
+                        self._update_at(channel, request, waiting, level, timeout)
+                    )
+                else:
+                    task = asyncio.create_task(self._reply(channel, kind, request, fields))
                 pending.add(task)
                 task.add_done_callback(functools.partial(finished, size))
         except PeerClosed:
@@ -583,11 +610,113 @@ class NodeService:
     async def _reply(self, channel: Channel, kind: str, request: int, fields: list[object]
                      ) -> None:
         try:
-            answer = self._answer(kind, request, fields)
+            if kind == "get" and len(fields) == 3:
+                answer = await self._get_at(request, fields)
+            else:
+                answer = self._answer(kind, request, fields)
         except (CRDTError, ValueError, TypeError) as exc:
             answer = protocol.encode("error", request, f"{exc}"[:500])
         with contextlib.suppress(ConnectionError):
             await channel.send(answer)
+
+    # -- consistency levels (docs/consistency.md) -------------------------------------
+
+    def _members(self) -> list[str]:
+        """The current members a level counts: the nodes with a member up,
+        leaving or exiting, reachable or not, and this node."""
+        nodes = {m.node for m in self.membership.members if m.status in _COUNTED}
+        return sorted(nodes | {self.node.node_id})
+
+    async def _update_at(self, channel: Channel, request: int, waiting: asyncio.Future[_Answer],
+                         level: Level, timeout: float) -> None:
+        # The update commits as any other (shielded: the commit owns the
+        # future, whoever stops waiting); then its spread is awaited. Not
+        # reaching the level is an answer, not an error: the update is
+        # durable here and gossip still spreads it.
+        try:
+            answer = await asyncio.shield(waiting)
+        except (CRDTError, ValueError, TypeError) as exc:
+            answer = _Answer(False, f"{exc}".encode())
+        if not answer.applied:
+            reply = _done(request, answer)
+        else:
+            reached = await self._spread(answer.position or self.replica.head, level, timeout)
+            reply = _done(request, answer, reached)
+        with contextlib.suppress(ConnectionError):
+            await channel.send(reply)
+
+    async def _spread(self, position: int, level: Level, timeout: float) -> Reached:
+        """Wait until ``level`` of the current members hold this replica's
+        log up to ``position`` (each acknowledgement is counted as it
+        arrives, pushing to them at once), or ``timeout`` seconds."""
+        replica = self.replica
+        quorum = Quorum(level, self.node.node_id, self._members())
+        for node in replica.holders(position):
+            quorum.add(node)
+        if quorum.done or timeout <= 0:
+            return quorum.reached
+        reached: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def acked(node: str, at: int) -> None:
+            if at >= position and quorum.add(node) and not reached.done():
+                reached.set_result(None)
+
+        stop = replica.subscribe_acks(acked)
+        try:
+            self._push_soon(quorum.waiting_for)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await reached
+        finally:
+            stop()
+        return quorum.reached
+
+    def _push_soon(self, nodes: list[str]) -> None:
+        # One push per peer for every write waiting in this turn of the loop.
+        if not self._push_to:
+            asyncio.get_running_loop().call_soon(self._push_now)
+        self._push_to.update(nodes)
+
+    def _push_now(self) -> None:
+        nodes, self._push_to = self._push_to, set()
+        self._send_now(self.replica.replicate(nodes))
+
+    def _send_now(self, frames: list[Outgoing]) -> None:
+        # Frames the replica made outside its tick and receive: coloured as
+        # the snapshot layer colours every frame, sent on the node's transport.
+        for destination, frame in self.node.wrap(frames):
+            self.endpoint.send(destination, frame)
+
+    async def _get_at(self, request: int, fields: list[object]) -> bytes:
+        """A read at a consistency level: the key's state merged from
+        ``level`` of the current members' answers (or what arrived before
+        the timeout), and how far it got."""
+        key = fields[0]
+        if not isinstance(key, str):
+            raise DecodeError("a key is a str")
+        level, timeout = _level(fields[1:])
+        replica = self.replica
+        quorum = Quorum(level, self.node.node_id, self._members())
+        if not quorum.done and timeout > 0:
+            gathered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            number, frames = replica.ask(key, quorum.waiting_for)
+
+            def answered(node: str, asked: int, _key: str, complete: bool) -> None:
+                if asked == number and complete and quorum.add(node) and not gathered.done():
+                    gathered.set_result(None)
+
+            stop = replica.subscribe_answers(answered)
+            try:
+                self._send_now(frames)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await gathered
+            finally:
+                stop()
+        state = replica.get(key)
+        held = None if state is None else codec.encode(state)
+        ops = replica.ops(key).to_payload()
+        return protocol.encode("state", request, held, ops, quorum.reached.to_payload())
 
     def _answer(self, kind: str, request: int, fields: list[object]) -> bytes:
         replica = self.replica
@@ -651,6 +780,8 @@ class NodeService:
             ("bytes_received", net.bytes_received),
             ("connections_refused", sum(net.refused.values())),
             ("frames_refused", self.members.refusals),
+            ("reads_answered", r.reads),
+            ("read_answers", r.answers),
             ("members", len(self.membership.members)),
             ("unreachable", len(self.membership.unreachable)),
         ]
@@ -696,11 +827,24 @@ def _held_answers(stored: Stored, node_id: str) -> OrderedDict[bytes, bytes]:
     return kept
 
 
-def _done(request: int, answer: _Answer) -> bytes:
-    """The client protocol's answer to an update that ended as ``answer``."""
+def _done(request: int, answer: _Answer, reached: Reached | None = None) -> bytes:
+    """The client protocol's answer to an update that ended as ``answer``
+    (with how far it spread, for one at a consistency level)."""
     if not answer.applied:
         return protocol.encode("error", request, answer.fields.decode()[:500])
     done = answer.done
     if done is None:  # read back from the store: after its key
         _, *done = expect_list(codec.decode_plain(answer.fields), "answer")
+    if reached is not None:
+        done = [*done, reached.to_payload()]
     return protocol.encode("done", request, *done)
+
+
+def _level(fields: list[object]) -> tuple[Level, float]:
+    """A request's ``[level, timeout in ms]`` (none: local), checked."""
+    if not fields:
+        return "local", 0.0
+    level, timeout = fields
+    if type(timeout) is not int or not 0 <= timeout <= MAX_LEVEL_TIMEOUT:
+        raise DecodeError(f"a level's timeout is 0 to {MAX_LEVEL_TIMEOUT} ms")
+    return check_level(level), timeout / 1000

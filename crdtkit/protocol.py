@@ -21,6 +21,15 @@ request id the answer repeats:
   committed is answered with an error saying "not applied", and is not
   applied.
 - ``["get", id, key]``: ``["state", id, state or null, dot ranges]``.
+- Consistency levels (docs/consistency.md): an update may end with
+  ``level, timeout`` (``"local"``, ``"majority"`` or ``"all"``; the most
+  milliseconds to wait for it, up to ``crdtkit.node.MAX_LEVEL_TIMEOUT``), and
+  its ``done`` then ends with how far it spread, ``[level, needed,
+  [nodes reached...], [members...]]`` (``replication.consistency.Reached``),
+  whether or not the level was reached in time: the update is applied and
+  durable at the node either way. ``["get", id, key, level, timeout]``
+  gathers the key from that many members and merges it first; its
+  ``state`` ends with how far it gathered, the same way.
 - ``["keyspace", id]``: ``["keyspace", id, bytes]`` (``encode_keyspace``).
 - ``["snapshot", id]``: start a Chandy-Lamport snapshot at the node:
   ``["snapshot", id, initiator, number]``.
@@ -29,7 +38,8 @@ request id the answer repeats:
   [checkpoint bytes, [[source, [frames]], ...]]]``.
 - ``["stats", id]``: ``["stats", id, [name, count, ...]]``, the node's
   counters (updates, merges, frames and bytes sent and received, refusals,
-  members, unreachable).
+  reads answered for other nodes and answers taken in, members,
+  unreachable).
 - ``["members", id]``: ``["members", id, [[member, node, address, status,
   unreachable], ...]]``, every member record the node holds (removed ones
   too, while their tombstones last), ``status`` a lower-case name
@@ -64,10 +74,10 @@ MAX_MESSAGE = 64 * 1024 * 1024
 
 #: How many fields each kind carries after its request id (requests, answers).
 _FIELDS: dict[str, set[int]] = {
-    "update": {5},
-    "done": {4},
-    "get": {1},
-    "state": {2},
+    "update": {5, 7},
+    "done": {4, 5},
+    "get": {1, 3},
+    "state": {2, 3},
     "keyspace": {0, 1},
     "snapshot": {0, 2},
     "recording": {2, 1},

@@ -18,16 +18,17 @@ from pathlib import Path
 from random import Random
 from typing import TextIO
 
-from crdtkit.client import Client, live_snapshot
+from crdtkit.client import Client, Gathered, live_snapshot
 from crdtkit.cluster import LocalCluster, converge, problems
 from crdtkit.node import NodeService
+from crdts.base import CRDT
 from replication.auth import generate_key, load_key
-from replication.history import History, random_operation
+from replication.history import History, Operation, random_operation
 from replication.membership import MembershipSettings
 from replication.store import StoreDamaged, StoreError
 from snapshot.sec import check
 
-__all__ = ["ask", "keygen", "run_cluster", "serve"]
+__all__ = ["ask", "keygen", "request", "run_cluster", "serve"]
 
 
 def _tls(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
@@ -84,6 +85,7 @@ def serve(args: argparse.Namespace, err: TextIO) -> int:
     except StoreError as exc:
         print(f"crdtkit node: {exc}", file=err)
         return 2
+    service.replica.hlc.max_offset = round(args.max_offset * 1e9)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -127,6 +129,61 @@ def ask(args: argparse.Namespace, out: TextIO) -> int:
             client.close()
 
     return asyncio.run(main())
+
+
+def request(args: argparse.Namespace, out: TextIO) -> int:
+    """``crdtkit ask --node HOST:PORT update|get ...``: one update or read at
+    a running node, at a consistency level; print what came back for
+    people. Exit 0 when the level was reached, 1 when not."""
+    where = f"{args.node[0]}:{args.node[1]}"
+
+    async def main() -> int:
+        client = await asyncio.wait_for(Client.connect(args.node, load_key(args.key_file)), 10)
+        try:
+            wait = args.timeout + 10  # the node answers within its timeout
+            if args.request == "update":
+                values = [int(v) if v.lstrip("-").isdigit() else v for v in args.values]
+                call = client.update(args.key, args.type, args.kind, *values,
+                                     level=args.write, timeout=args.timeout)
+                done = await asyncio.wait_for(call, wait)
+                op, reached = (done, None) if isinstance(done, Operation) else done
+                print(f"applied {args.key} {args.type} {args.kind} {' '.join(args.values)}"
+                      f"{' ' if args.values else ''}at {where} as {op.dot[0]}:{op.dot[1]}",
+                      file=out)
+            else:
+                gathered = await asyncio.wait_for(
+                    client.get(args.key, level=args.read, timeout=args.timeout), wait)
+                state, reached = (
+                    (gathered.state, gathered.reached) if isinstance(gathered, Gathered)
+                    else (gathered, None)
+                )
+                print(f"{args.key} = {_shown(state)}", file=out)
+            if reached is None:
+                return 0
+            if reached.ok:
+                print(reached, file=out)
+                return 0
+            print(f"{reached} (waited {args.timeout:g} s)", file=out)
+            if args.request == "update":
+                print(f"the update is durable at {where} and spreads to the others by gossip",
+                      file=out)
+            return 1
+        finally:
+            client.close()
+
+    return asyncio.run(main())
+
+
+def _shown(state: CRDT | None) -> str:
+    # A value for people: sets sorted, registers' values, counters' counts.
+    if state is None:
+        return "(nothing)"
+    value = getattr(state, "value", None)
+    if value is None and hasattr(state, "values"):
+        value = state.values
+    if isinstance(value, (set, frozenset)):
+        return "{" + ", ".join(sorted(map(repr, value))) + "}"
+    return repr(value)
 
 
 def keygen(path: str, out: TextIO) -> int:

@@ -23,7 +23,11 @@ The messages (see ``replication.replicator`` for the protocol):
 - :class:`Piece`: one piece of a single entry too large for any frame: the
   entry's encoding cut in ``count`` pieces, which together make part
   ``part`` of the interval (the receiver reassembles them, and merges the
-  entry only once it is whole).
+  entry only once it is whole);
+- :class:`Read` and :class:`ReadResult`: a read at a consistency level
+  (docs/consistency.md) asks a replica for its whole state under one key,
+  and the answer carries it (or says it holds nothing there, or that the
+  state is too large for one frame), for the asker to merge.
 
 Frames are bounded in bytes: :func:`encode_interval` packs an interval's
 entries into push frames of at most ``max_frame`` bytes, and cuts an entry
@@ -47,14 +51,19 @@ from replication.dotranges import DotRanges
 
 __all__ = [
     "DEFAULT_FRAME",
+    "HELD",
     "MAX_FRAME",
     "MAX_TALLY",
+    "NOTHING",
+    "TOO_LARGE",
     "Ack",
     "Entry",
     "EntryTooLarge",
     "Message",
     "Piece",
     "Push",
+    "Read",
+    "ReadResult",
     "check_claims",
     "encode",
     "encode_entries",
@@ -157,7 +166,37 @@ class Piece:
     chunk: bytes
 
 
-Message: TypeAlias = Push | Ack | Piece
+@dataclass(frozen=True, slots=True)
+class Read:
+    """Asks the receiver for its whole state under ``key``; ``request``, a
+    number of the asker's, comes back in the answer."""
+
+    sender: str
+    request: int
+    key: str
+
+
+#: What a :class:`ReadResult` says of the key: nothing held under it, its
+#: state (in ``entry``), or a state too large to travel in one frame.
+NOTHING, HELD, TOO_LARGE = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    """The answer to a :class:`Read` of ``key`` by replica ``to`` (the
+    asker's incarnation: another one's answers are of no use to it):
+    ``status`` :data:`NOTHING`, :data:`HELD` with the key's whole state and
+    ranges in ``entry``, or :data:`TOO_LARGE`."""
+
+    sender: str
+    to: str
+    request: int
+    key: str
+    status: int
+    entry: Entry | None = None
+
+
+Message: TypeAlias = Push | Ack | Piece | Read | ReadResult
 
 
 def sent_by(message: Message, node: str) -> bool:
@@ -207,6 +246,11 @@ def encode(message: Message) -> bytes:
     elif isinstance(m, Piece):
         fields = ["piece", VERSION, m.sender, m.to, m.start, m.end, m.part, m.parts, m.reply]
         fields += [m.clock.to_payload(), m.ack, m.index, m.count, m.chunk]
+    elif isinstance(m, Read):
+        fields = ["read", VERSION, m.sender, m.request, m.key]
+    elif isinstance(m, ReadResult):
+        held = None if m.entry is None else encode_entries([m.entry])
+        fields = ["result", VERSION, m.sender, m.to, m.request, m.key, m.status, held]
     else:
         fields = ["ack", VERSION, m.sender, m.position]
     return codec.encode_plain(fields)
@@ -364,6 +408,22 @@ def parse_entries(raw: object, *, max_state: int | None = None) -> tuple[Entry, 
     return tuple(out)
 
 
+def _parse_result(sender: str, f: list[object], max_state: int | None) -> ReadResult:
+    to = expect_replica(f[0], "result to")
+    request, key = expect_uint(f[1], "result request"), _key(f[2])
+    status = f[3]
+    if type(status) is not int or status not in (NOTHING, HELD, TOO_LARGE):
+        raise DecodeError("result: unknown status")
+    if (f[4] is None) != (status != HELD):
+        raise DecodeError("result: an entry comes with a state held, and only then")
+    if f[4] is None:
+        return ReadResult(sender, to, request, key, status)
+    entries = parse_entries(f[4], max_state=max_state)
+    if len(entries) != 1 or entries[0].key != key or not entries[0].ops.is_whole():
+        raise DecodeError("result: the entry is not the whole key asked for")
+    return ReadResult(sender, to, request, key, status, entries[0])
+
+
 def check_claims(
     sender: str, start: int, clock: CausalContext, entries: tuple[Entry, ...]
 ) -> None:
@@ -384,7 +444,7 @@ def check_claims(
             )
 
 
-_ARITY = {"push": 13, "ack": 4, "piece": 14}
+_ARITY = {"push": 13, "ack": 4, "piece": 14, "read": 5, "result": 8}
 
 
 def parse(
@@ -410,6 +470,10 @@ def parse(
         raise DecodeError(f"{kind}: expected {_ARITY[kind]} fields")
     sender = expect_replica(raw[2], f"{kind} sender")
     f = raw[3:]
+    if kind == "read":
+        return Read(sender, expect_uint(f[0], "read request"), _key(f[1]))
+    if kind == "result":
+        return _parse_result(sender, f, max_state)
     if kind != "ack":
         to = expect_replica(f[0], f"{kind} to")
         start, end = expect_uint(f[1], f"{kind} start", -1), expect_uint(f[2], f"{kind} end")

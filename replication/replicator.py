@@ -122,21 +122,26 @@ from sortedcontainers import SortedList
 from crdts import codec
 from crdts.base import CRDT, Prunable, check_replica, check_text
 from crdts.dotcontext import CausalContext
-from crdts.errors import DecodeError, StateTooLarge
+from crdts.errors import DecodeError, InvalidOperation, StateTooLarge
 from crdts.vclock import VectorClock
 from replication.dotranges import DotRanges
 from replication.hlc import DEFAULT_MAX_OFFSET, HybridClock
 from replication.messages import (
     DEFAULT_FRAME,
+    HELD,
     MAX_FRAME,
     MAX_TALLY,
     MIN_FRAME,
+    NOTHING,
+    TOO_LARGE,
     Ack,
     Entry,
     EntryTooLarge,
     Message,
     Piece,
     Push,
+    Read,
+    ReadResult,
     check_claims,
     encode,
     encode_interval,
@@ -147,7 +152,15 @@ from replication.messages import (
 )
 from replication.transport import Outgoing
 
-__all__ = ["DEFAULT_MAX_STATE", "PruneHook", "Replicator", "ReplicatorStats", "Staged"]
+__all__ = [
+    "DEFAULT_MAX_STATE",
+    "AckHook",
+    "AnswerHook",
+    "PruneHook",
+    "Replicator",
+    "ReplicatorStats",
+    "Staged",
+]
 
 C = TypeVar("C", bound=CRDT)
 #: The largest state a key may hold unless configured otherwise: 64 MiB of
@@ -162,10 +175,29 @@ _ANY = 1 << 64  # above every sequence number
 PruneHook = Callable[[str, str, tuple[int, int], tuple[str, int]], None]
 
 
+#: Called as ``hook(node, position)`` when peer ``node`` acknowledges that it
+#: holds this replica's log up to ``position`` (see :meth:`Replicator.holders`).
+AckHook = Callable[[str, int], None]
+#: Called as ``hook(node, request, key, complete)`` once the answer of node
+#: ``node`` to read ``request`` (:meth:`Replicator.ask`) is taken in:
+#: ``complete`` False when its state was too large to travel in one frame.
+AnswerHook = Callable[[str, int, str, bool], None]
+
+
 def _prunable(state: CRDT) -> TypeGuard[Prunable]:
     # (An isinstance check against a runtime protocol walks its attributes
     # on every call; this is on the merge path of every marked key.)
     return callable(getattr(state, "cleanup", None)) and callable(getattr(state, "prune", None))
+
+
+def _check_kind(key: str, held: CRDT | None, new: Callable[[], CRDT]) -> None:
+    # An update made for one type never runs on a key of another (a
+    # PN-Counter's increment would run on a G-Counter and be acknowledged):
+    # when the caller names the type by its class, it must be the key's.
+    if held is not None and isinstance(new, type) and type(held) is not new:
+        raise InvalidOperation(
+            f"{key!r:.60} holds a {type(held).__name__}, not a {new.__name__}"
+        )
 
 
 def _mark(key: str, hi_dot: int) -> int:
@@ -220,6 +252,8 @@ class ReplicatorStats:
     cleaned: int = 0  # (key, retired id) pairs cleaned out on seeing a marker
     late: int = 0  # stretches of pruned ids stripped from what arrived
     conflicts: int = 0  # of those, ones holding operations a marker did not fold
+    reads: int = 0  # reads of a key asked of this replica and answered (Read)
+    answers: int = 0  # answers to this replica's reads taken in (ReadResult)
 
 
 @dataclass(slots=True)
@@ -348,6 +382,11 @@ class Replicator:
         self._gone: dict[str, float | None] = {}  # pruned ids: markers kept until ttl
         self._spread: set[str] = set()  # members to open with after a pruning
         self._hlc = HybridClock(max_offset=max_offset)
+        # Consistency levels (docs/consistency.md): who waits for acks and
+        # answers, and the number of this incarnation's last read.
+        self._ack_hooks: list[AckHook] = []
+        self._answer_hooks: list[AnswerHook] = []
+        self._asked = 0
 
     # -- identity and reads ------------------------------------------------------
 
@@ -655,7 +694,9 @@ class Replicator:
         """Apply ``mutate(state, replica_id)`` to the state under ``key``
         (created empty with ``new()`` if absent) and record the delta it returns.
 
-        If ``mutate`` raises, nothing changes and the error propagates.
+        If ``mutate`` raises, nothing changes and the error propagates. If
+        ``new`` is a class and the key holds another type, InvalidOperation
+        is raised before ``mutate`` runs.
 
         >>> from crdts import PNCounter
         >>> r = Replicator("a", [], rng=Random(1))
@@ -670,6 +711,7 @@ class Replicator:
         if self._staged is not None:
             raise RuntimeError("updates are staged: apply or discard them first")
         held = self._states.get(key)
+        _check_kind(key, held, new)
         state: C = new() if held is None else held  # type: ignore[assignment]
         delta = mutate(state, self._replica)
         if type(delta) is not type(state):
@@ -1157,12 +1199,21 @@ class Replicator:
             return self._on_piece(now, sender, message)
         if isinstance(message, Push):
             return self._on_push(sender, message)
+        if isinstance(message, Read):
+            return self._on_read(sender, message)
+        if isinstance(message, ReadResult):
+            return self._on_result(sender, message)
         self._on_ack(sender, message.position)
         return []
 
     def _acceptable(self, sender: str, message: Message) -> bool:
         if not sent_by(message, sender):
             return False
+        if isinstance(message, ReadResult):
+            if message.to == self._replica and message.request > self._asked:
+                return False  # an answer to a read this incarnation never asked
+            message = Push(message.sender, message.to, -1, 0, 0, 1, 0, CausalContext(),
+                           () if message.entry is None else (message.entry,))
         if isinstance(message, Push):
             staged = self._staged
             for entry in message.entries:
@@ -1481,6 +1532,167 @@ class Replicator:
         if position <= self._head:
             self._peers[node].acked = None if position < 0 else position
             self._held_by_all = None
+            if position >= 0:
+                for hook in list(self._ack_hooks):
+                    hook(node, position)
+
+    # -- consistency levels: direct replication, acks, reads -------------------------
+
+    @property
+    def head(self) -> int:
+        """The position of the latest change in this replica's log (0 before
+        any): a peer whose acknowledged position is at least the head read
+        right after an update holds that update (:meth:`holders`).
+
+        >>> from crdts import GCounter
+        >>> r = Replicator("a", [], rng=Random(1))
+        >>> _ = r.update("k", GCounter, lambda c, me: c.increment(me)); r.head
+        1
+
+        Cost: O(1).
+        """
+        return self._head
+
+    def holders(self, position: int) -> list[str]:
+        """The peers (node ids, sorted) that have acknowledged this replica's
+        log up to ``position`` or beyond: each holds every change made here
+        up to that position (what a write at a consistency level waits for).
+        An acknowledgement comes with every push a peer sends and answers
+        every push it receives; :meth:`replicate` asks for them at once.
+
+        >>> from crdts import GCounter
+        >>> a, b = Replicator("a", ["b"], rng=Random(1)), Replicator("b", ["a"], rng=Random(2))
+        >>> _ = a.update("k", GCounter, lambda c, me: c.increment(me))
+        >>> frames = a.tick(0.0)
+        >>> while frames:
+        ...     dest, frame = frames.pop(0)
+        ...     frames += {"a": a, "b": b}[dest].receive(0.0, "b" if dest == "a" else "a", frame)
+        >>> a.holders(a.head)
+        ['b']
+
+        Cost: O(peers).
+        """
+        return [
+            node
+            for node in self._peer_ids
+            if (state := self._peers.get(node)) is not None
+            and state.acked is not None
+            and state.acked >= position
+        ]
+
+    def subscribe_acks(self, hook: AckHook) -> Callable[[], None]:
+        """Call ``hook(node, position)`` whenever peer ``node`` acknowledges
+        that it holds this replica's log up to ``position`` (see
+        :data:`AckHook`), so a write at a consistency level can wait for
+        enough :meth:`holders` without polling. Returns a function that
+        unsubscribes.
+
+        >>> r = Replicator("a", ["b"], rng=Random(1))
+        >>> stop = r.subscribe_acks(print); stop()
+
+        Cost: O(1); each acknowledgement then costs one call per hook.
+        """
+        self._ack_hooks.append(hook)
+        return lambda: self._ack_hooks.remove(hook)
+
+    def replicate(self, nodes: Iterable[str]) -> list[Outgoing]:
+        """The frames that push, now rather than at the next round, what each
+        of ``nodes`` (peers; others are skipped) lacks of this replica's
+        log: to a peer heard from already, the deltas since its acknowledged
+        position (or a catch-up), which it answers with an acknowledgement;
+        to one not heard from yet, the opening of a round, which ends the
+        same way. Send them like :meth:`tick`'s (a ``SnapshotNode`` wraps
+        them: ``SnapshotNode.wrap``). What a write at ``majority`` or
+        ``all`` sends before it waits for :meth:`holders`.
+
+        >>> from crdts import GCounter
+        >>> a, b = Replicator("a", ["b"], rng=Random(1)), Replicator("b", ["a"], rng=Random(2))
+        >>> _ = a.update("k", GCounter, lambda c, me: c.increment(me))
+        >>> [dest for dest, _ in a.replicate(["b", "stranger"])]
+        ['b']
+
+        Cost: a push per peer, O(keys changed since its position) (a
+        catch-up: O(keys) range tests).
+        """
+        out: list[Outgoing] = []
+        for node in sorted(set(nodes)):
+            if node not in self._peer_set:
+                continue
+            state = self._peers.get(node)
+            if state is None or state.replica is None or state.clock is None:
+                out += self._gossip(node, reply=2)
+            else:
+                # Its clock is from its last push: it may lag what the peer
+                # holds now (something redundant travels), never run ahead.
+                out += self._push(node, state, 0)
+        return out
+
+    def ask(self, key: str, nodes: Iterable[str]) -> tuple[int, list[Outgoing]]:
+        """Ask each of ``nodes`` for its whole state under ``key`` (a read at
+        a consistency level): the number the answers will carry, and the
+        frames to send (as :meth:`replicate`'s). Each answer is merged into
+        this replica as it arrives, as gossip would be, and then the hooks of
+        :meth:`subscribe_answers` are called. A peer whose state is too
+        large for one frame answers so, without it.
+
+        >>> from crdts import GCounter
+        >>> a, b = Replicator("a", ["b"], rng=Random(1)), Replicator("b", ["a"], rng=Random(2))
+        >>> _ = b.update("k", GCounter, lambda c, me: c.increment(me, 5))
+        >>> stop = a.subscribe_answers(print)
+        >>> number, [(dest, frame)] = a.ask("k", ["b"])
+        >>> [(back, answer)] = b.receive(0.0, "a", frame)    # b answers with its state
+        >>> _ = a.receive(0.0, "b", answer)                  # a merges it
+        b 1 k True
+        >>> a.get("k").value
+        5
+
+        Cost: O(len(key)) per node asked; each answer costs the merge of
+        its state.
+        """
+        if type(key) is not str:
+            raise TypeError("keys are str")
+        self._asked += 1
+        frame = encode(Read(self._replica, self._asked, key))
+        return self._asked, [(node, frame) for node in sorted(set(nodes)) if node != self._node]
+
+    def subscribe_answers(self, hook: AnswerHook) -> Callable[[], None]:
+        """Call ``hook(node, request, key, complete)`` once an answer to one
+        of this replica's reads (:meth:`ask`) has been taken in (see
+        :data:`AnswerHook`). Returns a function that unsubscribes.
+
+        >>> r = Replicator("a", ["b"], rng=Random(1))
+        >>> stop = r.subscribe_answers(print); stop()
+
+        Cost: O(1); each answer then costs one call per hook.
+        """
+        self._answer_hooks.append(hook)
+        return lambda: self._answer_hooks.remove(hook)
+
+    def _on_read(self, node: str, read: Read) -> list[Outgoing]:
+        # Answered with the whole key (its ranges from 0, which always
+        # follow what the asker holds) if it fits in one frame.
+        self.stats.reads += 1
+        state = self._states.get(read.key)
+        if state is None:
+            result = ReadResult(self._replica, read.sender, read.request, read.key, NOTHING)
+            return [(node, encode(result))]
+        entry = Entry(read.key, state, self._ops[read.key])
+        frame = encode(ReadResult(self._replica, read.sender, read.request, read.key, HELD, entry))
+        if len(frame) > self._max_frame or len(codec.encode(state)) > self._max_state:
+            result = ReadResult(self._replica, read.sender, read.request, read.key, TOO_LARGE)
+            frame = encode(result)
+        return [(node, frame)]
+
+    def _on_result(self, node: str, result: ReadResult) -> list[Outgoing]:
+        if result.to != self._replica:
+            self.stats.stale += 1  # an answer to an earlier incarnation's read
+            return []
+        self.stats.answers += 1
+        if result.entry is not None:
+            self._merge([result.entry], result.sender)
+        for hook in list(self._answer_hooks):
+            hook(node, result.request, result.key, result.status != TOO_LARGE)
+        return []
 
     # -- restarting ---------------------------------------------------------------------
 
@@ -1579,9 +1791,11 @@ class Staged:
         state = self._states.get(key)
         if state is None:
             held = replica._states.get(key)
+            _check_kind(key, held, new)
             state = new() if held is None else held.copy()
             ops = DotRanges() if held is None else replica._ops[key].copy()
         else:
+            _check_kind(key, state, new)
             ops = self._ops[key]
         typed: C = state  # type: ignore[assignment]
         delta = mutate(typed, replica._replica)

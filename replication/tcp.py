@@ -16,13 +16,27 @@ hostile length would otherwise buffer it), and the body must follow within
 
 Every connection opens with the handshake of ``replication.auth``: hellos with
 fresh nonces, then proofs that bind each side's node id to the cluster key.
+The side that accepted checks the dialler's proof before it sends its own,
+and answers a proof that does not verify with the frame :data:`KEY_REFUSED`
+before it closes, so a dialler can tell a wrong key (:class:`KeyRefused`)
+from a connection dropped early (:class:`NotAdmitted`: closed with no word).
 After it, every frame is sealed with a per-connection key and a sequence
 number, so a forged, replayed, reordered or reflected frame is refused. A
 connection that breaks any rule (a length over the cap, a zero-length or
 truncated frame, a bad MAC, a replay, a header and then silence, a peer that
 names itself differently than the node we dialled) is closed and counted, and
-nothing of it reaches the node; the endpoint keeps serving the others. Limits
-on connections in total and per address are checked as they are accepted.
+nothing of it reaches the node; the endpoint keeps serving the others.
+
+Anyone who can reach the port can open connections, so the endpoint accepts
+them itself and budgets them (:class:`Limits`): a connection is *half-open*
+from its accept until it has proven it holds the cluster key, the TLS
+handshake included, and half-open connections have a budget of their own
+(with random early drop, as OpenSSH's MaxStartups, aimed at the address that
+holds the most) and one deadline for the whole handshake. Authenticated
+clients and peers count against separate limits, so a flood of one kind never
+locks out the other. Refusals are counted in :class:`TcpStats` and logged at
+most once per reason per ``Limits.log_interval``
+(:class:`~replication.ratelog.RateLimitedLog`), never with a traceback.
 
 Data flows one way per connection: a node sends to a peer over the connection
 it opened to that peer (opened on the first send, reopened after a failure
@@ -33,32 +47,43 @@ the connections run over TLS (mutual, when the server context requires
 client certificates); the handshake still runs inside it.
 
 Cost: a frame costs O(size) to seal or open (HMAC-SHA256 at C speed) plus a
-socket write or read; memory is bounded by the queues and ``max_frame``.
+socket write or read; memory is bounded by the queues and ``max_frame``; a
+connection refused or dropped early costs an accept and a close, and
+admitting one O(addresses holding half-open connections) once over
+``start``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import ipaddress
 import logging
 import os
+import socket
 import ssl
+import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from random import Random
+from random import Random, SystemRandom
 
 from replication.auth import AuthError, Handshake, Hello, Session
 from replication.messages import DEFAULT_FRAME, MAX_FRAME
+from replication.ratelog import RateLimitedLog
 from replication.transport import Node
 
 __all__ = [
+    "KEY_REFUSED",
     "OVERHEAD",
     "Channel",
     "FrameReader",
     "FrameTooLarge",
+    "KeyRefused",
     "Limits",
     "NodeRuntime",
+    "NotAdmitted",
     "PeerClosed",
     "PeerMisbehaved",
     "TcpEndpoint",
@@ -84,16 +109,64 @@ class PeerClosed(Exception):
     """The stream ended cleanly, between frames."""
 
 
+class NotAdmitted(PeerClosed):
+    """The node closed the connection before its hello: it dropped it early
+    (too many half-open connections, see :class:`Limits`) or is stopping.
+    Dialling again later may succeed."""
+
+
+class KeyRefused(AuthError):
+    """The node answered our proof with :data:`KEY_REFUSED`, not its own:
+    it does not hold our cluster key."""
+
+
 class PeerMisbehaved(Exception):
     """Raised by an ``on_frame`` callback: close the connection it came on."""
 
 
+class _OverLimit(Exception):
+    """An authenticated connection over the limit of its kind."""
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """The bounds an endpoint enforces on its peers.
+    """The bounds an endpoint enforces on the connections it accepts and the
+    frames it reads.
 
-    >>> Limits().max_connections, Limits(read_timeout=0.5).read_timeout
-    (64, 0.5)
+    A connection is *half-open* from its accept until it has proven it holds
+    the cluster key (the TLS handshake, with TLS, included). Anyone who can
+    reach the port can open one, and each costs a file descriptor, so:
+
+    - half-open connections have their own budget, ``startups``, OpenSSH's
+      MaxStartups ``start:rate:full``: with ``start`` or more half-open, each
+      new connection makes the endpoint drop one with probability ``rate``
+      percent, rising linearly to 100% at ``full`` (so never more than
+      ``full``). The one dropped is the newcomer if its address already holds
+      the most half-open connections, else the oldest of the address that
+      does: a flood from a few addresses pays for itself, and an honest
+      newcomer from elsewhere gets in. An address holding
+      ``startups_per_address`` loses its own oldest to its newcomer (silent
+      connections cannot lock out their own address either). IPv6 addresses
+      count by /64.
+    - ``handshake_timeout`` is one deadline for the whole handshake, TLS
+      included, from accept: a handshake trickled a byte at a time ends with
+      it, whatever it sends.
+    - once authenticated, a connection leaves the half-open budget and counts
+      against ``max_clients`` or ``max_peers`` (inbound), separate limits, so
+      a flood of clients never locks out a peer, nor the other way round.
+
+    Inbound, the endpoint holds at most ``full + max_clients + max_peers``
+    connections (256 by default), plus one per peer it dials: keep that under
+    the process's file limit (``ulimit -n``; the endpoint warns at start if
+    it is not). Refusals are logged at most once per reason per
+    ``log_interval`` seconds, with a count of the rest.
+
+    >>> Limits().startups, Limits(handshake_timeout=0.5).handshake_timeout
+    ((10, 30, 64), 0.5)
+    >>> Limits(startups=(10, 30, 5))
+    Traceback (most recent call last):
+    ...
+    ValueError: startups is start:rate:full with 1 <= start <= full and 0 <= rate ...
     """
 
     #: Between peers: a replicator's frame (``Replicator(max_frame=...)``,
@@ -102,13 +175,44 @@ class Limits:
     max_frame: int = DEFAULT_FRAME + _OVERHEAD
     #: Client requests and answers (a keyspace, a recording): larger.
     max_client_frame: int = MAX_FRAME + _OVERHEAD
-    max_connections: int = 64  # accepted connections open at once
-    max_per_address: int = 8  # of those, from one IP address
-    handshake_timeout: float = 5.0
+    startups: tuple[int, int, int] = (10, 30, 64)  # half-open: start, rate (%), full
+    startups_per_address: int = 8  # half-open from one address (an IPv6 /64)
+    max_clients: int = 128  # authenticated client connections at once
+    max_peers: int = 64  # authenticated inbound peer connections at once
+    handshake_timeout: float = 5.0  # from accept to authenticated, TLS included
     read_timeout: float = 5.0  # for a frame's body once its length arrived
     idle_timeout: float = 300.0  # for the next frame's length
     queue: int = 4096  # frames waiting per peer
     backoff: tuple[float, float] = (0.05, 5.0)  # first and longest reconnect wait
+    log_interval: float = 10.0  # at most one line per refusal reason per interval
+
+    def __post_init__(self) -> None:
+        start, rate, full = self.startups
+        if not (1 <= start <= full and 0 <= rate <= 100):
+            raise ValueError("startups is start:rate:full with 1 <= start <= full and "
+                             f"0 <= rate <= 100, got {self.startups}")
+        counts = (self.startups_per_address, self.max_clients, self.max_peers, self.queue)
+        if min(counts) < 1:
+            raise ValueError("connection limits and the queue are at least 1")
+        if not min(self.handshake_timeout, self.read_timeout, self.idle_timeout,
+                   self.log_interval) > 0:
+            raise ValueError("timeouts and the log interval are positive")
+
+    def drop_chance(self, half_open: int) -> float:
+        """The probability that a new connection makes the endpoint drop one,
+        with ``half_open`` connections half-open (OpenSSH's MaxStartups).
+
+        >>> [Limits(startups=(10, 30, 60)).drop_chance(n) for n in (9, 10, 35, 60)]
+        [0.0, 0.3, 0.65, 1.0]
+
+        Cost: O(1).
+        """
+        start, rate, full = self.startups
+        if half_open < start:
+            return 0.0
+        if half_open >= full:
+            return 1.0
+        return (rate + (100 - rate) * (half_open - start) / (full - start)) / 100
 
 
 @dataclass(slots=True)
@@ -237,16 +341,50 @@ def _write_frame(writer: asyncio.StreamWriter, body: bytes) -> None:
     writer.write(len(body).to_bytes(_LENGTH, "big") + body)
 
 
+class _HalfOpen:
+    """An accepted connection that has not authenticated yet."""
+
+    __slots__ = ("conn", "host", "number", "source", "stage", "started", "task")
+
+    def __init__(self, conn: socket.socket, host: str, source: str, number: int) -> None:
+        self.conn, self.host, self.source, self.number = conn, host, source, number
+        self.started = False  # its task has begun (and closes what it opened)
+        # How far it got: SILENT (nothing arrived yet), SPOKE (bytes arrived:
+        # its TLS handshake or hello under way), HELLO (its hello arrived).
+        self.stage = _SILENT
+        self.task: asyncio.Task[None] | None = None
+
+
+_SILENT, _SPOKE, _HELLO = 0, 1, 2
+
+
+def _source(host: str) -> str:
+    """What a half-open budget is kept for: an IPv4 address, or an IPv6 /64
+    (one host commonly holds a whole /64)."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return host
+
+
 class TcpEndpoint:
     """One node's TCP endpoint: a :class:`~replication.transport.Transport`.
 
     ``peers`` maps node ids to the addresses to dial; ``key`` is the cluster
     key (see ``replication.auth``). ``rng`` jitters the reconnect backoff;
     the handshake's nonces come from ``os.urandom``, as they must be
-    unpredictable. Frames that arrive go to ``on_frame(sender, frame)`` if
-    given, else wait for :meth:`receive`. A connection that authenticates
-    in the ``client`` role is handed to ``await on_client(channel)`` (a
-    :class:`Channel`, closed when it returns), or refused without one.
+    unpredictable, and so does the choice of connections to drop early
+    unless ``drop_rng`` is given (tests pass a seeded one). Frames that
+    arrive go to ``on_frame(sender, frame)`` if given, else wait for
+    :meth:`receive`. A connection that authenticates in the ``client`` role
+    is handed to ``await on_client(channel)`` (a :class:`Channel`, closed
+    when it returns), or refused without one. Connections are budgeted as
+    :class:`Limits` says.
 
     >>> async def demo():
     ...     key = bytes(32)
@@ -281,10 +419,14 @@ class TcpEndpoint:
         client_ssl: ssl.SSLContext | None = None,
         on_frame: Callable[[str, bytes], None] | None = None,
         on_client: Callable[[Channel], Awaitable[None]] | None = None,
+        drop_rng: Random | None = None,
     ) -> None:
         self._node = node_id
         self._key = key
         self._rng = rng
+        # Which connection a flood costs is an adversary's question: by
+        # default the answer comes from the OS, not a seed one could learn.
+        self._drop_rng = drop_rng if drop_rng is not None else SystemRandom()
         self._listen = listen
         self._peers: dict[str, Address] = dict(peers or {})
         self._any_name: set[str] = set()  # seeds: any authenticated node may answer
@@ -297,11 +439,17 @@ class TcpEndpoint:
         self._queues: dict[str, deque[bytes]] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._server: asyncio.Server | None = None
+        self._listeners: list[socket.socket] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._open: Counter[str] = Counter()  # accepted connections by address
+        # Half-open connections, oldest first, and by source address.
+        self._half_open: dict[int, _HalfOpen] = {}
+        self._by_source: dict[str, list[_HalfOpen]] = {}
+        self._accepts = 0
+        self._clients = 0  # authenticated client connections open
+        self._inbound = 0  # authenticated peer connections open
         self._writers: set[asyncio.StreamWriter] = set()
         self._closed = False
+        self._log = RateLimitedLog(log, time.monotonic, interval=self.limits.log_interval)
         self.stats = TcpStats()
 
     @property
@@ -313,10 +461,15 @@ class TcpEndpoint:
     def address(self) -> Address:
         """The address it listens on (the real port when asked for port 0).
         Cost: O(1)."""
-        if self._server is None or not self._server.sockets:
+        if not self._listeners:
             return self._listen
-        host, port = self._server.sockets[0].getsockname()[:2]
+        host, port = self._listeners[0].getsockname()[:2]
         return str(host), int(port)
+
+    @property
+    def half_open(self) -> int:
+        """Connections accepted and not yet authenticated. Cost: O(1)."""
+        return len(self._half_open)
 
     def add_peer(self, node_id: str, address: Address, *, any_name: bool = False) -> None:
         """Dial ``node_id`` at ``address`` from now on. With ``any_name``,
@@ -333,31 +486,30 @@ class TcpEndpoint:
     async def start(self) -> None:
         """Listen. Cost: O(1)."""
         self._loop = asyncio.get_running_loop()
-        # A failed TLS handshake is closed by the TLS layer before _accept
-        # sees the connection, so it is not counted in stats. (Starting TLS
-        # inside _accept would count it, but StreamWriter.start_tls on the
-        # server side runs the connection callback twice on Python 3.11.)
-        self._server = await asyncio.start_server(
-            self._accept,
-            self._listen[0],
-            self._listen[1],
-            ssl=self._server_ssl,
-            ssl_handshake_timeout=self.limits.handshake_timeout if self._server_ssl else None,
-        )
+        # Accepted here rather than by asyncio.start_server: its TLS
+        # handshake ran before any callback, so TLS connections escaped every
+        # count (file descriptors reached 1,003 of 1,024), and its accept
+        # logged a traceback for each failure once descriptors ran out.
+        self._listeners = await _listening(self._loop, *self._listen)
+        for listener in self._listeners:
+            self._spawn(self._accepting(listener))
+        self._spawn(self._flushing())
+        self._check_file_limit()
 
     async def close(self) -> None:
         """Stop listening and close every connection. Cost: O(connections)."""
         self._closed = True
-        if self._server is not None:
-            self._server.close()
         for task in list(self._tasks):
             task.cancel()
         for writer in list(self._writers):
             writer.close()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        for entry in list(self._half_open.values()):  # never started
+            self._forget(entry)
+            entry.conn.close()
+        for listener in self._listeners:
+            listener.close()
+        self._log.flush(f"{self._node}: ", force=True)
 
     # -- the Transport surface ---------------------------------------------------------
 
@@ -386,13 +538,14 @@ class TcpEndpoint:
 
     # -- outbound --------------------------------------------------------------------
 
-    def _spawn(self, work: Coroutine[object, object, None]) -> None:
+    def _spawn(self, work: Coroutine[object, object, None]) -> asyncio.Task[None]:
         # The endpoint's own loop, not the running one: ``send`` may be called
         # from synchronous code between runs of the loop (as a Transport).
         assert self._loop is not None  # send() checks it
         task = self._loop.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _dial(self, peer: str) -> None:
         failures = 0
@@ -400,18 +553,16 @@ class TcpEndpoint:
             writer: asyncio.StreamWriter | None = None
             try:
                 host, port = self._peers[peer]
-                reader, connected = await asyncio.wait_for(
-                    asyncio.open_connection(
+                async with asyncio.timeout(self.limits.handshake_timeout):
+                    reader, connected = await asyncio.open_connection(
                         host,
                         port,
                         ssl=self._client_ssl,
                         server_hostname=host if self._client_ssl else None,
-                    ),
-                    self.limits.handshake_timeout,
-                )
-                writer = connected
-                self._writers.add(connected)
-                session = await self._handshake(reader, connected, initiator=True)
+                    )
+                    writer = connected
+                    self._writers.add(connected)
+                    session = await self._handshake(reader, connected, initiator=True)
                 if session.peer.node != peer and peer not in self._any_name:
                     raise AuthError(f"dialled {peer!r}, but {session.peer.node!r} answered")
                 log.info("%s: connected to %s%s", self._node, peer,
@@ -422,9 +573,10 @@ class TcpEndpoint:
                 raise
             except (AuthError, FrameTooLarge) as exc:
                 self.stats.refused[_reason(exc)] += 1
-                log.warning("%s: dialling %s: %s", self._node, peer, exc)
+                self._log.warning(f"dialling: {_reason(exc)}", "%s: dialling %s: %s",
+                                  self._node, peer, exc)
             except (OSError, PeerClosed, TimeoutError, asyncio.IncompleteReadError, ssl.SSLError):
-                pass  # the peer is down or went away: try again later
+                pass  # the peer is down, busy or went away: try again later
             finally:
                 if writer is not None:
                     self._writers.discard(writer)
@@ -459,41 +611,130 @@ class TcpEndpoint:
 
     # -- inbound ---------------------------------------------------------------------
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peername = writer.get_extra_info("peername")
-        host = str(peername[0]) if peername else "?"
-        if (
-            sum(self._open.values()) >= self.limits.max_connections
-            or self._open[host] >= self.limits.max_per_address
-        ):
-            self.stats.refused["too many connections"] += 1
-            log.warning("%s: refused a connection from %s: too many", self._node, host)
-            writer.close()
-            return
-        self._open[host] += 1
-        self._writers.add(writer)
+    async def _accepting(self, listener: socket.socket) -> None:
+        assert self._loop is not None
+        loop = self._loop
+        while not self._closed:
+            try:
+                conn, peername = await loop.sock_accept(listener)
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                continue
+            except OSError as exc:
+                # Out of file descriptors or buffers (EMFILE, ENFILE, ENOBUFS,
+                # ENOMEM): the listening socket stays readable, so accepting
+                # again at once would spin. One line, not a traceback each.
+                self.stats.refused["out of resources"] += 1
+                self._log.warning("out of resources", "%s: cannot accept connections: %s",
+                                  self._node, exc)
+                await asyncio.sleep(0.1)
+                continue
+            host = str(peername[0]) if isinstance(peername, tuple) else "?"
+            self._admit(conn, host)
+            # sock_accept returns at once while connections wait: let the
+            # connections already admitted run between two accepts.
+            await asyncio.sleep(0)
+
+    def _admit(self, conn: socket.socket, host: str) -> None:
+        limits = self.limits
+        source = _source(host)
+        mine = self._by_source.get(source, [])
+        chance = limits.drop_chance(len(self._half_open))
+        if len(mine) >= limits.startups_per_address:
+            victim = min(mine, key=lambda e: (e.stage, e.number))
+            self._drop(victim, "evicted", "its address opened more")
+        elif chance and self._drop_rng.random() < chance:
+            # Someone goes. The newcomer, if its address already holds the
+            # most; else, of the addresses that hold the most, the connection
+            # that got least far (silent ones first: honest ones speak at
+            # once), the oldest of those.
+            top = max(len(held) for held in self._by_source.values())
+            if mine and len(mine) >= top:
+                self.stats.refused["dropped early"] += 1
+                self._log.warning("dropped early", "%s: dropped a connection from %s early: "
+                                  "%d half-open, %d of them from there", self._node, host,
+                                  len(self._half_open), len(mine))
+                conn.close()
+                return
+            by_source = self._by_source
+            victim = min(self._half_open.values(),
+                         key=lambda e: (-len(by_source[e.source]), e.stage, e.number))
+            self._drop(victim, "evicted", "too many half-open")
+        self._accepts += 1
+        entry = _HalfOpen(conn, host, source, self._accepts)
+        self._half_open[entry.number] = entry
+        self._by_source.setdefault(source, []).append(entry)
         self.stats.accepted += 1
+        entry.task = self._spawn(self._incoming(entry))
+
+    def _drop(self, entry: _HalfOpen, reason: str, why: str) -> None:
+        self._forget(entry)
+        self.stats.refused[reason] += 1
+        self._log.warning(reason, "%s: closed a half-open connection from %s for a newer one: "
+                          "%s", self._node, entry.host, why)
+        if not entry.started:  # cancelled before its first step: its finally never runs
+            entry.conn.close()
+        if entry.task is not None:
+            entry.task.cancel()
+
+    def _forget(self, entry: _HalfOpen) -> None:
+        if self._half_open.pop(entry.number, None) is None:
+            return
+        held = self._by_source[entry.source]
+        held.remove(entry)
+        if not held:
+            del self._by_source[entry.source]
+
+    async def _incoming(self, entry: _HalfOpen) -> None:
+        entry.started = True
+        assert self._loop is not None
+        loop, limits, host = self._loop, self.limits, entry.host
+        transport: asyncio.Transport | None = None
+        writer: asyncio.StreamWriter | None = None
         try:
-            session = await self._handshake(reader, writer, initiator=False)
+            try:
+                # One deadline for everything before authentication, the TLS
+                # handshake included (its own timeout is a backstop).
+                async with asyncio.timeout(limits.handshake_timeout):
+                    await _readable(loop, entry.conn)
+                    entry.stage = _SPOKE
+                    reader = asyncio.StreamReader(loop=loop)
+                    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+                    transport, _ = await loop.connect_accepted_socket(
+                        lambda: protocol,
+                        entry.conn,
+                        ssl=self._server_ssl,
+                        ssl_handshake_timeout=limits.handshake_timeout + 1.0
+                        if self._server_ssl
+                        else None,
+                    )
+                    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+                    self._writers.add(writer)
+                    session = await _handshake(
+                        reader, writer, self._key, self._node, role="peer",
+                        limit=limits.handshake_timeout, initiator=False,
+                        on_hello=functools.partial(setattr, entry, "stage", _HELLO),
+                    )
+            finally:
+                self._forget(entry)
             peer = session.peer.node
             if session.peer.role == "client" and self.on_client is not None:
-                await self.on_client(Channel(reader, writer, session, self.limits))
+                if self._clients >= limits.max_clients:
+                    raise _OverLimit("too many clients")
+                self._clients += 1
+                try:
+                    await self.on_client(Channel(reader, writer, session, limits))
+                finally:
+                    self._clients -= 1
                 return
             if peer == self._node or session.peer.role != "peer":
                 raise AuthError(f"a peer may not call itself {peer!r} ({session.peer.role})")
-            limits = self.limits
-            frames = FrameReader(reader)
-            while not self._closed:
-                sealed = await frames.next(
-                    limits.max_frame, limits.idle_timeout, limits.read_timeout
-                )
-                body = session.open(sealed)
-                self.stats.received += 1
-                self.stats.bytes_received += _LENGTH + len(sealed)
-                if self.on_frame is None:
-                    self._inbox.append((peer, body))
-                else:
-                    self.on_frame(peer, body)
+            if self._inbound >= limits.max_peers:
+                raise _OverLimit("too many peers")
+            self._inbound += 1
+            try:
+                await self._receiving(peer, session, reader)
+            finally:
+                self._inbound -= 1
         except asyncio.CancelledError:
             raise
         except PeerClosed:
@@ -502,17 +743,98 @@ class TcpEndpoint:
             AuthError,
             FrameTooLarge,
             PeerMisbehaved,
+            _OverLimit,
             TimeoutError,
             asyncio.IncompleteReadError,
             OSError,
         ) as exc:
-            self.stats.refused[_reason(exc)] += 1
-            log.warning("%s: closed a connection from %s: %s", self._node, host,
-                        f"{_reason(exc)} ({exc})" if str(exc) else _reason(exc))
+            why, detail = _reason(exc), str(exc)
+            self.stats.refused[why] += 1
+            self._log.warning(why, "%s: closed a connection from %s: %s", self._node, host,
+                              f"{why} ({detail})" if detail and detail != why else why)
         finally:
-            self._open[host] -= 1
-            self._writers.discard(writer)
-            writer.close()
+            if writer is not None:
+                self._writers.discard(writer)
+                writer.close()
+            elif transport is not None:
+                transport.abort()
+            else:
+                entry.conn.close()  # no transport took it over
+
+    async def _receiving(self, peer: str, session: Session, reader: asyncio.StreamReader) -> None:
+        limits = self.limits
+        frames = FrameReader(reader)
+        while not self._closed:
+            sealed = await frames.next(limits.max_frame, limits.idle_timeout, limits.read_timeout)
+            body = session.open(sealed)
+            self.stats.received += 1
+            self.stats.bytes_received += _LENGTH + len(sealed)
+            if self.on_frame is None:
+                self._inbox.append((peer, body))
+            else:
+                self.on_frame(peer, body)
+
+    async def _flushing(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(self.limits.log_interval)
+            self._log.flush(f"{self._node}: ")
+
+    def _check_file_limit(self) -> None:
+        full = self.limits.startups[2]
+        need = full + self.limits.max_clients + self.limits.max_peers + len(self._peers) + 32
+        try:
+            import resource
+
+            soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        except (ImportError, OSError, ValueError):
+            return
+        if soft != resource.RLIM_INFINITY and soft < need:
+            log.warning("%s: the connection limits allow about %d open files, but this process "
+                        "may open %d (ulimit -n): lower the limits or raise it", self._node,
+                        need, soft)
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+    """Wait until ``conn`` has bytes to read (or its end)."""
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(conn.fileno(), wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(conn.fileno())
+
+
+async def _listening(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for ``host`` (every address it resolves to, as
+    ``asyncio.start_server`` binds them) and ``port``."""
+    infos = await loop.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    listeners: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            listener = socket.socket(family, kind, proto)
+            listeners.append(listener)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            listener.bind(address)
+            # A deep backlog: a SYN the kernel drops is retried only after a
+            # second, and a flood must not cost an honest dialler that second.
+            listener.listen(1024)
+            listener.setblocking(False)
+            if port == 0:  # the other addresses take the same port
+                port = listener.getsockname()[1]
+    except BaseException:
+        for listener in listeners:
+            listener.close()
+        raise
+    return listeners
 
 
 _REASONS: tuple[tuple[type[BaseException], str], ...] = (
@@ -526,6 +848,8 @@ _REASONS: tuple[tuple[type[BaseException], str], ...] = (
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, _OverLimit):
+        return str(exc)
     return next((why for kind, why in _REASONS if isinstance(exc, kind)), "connection error")
 
 
@@ -597,20 +921,68 @@ async def connect(
     role: str = "client",
     ssl_context: ssl.SSLContext | None = None,
     limits: Limits | None = None,
+    rng: Random | None = None,
 ) -> Channel:
-    """Dial a node at ``address`` and authenticate as ``name`` in ``role``;
-    raises OSError, TimeoutError or AuthError if that fails.
+    """Dial a node at ``address`` and authenticate as ``name`` in ``role``,
+    within ``limits.handshake_timeout`` in all. A busy node may drop the
+    connection before its hello (random early drop, :class:`Limits`): it is
+    dialled again after a wait doubling from 10 ms, jittered by ``rng``
+    (seeded from the OS if None), until the deadline.
 
-    Cost: one round trip of the handshake.
+    Raises NotAdmitted if the node dropped every attempt, KeyRefused if it
+    closed the connection on our proof (it holds another cluster key),
+    AuthError if its proof does not verify, TimeoutError at the deadline,
+    or the socket's OSError (ConnectionRefusedError: nothing listens there;
+    ssl.SSLError).
+
+    >>> async def nobody_there():
+    ...     try:
+    ...         await connect(("127.0.0.1", 1), bytes(32), "me")
+    ...     except OSError as exc:
+    ...         return type(exc).__name__
+    >>> asyncio.run(nobody_there())
+    'ConnectionRefusedError'
+
+    Cost: one round trip of the handshake (more if the node drops it).
     """
     limits = limits or Limits()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limits.handshake_timeout
+    wait = 0.01
+    while True:
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await _connect_once(
+                    address, key, name, role=role, ssl_context=ssl_context, limits=limits
+                )
+        except NotAdmitted:
+            rng = rng or Random(os.urandom(8))
+            pause = wait * (0.5 + rng.random())
+            if loop.time() + pause >= deadline:
+                raise
+            await asyncio.sleep(pause)
+            wait = min(2 * wait, 0.5)
+
+
+async def _connect_once(
+    address: Address,
+    key: bytes,
+    name: str,
+    *,
+    role: str,
+    ssl_context: ssl.SSLContext | None,
+    limits: Limits,
+) -> Channel:
     host, port = address
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(
+    try:
+        reader, writer = await asyncio.open_connection(
             host, port, ssl=ssl_context, server_hostname=host if ssl_context else None
-        ),
-        limits.handshake_timeout,
-    )
+        )
+    except (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError) as exc:
+        if ssl_context is None:
+            raise
+        # Closed inside the TLS handshake without an alert: dropped early.
+        raise NotAdmitted("the node closed the connection in the TLS handshake") from exc
     try:
         session = await _handshake(
             reader, writer, key, name, role=role, limit=limits.handshake_timeout, initiator=True
@@ -619,6 +991,13 @@ async def connect(
         writer.close()
         raise
     return Channel(reader, writer, session, limits)
+
+
+#: How a connection ends when the other side closes it mid-handshake.
+_CLOSED = (PeerClosed, asyncio.IncompleteReadError, ConnectionResetError)
+#: What a responder sends instead of its proof when the initiator's does not
+#: verify, so that a wrong key is told apart from a connection dropped early.
+KEY_REFUSED = b"crdtkit-key-refused-v1"
 
 
 async def _handshake(
@@ -630,6 +1009,7 @@ async def _handshake(
     role: str,
     limit: float,
     initiator: bool,
+    on_hello: Callable[[], object] | None = None,
 ) -> Session:
     shake = Handshake(key, name, role, os.urandom(32), initiator=initiator)
 
@@ -638,12 +1018,28 @@ async def _handshake(
 
     if initiator:
         _write_frame(writer, shake.hello())
-        _write_frame(writer, shake.receive_hello(await frame()))
-        session = shake.receive_proof(await frame())
+        try:
+            hello = await frame()
+            _write_frame(writer, shake.receive_hello(hello))
+            proof = await frame()
+        except _CLOSED as exc:
+            raise NotAdmitted("the node closed the connection in the handshake "
+                              "(too busy, or stopping)") from exc
+        if proof == KEY_REFUSED:
+            raise KeyRefused("the node refused our proof: it holds another cluster key")
+        session = shake.receive_proof(proof)
     else:
         proof = shake.receive_hello(await frame())
+        if on_hello is not None:
+            on_hello()
         _write_frame(writer, shake.hello())
-        session = shake.receive_proof(await frame())  # theirs first: they dialled
+        try:
+            session = shake.receive_proof(await frame())  # theirs first: they dialled
+        except AuthError:
+            _write_frame(writer, KEY_REFUSED)
+            with contextlib.suppress(OSError):
+                await writer.drain()
+            raise
         _write_frame(writer, proof)
     await writer.drain()
     return session

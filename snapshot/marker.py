@@ -465,6 +465,21 @@ class SnapshotNode:
             self.stats.answers += 1
         return out
 
+    def wrap(self, frames: Iterable[Outgoing]) -> list[Outgoing]:
+        """The replica's frames made outside :meth:`tick` and :meth:`receive`
+        (``Replicator.replicate``, ``Replicator.ask``: a write or read at a
+        consistency level), wrapped as theirs are, with this node's colour
+        now, for the driver to send.
+
+        >>> from random import Random
+        >>> node = SnapshotNode(Replicator("a", ["b"], rng=Random(1)))
+        >>> [dest for dest, _ in node.wrap(node.replica.replicate(["b"]))]
+        ['b']
+
+        Cost: O(size of the frames).
+        """
+        return [(dest, self._wrap(_DATA, frame)) for dest, frame in frames]
+
     def _wrap(self, kind: int, body: bytes) -> bytes:
         return codec.encode_plain([_TAG, _VERSION, kind, self._colour, body])
 

@@ -59,6 +59,9 @@ EXPECTED = [
     "snapshot bytes per round during one",
     "snapshot frames per snapshot, 16 nodes",
     "pruning: opening frame",
+    "levels: update at majority, 5 processes",
+    "levels: read at all, 5 processes",
+    "levels: update at majority, 3 of 5 running",
 ]
 
 #: What the floor and figure of a row count, by the start of its name; every

@@ -14,9 +14,11 @@ from crdts import base, codec
 from replication import (
     Replicator,
     auth,
+    consistency,
     dotranges,
     membership,
     messages,
+    ratelog,
     simnet,
     sqlite,
     store,
@@ -27,6 +29,8 @@ from snapshot import cut, files, marker, sec
 
 CLASSES = [
     tcp.FrameReader,
+    tcp.Limits,
+    ratelog.RateLimitedLog,
     crdts.GCounter,
     crdts.PNCounter,
     crdts.ORSet,
@@ -55,6 +59,8 @@ CLASSES = [
     membership.Membership,
     membership.MemberNode,
     membership.MembershipSettings,
+    consistency.Quorum,
+    consistency.Reached,
 ]
 FUNCTIONS = [
     codec.encode,
@@ -92,8 +98,11 @@ FUNCTIONS = [
     auth.load_key,
     auth.generate_key,
     tcp.read_frame,
+    tcp.connect,
     protocol.encode,
     protocol.parse,
+    consistency.check_level,
+    consistency.needed,
 ]
 # Wire and generic-protocol plumbing: documented, but an example would only
 # repeat the codec's.

@@ -184,7 +184,7 @@ def gset() -> Iterator[type[CRDT]]:
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, gset: type[CRDT]) -> Iterator[LocalCluster]:
     cluster = LocalCluster(1, tmp_path_factory.mktemp("node"),
-                           options=["--import", "tests.usertype"])
+                           options=["--import", "tests.usertype", "--max-offset", "2"])
     cluster.start()
     try:
         yield cluster
@@ -238,7 +238,9 @@ def test_observation_3_a_timestamp_far_ahead_is_refused_at_the_node(node: LocalC
     async def work(client: Client) -> None:
         with pytest.raises(NodeError, match="ahead of this replica's clock"):
             await client.update("reg", "LWWRegister", "assign", "frozen", 2**64 - 1)
-        now = await client.update("reg", "LWWRegister", "assign", "now", time.time_ns())
+        with pytest.raises(NodeError, match="at most 2000000000 allowed"):  # --max-offset 2
+            await client.update("reg", "LWWRegister", "assign", "ahead", time.time_ns() + 10**10)
+        now = await client.update("reg", "LWWRegister", "assign", "now", time.time_ns() + 10**9)
         later = await client.update("reg", "LWWRegister", "assign", "later")
         assert isinstance(now.delta, LWWRegister) and isinstance(later.delta, LWWRegister)
         assert (later.delta.timestamp or 0) > (now.delta.timestamp or 0)
@@ -282,3 +284,19 @@ def test_a_bug_in_a_users_type_fails_its_update_only(node: LocalCluster) -> None
         assert isinstance(other, GCounter) and other.value == 3
 
     _with_client(node, work)
+
+
+def test_the_replicator_refuses_an_update_made_for_another_type() -> None:
+    r = Replicator("a", [], rng=Random(1))
+    r.update("hits", GCounter, lambda c, me: c.increment(me, 2))
+    with pytest.raises(InvalidOperation, match="holds a GCounter, not a PNCounter"):
+        r.update("hits", PNCounter, lambda c, me: c.increment(me))
+    batch = r.stage()
+    with pytest.raises(InvalidOperation, match="holds a GCounter, not a VectorClock"):
+        batch.update("hits", VectorClock, lambda v, me: v.increment(me))
+    batch.update("hits", GCounter, lambda c, me: c.increment(me))
+    with pytest.raises(InvalidOperation, match="holds a GCounter, not a PNCounter"):
+        batch.update("hits", PNCounter, lambda c, me: c.increment(me))
+    r.apply(batch)
+    hits = r.get("hits")
+    assert isinstance(hits, GCounter) and hits.value == 3

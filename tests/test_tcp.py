@@ -285,20 +285,22 @@ def test_a_frame_claiming_another_replicas_id_is_refused() -> None:
     assert cluster.replica("b").stats.refused == 1
 
 
-def test_more_connections_than_the_limit_are_refused() -> None:
+def test_an_address_over_its_half_open_budget_loses_its_oldest() -> None:
     async def attack(cluster: Cluster) -> None:
         address = cluster.endpoint("b").address
-        # a's own connection to b is one of the three allowed per address.
-        assert await until(lambda: cluster.endpoint("b").stats.accepted >= 1)
-        held = [await asyncio.open_connection(*address) for _ in range(2)]
-        extra, _ = await asyncio.open_connection(*address)
-        assert await closed(extra)
-        for _, writer in held:
+        # a's own connection to b, once authenticated, is not half-open.
+        assert await until(lambda: cluster.endpoint("b").stats.received >= 1)
+        held = [await asyncio.open_connection(*address) for _ in range(3)]
+        assert await until(lambda: cluster.endpoint("b").half_open == 3)
+        _, newest = await asyncio.open_connection(*address)
+        assert await closed(held[0][0])  # the oldest made room for it
+        assert cluster.endpoint("b").half_open == 3
+        for writer in [*(w for _, w in held), newest]:
             writer.close()
 
-    limits = Limits(max_per_address=3)
+    limits = Limits(startups_per_address=3)
     cluster = run(lambda: attack_then_honest_update(attack, limits))
-    assert cluster.endpoint("b").stats.refused["too many connections"] >= 1
+    assert cluster.endpoint("b").stats.refused["evicted"] == 1
 
 
 # -- TLS ------------------------------------------------------------------------------
@@ -357,7 +359,8 @@ def test_mutual_tls_carries_gossip_and_refuses_a_client_without_a_certificate() 
         assert await until(lambda: (s := b.get("hits")) is not None and s.value == 3)  # type: ignore[attr-defined]
         stop.set()
         await asyncio.gather(*tasks)
-        # The TLS layer closed it before the endpoint saw a connection.
-        assert runs[1].endpoint.stats.accepted == 1  # a's, and only a's
+        # The TLS handshake ran inside the endpoint's budget, and failed there.
+        assert runs[1].endpoint.stats.accepted == 2
+        assert runs[1].endpoint.stats.refused["TLS"] == 1
 
     run(test)
