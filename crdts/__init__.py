@@ -15,6 +15,7 @@ from crdts.errors import CRDTError, DecodeError, InvalidOperation, StateTooLarge
 from crdts.gcounter import GCounter
 from crdts.lwwregister import LWWRegister
 from crdts.mvregister import MVRegister
+from crdts.ormap import ORMap
 from crdts.orset import ORSet
 from crdts.pncounter import PNCounter
 from crdts.vclock import Order, VectorClock
@@ -28,6 +29,7 @@ __all__ = [
     "InvalidOperation",
     "LWWRegister",
     "MVRegister",
+    "ORMap",
     "ORSet",
     "Order",
     "PNCounter",

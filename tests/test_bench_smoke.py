@@ -30,6 +30,8 @@ EXPECTED = [
     "GCounter merge",
     "PNCounter merge",
     "GCounter increment",
+    "ormap merge, 1,000 G-Counter keys",
+    "ormap delta, 1,000 vs 100 keys",
     "codec encode ORSet",
     "codec decode ORSet",
     "codec encode GCounter",
