@@ -8,11 +8,15 @@ prints for people.
   one fails.
 - ``crdtkit inspect PATH``: what a snapshot or a checkpoint file holds, or a
   node's folder (its store, verified; a running node's too).
-- ``crdtkit node``: run one replica process (``--peer`` a static peer,
-  ``--seed`` join a running cluster through an address, ``--leave`` leave
-  the cluster on SIGTERM before stopping); ``crdtkit members``, ``crdtkit
-  leave`` and ``crdtkit down NODE`` ask a running node (``--node``) for its
-  members, to leave, or to down a node.
+- ``crdtkit node``: run one replica process on the TCP runtime (``--listen``)
+  or on NATS (``--nats URL --cluster NAME``; peers and seeds are then node
+  ids) (``--peer`` a static peer, ``--seed`` join a running cluster through
+  a node, ``--leave`` leave the cluster on SIGTERM before stopping);
+  ``crdtkit members``, ``crdtkit leave`` and ``crdtkit down NODE`` ask a
+  running node (``--node``, with ``--nats`` and ``--cluster`` over NATS)
+  for its members, to leave, or to down a node.
+- ``crdtkit cluster``: local node processes, on TCP or (``--engine nats``)
+  NATS, driven, snapshotted and checked.
 - ``crdtkit ask --node HOST:PORT update KEY TYPE KIND [VALUE...] [--write
   LEVEL --timeout S]`` and ``crdtkit ask ... get KEY [--read LEVEL]``: an
   update or a read at a running node, at a consistency level (``local``,
@@ -27,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn, TextIO
@@ -97,6 +103,88 @@ def _peer(text: str) -> tuple[str, tuple[str, int]]:
     return name, _address(address)
 
 
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _nats_url(text: str) -> str:
+    parsed = urllib.parse.urlsplit(text)
+    try:
+        port = parsed.port
+    except ValueError:
+        port = -1
+    if parsed.scheme not in ("nats", "tls", "ws", "wss") or not parsed.hostname or port == -1:
+        raise argparse.ArgumentTypeError(
+            f"expected a NATS URL like nats://HOST:4222 (user:password@ or token@ allowed), "
+            f"got {text!r}")
+    return text
+
+
+def _cluster_name(text: str) -> str:
+    if not _TOKEN.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"a cluster name is 1 to 64 of A-Z a-z 0-9 _ - (it is a NATS subject token), "
+            f"got {text!r}")
+    return text
+
+
+def _nats_options(command: argparse.ArgumentParser, *, required: bool = False) -> None:
+    """NATS's connection options, as ``crdtkit node`` and the client commands take them."""
+    command.add_argument(
+        "--nats", action="append", type=_nats_url, metavar="URL", required=required,
+        help="run over NATS through this server (repeat for more servers of one NATS "
+        "cluster); user:password@ or token@ in the URL authenticate, tls:// asks for TLS",
+    )
+    command.add_argument("--cluster", type=_cluster_name, metavar="NAME",
+                         help="with --nats: the crdtkit cluster's name (its subjects' prefix)")
+    command.add_argument("--nats-creds", metavar="PATH",
+                         help="with --nats: a NATS credentials file (JWT and NKey seed)")
+    command.add_argument("--nats-tls-ca", metavar="PATH",
+                         help="with --nats: the CA that signs the NATS server's certificate")
+    command.add_argument("--nats-tls-cert", metavar="PATH",
+                         help="with --nats: a client certificate for the NATS server (PEM)")
+    command.add_argument("--nats-tls-key", metavar="PATH", help="with --nats: its key (PEM)")
+
+
+def _check_nats(args: argparse.Namespace) -> None:
+    """NATS options only with --nats, and --cluster with it."""
+    given = [name for name in ("nats_creds", "nats_tls_ca", "nats_tls_cert", "nats_tls_key",
+                               "cluster") if getattr(args, name, None)]
+    if not args.nats:
+        if given:
+            raise _Usage(f"--{given[0].replace('_', '-')} is a NATS option: it needs --nats URL")
+        return
+    if not args.cluster:
+        raise _Usage("--nats needs --cluster NAME (the subjects' prefix, the same on every node)")
+    if bool(args.nats_tls_cert) != bool(args.nats_tls_key):
+        raise _Usage("--nats-tls-cert and --nats-tls-key go together")
+
+
+def _check_node(args: argparse.Namespace) -> None:
+    """``crdtkit node``: over TCP, --listen and addresses; over NATS, node ids."""
+    _check_nats(args)
+    if args.nats:
+        tcp_only = [o for o, v in (("--listen", args.listen), ("--advertise", args.advertise),
+                                   ("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key),
+                                   ("--tls-ca", args.tls_ca)) if v]
+        if tcp_only:
+            raise _Usage(f"{tcp_only[0]} is for the TCP runtime; over NATS use --nats-tls-* "
+                         "(and peers and seeds are node ids)")
+        for option, values in (("--peer", args.peer), ("--seed", args.seed)):
+            for value in values:
+                if not value or "=" in value or value.strip() != value:
+                    raise _Usage(f"{option} over NATS is a node id, got {value!r}")
+        return
+    if args.listen is None:
+        raise _Usage("crdtkit node needs --listen HOST:PORT (TCP) or --nats URL --cluster NAME")
+    try:
+        args.listen = _address(args.listen)
+        args.peer = [_peer(p) for p in args.peer]
+        args.seed = [_address(a) for a in args.seed]
+        args.advertise = None if args.advertise is None else _address(args.advertise)
+    except argparse.ArgumentTypeError as exc:
+        raise _Usage(str(exc)) from None
+
+
 def _parser() -> _Parser:
     parser = _Parser(
         prog="crdtkit",
@@ -140,17 +228,20 @@ def _parser() -> _Parser:
 
     node = commands.add_parser("node", help="run one replica process")
     node.add_argument("--id", required=True, help="this node's id")
-    node.add_argument("--listen", required=True, type=_address, metavar="HOST:PORT")
+    node.add_argument("--listen", metavar="HOST:PORT",
+                      help="run on the built-in TCP runtime, listening here")
+    _nats_options(node)
     node.add_argument(
-        "--peer", action="append", default=[], type=_peer, metavar="ID=HOST:PORT",
-        help="a peer to gossip with (repeat for each)",
+        "--peer", action="append", default=[], metavar="ID=HOST:PORT",
+        help="a peer to gossip with (repeat for each); over NATS, its node id",
     )
     node.add_argument(
-        "--seed", action="append", default=[], type=_address, metavar="HOST:PORT",
-        help="join a running cluster through the node at this address (repeat for more)",
+        "--seed", action="append", default=[], metavar="HOST:PORT",
+        help="join a running cluster through the node at this address (repeat for more); "
+        "over NATS, a node id",
     )
     node.add_argument(
-        "--advertise", type=_address, metavar="HOST:PORT",
+        "--advertise", metavar="HOST:PORT",
         help="the address other members dial to reach this node (default: --listen)",
     )
     node.add_argument(
@@ -215,6 +306,13 @@ def _parser() -> _Parser:
     )
     cluster.add_argument("--seed", type=_bounded(0, 2**63), default=1, help="random seed (1)")
     cluster.add_argument("--folder", metavar="PATH", help="keep keys, data and logs here")
+    cluster.add_argument(
+        "--engine", choices=["tcp", "nats"], default="tcp",
+        help="tcp: the built-in runtime (default); nats: through a NATS server (a local "
+        "nats-server on loopback, started and stopped here, unless --nats URL)",
+    )
+    cluster.add_argument("--nats", type=_nats_url, metavar="URL",
+                         help="with --engine nats: use this NATS server")
 
     for name, text in (
         ("members", "the members a running node sees"),
@@ -224,16 +322,18 @@ def _parser() -> _Parser:
         command = commands.add_parser(name, help=text)
         if name == "down":
             command.add_argument("target", metavar="NODE", help="the node id (or member id)")
-        command.add_argument("--node", required=True, type=_address, metavar="HOST:PORT",
-                             help="a running node to ask")
+        command.add_argument("--node", required=True, metavar="HOST:PORT",
+                             help="a running node to ask (over NATS: its node id)")
         command.add_argument("--key-file", required=True, metavar="PATH",
                              help="the cluster key (hex)")
+        _nats_options(command)
 
     ask = commands.add_parser("ask", help="update or read a key at a running node, at a "
                               "consistency level")
-    ask.add_argument("--node", required=True, type=_address, metavar="HOST:PORT",
-                     help="a running node to ask")
+    ask.add_argument("--node", required=True, metavar="HOST:PORT",
+                     help="a running node to ask (over NATS: its node id)")
     ask.add_argument("--key-file", required=True, metavar="PATH", help="the cluster key (hex)")
+    _nats_options(ask)
     asks = ask.add_subparsers(dest="request", required=True, parser_class=_Parser)
     update = asks.add_parser("update", help="apply an update (durable at the node first)")
     update.add_argument("key", metavar="KEY")
@@ -277,19 +377,24 @@ def main(
         if args.command == "node":
             from crdtkit.serve import serve
 
+            _check_node(args)
             return serve(args, err)
         if args.command == "cluster":
             from crdtkit.serve import run_cluster
 
+            if args.nats and args.engine != "nats":
+                raise _Usage("--nats URL goes with --engine nats")
             return run_cluster(args, out)
-        if args.command in ("members", "leave", "down"):
-            from crdtkit.serve import ask
+        if args.command in ("members", "leave", "down", "ask"):
+            from crdtkit.serve import ask, request
 
-            return ask(args, out)
-        if args.command == "ask":
-            from crdtkit.serve import request
-
-            return request(args, out)
+            _check_nats(args)
+            if not args.nats:
+                try:
+                    args.node = _address(args.node)
+                except argparse.ArgumentTypeError as exc:
+                    raise _Usage(str(exc)) from None
+            return request(args, out) if args.command == "ask" else ask(args, out)
         if args.command == "keygen":
             from crdtkit.serve import keygen
 

@@ -42,7 +42,7 @@ import os
 import ssl
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, Literal, NamedTuple, overload
+from typing import Any, Literal, NamedTuple, Protocol, overload
 
 from crdtkit import protocol
 from crdts import codec
@@ -54,7 +54,7 @@ from replication.consistency import Level, Reached, check_level
 from replication.dotranges import DotRanges
 from replication.history import Operation
 from replication.messages import Entry
-from replication.tcp import Channel, KeyRefused, Limits, NotAdmitted, PeerClosed, connect
+from replication.tcp import KeyRefused, Limits, NotAdmitted, PeerClosed, connect
 from snapshot.cut import GlobalSnapshot, LocalState, SnapshotId
 from snapshot.errors import SnapshotIncomplete
 from snapshot.marker import LocalRecording, assemble
@@ -109,6 +109,17 @@ class NodeError(PeerError):
     fault it was: a refused operation, a failed commit)."""
 
 
+class Connection(Protocol):
+    """What a client talks to a node through: a ``replication.tcp.Channel``
+    (TCP), or a ``crdtkit.natsnode.NatsChannel`` (NATS request/reply)."""
+
+    async def send(self, body: bytes) -> None: ...
+
+    async def recv(self) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
 class AuthenticationFailed(AuthError):
     """The node refused our cluster key: it closed the connection on our
     proof (or its own proof does not verify with our key). The two hold
@@ -135,7 +146,7 @@ class Client:
     the node's commits. Each call still returns its own answer.
     """
 
-    def __init__(self, channel: Channel, *, where: str = "the node") -> None:
+    def __init__(self, channel: Connection, *, where: str = "the node") -> None:
         self._channel = channel
         self._where = where  # for errors: "the node at 127.0.0.1:7000"
         self._lost: str | None = None  # why the connection ended, once it has
@@ -196,6 +207,28 @@ class Client:
         except OSError as exc:
             raise NodeUnavailable(f"no node at {where}: {exc}") from exc
         return cls(channel, where=f"the node at {where}")
+
+    @classmethod
+    async def over_nats(
+        cls,
+        node: str,
+        key: bytes,
+        *,
+        servers: Sequence[str],
+        cluster: str,
+        options: Mapping[str, Any] | None = None,
+    ) -> Client:
+        """A client of node ``node`` of the NATS cluster ``cluster``, through
+        the NATS ``servers`` (``options`` go to ``nats.connect``: TLS,
+        credentials). Requests are sealed with the cluster ``key``; a node
+        that refuses them raises ``crdtkit.natsnode.RequestRefused``, and
+        ``NodeUnreachable`` if no node listens under that name.
+        Cost: a NATS connection."""
+        from crdtkit.natsnode import NatsChannel
+
+        channel = await NatsChannel.open(node, key, servers=servers, cluster=cluster,
+                                         options=options)
+        return cls(channel, where=f"node {node} of NATS cluster {cluster}")
 
     async def __aenter__(self) -> Client:
         return self

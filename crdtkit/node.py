@@ -1,9 +1,11 @@
 """One replica as a process: what ``crdtkit node`` runs.
 
 A :class:`NodeService` runs a :class:`~snapshot.marker.SnapshotNode` over the
-TCP runtime (``replication.tcp``), keeps its state in a
+transport its caller picks (a :class:`~crdtkit.transports.NodeTransport`:
+``crdtkit.tcpnode`` for the built-in TCP runtime, ``crdtkit.natsnode`` for
+NATS; the service never learns which), keeps its state in a
 :class:`~replication.sqlite.SQLiteStore` in its folder, and serves clients
-(``crdtkit.protocol``) on the same port:
+(``crdtkit.protocol``) through the same transport:
 
 - On start it takes the folder's lock (a second process on the folder is
   refused), reads and verifies every row (damage refuses to start, unless
@@ -20,19 +22,20 @@ TCP runtime (``replication.tcp``), keeps its state in a
 - A request carries an id; the answer is kept with it (the newest
   ``keep_answers`` answers, ``keep_answer_bytes`` in all), so a retried
   request is answered again, not applied twice, also after a restart.
-- A client may pipeline: the requests of one connection are served
-  concurrently, up to ``MAX_IN_FLIGHT`` at a time, and answered as they are
-  ready (each answer repeats its request's number), so updates sent without
-  waiting share commits.
+- Requests are served concurrently and answered as they are ready (each
+  answer repeats its request's number), so updates sent without waiting
+  share commits (a TCP client may pipeline up to ``MAX_IN_FLIGHT`` on its
+  connection).
 - Keys changed by gossip are written every ``flush_interval`` seconds, and
   on shutdown: writing costs O(changed keys), never O(state).
 - An update whose key would encode to more than ``max_state`` bytes is
   refused before anything is written.
 - Clients can start a Chandy-Lamport snapshot and fetch the node's part of it.
 - Membership (``replication.membership``) runs beside the replica on the same
-  port: the node joins through ``seeds`` (addresses; no peer list needed) and
-  its static ``peers``, learns every member's address from the members'
-  state, and its replica gossips with the members. A client can list the
+  transport: the node joins through the transport's seeds (addresses over
+  TCP, node ids over NATS; no peer list needed) and its static peers, learns
+  every member's address from the members' state, and its replica gossips
+  with the members. A client can list the
   members, make the node leave, or down another node. The node stops once it
   is removed (after its leave, or downed by an operator); with
   ``leave_on_stop`` a SIGTERM makes it leave first (bounded by
@@ -48,13 +51,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
-import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,7 @@ from random import Random
 from typing import NamedTuple
 
 from crdtkit import protocol
+from crdtkit.transports import MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, NodeTransport
 from crdts import codec
 from crdts.base import expect_list
 from crdts.errors import CrdtkitError, DecodeError, InvalidOperation
@@ -75,6 +77,7 @@ from replication.membership import (
     Status,
 )
 from replication.replicator import Replicator, Staged
+from replication.runtime import NodeRuntime
 from replication.sqlite import SQLiteStore
 from replication.store import (
     KEEP_ANSWER_BYTES,
@@ -87,7 +90,6 @@ from replication.store import (
     encode_row,
     restore,
 )
-from replication.tcp import Channel, Limits, NodeRuntime, PeerClosed, TcpEndpoint
 from replication.transport import Outgoing
 from snapshot.cut import MAX_COLOUR, SnapshotId
 from snapshot.marker import SnapshotNode
@@ -105,12 +107,6 @@ __all__ = [
 MAX_STATE = 64 * 1024 * 1024
 #: The longest request id a client may send.
 MAX_REQUEST_ID = 64
-#: Requests one client connection may have in flight at once (pipelining),
-#: and their bytes in all: a deep pipeline fills commits while the last
-#: one's answers travel back (1,024 served 14,000 updates/s here, 256 about
-#: 9,500), and the bytes bound what one connection can make a node hold.
-MAX_IN_FLIGHT = 1024
-MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024
 #: The longest a write or read may wait for its consistency level, in ms.
 MAX_LEVEL_TIMEOUT = 600_000
 #: The statuses of a member counted by a consistency level: joining members
@@ -144,31 +140,6 @@ class _Answer(NamedTuple):
     position: int = 0
 
 
-class _Room:
-    """What one client connection may have in flight: at most ``count``
-    requests and, unless it is alone, at most ``size`` bytes of them."""
-
-    __slots__ = ("_bytes", "_count", "_freed", "_size", "_used")
-
-    def __init__(self, count: int, size: int) -> None:
-        self._count, self._size = count, size
-        self._used = self._bytes = 0
-        self._freed: asyncio.Future[None] | None = None
-
-    async def take(self, size: int) -> None:
-        while self._used >= self._count or (self._used and self._bytes + size > self._size):
-            self._freed = asyncio.get_running_loop().create_future()
-            await self._freed
-        self._used += 1
-        self._bytes += size
-
-    def give(self, size: int) -> None:
-        self._used -= 1
-        self._bytes -= size
-        if self._freed is not None and not self._freed.done():
-            self._freed.set_result(None)
-
-
 class NodeService:
     """A replica process's work, started with :meth:`run`. Raises
     ``replication.store.FolderInUse`` or ``StoreDamaged`` (see
@@ -180,11 +151,9 @@ class NodeService:
     def __init__(
         self,
         node_id: str,
-        key: bytes,
         folder: Path,
         *,
-        listen: tuple[str, int],
-        peers: Mapping[str, tuple[str, int]],
+        transport: Callable[[Random], NodeTransport],
         interval: float = 0.2,
         flush_interval: float = 1.0,
         max_state: int = MAX_STATE,
@@ -192,11 +161,6 @@ class NodeService:
         repair: bool = False,
         keep_answers: int = KEEP_ANSWERS,
         keep_answer_bytes: int = KEEP_ANSWER_BYTES,
-        server_ssl: ssl.SSLContext | None = None,
-        client_ssl: ssl.SSLContext | None = None,
-        limits: Limits | None = None,
-        seeds: Sequence[tuple[str, int]] = (),
-        advertise: tuple[str, int] | None = None,
         membership: MembershipSettings | None = None,
         leave_on_stop: bool = False,
         leave_timeout: float = 30.0,
@@ -213,23 +177,21 @@ class NodeService:
             for line in self.store.repairs:
                 log.warning("%s: repair: %s", node_id, line)
             rng = Random(os.urandom(16))  # incarnations must not repeat across restarts
-            replica = restore(stored, node_id, list(peers), rng=rng, max_state=max_state,
-                              prune_after=prune_after)
+            self.transport = transport(rng)
+            peers = self.transport.peers
+            replica = restore(stored, node_id, peers, rng=rng, max_state=max_state,
+                              prune_after=prune_after, max_frame=self.transport.max_frame)
             # The runtime's time is the event loop's (monotonic); the hybrid
             # clock's physical half is wall time, so LWW timestamps of
             # different nodes compare.
             replica.hlc.origin = time.time_ns() - time.monotonic_ns()
             replica.hlc.advance(time.monotonic())
             self.node = SnapshotNode(replica, colour=self._colour(stored))
-            self._advertise = advertise
-            own = _text(advertise or listen)
-            # Static peers are seeds too, by node id (their addresses are
-            # known); seeds by address are dialled under their address, and
-            # whoever answers there with the cluster key is taken.
-            seed_names = [_text(a) for a in seeds if a not in (listen, advertise)]
+            # Static peers are seeds too, by node id; the transport names
+            # its other seeds (addresses over TCP).
             self.membership = Membership(
-                replica.replica_id, own, seeds=[*peers, *seed_names], rng=rng,
-                settings=membership,
+                replica.replica_id, self.transport.address,
+                seeds=[*peers, *self.transport.seeds], rng=rng, settings=membership,
             )
             self.members = MemberNode(replica, self.membership, inner=self.node)
             self.membership.subscribe(self._on_member)
@@ -241,24 +203,10 @@ class NodeService:
                 else f"no keys in {self.store.path}, starting empty",
                 replica.replica_id,
             )
-            self.endpoint = TcpEndpoint(
-                node_id,
-                key,
-                rng=rng,
-                listen=listen,
-                peers=peers,
-                limits=limits,
-                server_ssl=server_ssl,
-                client_ssl=client_ssl,
-                on_client=self._serve,
-            )
-            for name, address in zip(seed_names, [a for a in seeds if a not in
-                                                  (listen, advertise)], strict=True):
-                self.endpoint.add_peer(name, address, any_name=True)
         except BaseException:
             self.store.close()  # and the folder with it
             raise
-        self.runtime = NodeRuntime(self.members, self.endpoint, interval=interval)
+        self.runtime = NodeRuntime(self.members, self.transport.endpoint, interval=interval)
         self.leave_on_stop = leave_on_stop
         self.leave_timeout = leave_timeout
         self.flush_interval = flush_interval
@@ -298,6 +246,11 @@ class NodeService:
             raise StoreDamaged(f"{self.store.path} is damaged: its snapshot colour: {exc}") from exc
 
     @property
+    def node_id(self) -> str:
+        """This node's id. Cost: O(1)."""
+        return self.node.node_id
+
+    @property
     def replica(self) -> Replicator:
         """The replica this process runs. Cost: O(1)."""
         return self.node.replica
@@ -309,11 +262,11 @@ class NodeService:
         Cost: for as long as it runs."""
         halt = asyncio.Event()
         try:
-            await self.endpoint.start()
-            host, port = self.endpoint.address
-            if self._advertise is None and self.membership.status == Status.JOINING:
-                self.membership.set_address(_text((host, port)))  # the real port
-            log.info("%s: listening on %s:%d as %s", self.node.node_id, host, port,
+            await self.transport.start(self)
+            address = self.transport.address
+            if self.membership.status == Status.JOINING:
+                self.membership.set_address(address)  # the real port, once listening
+            log.info("%s: listening on %s as %s", self.node.node_id, address,
                      self.replica.replica_id)
             if ready is not None:
                 ready.set()
@@ -328,7 +281,7 @@ class NodeService:
                 self._wake.set()
                 await writer
             log.info("%s: stopped; %s; refused %s", self.node.node_id, self._stats(),
-                     dict(self.endpoint.stats.refused) or "nothing")
+                     self.transport.refused() or "nothing")
         finally:
             self._pool.shutdown()
             self.store.close()
@@ -357,6 +310,7 @@ class NodeService:
         elif self.leave_on_stop:
             log.warning("%s: the leave did not finish within %.0f s; stopping anyway",
                         self.node.node_id, self.leave_timeout)
+        await self.transport.stop_serving()  # while the endpoint is still open
         halt.set()
 
     def _on_member(self, event: MemberEvent) -> None:
@@ -371,9 +325,7 @@ class NodeService:
                  record.address or "?", event.kind)
         if node == self.node.node_id or record.status == Status.REMOVED:
             return
-        address = _parse_address(record.address)
-        if address is not None:
-            self.endpoint.add_peer(node, address)
+        self.transport.locate(node, record.address)
 
     def _stats(self) -> str:
         s = self.replica.stats
@@ -542,82 +494,42 @@ class NodeService:
 
     # -- clients ---------------------------------------------------------------------
 
-    async def _serve(self, channel: Channel) -> None:
-        # Requests on one connection are served concurrently (up to
-        # MAX_IN_FLIGHT at a time), so that a client may pipeline: updates it
-        # sends without waiting share commits. Answers go out as they are
-        # ready, each with its request's number. An update is answered from
-        # a callback on its commit, without a task of its own.
-        name = channel.peer.node
-        room = _Room(MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES)
-        pending: set[asyncio.Task[None]] = set()
+    def serve(self, kind: str, request: int, fields: list[object]) -> Awaitable[bytes]:
+        """The answer to one client request, parsed (``protocol.parse``), as
+        its transport sends it: for an update a future, set from a callback
+        once its commit ended (no task per update); for the others a
+        coroutine. A request that cannot be served is answered with an
+        error, never raised. Cost: the request's."""
+        if kind == "update":
+            answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            try:
+                level, timeout = _level(fields[5:])
+                waiting = self._submit(fields[:5])
+            except (CrdtkitError, ValueError, TypeError) as exc:
+                answer.set_result(protocol.encode("error", request, f"{exc}"[:500]))
+                return answer
+            if len(fields) > 5:  # at a consistency level: answered once it got there
+                return self._update_at(request, waiting, level, timeout)
 
-        def finished(size: int, task: asyncio.Task[None]) -> None:
-            pending.discard(task)
-            room.give(size)
-            if not task.cancelled() and (exc := task.exception()) is not None:
-                log.error("%s: serving client %s failed: %r", self.node.node_id, name, exc)
-                channel.close()
-
-        def answered(request: int, size: int, done: asyncio.Future[_Answer]) -> None:
-            room.give(size)
-            if done.cancelled():
-                return
-            if (exc := done.exception()) is not None:
-                reply = protocol.encode("error", request, f"{exc}"[:500])
-            else:
-                reply = _done(request, done.result())
-            channel.send_nowait(reply)
-
-        try:
-            while True:
-                data = await channel.recv()
-                try:
-                    kind, request, fields = protocol.parse(data)
-                except DecodeError as exc:
-                    log.warning("%s: client %s sent a bad message: %s", self.node.node_id,
-                                name, exc)
-                    return
-                size = len(data)
-                await room.take(size)
-                if kind == "update":
-                    try:
-                        level, timeout = _level(fields[5:])
-                        waiting = self._submit(fields[:5])
-                    except (CrdtkitError, ValueError, TypeError) as exc:
-                        room.give(size)
-                        channel.send_nowait(protocol.encode("error", request, f"{exc}"[:500]))
-                        continue
-                    if len(fields) == 5:
-                        waiting.add_done_callback(functools.partial(answered, request, size))
-                        continue
-                    task = asyncio.create_task(
-                        self._update_at(channel, request, waiting, level, timeout)
-                    )
+            def answered(done: asyncio.Future[_Answer]) -> None:
+                if done.cancelled():
+                    answer.cancel()
+                elif (exc := done.exception()) is not None:
+                    answer.set_result(protocol.encode("error", request, f"{exc}"[:500]))
                 else:
-                    task = asyncio.create_task(self._reply(channel, kind, request, fields))
-                pending.add(task)
-                task.add_done_callback(functools.partial(finished, size))
-        except PeerClosed:
-            pass
-        finally:
-            # The client is gone: no one to answer. An update in flight still
-            # commits (it is queued) and its answer is kept for a retry.
-            for task in list(pending):
-                task.cancel()
-            channel.close()
+                    answer.set_result(_done(request, done.result()))
 
-    async def _reply(self, channel: Channel, kind: str, request: int, fields: list[object]
-                     ) -> None:
+            waiting.add_done_callback(answered)
+            return answer
+        return self._reply(kind, request, fields)
+
+    async def _reply(self, kind: str, request: int, fields: list[object]) -> bytes:
         try:
             if kind == "get" and len(fields) == 3:
-                answer = await self._get_at(request, fields)
-            else:
-                answer = self._answer(kind, request, fields)
+                return await self._get_at(request, fields)
+            return self._answer(kind, request, fields)
         except (CrdtkitError, ValueError, TypeError) as exc:
-            answer = protocol.encode("error", request, f"{exc}"[:500])
-        with contextlib.suppress(ConnectionError):
-            await channel.send(answer)
+            return protocol.encode("error", request, f"{exc}"[:500])
 
     # -- consistency levels (docs/consistency.md) -------------------------------------
 
@@ -627,8 +539,8 @@ class NodeService:
         nodes = {m.node for m in self.membership.members if m.status in _COUNTED}
         return sorted(nodes | {self.node.node_id})
 
-    async def _update_at(self, channel: Channel, request: int, waiting: asyncio.Future[_Answer],
-                         level: Level, timeout: float) -> None:
+    async def _update_at(self, request: int, waiting: asyncio.Future[_Answer],
+                         level: Level, timeout: float) -> bytes:
         # The update commits as any other (shielded: the commit owns the
         # future, whoever stops waiting); then its spread is awaited. Not
         # reaching the level is an answer, not an error: the update is
@@ -642,8 +554,7 @@ class NodeService:
         else:
             reached = await self._spread(answer.position or self.replica.head, level, timeout)
             reply = _done(request, answer, reached)
-        with contextlib.suppress(ConnectionError):
-            await channel.send(reply)
+        return reply
 
     async def _spread(self, position: int, level: Level, timeout: float) -> Reached:
         """Wait until ``level`` of the current members hold this replica's
@@ -685,7 +596,7 @@ class NodeService:
         # Frames the replica made outside its tick and receive: coloured as
         # the snapshot layer colours every frame, sent on the node's transport.
         for destination, frame in self.node.wrap(frames):
-            self.endpoint.send(destination, frame)
+            self.transport.endpoint.send(destination, frame)
 
     async def _get_at(self, request: int, fields: list[object]) -> bytes:
         """A read at a consistency level: the key's state merged from
@@ -768,35 +679,19 @@ class NodeService:
 
     def counters(self) -> list[tuple[str, int]]:
         """The node's counters, by name. Cost: O(1)."""
-        r, net = self.replica.stats, self.endpoint.stats
+        r = self.replica.stats
         return [
             ("updates", r.updates),
             ("merged", r.merged),
             ("redundant", r.redundant),
             ("catch_ups", r.catch_ups),
-            ("frames_sent", net.sent),
-            ("frames_received", net.received),
-            ("bytes_sent", net.bytes_sent),
-            ("bytes_received", net.bytes_received),
-            ("connections_refused", sum(net.refused.values())),
+            *self.transport.counters(),
             ("frames_refused", self.members.refusals),
             ("reads_answered", r.reads),
             ("read_answers", r.answers),
             ("members", len(self.membership.members)),
             ("unreachable", len(self.membership.unreachable)),
         ]
-
-
-def _text(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _parse_address(text: str) -> tuple[str, int] | None:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) <= 65535:
-        return None
-    return host.strip("[]"), int(port)
 
 
 def _held_answers(stored: Stored, node_id: str) -> OrderedDict[bytes, bytes]:

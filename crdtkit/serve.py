@@ -14,13 +14,16 @@ import shutil
 import signal
 import ssl
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from random import Random
-from typing import TextIO
+from typing import Any, TextIO
 
 from crdtkit.client import Client, Gathered, live_snapshot
-from crdtkit.cluster import LocalCluster, converge, problems
+from crdtkit.cluster import LocalCluster, LocalNatsServer, converge, problems
 from crdtkit.node import NodeService
+from crdtkit.tcpnode import TcpNodeTransport
+from crdtkit.transports import NodeTransport
 from crdts.base import CRDT
 from replication.auth import generate_key, load_key
 from replication.history import History, Operation, random_operation
@@ -45,11 +48,58 @@ def _tls(args: argparse.Namespace) -> tuple[ssl.SSLContext | None, ssl.SSLContex
     return server, client
 
 
+def _tcp_transport(
+    args: argparse.Namespace, key: bytes
+) -> Callable[[Random], TcpNodeTransport]:
+    """``crdtkit node --listen``: the built-in TCP runtime."""
+    server_ssl, client_ssl = _tls(args)
+
+    def make(rng: Random) -> TcpNodeTransport:
+        return TcpNodeTransport(
+            args.id, key, rng=rng, listen=args.listen, peers=dict(args.peer), seeds=args.seed,
+            advertise=args.advertise, server_ssl=server_ssl, client_ssl=client_ssl,
+        )
+
+    return make
+
+
+def nats_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``nats.connect``'s options from ``--nats-creds`` and ``--nats-tls-*``
+    (user, password and token come in the URLs). Cost: reads the files."""
+    options: dict[str, Any] = {}
+    if args.nats_creds:
+        if not Path(args.nats_creds).is_file():
+            raise OSError(f"cannot read the NATS credentials file {args.nats_creds}")
+        options["user_credentials"] = args.nats_creds
+    if args.nats_tls_ca or args.nats_tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=args.nats_tls_ca)
+        if args.nats_tls_cert:
+            context.load_cert_chain(args.nats_tls_cert, args.nats_tls_key)
+        options["tls"] = context
+    return options
+
+
+def _nats_transport(
+    args: argparse.Namespace, key: bytes
+) -> Callable[[Random], NodeTransport]:
+    """``crdtkit node --nats URL --cluster NAME``: through NATS."""
+    from crdtkit.natsnode import NatsNodeTransport
+
+    options = nats_options(args)
+
+    def make(rng: Random) -> NatsNodeTransport:
+        return NatsNodeTransport(
+            args.id, key, rng=rng, servers=args.nats, cluster=args.cluster, peers=args.peer,
+            seeds=args.seed, options=options,
+        )
+
+    return make
+
+
 def serve(args: argparse.Namespace, err: TextIO) -> int:
     """Run one node until SIGTERM or SIGINT, then write what is left.
     A folder in use or a damaged store: one line on ``err``, exit 2."""
     logging.basicConfig(stream=err, level=logging.INFO, format="%(asctime)s %(message)s")
-    server_ssl, client_ssl = _tls(args)
     for module in args.imports:  # a user's types register themselves on import
         try:
             importlib.import_module(module)
@@ -57,14 +107,11 @@ def serve(args: argparse.Namespace, err: TextIO) -> int:
             print(f"crdtkit node: --import {module}: {exc!r:.200}", file=err)
             return 2
     try:
+        key = load_key(args.key_file)
         service = NodeService(
             args.id,
-            load_key(args.key_file),
             Path(args.folder),
-            listen=args.listen,
-            peers=dict(args.peer),
-            seeds=args.seed,
-            advertise=args.advertise,
+            transport=(_nats_transport if args.nats else _tcp_transport)(args, key),
             membership=MembershipSettings(
                 detector=args.failure_detector,
                 acceptable_pause=args.acceptable_pause,
@@ -76,8 +123,6 @@ def serve(args: argparse.Namespace, err: TextIO) -> int:
             max_state=args.max_state,
             prune_after=args.prune_after,
             repair=args.repair,
-            server_ssl=server_ssl,
-            client_ssl=client_ssl,
         )
     except StoreDamaged as exc:
         print(f"crdtkit node: {exc}; start with --repair to keep what is intact", file=err)
@@ -94,8 +139,43 @@ def serve(args: argparse.Namespace, err: TextIO) -> int:
             loop.add_signal_handler(number, stop.set)
         await service.run(stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except Exception as exc:
+        if not _unreachable(exc):
+            raise
+        if args.nats:
+            from crdtkit.natsnode import redact
+
+            said = redact(f"crdtkit node: cannot reach NATS at {', '.join(args.nats)}: {exc}")
+        else:
+            said = f"crdtkit node: {exc}"
+        print(said, file=err)
+        return 2
     return 0
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """A network's failure (not a bug): no server, refused, timed out."""
+    if isinstance(exc, OSError):  # TimeoutError and ConnectionError too
+        return True
+    try:
+        from nats.errors import Error
+    except ImportError:  # not installed: not on NATS
+        return False
+    return isinstance(exc, Error)
+
+
+async def _client(args: argparse.Namespace) -> tuple[Client, str]:
+    """A client of ``--node`` (over NATS with ``--nats``), and how to name it."""
+    key = load_key(args.key_file)
+    if args.nats:
+        client = await asyncio.wait_for(Client.over_nats(
+            args.node, key, servers=args.nats, cluster=args.cluster,
+            options=nats_options(args)), 15)
+        return client, f"{args.node} (NATS cluster {args.cluster})"
+    client = await asyncio.wait_for(Client.connect(args.node, key), 10)
+    return client, f"{args.node[0]}:{args.node[1]}"
 
 
 def ask(args: argparse.Namespace, out: TextIO) -> int:
@@ -104,9 +184,8 @@ def ask(args: argparse.Namespace, out: TextIO) -> int:
     member."""
 
     async def main() -> int:
-        client = await asyncio.wait_for(Client.connect(args.node, load_key(args.key_file)), 10)
+        client, where = await _client(args)
         try:
-            where = f"{args.node[0]}:{args.node[1]}"
             if args.command == "leave":
                 status = await asyncio.wait_for(client.leave(), 10)
                 print(f"{where} is {status}; it stops once the others have removed it", file=out)
@@ -135,10 +214,8 @@ def request(args: argparse.Namespace, out: TextIO) -> int:
     """``crdtkit ask --node HOST:PORT update|get ...``: one update or read at
     a running node, at a consistency level; print what came back for
     people. Exit 0 when the level was reached, 1 when not."""
-    where = f"{args.node[0]}:{args.node[1]}"
-
     async def main() -> int:
-        client = await asyncio.wait_for(Client.connect(args.node, load_key(args.key_file)), 10)
+        client, where = await _client(args)
         try:
             wait = args.timeout + 10  # the node answers within its timeout
             if args.request == "update":
@@ -200,12 +277,27 @@ def run_cluster(args: argparse.Namespace, out: TextIO) -> int:
     """Start the node processes, drive random operations through them, take
     a live snapshot, check it, and stop them."""
     folder = Path(args.folder) if args.folder else Path(tempfile.mkdtemp(prefix="crdtkit-"))
-    cluster = LocalCluster(args.nodes, folder)
+    server = None
+    nats_url = None
+    if args.engine == "nats":
+        nats_url = args.nats
+        if nats_url is None:
+            server = LocalNatsServer(folder) if args.folder else LocalNatsServer()
+            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                server.start()
+            except RuntimeError as exc:
+                print(f"crdtkit cluster: {exc}", file=out)
+                return 2
+            nats_url = server.url
+    cluster = LocalCluster(args.nodes, folder, nats_url=nats_url)
     cluster.start()
     try:
         return asyncio.run(_drive(cluster, args, out))
     finally:
         codes = cluster.stop()
+        if server is not None:
+            server.stop()
         bad = {node: code for node, code in codes.items() if code != 0}
         if bad:
             print(f"  stopping: exit codes {bad}; logs in {folder}", file=out)
@@ -216,8 +308,13 @@ def run_cluster(args: argparse.Namespace, out: TextIO) -> int:
 async def _drive(cluster: LocalCluster, args: argparse.Namespace, out: TextIO) -> int:
     loop = asyncio.get_running_loop()
     clients = await cluster.clients()
-    ports = ", ".join(str(port) for _, port in cluster.addresses.values())
-    print(f"crdtkit cluster: {len(clients)} node processes on 127.0.0.1 ports {ports}", file=out)
+    if cluster.nats_url is not None:
+        print(f"crdtkit cluster: {len(clients)} node processes on NATS at {cluster.nats_url}, "
+              f"cluster {cluster.cluster}", file=out)
+    else:
+        ports = ", ".join(str(port) for _, port in cluster.addresses.values())
+        print(f"crdtkit cluster: {len(clients)} node processes on 127.0.0.1 ports {ports}",
+              file=out)
     rng, history = Random(args.seed), History()
     start = loop.time()
     for _ in range(args.operations):

@@ -21,6 +21,7 @@ from crdts.errors import (
 from crdts.gcounter import GCounter
 from crdts.lwwregister import LWWRegister
 from crdts.mvregister import MVRegister
+from crdts.ormap import ORMap
 from crdts.orset import ORSet
 from crdts.pncounter import PNCounter
 from crdts.vclock import Order, VectorClock
@@ -35,6 +36,7 @@ __all__ = [
     "InvalidOperation",
     "LWWRegister",
     "MVRegister",
+    "ORMap",
     "ORSet",
     "Order",
     "PNCounter",

@@ -56,6 +56,7 @@ from crdts.errors import DecodeError
 from crdts.gcounter import GCounter
 from crdts.lwwregister import LWWRegister
 from crdts.mvregister import MVRegister
+from crdts.ormap import ORMap
 from crdts.orset import ORSet
 from crdts.pncounter import PNCounter
 from crdts.vclock import VectorClock
@@ -76,8 +77,9 @@ __all__ = [
 #: this bounds memory near 400 MB; pass a larger ``max_size`` for larger states
 #: (an OR-Set element costs ~16 bytes).
 DEFAULT_MAX_SIZE = 16 * 1024 * 1024
-#: The deepest nesting any registered payload needs is 4; leave some room.
-MAX_DEPTH = 8
+#: The deepest nesting a flat payload needs is 4; an OR-Map adds 2 per level
+#: of nesting (a map of maps of OR-Sets needs 10): room for a few levels.
+MAX_DEPTH = 16
 
 _REGISTRY: dict[str, type[CRDT]] = {}
 
@@ -106,7 +108,7 @@ def registered() -> dict[str, type[CRDT]]:
     return dict(_REGISTRY)
 
 
-for _cls in (GCounter, PNCounter, ORSet, LWWRegister, MVRegister, VectorClock):
+for _cls in (GCounter, PNCounter, ORSet, LWWRegister, MVRegister, VectorClock, ORMap):
     register(_cls)
 
 

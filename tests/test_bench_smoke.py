@@ -30,6 +30,8 @@ EXPECTED = [
     "GCounter merge",
     "PNCounter merge",
     "GCounter increment",
+    "ormap merge, 1,000 G-Counter keys",
+    "ormap delta, 1,000 vs 100 keys",
     "codec encode ORSet",
     "codec decode ORSet",
     "codec encode GCounter",
@@ -64,6 +66,13 @@ EXPECTED = [
 ]
 if nats_server_binary() is not None:  # else left out, with a line on stderr
     EXPECTED.append("nats frames through an endpoint")
+    EXPECTED += [
+        "nats updates through one node, 3 processes",
+        "nats convergence after a burst, 3 processes",
+        "nats convergence after a burst, 5 processes",
+        "nats bytes on the wire per operation, 3 processes",
+        "nats bytes on the wire per operation, 5 processes",
+    ]
 
 #: What the floor and figure of a row count, by the start of its name; every
 #: other row times seconds per operation.
@@ -71,6 +80,7 @@ UNITS = {
     "gossip rounds": "rounds",
     "gossip bytes": "B",
     "tcp bytes": "B",
+    "nats bytes": "B",
     "bounded state": "B",
     "snapshot bytes": "B",
     "snapshot frames": "frames",

@@ -18,14 +18,14 @@ import random
 import tracemalloc
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import cbor2
 import hypothesis.strategies as st
 import pytest
 from hypothesis import given, note
 
-from crdts import GCounter, LWWRegister, MVRegister, ORSet, PNCounter, VectorClock, codec
+from crdts import GCounter, LWWRegister, MVRegister, ORMap, ORSet, PNCounter, VectorClock, codec
 from crdts.base import CRDT, Atom
 from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError
@@ -42,6 +42,7 @@ FACTORIES: dict[str, Callable[[], CRDT]] = {
     "LWWRegister": LWWRegister,
     "MVRegister": MVRegister,
     "VectorClock": VectorClock,
+    "ORMap": ORMap,
 }
 
 
@@ -56,6 +57,8 @@ def check_valid(state: CRDT) -> None:
     assert twin == state
     if isinstance(state, ORSet):
         assert len(state) == len(state.value)
+    if isinstance(state, ORMap):
+        assert len(state.value) == len(state)  # every value reads
 
 
 def check(
@@ -163,7 +166,24 @@ def seed_states() -> dict[str, CRDT]:
     v.increment("b")
     v.increment("b")
 
+    m: ORMap[Atom, Any] = ORMap()
+    m.update("a", "hits", GCounter, lambda c, me: c.increment(me, 3))
+    m.update("b", 7, ORSet, lambda s, me: s.add(b"x", me))
+    m.update("a", b"gone", PNCounter, lambda c, me: c.decrement(me))
+    m.remove(b"gone")
+    n = m.copy()
+    m.update("a", "hits", GCounter, lambda c, me: c.increment(me))
+    n.update("c", "hits", GCounter, lambda c, me: c.increment(me, 2))  # concurrent entries
+    m.merge(n)
+    nested: ORMap[Atom, Any] = ORMap()
+    nested.update(
+        "a", "p", ORMap, lambda p, me: p.update(me, "s", ORSet, lambda s, me2: s.add("v", me2))
+    )
+
     return {
+        "ormap-empty": ORMap(),
+        "ormap": m,
+        "ormap-nested": nested,
         "gcounter-empty": GCounter(),
         "gcounter": g,
         "pncounter-empty": PNCounter(),

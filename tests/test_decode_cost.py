@@ -202,7 +202,10 @@ def test_a_non_shortest_int_inside_a_long_array_is_refused(
 
 def test_maps_tags_and_depth_are_refused_in_small_large_and_long_inputs() -> None:
     pad = "x" * 300  # past the size decoded without the walk
-    for odd in ({"a": 1}, cbor2.CBORTag(1, 0), [[[[[[[[[0]]]]]]]]]):
+    too_deep: object = 0
+    for _ in range(codec.MAX_DEPTH):  # inside [.., odd]: one level past the cap
+        too_deep = [too_deep]
+    for odd in ({"a": 1}, cbor2.CBORTag(1, 0), too_deep):
         for value in ([1, odd], [pad, odd], [1] * 80 + [odd]):
             with pytest.raises(DecodeError):
                 codec.decode_plain(cbor2.dumps(value, canonical=True))

@@ -15,11 +15,12 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cbor2
 import pytest
 
-from crdts import GCounter, LWWRegister, MVRegister, ORSet, PNCounter, VectorClock, codec
+from crdts import GCounter, LWWRegister, MVRegister, ORMap, ORSet, PNCounter, VectorClock, codec
 from crdts.base import CRDT, Atom
 
 VECTORS = Path(__file__).parent / "golden" / "vectors.json"
@@ -163,6 +164,42 @@ def vclock_large() -> VectorClock:
     return VectorClock({"r1": 2**64 - 1, "r0": 255, "r2": 256})
 
 
+def ormap_counter() -> ORMap[Atom, GCounter]:
+    m: ORMap[Atom, GCounter] = ORMap()
+    m.update("a", "hits", GCounter, lambda c, me: c.increment(me, 3))
+    return m
+
+
+def ormap_mixed() -> ORMap[Atom, Any]:
+    """Keys of every kind, values of three types, and a removed key."""
+    m: ORMap[Atom, Any] = ORMap()
+    m.update("a", 7, ORSet, lambda s, me: s.add("x", me))
+    m.update("b", b"\x01", MVRegister, lambda r, me: r.assign("v", me))
+    m.update("a", "gone", GCounter, lambda c, me: c.increment(me))
+    m.remove("gone")
+    m.update("c", "n", PNCounter, lambda c, me: c.decrement(me, 2))
+    return m
+
+
+def ormap_concurrent() -> ORMap[Atom, GCounter]:
+    """Two concurrent updates of one key: two entries, joined when read."""
+    a: ORMap[Atom, GCounter] = ORMap()
+    b: ORMap[Atom, GCounter] = ORMap()
+    a.update("a", "n", GCounter, lambda c, me: c.increment(me, 1))
+    b.update("b", "n", GCounter, lambda c, me: c.increment(me, 2))
+    a.merge(b)
+    return a
+
+
+def ormap_nested() -> ORMap[Atom, ORMap[Atom, GCounter]]:
+    m: ORMap[Atom, ORMap[Atom, GCounter]] = ORMap()
+    m.update(
+        "a", "profile", ORMap,
+        lambda p, me: p.update(me, "visits", GCounter, lambda c, me2: c.increment(me2, 5)),
+    )
+    return m
+
+
 #: name -> (description, builder); the order is the order of the vectors file.
 BUILDERS: dict[str, tuple[str, Callable[[], CRDT]]] = {
     "gcounter-empty": ("a G-Counter with no increments", GCounter),
@@ -188,6 +225,12 @@ BUILDERS: dict[str, tuple[str, Callable[[], CRDT]]] = {
     "vclock-empty": ("an empty vector clock", VectorClock),
     "vclock": ("a vector clock a:1 b:2", vclock),
     "vclock-large": ("a vector clock with 1-, 2- and 8-byte counts", vclock_large),
+    "ormap-empty": ("an empty OR-Map", ORMap),
+    "ormap-counter": ("an OR-Map holding one G-Counter", ormap_counter),
+    "ormap-mixed": ("an OR-Map: int, bytes and str keys, three value types, a removed key",
+                    ormap_mixed),
+    "ormap-concurrent": ("an OR-Map key with two concurrent entries", ormap_concurrent),
+    "ormap-nested": ("an OR-Map of an OR-Map of a G-Counter", ormap_nested),
 }
 
 
@@ -259,6 +302,13 @@ def test_layouts_by_hand() -> None:
         [["a", 2, [], "b", 1, []], ["a", 2, "v1", "b", 1, 2]],
     ]
     assert raw("vclock") == ["VectorClock", 1, ["a", 1, "b", 2]]
+    # OR-Map: [context, [replica, counter, key, folded, tag, version, value, ...]]
+    # in dot order; the value is its type's envelope spread over three items.
+    assert raw("ormap-counter") == [
+        "ORMap",
+        1,
+        [["a", 1, []], ["a", 1, "hits", ["a", 1], "GCounter", 1, ["a.1", 3]]],
+    ]
 
 
 def main(argv: list[str]) -> int:

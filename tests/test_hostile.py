@@ -30,6 +30,7 @@ import pytest
 from crdtkit.client import AuthenticationFailed, Client, NodeUnavailable
 from crdtkit.cluster import HOST, _free_port
 from crdtkit.node import NodeService
+from crdtkit.tcpnode import TcpNodeTransport
 from replication.auth import Handshake, generate_key
 from replication.tcp import Channel, Limits, PeerClosed, TcpEndpoint, connect
 from tests.flood import Holders, attackers, open_from
@@ -277,11 +278,12 @@ def test_a_client_flood_does_not_lock_out_peers_nor_a_peer_flood_clients() -> No
 def test_a_client_is_told_its_key_was_refused_or_its_node_is_gone(tmp_path: Path) -> None:
     # Seen on main: both raised a bare PeerClosed.
     async def test() -> None:
-        service = NodeService("n", KEY, tmp_path, listen=(HOST, 0), peers={})
+        transport = TcpNodeTransport("n", KEY, rng=random.Random(1), listen=(HOST, 0))
+        service = NodeService("n", tmp_path, transport=lambda rng: transport)
         stop, ready = asyncio.Event(), asyncio.Event()
         running = asyncio.create_task(service.run(stop, ready))
         await asyncio.wait_for(ready.wait(), 10)
-        address = service.endpoint.address
+        address = transport.endpoint.address
         with pytest.raises(AuthenticationFailed, match="refused our cluster key"):
             await Client.connect(address, bytes(32))
         client = await Client.connect(address, KEY)

@@ -26,3 +26,7 @@ class TestMVRegisterLaws(LatticeLaws):
 
 class TestVectorClockLaws(LatticeLaws):
     spec = SPECS["VectorClock"]
+
+
+class TestORMapLaws(LatticeLaws):
+    spec = SPECS["ORMap"]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from crdtkit.client import Client
 from crdtkit.node import NodeService
+from crdtkit.tcpnode import TcpNodeTransport
 from crdts import GCounter, ORSet
 from replication.sqlite import SQLiteStore
 
@@ -29,7 +30,8 @@ def _port() -> int:
 def _with_node(folder: Path, work: Callable[[Client, NodeService], Awaitable[None]]) -> None:
     async def main() -> None:
         port = _port()
-        service = NodeService("n0", KEY, folder, listen=("127.0.0.1", port), peers={})
+        service = NodeService("n0", folder, transport=lambda rng: TcpNodeTransport(
+            "n0", KEY, rng=rng, listen=("127.0.0.1", port)))
         stop, ready = asyncio.Event(), asyncio.Event()
         running = asyncio.create_task(service.run(stop, ready))
         try:
@@ -104,7 +106,7 @@ def test_a_caller_that_gives_up_leaves_the_connection_usable(tmp_path: Path) -> 
 
 
 def test_a_connection_in_flight_is_bounded_in_requests_and_bytes() -> None:
-    from crdtkit.node import _Room
+    from crdtkit.tcpnode import _Room
 
     async def main() -> None:
         room = _Room(3, 100)

@@ -1,15 +1,15 @@
 """The yardstick of TESTING.md: 16 replicas, 1,000 random operations over every
-type, 30% loss, 5% duplication, reordering, random partitions healed, and
-replicas crashing and restarting from their stores (``MemoryStore``: the
-node's restart path), whose last write may be older than what they had sent
-since, a replica restarted every few rounds whatever, and members removed
-for good (``remove_peer`` and ``retire`` everywhere) and new ones added
-(``add_peer``), so retired incarnations and removed members are pruned
-mid-run (docs/pruning.md). Within 30
-rounds of the last heal every replica must encode to identical bytes, every
-value must equal the sequential specification (the operation log follows
-every pruning through ``on_prune``), and no operation another replica had
-acknowledged may be lost or counted twice.
+type (the OR-Map included), 30% loss, 5% duplication,
+reordering, random partitions healed, and replicas crashing and restarting from
+their stores (``MemoryStore``: the node's restart path), whose last write may
+be older than what they had sent since, a replica restarted every few rounds
+whatever, and members removed for good (``remove_peer`` and ``retire``
+everywhere) and new ones added (``add_peer``), so retired incarnations and
+removed members are pruned mid-run (docs/pruning.md). Within 30 rounds of the
+last heal every replica must encode to identical bytes, every value must equal
+the sequential specification (the operation log follows every pruning through
+``on_prune``), and no operation another replica had acknowledged may be lost or
+counted twice.
 
 Pruning assumes no frame is delayed past ``prune_after`` and no member
 restarts from a store older than ``marker_ttl``: a replica here writes its
@@ -29,8 +29,11 @@ import pytest
 from replication import Replicator
 from replication.simnet import Faults, SimulatedNetwork
 from replication.store import MemoryStore, WriteBehind, restore
-from replication.testing import History, converged, random_operation
+from replication.testing import TYPES, History, converged, random_operation
 
+#: Every built-in type, the OR-Map included (its table generates updates of
+#: counters, sets and a nested map of counters, and removes).
+SOAKED = sorted([*TYPES, "ORMap"])
 SEEDS = int(os.environ.get("CRDTKIT_SOAK_SEEDS", "20"))
 CHAOS = Faults(loss=0.3, duplication=0.05, reorder=True, long_delay=0.01)
 #: Frames are delayed at most 5 rounds; stores lag at most FLUSH_EVERY rounds.
@@ -74,7 +77,7 @@ def soak(seed: int, size: int = 16, operations: int = 1000) -> tuple[int | None,
     while done < operations:
         batch += 1
         for _ in range(min(rng.randint(10, 50), operations - done)):
-            key, type_name, kind, args = random_operation(rng)
+            key, type_name, kind, args = random_operation(rng, types=SOAKED)
             history.apply(rng.choice(replicas), key, type_name, kind, *args)
             done += 1
         if not partitioned and rng.random() < 0.2:

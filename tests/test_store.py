@@ -20,6 +20,7 @@ import pytest
 
 from crdtkit.client import Client, NodeError
 from crdtkit.node import NodeService
+from crdtkit.tcpnode import TcpNodeTransport
 from crdts import GCounter, ORSet
 from replication.messages import Entry
 from replication.replicator import Replicator
@@ -35,6 +36,7 @@ from replication.store import (
     encode_row,
     restore,
 )
+from replication.tcp import TcpEndpoint
 
 KEY = bytes(range(32))
 
@@ -309,15 +311,25 @@ def test_a_failed_commit_writes_nothing(tmp_path: Path) -> None:
 # -- the node with a store that fails ------------------------------------------------
 
 
+def _tcp(rng: random.Random) -> TcpNodeTransport:
+    return TcpNodeTransport("n", KEY, rng=rng, listen=("127.0.0.1", 0))
+
+
+def _address(service: NodeService) -> tuple[str, int]:
+    endpoint = service.transport.endpoint
+    assert isinstance(endpoint, TcpEndpoint)
+    return endpoint.address
+
+
 async def with_node(
     folder: Path, test: Callable[[NodeService, Client], Awaitable[None]], **options: int
 ) -> None:
-    service = NodeService("n", KEY, folder, listen=("127.0.0.1", 0), peers={},
+    service = NodeService("n", folder, transport=_tcp,
                           flush_interval=0.05, **options)  # type: ignore[arg-type]
     stop, ready = asyncio.Event(), asyncio.Event()
     running = asyncio.create_task(service.run(stop, ready))
     await asyncio.wait_for(ready.wait(), 10)
-    client = await Client.connect(service.endpoint.address, KEY)
+    client = await Client.connect(_address(service), KEY)
     try:
         await asyncio.wait_for(test(service, client), 60)
     finally:
@@ -372,7 +384,7 @@ def test_concurrent_updates_share_commits_and_each_is_acknowledged_durable(
 ) -> None:
     async def test(service: NodeService, client: Client) -> None:
         # Seven connections from one address: the node's default limit is eight.
-        clients = [await Client.connect(service.endpoint.address, KEY) for _ in range(6)]
+        clients = [await Client.connect(_address(service), KEY) for _ in range(6)]
         before = service.store.commit  # count the commits
         commits = [0]
 
@@ -445,7 +457,7 @@ def test_an_update_over_the_maximum_in_a_shared_commit_is_refused_alone(tmp_path
 def test_a_node_refuses_a_folder_in_use(tmp_path: Path) -> None:
     async def test(service: NodeService, client: Client) -> None:
         with pytest.raises(FolderInUse, match="in use by pid"):
-            NodeService("n", KEY, tmp_path, listen=("127.0.0.1", 0), peers={})
+            NodeService("n", tmp_path, transport=_tcp)
 
     asyncio.run(with_node(tmp_path, test))
 
@@ -455,7 +467,7 @@ def test_a_store_of_another_node_is_refused(tmp_path: Path) -> None:
     store.commit([], meta={"node": b"other"})
     store.close()
     with pytest.raises(StoreDamaged, match="belongs to node 'other'"):
-        NodeService("n", KEY, tmp_path, listen=("127.0.0.1", 0), peers={})
+        NodeService("n", tmp_path, transport=_tcp)
     SQLiteStore(tmp_path, node="n").close()  # and the folder was released
 
 
@@ -500,7 +512,7 @@ def test_after_a_repair_a_retry_of_a_dropped_update_applies_it_again(tmp_path: P
     data[at + 4] ^= 0x01
     (tmp_path / DATABASE).write_bytes(bytes(data))
     with pytest.raises(StoreDamaged, match="the row of 'a'"):
-        NodeService("n", KEY, tmp_path, listen=("127.0.0.1", 0), peers={})
+        NodeService("n", tmp_path, transport=_tcp)
 
     async def retried(service: NodeService, client: Client) -> None:
         assert await client.get("a") is None  # dropped by the repair

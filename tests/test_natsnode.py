@@ -1,0 +1,333 @@
+"""A node on NATS (``crdtkit.natsnode``): client requests as NATS
+request/reply sealed with the cluster key, served by an in-process
+``NodeService`` over a real ``nats-server`` on loopback (the ``nats_server``
+fixture); hostile requests (forged, replayed, redirected, garbage) are
+refused and counted, never served, never a traceback. The sealing itself is
+checked without a server. Every wait is bounded."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import io
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crdtkit.client import Client, NodeError
+from crdtkit.natsnode import (
+    MAX_NONCES,
+    NatsChannel,
+    NatsNodeTransport,
+    NodeUnreachable,
+    RequestRefused,
+    _Nonces,
+    open_request,
+    requests_subject,
+    seal_request,
+)
+from crdtkit.node import NodeService
+from crdts.errors import DecodeError
+
+KEY = bytes(range(32))
+
+
+# -- sealing, without a server ----------------------------------------------------------
+
+
+def _sealed(key: bytes = KEY, to: str = "s", reply: str = "r", body: bytes = b"b") -> bytes:
+    return seal_request(key, to=to, reply=reply, client="c", nonce=bytes(16), sent_ms=5,
+                        body=body)
+
+
+def test_a_request_opens_only_with_the_key_the_subject_and_the_reply_it_was_sealed_for() -> None:
+    assert open_request(KEY, "s", "r", _sealed())[3] == b"b"
+    for key, to, reply in ((bytes(32), "s", "r"), (KEY, "other", "r"), (KEY, "s", "other")):
+        with pytest.raises(DecodeError, match="bad MAC"):
+            open_request(key, to, reply, _sealed())
+    sealed = bytearray(_sealed())
+    sealed[5] ^= 1
+    with pytest.raises(DecodeError):
+        open_request(KEY, "s", "r", bytes(sealed))
+    for junk in (b"", b"x" * 10, os.urandom(64)):
+        with pytest.raises(DecodeError):
+            open_request(KEY, "s", "r", junk)
+
+
+def test_a_nonce_is_taken_once_and_only_within_the_window() -> None:
+    nonces = _Nonces()
+    assert nonces.take(b"a" * 16, 1_000, 1_000, 100) is None
+    assert nonces.take(b"a" * 16, 1_000, 1_050, 100) == "replayed"
+    assert nonces.take(b"b" * 16, 800, 1_000, 100) == "stale"
+    assert nonces.take(b"c" * 16, 1_200, 1_000, 100) == "stale"  # from the future
+    assert nonces.take(b"a" * 16, 1_200, 1_200, 100) is None  # the first left the window
+
+
+def test_the_nonces_kept_are_bounded() -> None:
+    nonces = _Nonces()
+    for n in range(MAX_NONCES + 10):
+        assert nonces.take(n.to_bytes(16, "big"), 1_000 + n // 1000, 1_000, 10**6) is None
+    assert len(nonces._seen) <= MAX_NONCES
+    # Older than anything it still remembers: it cannot tell, so it refuses.
+    assert nonces.take(b"z" * 16, 999, 1_000, 10**6) == "stale"
+
+
+# -- a node on a real server ------------------------------------------------------------
+
+
+@dataclass
+class _Msg:
+    data: bytes
+    reply: str = ""
+    headers: dict[str, str] | None = None
+
+
+def _with_node(server_url: str, folder: Path, cluster: str,
+               work: Callable[[NodeService, NatsNodeTransport], Awaitable[None]]) -> None:
+    async def main() -> None:
+        made: list[NatsNodeTransport] = []
+
+        def transport(rng: Any) -> NatsNodeTransport:
+            made.append(NatsNodeTransport("n0", KEY, rng=rng, servers=[server_url],
+                                          cluster=cluster))
+            return made[0]
+
+        service = NodeService("n0", folder, transport=transport, interval=0.05)
+        stop, ready = asyncio.Event(), asyncio.Event()
+        running = asyncio.create_task(service.run(stop, ready))
+        try:
+            await asyncio.wait_for(ready.wait(), 10)
+            await asyncio.wait_for(work(service, made[0]), 30)
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, 30)
+
+    asyncio.run(main())
+
+
+def test_requests_over_nats_are_served_and_their_answers_checked(nats_server: Any,
+                                                                 tmp_path: Path) -> None:
+    async def work(service: NodeService, transport: NatsNodeTransport) -> None:
+        client = await Client.over_nats("n0", KEY, servers=[nats_server.url], cluster="rq1")
+        try:
+            ops = await asyncio.gather(*(client.update("hits", "GCounter", "increment", 1)
+                                         for _ in range(50)))
+            assert len({op.dot for op in ops}) == 50
+            state = await client.get("hits")
+            assert getattr(state, "value", None) == 50
+            retry = await client.update("hits", "GCounter", "increment", 1,
+                                        request_id=b"once")
+            again = await client.update("hits", "GCounter", "increment", 1,
+                                        request_id=b"once")
+            assert retry.dot == again.dot  # answered again, applied once
+            with pytest.raises(NodeError, match="does not answer"):
+                await client._call("members", "extra")  # a request the node cannot serve
+            # An answer larger than a NATS message travels in chunks.
+            big = "x" * 700_000
+            await client.update("a", "MVRegister", "assign", big)
+            await client.update("b", "MVRegister", "assign", big)
+            assert await client.keyspace() == service.replica.encode_keyspace()
+            stats = await client.stats()
+            assert stats["requests_served"] >= 56 and stats["requests_refused"] == 0
+        finally:
+            client.close()
+
+    _with_node(nats_server.url, tmp_path, "rq1", work)
+
+
+def test_hostile_requests_are_refused_and_counted_never_served(nats_server: Any,
+                                                               tmp_path: Path) -> None:
+    import nats
+
+    async def work(service: NodeService, transport: NatsNodeTransport) -> None:
+        subject = requests_subject("rq2", "n0")
+        honest = await Client.over_nats("n0", KEY, servers=[nats_server.url], cluster="rq2")
+        forger = await Client.over_nats("n0", bytes(32), servers=[nats_server.url],
+                                        cluster="rq2")
+        spy = await nats.connect(servers=[nats_server.url])
+        seen: list[Any] = []
+        tap = await spy.subscribe(subject, cb=functools.partial(_append, seen))
+        try:
+            # The wrong key: refused, and the client is told why.
+            with pytest.raises(RequestRefused, match="bad MAC"):
+                await forger.update("k", "GCounter", "increment", 1)
+            # An honest request, recorded on the wire and replayed as it was.
+            await honest.update("k", "GCounter", "increment", 1)
+            await spy.flush()
+            recorded = seen[-1]
+            inbox = spy.new_inbox()
+            answers: list[Any] = []
+            await spy.subscribe(recorded.reply, cb=functools.partial(_append, answers))
+            await spy.publish(subject, recorded.data, reply=recorded.reply)
+            # ... and redirected to answer on another subject.
+            await spy.publish(subject, recorded.data, reply=inbox)
+            # Sent to another node's subject: its MAC names n0's.
+            await spy.publish(requests_subject("rq2", "n1"), recorded.data,
+                              reply=recorded.reply)
+            # Garbage, with and without a reply subject.
+            for junk in (b"", b"\x00" * 40, os.urandom(300)):
+                await spy.publish(subject, junk, reply=inbox)
+                await spy.publish(subject, junk)
+            await spy.flush()
+            for _ in range(100):  # bounded: at most 2 s
+                if sum(transport.refusals.values()) >= 9:
+                    break
+                await asyncio.sleep(0.02)
+            refused = dict(transport.refusals)
+            assert refused.get("replayed") == 1 and refused.get("bad MAC", 0) >= 2, refused
+            assert sum(refused.values()) == 9, refused
+            state = await honest.get("k")
+            assert getattr(state, "value", None) == 1  # applied once
+            assert service.replica.stats.updates == 1
+            assert (await honest.stats())["requests_refused"] == 9
+        finally:
+            await tap.unsubscribe()
+            await spy.close()
+            honest.close()
+            forger.close()
+
+    _with_node(nats_server.url, tmp_path, "rq2", work)
+
+
+async def _append(into: list[Any], msg: Any) -> None:
+    into.append(msg)
+
+
+def test_a_node_that_is_not_there_is_unreachable_not_a_hang(nats_server: Any) -> None:
+    async def main() -> None:
+        client = await Client.over_nats("nobody", KEY, servers=[nats_server.url],
+                                        cluster="rq3")
+        try:
+            with pytest.raises(NodeUnreachable, match="no node listens"):
+                await asyncio.wait_for(client.stats(), 5)
+        finally:
+            client.close()
+
+    asyncio.run(main())
+
+
+def test_forged_and_foreign_answers_are_dropped_by_the_client() -> None:
+    async def main() -> NatsChannel:
+        class Connection:
+            max_payload = 1 << 20
+
+            def new_inbox(self) -> str:
+                return "_INBOX.test"
+
+        channel = NatsChannel(Connection(), KEY, "n0", "crdtkit.c.requests.n0", owned=False)
+        channel._asked[b"n" * 16] = {}
+        await channel._on_answer(_Msg(b"junk"))
+        from crdtkit.natsnode import _answers, _client_key
+
+        wrong = _answers(_client_key(bytes(32)), "n0", b"n" * 16, b"hi", 1024)[0]
+        other = _answers(_client_key(KEY), "n1", b"n" * 16, b"hi", 1024)[0]
+        unasked = _answers(_client_key(KEY), "n0", b"u" * 16, b"hi", 1024)[0]
+        for data in (wrong, other, unasked):
+            await channel._on_answer(_Msg(data))
+        assert channel.dropped == 4 and channel._answers.empty()
+        for part in _answers(_client_key(KEY), "n0", b"n" * 16, b"0123456789", 3):
+            await channel._on_answer(_Msg(part))
+        assert await channel.recv() == b"0123456789"
+        return channel
+
+    asyncio.run(main())
+
+
+# -- the command line -------------------------------------------------------------------
+
+
+def test_crdtkit_refuses_bad_nats_arguments_in_one_line(tmp_path: Path) -> None:
+    from crdtkit.cli import main
+
+    key = tmp_path / "k.key"
+    assert main(["keygen", str(key)], io.StringIO()) == 0
+    node = ["node", "--id", "a", "--key-file", str(key), "--folder", str(tmp_path / "a")]
+    url = ["--nats", "nats://127.0.0.1:1"]
+    cases = [
+        (node, "needs --listen HOST:PORT (TCP) or --nats URL"),
+        (node + url, "--nats needs --cluster NAME"),
+        ([*node, "--nats", "http://h:1", "--cluster", "c"], "expected a NATS URL"),
+        (node + url + ["--cluster", "a.b"], "a cluster name is"),
+        (node + url + ["--cluster", "c", "--listen", "127.0.0.1:1"], "--listen is for the TCP"),
+        (node + url + ["--cluster", "c", "--peer", "b=h:1"], "--peer over NATS is a node id"),
+        ([*node, "--listen", "127.0.0.1:0", "--cluster", "c"], "needs --nats URL"),
+        (node + url + ["--cluster", "c", "--nats-tls-cert", "x"], "go together"),
+        (node + url + ["--cluster", "c", "--nats-creds", str(tmp_path / "no")],
+         "cannot read the NATS credentials"),
+        (["members", "--node", "n1", "--key-file", str(key), *url], "--nats needs --cluster"),
+        (["cluster", "--nats", "nats://h:1"], "goes with --engine nats"),
+    ]
+    for args, message in cases:
+        said = io.StringIO()
+        assert main(args, said, said) == 2, (args, said.getvalue())
+        assert said.getvalue().count("\n") == 1 and message in said.getvalue(), said.getvalue()
+
+
+def test_crdtkit_cluster_on_nats_starts_and_stops_its_own_server(tmp_path: Path) -> None:
+    from crdtkit.cli import main
+    from crdtkit.cluster import nats_server_binary
+
+    if nats_server_binary() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("nats-server is not installed (.ci/run installs it)")
+        pytest.skip("nats-server is not installed")
+    said = io.StringIO()
+    args = ["cluster", "--engine", "nats", "--nodes", "2", "--operations", "30",
+            "--folder", str(tmp_path)]
+    assert main(args, said, said) == 0, said.getvalue()
+    assert "on NATS at nats://127.0.0.1:" in said.getvalue()
+    assert "verdict: PASS" in said.getvalue()
+    assert "Server is ready" in (tmp_path / "nats-server.log").read_text()
+
+
+def test_nats_tls_and_a_password_pass_through_to_node_and_commands(tmp_path: Path) -> None:
+    from crdtkit.cli import main
+    from tests.conftest import start_nats_server, stop_nats_server
+
+    certs = Path(__file__).parent / "certs"
+    server = start_nats_server(
+        "--tls", "--tlscert", str(certs / "node.pem"), "--tlskey", str(certs / "node.key"),
+        "--tlsverify", "--tlscacert", str(certs / "ca.pem"), "--user", "crdt", "--pass", "pw",
+    )
+    try:
+        key = tmp_path / "k.key"
+        assert main(["keygen", str(key)], io.StringIO()) == 0
+        tls = ["--nats-tls-ca", str(certs / "ca.pem"), "--nats-tls-cert",
+               str(certs / "client.pem"), "--nats-tls-key", str(certs / "client.key")]
+        url = f"tls://crdt:pw@127.0.0.1:{server.port}"
+
+        async def main_async() -> None:
+            from crdtkit.serve import nats_options
+
+            args = argparse.Namespace(nats_creds=None, nats_tls_ca=tls[1], nats_tls_cert=tls[3],
+                                      nats_tls_key=tls[5])
+            options = nats_options(args)
+            service = NodeService("t0", tmp_path / "t0", transport=lambda rng: NatsNodeTransport(
+                "t0", bytes.fromhex(key.read_text().strip()), rng=rng, servers=[url],
+                cluster="tls", options=options))
+            stop, ready = asyncio.Event(), asyncio.Event()
+            running = asyncio.create_task(service.run(stop, ready))
+            try:
+                await asyncio.wait_for(ready.wait(), 10)
+                said = io.StringIO()
+                ask = ["members", "--node", "t0", "--cluster", "tls", "--key-file", str(key)]
+                assert await asyncio.to_thread(main, [*ask, "--nats", url, *tls], said, said) \
+                    == 0, said.getvalue()
+                assert "crdtkit.tls.requests.t0 up" in said.getvalue()
+                said = io.StringIO()
+                wrong = url.replace(":pw@", ":wrong@")
+                assert await asyncio.to_thread(main, [*ask, "--nats", wrong, *tls], said, said) \
+                    == 2
+                assert "took the connection" in said.getvalue() and "wrong" not in said.getvalue()
+            finally:
+                stop.set()
+                await asyncio.wait_for(running, 30)
+
+        asyncio.run(main_async())
+    finally:
+        stop_nats_server(server.process)
