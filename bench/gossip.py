@@ -209,14 +209,14 @@ class _Tally:
         if not isinstance(message, Push):
             return
         for entry in message.entries:
-            held = "held" if entry.ops.issubset(receiver.ops(entry.key)) else "new"
+            held = "held" if entry.dots.issubset(receiver.ops(entry.key)) else "new"
             self.entries[held] += 1
             self.entry_bytes[held] += _entry_size(entry)
 
 
 def _entry_size(entry: Entry) -> int:
     # As replication.messages writes an entry inside a frame.
-    payload = [entry.key, crdt_codec.encode(entry.state), entry.ops.to_payload()]
+    payload = [entry.key, crdt_codec.encode(entry.state), entry.dots.to_payload()]
     return len(crdt_codec.encode_plain(payload))
 
 

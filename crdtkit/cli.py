@@ -575,7 +575,7 @@ def _inspect_folder(path: str) -> str:
         state = entry.state
         value = repr(getattr(state, "value", state))
         size = len(codec.encode(state))
-        writers = len(entry.ops.origins())
+        writers = len(entry.dots.origins())
         lines.append(
             f"    {entry.key} ({state.TYPE_TAG}, {size:,} bytes, {writers} writers): {value:.60}"
         )

@@ -698,7 +698,7 @@ def _held_answers(stored: Stored, node_id: str) -> OrderedDict[bytes, bytes]:
     """The stored answers whose update the store holds. An answer and its
     update's row are committed together, so the others are of updates lost
     to damage (or dropped by a repair): a retry must apply them again."""
-    held = {entry.key: entry.ops for entry in stored.entries}
+    held = {entry.key: entry.dots for entry in stored.entries}
     kept: OrderedDict[bytes, bytes] = OrderedDict()
     for request, answer in stored.answers.items():
         try:

@@ -220,7 +220,7 @@ class History:
             mutate = lambda s, me: spec.mutate(s, me, kind, args)  # noqa: E731
         observed = replica.ops(key)
         delta = replica.update(key, spec.new, mutate)
-        dot = (replica.replica_id, replica.clock.vv[replica.replica_id])
+        dot = (replica.replica_id, replica.context.vv[replica.replica_id])
         self.operations.append(Operation(key, type_name, kind, args, dot, observed, delta))
 
     def acknowledged(self, replicas: Sequence[Replicator], by_others_of: str) -> set[Dot]:
@@ -266,7 +266,7 @@ class History:
             by_key.setdefault(op.key, []).append(op)
         for key, ops in sorted(by_key.items()):
             entry = held(key)
-            context = None if entry is None else entry.ops
+            context = None if entry is None else entry.dots
             survivors = self.survivors(key, ops, context)
             kept = {
                 op.dot for op in ops if context is not None and self.holder(key, context, op.dot)

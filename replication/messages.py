@@ -105,7 +105,7 @@ class Entry:
 
     key: str
     state: CRDT
-    ops: DotRanges
+    dots: DotRanges
 
 
 class Reply(IntEnum):
@@ -134,7 +134,7 @@ class Reply(IntEnum):
 @dataclass(frozen=True, slots=True)
 class Push:
     """Part ``part`` of ``parts`` of the sender's log interval ``(start, end]``,
-    with the sender's prefix clock (``clock``: for each writer, every one of
+    with the sender's prefix clock (``context``: for each writer, every one of
     its operations up to that counter is held; a version vector, no gaps),
     so that the answer leaves out what the sender already has. ``reply``: what
     the sender asks of the receiver (:class:`Reply`; a round opens with an
@@ -155,7 +155,7 @@ class Push:
     part: int
     parts: int
     reply: Reply
-    clock: CausalContext
+    context: CausalContext
     entries: tuple[Entry, ...]
     ack: int = -1
     tally: tuple[tuple[str, int, int], ...] = ()
@@ -183,7 +183,7 @@ class Piece:
     part: int
     parts: int
     reply: Reply
-    clock: CausalContext
+    context: CausalContext
     ack: int
     index: int
     count: int
@@ -251,7 +251,7 @@ def encode_keyspace(states: Iterable[tuple[str, CRDT]]) -> bytes:
 
 def encode_entries(entries: Iterable[Entry]) -> list[object]:
     """``[[key, state bytes, dot ranges], ...]``: how entries travel and are saved."""
-    return [[e.key, codec.encode(e.state), e.ops.to_payload()] for e in entries]
+    return [[e.key, codec.encode(e.state), e.dots.to_payload()] for e in entries]
 
 
 def encode(message: Message) -> bytes:
@@ -266,10 +266,10 @@ def encode(message: Message) -> bytes:
     fields: list[object]
     if isinstance(m, Push):
         fields = ["push", VERSION, m.sender, m.to, m.start, m.end, m.part, m.parts, m.reply]
-        fields += [m.clock.to_payload(), encode_entries(m.entries), m.ack, _tally(m.tally)]
+        fields += [m.context.to_payload(), encode_entries(m.entries), m.ack, _tally(m.tally)]
     elif isinstance(m, Piece):
         fields = ["piece", VERSION, m.sender, m.to, m.start, m.end, m.part, m.parts, m.reply]
-        fields += [m.clock.to_payload(), m.ack, m.index, m.count, m.chunk]
+        fields += [m.context.to_payload(), m.ack, m.index, m.count, m.chunk]
     elif isinstance(m, Read):
         fields = ["read", VERSION, m.sender, m.request, m.key]
     elif isinstance(m, ReadResult):
@@ -331,7 +331,7 @@ def encode_interval(
     Cost: O(total size); every entry is copied once into its frame.
     """
     sender, to, start, end = template.sender, template.to, template.start, template.end
-    reply, clock, ack, tally = template.reply, template.clock, template.ack, template.tally
+    reply, clock, ack, tally = template.reply, template.context, template.ack, template.tally
     if max_frame < MIN_FRAME:
         raise ValueError(f"max_frame is at least {MIN_FRAME}")
     base = [sender, to, start, end, 0, 0, reply, clock.to_payload()]
@@ -399,7 +399,7 @@ def encode_entry(entry: Entry) -> bytes:
 
     Cost: O(size of the state).
     """
-    return codec.encode_plain([entry.key, codec.encode(entry.state), entry.ops.to_payload()])
+    return codec.encode_plain([entry.key, codec.encode(entry.state), entry.dots.to_payload()])
 
 
 def _key(x: object) -> str:
@@ -443,7 +443,7 @@ def _parse_result(sender: str, f: list[object], max_state: int | None) -> ReadRe
     if f[4] is None:
         return ReadResult(sender, to, request, key, status)
     entries = parse_entries(f[4], max_state=max_state)
-    if len(entries) != 1 or entries[0].key != key or not entries[0].ops.is_whole():
+    if len(entries) != 1 or entries[0].key != key or not entries[0].dots.is_whole():
         raise DecodeError("result: the entry is not the whole key asked for")
     return ReadResult(sender, to, request, key, status, entries[0])
 
@@ -460,9 +460,9 @@ def check_claims(
         raise DecodeError("push clock: a prefix clock has no gaps")
     own = clock.vv.get(sender, 0)
     for entry in entries:
-        if start == -1 and not entry.ops.is_whole():
+        if start == -1 and not entry.dots.is_whole():
             raise DecodeError(f"push: catch-up entry {entry.key!r:.40} is not a whole key")
-        if entry.ops.top(sender) > own:
+        if entry.dots.top(sender) > own:
             raise DecodeError(
                 f"push: entry {entry.key!r:.40} claims operations of its sender beyond its clock"
             )

@@ -216,7 +216,7 @@ class _Change:
     seq: int
     key: str
     delta: CRDT | None
-    ops: DotRanges | None  # None with ``delta``
+    dots: DotRanges | None  # None with ``delta``
     origin: str | None  # replica id all of it came from; None: mixed
 
 
@@ -226,7 +226,7 @@ class _Peer:
 
     replica: str | None = None  # the peer's replica id (incarnation) last heard
     acked: int | None = None  # our log position the peer holds; None: unknown
-    clock: CausalContext | None = None  # its prefix clock when it last pushed
+    context: CausalContext | None = None  # its prefix clock when it last pushed
     caught_up: int | None = None  # our head when we last sent it a catch-up
     # retired id -> (count, digest, when heard) of its operations the peer holds
     tally: dict[str, tuple[int, int, float]] = field(default_factory=dict)
@@ -355,7 +355,7 @@ class Replicator:
         self._states: dict[str, CRDT] = {}
         self._ops: dict[str, DotRanges] = {}  # whole: every stretch from lo 0
         self._keys: SortedList[str] = SortedList()
-        self._clock = CausalContext()  # the prefix clock: a version vector only
+        self._context = CausalContext()  # the prefix clock: a version vector only
         self._top: dict[str, int] = {}  # writer -> highest dot held, any key
         self._count: dict[str, int] = {}  # writer -> how many of its ops are held
         self._counter = 0  # dots issued by this replica id
@@ -589,7 +589,7 @@ class Replicator:
         return list(self._keys)
 
     @property
-    def clock(self) -> CausalContext:
+    def context(self) -> CausalContext:
         """A copy of the replica's prefix clock: for each writer, every one of
         its operations up to that counter is held (a version vector, no
         cloud). Exact for this replica's own dots; for others it may lag what
@@ -598,12 +598,12 @@ class Replicator:
         >>> from crdts import GCounter
         >>> r = Replicator("a", [], rng=Random(1))
         >>> _ = r.update("k", GCounter, lambda c, me: c.increment(me))
-        >>> r.clock
+        >>> r.context
         CausalContext(vv={'a': 1}, cloud={})
 
         Cost: O(r).
         """
-        return self._clock.copy()
+        return self._context.copy()
 
     @property
     def refusals(self) -> int:
@@ -753,7 +753,7 @@ class Replicator:
                 # Its first `top` operations, all of them: a prefix held. (Our
                 # own are all here: a dot issued and never installed, by a
                 # failed staged update, names no operation anyone holds.)
-                self._clock.vv[writer] = top
+                self._context.vv[writer] = top
         held.merge(ops)
         for writer in ops.pruned:
             if writer not in self._count and writer not in self._gone:
@@ -782,7 +782,7 @@ class Replicator:
             return
         del self._count[writer], self._digest[writer]
         self._top.pop(writer, None)
-        self._clock.vv.pop(writer, None)
+        self._context.vv.pop(writer, None)
         self._retired.pop(writer, None)
         self._asking.pop(writer, None)
         self._gone[writer] = self._now
@@ -805,20 +805,20 @@ class Replicator:
             change.seq = self._head
             if change.origin != origin:
                 change.origin = None
-            if change.delta is None or change.ops is None:
+            if change.delta is None or change.dots is None:
                 pass  # the whole key already
-            elif change.ops.issubset(ops):
+            elif change.dots.issubset(ops):
                 # Exactness: a delta is the join of the operations it claims,
                 # so one claiming more is the join of both (a whole state, say).
-                change.delta, change.ops = delta, ops
-            elif ops.issubset(change.ops):
+                change.delta, change.dots = delta, ops
+            elif ops.issubset(change.dots):
                 pass
-            elif change.ops.joinable(ops):
+            elif change.dots.joinable(ops):
                 change.delta.merge(delta)
-                change.ops.merge(ops)
+                change.dots.merge(ops)
             else:
                 # A hole between them: never claim it; push the whole key.
-                change.delta = change.ops = None
+                change.delta = change.dots = None
         self._log[key] = change
         if len(self._log) > self._log_limit:
             dropped = self._log.pop(next(iter(self._log)))
@@ -902,7 +902,7 @@ class Replicator:
         >>> r = Replicator("a", [], rng=Random(1))
         >>> batch = r.stage()
         >>> _ = batch.update("s", ORSet, lambda s, me: s.add("x", me))
-        >>> r.apply(batch); sorted(r.get("s")), r.replica_id in r.clock.vv
+        >>> r.apply(batch); sorted(r.get("s")), r.replica_id in r.context.vv
         (['x'], True)
 
         Cost: each delta's merge plus O(1) per update.
@@ -1094,14 +1094,14 @@ class Replicator:
             held = self._positions.get(to, -1)
             tally = self._tally(self._asking)
             request = Push(
-                self._replica, to, at, at, 0, 1, reply, self._clock, (), held, tally
+                self._replica, to, at, at, 0, 1, reply, self._context, (), held, tally
             )
             return [(peer, encode(request))]
         return self._push(peer, state, reply)
 
     def _push(self, peer: str, state: _Peer, reply: Reply) -> list[Outgoing]:
         # Only ever a reply: the peer's replica id and clock are fresh.
-        to, known = state.replica, state.clock
+        to, known = state.replica, state.context
         assert to is not None and known is not None
         if state.acked is None or state.acked < self._floor:
             return self._catch_up(peer, state, to, known, reply)
@@ -1113,7 +1113,7 @@ class Replicator:
             if change.origin == to:
                 continue  # it all came from that peer: never send it back
             key = change.key
-            ops = self._ops[key] if change.ops is None else change.ops
+            ops = self._ops[key] if change.dots is None else change.dots
             if ops.within(known.vv):
                 continue  # it reached that peer by another route
             delta = self._states[key] if change.delta is None else change.delta
@@ -1145,7 +1145,7 @@ class Replicator:
         items = self._encode_entries(entries)
         state = self._peers.get(peer)
         tally = self._tally(() if state is None else state.asked)
-        clock = self._clock
+        clock = self._context
         template = Push(self._replica, to, start, self._head, 0, 1, reply, clock, (), held, tally)
         frames = encode_interval(
             template, items, max_frame=self._max_frame, max_entries=self._chunk
@@ -1227,7 +1227,7 @@ class Replicator:
                 self._parts.pop(peer.replica, None)
             peer.replica = replica
             peer.acked = None
-            peer.clock = None
+            peer.context = None
             peer.caught_up = None
             peer.tally = {}
             self._held_by_all = None
@@ -1243,10 +1243,10 @@ class Replicator:
             entry = arrived
             if known is not None and known.pruned:
                 entry = self._strip_late(arrived, known)
-            if known is not None and entry.ops.issubset(known):
+            if known is not None and entry.dots.issubset(known):
                 self.stats.redundant += 1
                 continue
-            if not entry.ops.follows(empty if known is None else known):
+            if not entry.dots.follows(empty if known is None else known):
                 gaps += 1  # merging it would claim operations we lack
                 continue
             state = self._states.get(key)
@@ -1255,14 +1255,14 @@ class Replicator:
                 self._states[key] = entry.state.copy()
                 self._keys.add(key)
             else:
-                if entry.ops.pruned and known is not None:
-                    cleaned = self._clean(key, state, known, entry.ops)
+                if entry.dots.pruned and known is not None:
+                    cleaned = self._clean(key, state, known, entry.dots)
                 state.merge(entry.state)
-            self._hold(key, entry.ops)
-            if cleaned or entry.ops.pruned:
+            self._hold(key, entry.dots)
+            if cleaned or entry.dots.pruned:
                 self._record_whole(key)  # a delta cannot say what was cleaned
             else:
-                self._record(key, entry.state, entry.ops, origin)
+                self._record(key, entry.state, entry.dots, origin)
             self.stats.merged += 1
             self._notify(key)
         self.stats.gaps += gaps
@@ -1273,10 +1273,10 @@ class Replicator:
         here covers them) stripped and its state cleaned as the marker says
         (late data: already counted through the owner). Cost: O(writers)."""
         markers = known.pruned
-        stale = [w for w in entry.ops.spans if w in markers]
+        stale = [w for w in entry.dots.spans if w in markers]
         if not stale:
             return entry
-        ops, state = entry.ops.copy(), entry.state.copy()
+        ops, state = entry.dots.copy(), entry.state.copy()
         for writer in stale:
             self.stats.late += 1
             if not known.covers(ops, writer):
@@ -1310,7 +1310,7 @@ class Replicator:
         # We hold everything a peer held when it sent an interval we now have
         # whole, so its prefix clock too; capped at the highest dot we hold
         # of each writer, which a true one never exceeds.
-        mine = self._clock.vv
+        mine = self._context.vv
         for writer, upto in clock.vv.items():
             bound = min(upto, self._top.get(writer, 0))
             if bound > mine.get(writer, 0):
@@ -1325,7 +1325,7 @@ class Replicator:
             self.stats.stale += 1
             return [(node, encode(Ack(self._replica, self._positions.get(push.sender, -1))))]
         peer = self._peers[node]
-        peer.clock = push.clock
+        peer.context = push.context
         if push.tally:
             heard = -1.0 if self._now is None else self._now
             for writer, count, digest in push.tally:
@@ -1357,7 +1357,7 @@ class Replicator:
                 if push.parts == 1:
                     # (Parts of two sends of one interval may be filtered
                     # differently: learn only from an interval sent whole.)
-                    self._learn(push.clock)
+                    self._learn(push.context)
             else:
                 self._parts[push.sender] = (push.start, push.end, parts)
         if push.reply and push.part == 0:
@@ -1436,7 +1436,7 @@ class Replicator:
             if len(state) > self._max_state:
                 self.stats.oversize += 1
                 continue
-            items.append(codec.encode_plain([entry.key, state, entry.ops.to_payload()]))
+            items.append(codec.encode_plain([entry.key, state, entry.dots.to_payload()]))
         return items
 
     def _on_piece(self, now: float, node: str, piece: Piece) -> list[Outgoing]:
@@ -1482,7 +1482,7 @@ class Replicator:
         try:
             raw = codec.decode_plain(data, max_size=bound)
             entries = parse_entries([raw], max_state=self._max_state)
-            check_claims(piece.sender, piece.start, piece.clock, entries)
+            check_claims(piece.sender, piece.start, piece.context, entries)
         except EntryTooLarge:
             self.stats.oversize += 1
             self.stats.refused += 1
@@ -1498,7 +1498,7 @@ class Replicator:
             piece.part,
             piece.parts,
             piece.reply,
-            piece.clock,
+            piece.context,
             entries,
             piece.ack,
         )
@@ -1610,7 +1610,7 @@ class Replicator:
             if node not in self._peer_set:
                 continue
             state = self._peers.get(node)
-            if state is None or state.replica is None or state.clock is None:
+            if state is None or state.replica is None or state.context is None:
                 out += self._gossip(node, reply=Reply.PUSH_AND_ASK)
             else:
                 # Its clock is from its last push: it may lag what the peer
@@ -1722,11 +1722,11 @@ class Replicator:
         for entry in entries:
             if entry.key in replica._states:
                 raise ValueError(f"two entries for the key {entry.key!r}")
-            if not entry.ops.is_whole():
+            if not entry.dots.is_whole():
                 raise ValueError(f"the entry for {entry.key!r} is a delta, not a whole key")
             replica._states[entry.key] = entry.state
             replica._keys.add(entry.key)
-            replica._hold(entry.key, entry.ops)
+            replica._hold(entry.key, entry.dots)
         return replica
 
 
@@ -1850,7 +1850,7 @@ class Staged:
         >>> from crdts import GCounter
         >>> batch = Replicator("a", [], rng=Random(1)).stage()
         >>> _ = batch.update("k", GCounter, lambda c, me: c.increment(me, 4))
-        >>> batch.entry("k").state.value, batch.entry("k").ops.contains("a", 1)
+        >>> batch.entry("k").state.value, batch.entry("k").dots.contains("a", 1)
         (4, True)
 
         Cost: O(1).

@@ -160,7 +160,7 @@ def decode_row(key: str, data: bytes) -> Entry:
     entries = parse_entries(codec.decode_plain(data, max_size=len(data)))
     if len(entries) != 1 or entries[0].key != key:
         raise DecodeError(f"the row of {key!r:.60} holds another key")
-    if not entries[0].ops.is_whole():
+    if not entries[0].dots.is_whole():
         raise DecodeError(f"the row of {key!r:.60} holds a delta, not the whole key")
     return entries[0]
 

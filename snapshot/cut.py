@@ -188,7 +188,7 @@ class LocalState:
 
     def __post_init__(self) -> None:
         # The clock is the keys' ranges: derived, never trusted.
-        clock = KeyspaceClock({entry.key: entry.ops for entry in self.entries})
+        clock = KeyspaceClock({entry.key: entry.dots for entry in self.entries})
         object.__setattr__(self, "clock", clock)
 
     @classmethod
@@ -401,7 +401,7 @@ def join_entries(
     >>> c = GCounter(); d1 = c.increment("a"); d2 = c.increment("a")
     >>> first = DotRanges().successor("a", 1); second = first.successor("a", 2)
     >>> joined, left = join_entries([Entry("k", d2, second), Entry("k", d1, first)])
-    >>> joined["k"].state.value, joined["k"].ops, left
+    >>> joined["k"].state.value, joined["k"].dots, left
     (2, DotRanges({'a': (0, 0, 2, 2)}), [])
 
     Cost: O(n) joins when each entry follows the ones before it, O(n^2)
@@ -414,20 +414,20 @@ def join_entries(
         for entry in pending:
             held = out.get(entry.key)
             if held is None:
-                if entry.ops.is_whole():
-                    out[entry.key] = Entry(entry.key, entry.state.copy(), entry.ops.copy())
+                if entry.dots.is_whole():
+                    out[entry.key] = Entry(entry.key, entry.state.copy(), entry.dots.copy())
                 else:
                     left.append(entry)
                 continue
-            entry = _without_pruned(entry, held.ops)  # noqa: PLW2901
-            if entry.ops.follows(held.ops):
+            entry = _without_pruned(entry, held.dots)  # noqa: PLW2901
+            if entry.dots.follows(held.dots):
                 # A marker joined in cleans the writer it names out of what
                 # is held, as a replica does (docs/pruning.md).
-                for writer, (_, _, owner, base) in entry.ops.pruned.items():
-                    if held.ops.strip(writer) is not None and isinstance(held.state, Prunable):
+                for writer, (_, _, owner, base) in entry.dots.pruned.items():
+                    if held.dots.strip(writer) is not None and isinstance(held.state, Prunable):
                         held.state.cleanup(writer, owner, base)
                 held.state.merge(entry.state)
-                held.ops.merge(entry.ops)
+                held.dots.merge(entry.dots)
             else:
                 left.append(entry)
         if len(left) == len(pending):
@@ -439,10 +439,10 @@ def join_entries(
 def _without_pruned(entry: Entry, held: DotRanges) -> Entry:
     """``entry`` without the stretches of writers a marker in ``held`` says
     were pruned (counted through their owner), on copies."""
-    stale = held.pruned.keys() & entry.ops.spans.keys()
+    stale = held.pruned.keys() & entry.dots.spans.keys()
     if not stale:
         return entry
-    ops, state = entry.ops.copy(), entry.state.copy()
+    ops, state = entry.dots.copy(), entry.state.copy()
     for writer in stale:
         ops.strip(writer)
         if isinstance(state, Prunable):

@@ -276,7 +276,7 @@ def _join_equals_spec(
     # log puts on another key has gone astray.
     named: dict[tuple[str, int], set[str]] = {}
     for key, joined_entry in joined.items():
-        for writer, (_, lo_dot, _, hi_dot) in joined_entry.ops.items():
+        for writer, (_, lo_dot, _, hi_dot) in joined_entry.dots.items():
             for dot in (lo_dot, hi_dot):
                 if dot:
                     named.setdefault((writer, dot), set()).add(key)
@@ -285,7 +285,7 @@ def _join_equals_spec(
         logged.setdefault(op.key, []).append(op)
     for key, ops in sorted(logged.items()):
         entry = joined.get(key)
-        here = None if entry is None else entry.ops
+        here = None if entry is None else entry.dots
         covered = history.survivors(key, ops, here)
         kept = {op.dot for op in ops if here is not None and history.holder(key, here, op.dot)}
         astray = [op for op in ops if op.dot not in kept and named.get(op.dot, {key}) - {key}]
@@ -401,7 +401,7 @@ def _holding(states: Mapping[str, LocalState], dot: tuple[str, int]) -> list[str
         node
         for node, local in states.items()
         if any(
-            (span := e.ops.spans.get(writer)) is not None and counter in (span[1], span[3])
+            (span := e.dots.spans.get(writer)) is not None and counter in (span[1], span[3])
             for e in local.entries
         )
     ]

@@ -60,7 +60,7 @@ def test_a_keys_bookkeeping_is_one_stretch_per_writer() -> None:
     ops = a.ops("k3")
     assert ops == DotRanges({"a": (0, 0, 100, 994)})
     assert ops.contains("a", 4) and ops.contains("a", 994) and ops.count("a") == 100
-    assert a.clock == CausalContext.from_dots([("a", n) for n in range(1, 1_001)])
+    assert a.context == CausalContext.from_dots([("a", n) for n in range(1, 1_001)])
 
 
 def test_the_log_keeps_one_record_per_key_and_drops_nothing_for_busy_keys() -> None:
@@ -97,10 +97,10 @@ def test_openers_carry_a_prefix_clock_of_one_entry_per_writer() -> None:
     assert net.run_until(lambda: converged(replicas), 40) is not None
     net.run_rounds(3)  # the last intervals complete
     assert history.problems(replicas) == []
-    issued = {r.replica_id: r.clock.vv[r.replica_id] for r in replicas}
+    issued = {r.replica_id: r.context.vv[r.replica_id] for r in replicas}
     for replica in replicas:
-        assert replica.clock.vv == issued  # exact once converged: all of every writer
-        assert replica.clock.cloud == {}
+        assert replica.context.vv == issued  # exact once converged: all of every writer
+        assert replica.context.cloud == {}
         (_, opener), *_ = replica.tick(1.0)
         assert len(opener) < 120  # one entry per writer, not per key or operation
 
@@ -112,12 +112,12 @@ def test_a_delta_that_needs_operations_the_receiver_lacks_is_not_merged() -> Non
     second = a.update("k", GCounter, increment)
     assert a.ops("k") == DotRanges({"a": (0, 0, 2, 2)})
     # The second increment alone: its stretch starts after the first, which b lacks.
-    gap = Push("a", "b", 1, 2, 0, 1, Reply.NOTHING, a.clock, (Entry("k", second, stretch(1, 1, 2,
+    gap = Push("a", "b", 1, 2, 0, 1, Reply.NOTHING, a.context, (Entry("k", second, stretch(1, 1, 2,
                                                                                          2)),))
     assert b.receive(0.0, "a", encode(gap)) != []
     assert b.get("k") is None and b.stats.gaps == 1 and b.ops("k") == DotRanges()
     # Once the first arrives, the second follows it.
-    one = Push("a", "b", 0, 1, 0, 1, Reply.NOTHING, a.clock, (Entry("k", first, stretch(0, 0, 1,
+    one = Push("a", "b", 0, 1, 0, 1, Reply.NOTHING, a.context, (Entry("k", first, stretch(0, 0, 1,
                                                                                         1)),))
     b.receive(0.0, "a", encode(one))
     b.receive(0.0, "a", encode(gap))
@@ -134,7 +134,7 @@ def test_a_gap_makes_the_sender_answer_with_a_catch_up() -> None:
     a.update("k", GCounter, increment)
     delta = a.update("k", GCounter, increment)
     # Only the last increment reaches b, as if the one before were lost.
-    lost = Push("a", "b", 2, 3, 0, 1, Reply.NOTHING, a.clock, (Entry("k", delta, stretch(2, 2, 3,
+    lost = Push("a", "b", 2, 3, 0, 1, Reply.NOTHING, a.context, (Entry("k", delta, stretch(2, 2, 3,
                                                                                          3)),))
     b.receive(0.0, "a", encode(lost))
     assert b.stats.gaps == 1 and b._positions["a"] == -1
@@ -159,18 +159,18 @@ def test_joined_log_records_never_claim_a_hole() -> None:
     a.update("k", GCounter, increment)
     exchange(a, b)  # b: a's first two
     exchange(b, a)  # a acknowledges b's record of them: b may replace it
-    push = Push("c", "b", 0, 0, 0, 1, Reply.NOTHING, c.clock, (Entry("k", stale, stale_ops),))
+    push = Push("c", "b", 0, 0, 0, 1, Reply.NOTHING, c.context, (Entry("k", stale, stale_ops),))
     b.receive(0.0, "c", encode(push))
     assert b.stats.merged >= 2 and b.ops("k") == DotRanges({"a": (0, 0, 2, 2), "c": (0, 0, 1, 1)})
     record = b._log["k"]
-    assert record.ops == stale_ops  # the stale stretch of a, (0, 1], with c's
+    assert record.dots == stale_ops  # the stale stretch of a, (0, 1], with c's
     # a's third starts at 2: a hole after the record's stretch of a, (0, 1].
     third = a.update("k", GCounter, increment)
-    push = Push("a", "b", a._head - 1, a._head, 0, 1, Reply.NOTHING, a.clock,
+    push = Push("a", "b", a._head - 1, a._head, 0, 1, Reply.NOTHING, a.context,
                 (Entry("k", third, DotRanges({"a": (2, 2, 3, 3)})),))
     b.receive(0.0, "a", encode(push))
     record = b._log["k"]
-    assert record.delta is None and record.ops is None  # the whole key from now on
+    assert record.delta is None and record.dots is None  # the whole key from now on
     exchange(b, d)
     exchange(d, b)
     assert d.get("k") == b.get("k") and d.ops("k") == b.ops("k")
@@ -232,7 +232,7 @@ def test_a_restored_replica_recovers_its_exact_prefix_clock() -> None:
         a.update(f"k{i % 3}", GCounter, increment)
     entries = [Entry(k, s, a.ops(k)) for k in ("k0", "k1", "k2") if (s := a.get(k)) is not None]
     back = Replicator.from_entries("a", entries, [], rng=random.Random(2), incarnation=1)
-    assert back.clock.vv == {"a": 30}
+    assert back.context.vv == {"a": 30}
     delta = DotRanges({"a": (1, 1, 2, 4)})
     with pytest.raises(ValueError, match="delta"):
         Replicator.from_entries("a", [Entry("k0", GCounter(), delta)], [], rng=random.Random(3))
@@ -257,7 +257,7 @@ def _check_exact(replica: Replicator, history: History) -> None:
         for op in covered:
             joined.merge(op.delta)
         assert codec.encode(joined) == codec.encode(state), key
-    prefix = replica.clock
+    prefix = replica.context
     for op in history.operations:
         if op.dot[1] <= prefix.vv.get(op.dot[0], 0):
             assert replica.ops(op.key).contains(*op.dot), (replica.replica_id, op.dot)
@@ -303,14 +303,14 @@ def test_keys_stay_exact_and_prefix_clocks_sound_under_loss_reordering_and_resta
                 source = rng.choice(holders)
                 destination = rng.choice([i for i in ids if i != source])
                 push = Push(replicas[source].replica_id, replicas[destination].replica_id,
-                            0, 0, 0, 1, Reply.NOTHING, replicas[source].clock, (op.entry(),))
+                            0, 0, 0, 1, Reply.NOTHING, replicas[source].context, (op.entry(),))
                 queue.append((source, destination, encode(push)))
         elif action == "save":
             held = replica.keys()
             saved[node] = [Entry(k, s, replica.ops(k)) for k in held
                            if (s := replica.get(k)) is not None]
         elif action == "restart":
-            entries = [Entry(e.key, e.state.copy(), e.ops.copy()) for e in saved[node]]
+            entries = [Entry(e.key, e.state.copy(), e.dots.copy()) for e in saved[node]]
             replicas[node] = Replicator.from_entries(
                 node, entries, ids, rng=random.Random(rng.getrandbits(32)),
                 incarnation=next(incarnations), log_limit=log_limit)
@@ -343,9 +343,9 @@ def test_an_empty_catch_up_for_another_incarnation_does_not_lift_this_one() -> N
     exchange(b, a)
     assert a.get("k") is not None
     restarted = Replicator.from_entries("a", [], ["b"], rng=random.Random(3), incarnation=1)
-    empty = Push("b", "a", -1, b._head, 0, 1, Reply.NOTHING, b.clock, (), -1)
+    empty = Push("b", "a", -1, b._head, 0, 1, Reply.NOTHING, b.context, (), -1)
     restarted.receive(0.0, "b", encode(empty))
-    assert restarted.clock.vv.get("b", 0) == 0
+    assert restarted.context.vv.get("b", 0) == 0
     assert restarted._positions.get("b", -1) == -1
     exchange(restarted, b)
     assert restarted.get("k") == b.get("k") and restarted.ops("k") == b.ops("k")
@@ -367,14 +367,14 @@ def test_a_peer_behind_a_replaced_record_gets_a_catch_up_not_a_later_delta() -> 
     exchange(b, a)
     exchange(a, b)
     assert a._peers["b"].acked == a._head
-    late = Push("c", "a", 0, 0, 0, 1, Reply.NOTHING, c.clock, (), -1)  # an old frame, late
+    late = Push("c", "a", 0, 0, 0, 1, Reply.NOTHING, c.context, (), -1)  # an old frame, late
     a.receive(0.0, "c", encode(late))
     assert _acked(a, "c") is None
     lost = a._gossip("c", reply=Reply.PUSH)  # a catch-up, lost on the way
     assert lost and a._peers["c"].caught_up == a._head
     b.update("j", GCounter, increment)
     exchange(b, a)
-    assert a._log["j"].ops == DotRanges({"b": (0, 0, 1, 1)})  # replaced
+    assert a._log["j"].dots == DotRanges({"b": (0, 0, 1, 1)})  # replaced
     a.receive(0.0, "c", encode(Ack("c", 1)))  # c's true position
     catch_ups = a.stats.catch_ups
     exchange(a, c)

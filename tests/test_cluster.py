@@ -89,7 +89,7 @@ def test_sigterm_writes_everything_down(tmp_path: Path) -> None:
     with LocalCluster(1, tmp_path) as cluster:
         history = asyncio.run(asyncio.wait_for(test(cluster), 60))
     stored = _stored(tmp_path / "n0")
-    held = {e.key: e.ops for e in stored.entries}
+    held = {e.key: e.dots for e in stored.entries}
     assert all(held[op.key].contains(*op.dot) for op in history.operations)
     assert "stopped; 20 updates" in cluster.log("n0")
 
@@ -213,7 +213,7 @@ def test_a_node_joins_through_a_seed_and_once_killed_and_downed_is_removed(
         await _until(left, 10.0, "n4 removed everywhere")
         for client in clients.values():
             held = await client.entry("left-behind")
-            assert held is not None and held.ops.contains(*op.dot)
+            assert held is not None and held.dots.contains(*op.dot)
             client.close()
 
     options = ["--acceptable-pause", "0.5"]
@@ -244,7 +244,7 @@ def test_a_killed_node_once_downed_is_pruned_and_its_updates_kept(tmp_path: Path
 
         async def pruned() -> bool:
             entries = await asyncio.gather(*(c.entry("hits") for c in survivors))
-            return all(e is not None and gone not in e.ops.origins() for e in entries)
+            return all(e is not None and gone not in e.dots.origins() for e in entries)
 
         await _until(pruned, 20.0, f"{gone} pruned everywhere")
         # Folded into a live member, not lost, not counted twice.

@@ -48,7 +48,7 @@ def make_snapshot(seed: int, number: int = 1) -> GlobalSnapshot:
         replica.update(f"only-{replica.node_id}", ORSet, lambda s, me: s.add(me, me))
     states = {r.node_id: LocalState.capture(r) for r in replicas}
     a = states["a"]
-    push = Push("a", "b", 0, 1, 0, 1, Reply.NOTHING, replicas[0].clock, a.entries)
+    push = Push("a", "b", 0, 1, 0, 1, Reply.NOTHING, replicas[0].context, a.entries)
     channels = {("a", "b"): (encode(push),), ("c", "a"): (encode(Ack("c", 3)),)}
     return GlobalSnapshot(SnapshotId("a", number), states, channels)
 

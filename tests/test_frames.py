@@ -179,7 +179,7 @@ def test_frames_are_bounded_and_carry_every_entry_once(
         message = parse(frame)
         assert isinstance(message, (Push, Piece))
         assert (message.start, message.end, message.reply, message.ack) == (-1, 7, 1, 3)
-        assert message.clock == clock
+        assert message.context == clock
 
 
 def test_an_empty_interval_is_one_empty_push() -> None:

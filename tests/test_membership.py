@@ -263,14 +263,14 @@ def test_a_crashed_node_once_downed_and_removed_is_pruned_everywhere() -> None:
     (a,) = _nodes(net, "a")
     ra, rb = _replica(net, "a"), _replica(net, "b")
     assert net.run_until(lambda: "c" in a.membership.unreachable, 30) is not None
-    assert "c" in ra.clock.vv  # c's increment, under its id
+    assert "c" in ra.context.vv  # c's increment, under its id
     a.membership.down("c")
     took = net.run_until(
-        lambda: all("c" not in r.clock.vv and "c" not in r.get("hits").to_payload()  # type: ignore[union-attr]
+        lambda: all("c" not in r.context.vv and "c" not in r.get("hits").to_payload()  # type: ignore[union-attr]
                     for r in (ra, rb)),
         200,
     )
-    assert took is not None, (ra.clock.vv, rb.clock.vv, ra.retired, rb.retired)
+    assert took is not None, (ra.context.vv, rb.context.vv, ra.retired, rb.retired)
     # Folded into a live owner, never lost or counted twice.
     assert ra.get("hits").value == rb.get("hits").value == 3  # type: ignore[union-attr]
     assert converged([ra, rb])

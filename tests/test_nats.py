@@ -121,7 +121,7 @@ def _push_from(claimed: str) -> bytes:
     state = mallory.get("hits")
     assert state is not None
     entry = Entry("hits", state, mallory.ops("hits"))
-    return encode(Push(claimed, "b", -1, 1, 0, 1, Reply.NOTHING, mallory.clock, (entry,)))
+    return encode(Push(claimed, "b", -1, 1, 0, 1, Reply.NOTHING, mallory.context, (entry,)))
 
 
 def test_hostile_frames_are_refused_and_counted_while_honest_ones_flow(

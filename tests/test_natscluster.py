@@ -106,7 +106,7 @@ def test_nats_processes_converge_pass_sec_survive_a_sigkill_join_and_leave(
         await _until(left, 10.0, "n5 removed everywhere")
         for client in clients.values():
             held = await client.entry("joined")
-            assert held is not None and held.ops.contains(*op.dot)  # what it wrote lives on
+            assert held is not None and held.dots.contains(*op.dot)  # what it wrote lives on
             client.close()
 
     with LocalCluster(5, tmp_path, interval=0.05, nats_url=nats_server.url,

@@ -180,7 +180,7 @@ def _get(replica: Replicator, key: str) -> Any:
 
 def _writers(replica: Replicator) -> set[str]:
     keys = replica.keys()
-    return {w for k in keys for w in replica.ops(k).spans} | set(replica.clock.vv)
+    return {w for k in keys for w in replica.ops(k).spans} | set(replica.context.vv)
 
 
 def test_a_restarted_nodes_old_incarnations_are_pruned_into_its_current_one() -> None:
@@ -233,7 +233,7 @@ def test_late_data_of_a_pruned_id_is_stripped_not_counted_again() -> None:
     _ = b.update("hits", GCounter, lambda c, me: c.increment(me, 5))
     net.run_until(lambda: converged(replicas), 20)
     late = Entry("hits", _get(b, "hits"), b.ops("hits"))  # b's state before it goes
-    frame = encode(Push(b.replica_id, a.replica_id, -1, 1, 0, 1, Reply.NOTHING, b.clock, (late,),
+    frame = encode(Push(b.replica_id, a.replica_id, -1, 1, 0, 1, Reply.NOTHING, b.context, (late,),
                         -1))
     net.crash(b.node_id)
     a.remove_peer(b.node_id)
@@ -264,7 +264,7 @@ def test_a_round_opens_with_live_ids_only_whatever_was_seen() -> None:
             Entry("k", counter, DotRanges.whole({w: (1, 1) for w in writers})),
             Entry("s", empty, DotRanges.whole({w: (2, 3) for w in writers})),
         ]
-        copies = [Entry(e.key, e.state.copy(), e.ops.copy()) for e in entries]
+        copies = [Entry(e.key, e.state.copy(), e.dots.copy()) for e in entries]
         a = Replicator.from_entries("a", entries, ["b"], rng=random.Random(1), incarnation=1,
                                     prune_after=0.0, marker_ttl=2.0)
         b = Replicator.from_entries("b", copies, ["a"], rng=random.Random(2), incarnation=1,
@@ -325,7 +325,7 @@ def _run(restarts: int, seed: int = 7) -> dict[str, Any]:
     contexts = sum(len(s._ctx.origins()) for s in states if hasattr(s, "_ctx"))
     return {
         "saved": saved,
-        "clock": len(node.clock.vv),
+        "clock": len(node.context.vv),
         "counters": counters,
         "ranges": sum(len(node.ops(k).spans) for k in node.keys()),  # noqa: SIM118
         "contexts": contexts,

@@ -120,7 +120,7 @@ def test_a_frame_in_flight_under_another_nodes_name_is_not_replayed() -> None:
     a = Replicator("a", [], rng=random.Random(1))
     a.update("hits", GCounter, lambda c, me: c.increment(me, 3))
     entry = Entry("hits", a.get("hits"), a.ops("hits"))  # type: ignore[arg-type]
-    forged = encode(Push("a", "c", 0, 1, 0, 1, Reply.NOTHING, a.clock, (entry,)))
+    forged = encode(Push("a", "c", 0, 1, 0, 1, Reply.NOTHING, a.context, (entry,)))
     c = LocalState.capture(Replicator("c", [], rng=random.Random(2)))
     cut = GlobalSnapshot(SnapshotId("c", 1), {"c": c}, {("b", "c"): (forged,)})
     assert list(cut.in_flight()) == []

@@ -156,7 +156,7 @@ def test_replicas_with_equal_clocks_and_different_states_fail_strong_convergence
     b = honest.states["b"]
     # Same operations, different states: a counter slot too high, a lost element.
     forged = LocalState("b", "b", tuple(
-        Entry(e.key, counter(a=5) if e.key == "hits" else ORSet(), e.ops) for e in b.entries
+        Entry(e.key, counter(a=5) if e.key == "hits" else ORSet(), e.dots) for e in b.entries
     ))
     assert forged.clock == b.clock
 
@@ -232,7 +232,7 @@ def test_an_operation_only_in_flight_is_joined() -> None:
     h = History()
     h.apply(a, "hits", "GCounter", "increment", 2)
     h.apply(a, "cart", "ORSet", "add", "milk")
-    frame = encode(Push("a", "b", 0, 2, 0, 1, Reply.NOTHING, a.clock,
+    frame = encode(Push("a", "b", 0, 2, 0, 1, Reply.NOTHING, a.context,
                         LocalState.capture(a).entries))
     restarted = restore(saved, "a", ["b"], rng=random.Random(7), incarnation=1)
     states = [LocalState.capture(restarted), LocalState.capture(replicas["b"])]
@@ -247,7 +247,7 @@ def test_an_operation_only_in_flight_is_joined() -> None:
     assert join_cut(cut(states)) == {}
 
     tampered = (Entry("hits", counter(a=9), a.ops("hits")),)
-    bad = encode(Push("a", "b", 0, 2, 0, 1, Reply.NOTHING, a.clock, tampered))
+    bad = encode(Push("a", "b", 0, 2, 0, 1, Reply.NOTHING, a.context, tampered))
     spec = verdict(check(cut(states, {("a", "b"): (bad,)}), h), "join equals specification")
     assert spec.passed is False
     assert spec.offenders == ("a",)

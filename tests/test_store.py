@@ -121,7 +121,7 @@ class StoreConformance:
         store = self.open()
         back = restore(store.load(), "a", [], rng=random.Random(2))
         assert {k: value(back.get(k)) for k in ("x", "y", "z")} == {"x": 1, "y": 6, "z": 1}
-        assert back.clock == r.clock
+        assert back.context == r.context
         store.close()
 
 

@@ -207,7 +207,7 @@ def _push_from(claimed: str) -> bytes:
     state = mallory.get("hits")
     assert state is not None
     entry = Entry("hits", state, mallory.ops("hits"))
-    return encode(Push(claimed, "b", -1, 1, 0, 1, Reply.NOTHING, mallory.clock, (entry,)))
+    return encode(Push(claimed, "b", -1, 1, 0, 1, Reply.NOTHING, mallory.context, (entry,)))
 
 
 def test_a_bad_mac_is_refused() -> None:
@@ -235,7 +235,7 @@ def test_a_replayed_frame_is_refused() -> None:
     async def attack(cluster: Cluster) -> None:
         reader, writer, session = await handshake(cluster.endpoint("b").address, "m")
         sealed = session.seal(encode(Push("m", "b", 0, 0, 0, 1, Reply.NOTHING, Replicator(
-            "m", [], rng=random.Random(1)).clock, ())))
+            "m", [], rng=random.Random(1)).context, ())))
         send(writer, sealed)
         send(writer, sealed)  # the same frame again
         assert await closed(reader)
