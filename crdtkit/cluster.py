@@ -230,7 +230,7 @@ class LocalCluster:
         path = self.folder / f"{node}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    async def client(self, node: str, timeout: float = 10.0) -> Client:
+    async def client(self, node: str, timeout: float = 30.0) -> Client:
         """A client of ``node``, retrying while it starts (up to ``timeout``).
         Cost: a handshake, once the node listens."""
         if self.nats_url is not None:
@@ -261,7 +261,7 @@ class LocalCluster:
                     raise
                 await asyncio.sleep(0.05)
 
-    async def clients(self, timeout: float = 10.0) -> dict[str, Client]:
+    async def clients(self, timeout: float = 30.0) -> dict[str, Client]:
         """A client of every running node. Cost: a handshake per node."""
         return {node: await self.client(node, timeout) for node in self.processes}
 

@@ -48,6 +48,7 @@ import re
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from hashlib import sha256
 from random import Random
 from typing import Any
@@ -87,6 +88,15 @@ MAX_REQUESTS = 4096
 CONNECT_TIMEOUT = 10.0
 #: Refusals answered per second (the rest are only counted).
 REFUSALS_PER_SECOND = 20
+#: Core NATS delivers at most once (a message can be lost, nats-server#5677
+#: among the ways): a request not answered within these seconds is sent again
+#: under a new nonce, the waits doubling up to the last. Safe, because an
+#: update carries its request id and the node applies an id at most once;
+#: other requests only read.
+RETRY_AFTER = (1.0, 2.0, 4.0, 8.0)
+#: How many times one request is sent again before the channel stops trying
+#: (about two minutes); the caller's own deadline still applies.
+MAX_RETRIES = 16
 _MAC = 32
 _NONCE = 16
 _VERSION = 1
@@ -479,7 +489,11 @@ class NatsChannel:
         self._name = f"client-{os.urandom(4).hex()}"
         self._inbox: str = connection.new_inbox()
         self._answers: asyncio.Queue[bytes | BaseException] = asyncio.Queue()
-        self._asked: dict[bytes, dict[int, bytes]] = {}  # nonce -> chunks so far
+        # nonce -> (the request's body, chunks of its answer so far); every
+        # nonce a request was sent under maps to the same body.
+        self._asked: dict[bytes, tuple[_Asked, dict[int, bytes]]] = {}
+        self._retries: set[asyncio.Task[None]] = set()
+        self.resent = 0  # requests sent again after no answer came
         self._subscription: Any = None
         self._closing: set[asyncio.Task[None]] = set()
         self.dropped = 0  # answers that failed their checks
@@ -524,19 +538,40 @@ class NatsChannel:
         return channel
 
     async def send(self, body: bytes) -> None:
-        """Send ``body`` as a sealed request. Cost: O(len(body))."""
+        """Send ``body`` as a sealed request, and again under a new nonce
+        while no answer comes (:data:`RETRY_AFTER`). Cost: O(len(body)) per
+        sending."""
+        asked = _Asked(body)
+        await self._publish(asked)
+        task = asyncio.get_running_loop().create_task(self._retry(asked))
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+
+    async def _publish(self, asked: _Asked) -> None:
         nonce = os.urandom(_NONCE)
-        self._asked[nonce] = {}
         sealed = seal_request(self._raw_key, to=self._subject, reply=self._inbox,
                               client=self._name, nonce=nonce,
-                              sent_ms=int(self._clock() * 1000), body=body)
+                              sent_ms=int(self._clock() * 1000), body=asked.body)
         if len(sealed) > self._connection.max_payload:
-            del self._asked[nonce]
             raise RequestRefused(
                 f"a request of {len(sealed):,} bytes is over the NATS server's max_payload "
                 f"({self._connection.max_payload:,})")
+        self._asked[nonce] = (asked, {})
+        asked.nonces.append(nonce)
         await self._connection.publish(self._subject, sealed, reply=self._inbox)
         self.bytes_sent += len(sealed)
+
+    async def _retry(self, asked: _Asked) -> None:
+        for attempt in range(MAX_RETRIES):  # bounded: about two minutes in all
+            await asyncio.sleep(RETRY_AFTER[min(attempt, len(RETRY_AFTER) - 1)])
+            if asked.answered or self._subscription is None:
+                return
+            try:
+                await self._publish(asked)
+            except Exception:  # the connection is gone: recv says so
+                return
+            self.resent += 1
+        self._forget(asked)  # the caller's deadline decides now
 
     async def recv(self) -> bytes:
         """The next answer's body. Cost: O(answer size)."""
@@ -554,6 +589,8 @@ class NatsChannel:
             work.append(subscription.unsubscribe())
         if self._owned:
             work.append(self._connection.close())
+        for retry in list(self._retries):
+            retry.cancel()
         for job in work:
             task = loop.create_task(_quietly(job))
             self._closing.add(task)
@@ -562,6 +599,11 @@ class NatsChannel:
     async def _on_answer(self, msg: Any) -> None:
         headers = getattr(msg, "headers", None) or {}
         if headers.get("Status") == "503":
+            # No responders: every request waiting fails with this (the
+            # client hands the error to all its callers), so none is resent.
+            for asked, _ in self._asked.values():
+                asked.answered = True
+            self._asked.clear()
             self._answers.put_nowait(NodeUnreachable(
                 f"no node listens on {self._subject} (not running, or another cluster name)"))
             return
@@ -577,6 +619,9 @@ class NatsChannel:
             if raw[:2] == ["rf", _VERSION] and len(raw) == 4:
                 nonce, why = raw[2], raw[3]
                 if nonce is None or nonce in self._asked:
+                    if nonce is not None:
+                        self._asked[nonce][0].answered = True
+                        self._forget(self._asked[nonce][0])
                     self._answers.put_nowait(RequestRefused(
                         f"node {self._node} refused the request: {str(why)[:200]}"
                         + (" (is the cluster key the node's?)" if why == "bad MAC" else "")))
@@ -595,11 +640,25 @@ class NatsChannel:
         except (DecodeError, ValueError):
             self.dropped += 1
             return
-        parts = self._asked[nonce]
+        asked, parts = self._asked[nonce]
         parts[index] = chunk
         if len(parts) == count:
-            del self._asked[nonce]
+            asked.answered = True
+            self._forget(asked)  # a later answer to a resent copy is dropped
             self._answers.put_nowait(b"".join(parts[i] for i in range(count)))
+
+    def _forget(self, asked: _Asked) -> None:
+        for nonce in asked.nonces:
+            self._asked.pop(nonce, None)
+
+
+@dataclass(slots=True)
+class _Asked:
+    """One request, under every nonce it was sent with."""
+
+    body: bytes
+    nonces: list[bytes] = field(default_factory=list)
+    answered: bool = False
 
 
 async def _quiet(exc: Exception) -> None:

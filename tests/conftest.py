@@ -48,11 +48,12 @@ def nats_server_binary() -> str | None:
 
 @dataclass(frozen=True)
 class NatsServer:
-    """A nats-server on loopback: its URL, port and process."""
+    """A nats-server on loopback: its URL, port and process (None for one
+    started outside the tests, as ``.ci/run`` does)."""
 
     url: str
     port: int
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | None
 
 
 def _free_port() -> int:
@@ -88,9 +89,9 @@ def start_nats_server(*args: str) -> NatsServer:
                 f"within {NATS_START_SECONDS} s (exit code {process.poll()})")
 
 
-def stop_nats_server(process: subprocess.Popen[bytes]) -> None:
+def stop_nats_server(process: subprocess.Popen[bytes] | None) -> None:
     """Stop the server, killing it if it does not stop within 5 s."""
-    if process.poll() is None:
+    if process is not None and process.poll() is None:
         process.terminate()
         try:
             process.wait(5)
@@ -101,7 +102,19 @@ def stop_nats_server(process: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture(scope="session")
 def nats_server() -> Iterator[NatsServer]:
-    """One nats-server for the session; tests keep apart by cluster name."""
+    """One nats-server for the session; tests keep apart by cluster name.
+    ``CRDTKIT_NATS_URL`` names a running one on loopback (``.ci/run`` starts
+    it); it must accept connections, or the tests fail."""
+    url = os.environ.get("CRDTKIT_NATS_URL")
+    if url:
+        host, _, port = url.removeprefix("nats://").rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=NATS_START_SECONDS):
+                pass
+        except (OSError, ValueError) as exc:
+            pytest.fail(f"CRDTKIT_NATS_URL={url}: no nats-server there ({exc})")
+        yield NatsServer(url, int(port), None)
+        return
     server = start_nats_server()
     try:
         yield server

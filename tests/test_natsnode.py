@@ -26,6 +26,7 @@ from crdtkit.natsnode import (
     NatsNodeTransport,
     NodeUnreachable,
     RequestRefused,
+    _Asked,
     _Nonces,
     open_request,
     requests_subject,
@@ -220,7 +221,7 @@ def test_forged_and_foreign_answers_are_dropped_by_the_client() -> None:
                 return "_INBOX.test"
 
         channel = NatsChannel(Connection(), KEY, "n0", "crdtkit.c.requests.n0", owned=False)
-        channel._asked[b"n" * 16] = {}
+        channel._asked[b"n" * 16] = (_Asked(b"q", [b"n" * 16]), {})
         await channel._on_answer(_Msg(b"junk"))
         from crdtkit.natsnode import _answers, _client_key
 
@@ -234,6 +235,51 @@ def test_forged_and_foreign_answers_are_dropped_by_the_client() -> None:
             await channel._on_answer(_Msg(part))
         assert await channel.recv() == b"0123456789"
         return channel
+
+    asyncio.run(main())
+
+
+def test_an_unanswered_request_is_sent_again_under_a_new_nonce_and_answered_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Core NATS may lose a request (at most once delivery): the channel sends
+    # it again, and whichever copy is answered first is the answer.
+    from crdtkit import natsnode
+    from crdtkit.natsnode import _answers, _client_key
+
+    monkeypatch.setattr(natsnode, "RETRY_AFTER", (0.01,))
+
+    async def main() -> None:
+        sent: list[bytes] = []
+
+        class Connection:
+            max_payload = 1 << 20
+
+            def new_inbox(self) -> str:
+                return "_INBOX.test"
+
+            async def publish(self, subject: str, data: bytes, reply: str) -> None:
+                sent.append(data)
+
+        channel = NatsChannel(Connection(), KEY, "n0", "crdtkit.c.requests.n0", owned=False)
+        channel._subscription = object()  # as if open() had subscribed
+        await channel.send(b"body")
+        for _ in range(500):  # bounded: the retry runs on the loop
+            if len(sent) >= 3:
+                break
+            await asyncio.sleep(0.005)
+        nonces = list(channel._asked)
+        assert len(nonces) >= 3 and channel.resent >= 2
+        # An answer to the first copy ends the retries; the others' are dropped.
+        await channel._on_answer(_Msg(_answers(_client_key(KEY), "n0", nonces[0], b"ok", 64)[0]))
+        assert await channel.recv() == b"ok" and not channel._asked
+        await channel._on_answer(_Msg(_answers(_client_key(KEY), "n0", nonces[1], b"ok", 64)[0]))
+        assert channel._answers.empty() and channel.dropped == 1
+        count = len(sent)
+        await asyncio.sleep(0.05)
+        assert len(sent) == count  # no more copies once answered
+        channel._subscription = None
+        channel.close()
 
     asyncio.run(main())
 
