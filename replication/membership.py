@@ -763,6 +763,9 @@ class Membership:
 
         Cost: O(1).
         """
+        own = self._state.get(self._member)
+        if own is not None and own.address == address:
+            return  # already so (over NATS the address is known from the start)
         if self._digest is not None or len(address) > MAX_ADDRESS:
             raise InvalidOperation("the address is set before the first tick, in 256 characters")
         self._state.set_address(self._member, address)

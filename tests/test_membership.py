@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 
 from crdts import GCounter, ORSet
-from crdts.errors import DecodeError
+from crdts.errors import DecodeError, InvalidOperation
 from replication.history import converged
 from replication.membership import (
     MAX_MEMBERS,
@@ -366,3 +366,18 @@ def _membership_case(type_name: str) -> type[unittest.TestCase]:
 
 TestGCounterUnderMembershipChange = _membership_case("GCounter")
 TestORSetUnderMembershipChange = _membership_case("ORSet")
+
+
+def test_an_address_known_from_the_start_may_be_set_again_after_frames_arrived() -> None:
+    # Over NATS a node's address (its request subject) is known before it
+    # starts, and peers' frames may arrive before the node says it again:
+    # that used to raise and stop the node (seen once in CI's five-process test).
+    a = Membership("a", "crdtkit.c.requests.a", seeds=["b"], rng=Random(1))
+    b = Membership("b", "crdtkit.c.requests.b", seeds=["a"], rng=Random(2))
+    for destination, frame in b.tick(0.0):
+        if destination == "a":
+            a.receive(0.0, "b", frame)
+    a.set_address("crdtkit.c.requests.a")  # the same: nothing to do
+    assert a.state.get("a") is not None
+    with pytest.raises(InvalidOperation):
+        a.set_address("elsewhere")  # a different one, after frames: still refused
