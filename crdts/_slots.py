@@ -3,8 +3,6 @@ and of a vector clock, shared here so that both stay one loop wide."""
 
 from __future__ import annotations
 
-from itertools import chain
-
 from crdts.base import MAX_UINT, check_replica, expect_increasing, expect_list, expect_uints
 from crdts.errors import DecodeError, InvalidOperation
 
@@ -45,12 +43,30 @@ def leq_slots(mine: dict[str, int], theirs: dict[str, int]) -> bool:
     return all(count <= get(replica, 0) for replica, count in mine.items())
 
 
+def ordered_flat(slots: dict[str, int]) -> tuple[list[object], dict[str, int]]:
+    """``[replica, count, replica, count, ...]`` in replica order, and
+    ``slots`` in that order: ``slots`` itself if it was, else a copy.
+
+    A flat array encodes and decodes several times faster than a map of
+    small entries. Canonical encodings list the slots by replica, so a map
+    kept in replica order (``GCounter`` keeps the copy) flattens with no
+    sort: checking the order is one C-speed pass (timsort finds one run),
+    and the copy in order costs O(r log r), once each time an id arrives
+    out of order. Cost: O(r) in order, else O(r log r).
+    """
+    replicas = list(slots)
+    ordered = sorted(replicas)
+    if ordered != replicas:  # the same objects when in order: compared by identity
+        slots = dict(zip(ordered, map(slots.__getitem__, ordered), strict=True))
+    flat: list[object] = [None] * (2 * len(ordered))
+    flat[0::2] = ordered
+    flat[1::2] = slots.values()
+    return flat, slots
+
+
 def to_flat(slots: dict[str, int]) -> list[object]:
-    """``[replica, count, replica, count, ...]`` in replica order: one flat array
-    encodes and decodes several times faster than a map of small entries."""
-    # Sorting the keys alone is several times faster than sorting the items.
-    replicas = sorted(slots)
-    return list(chain.from_iterable(zip(replicas, map(slots.__getitem__, replicas), strict=True)))
+    """The flat array of :func:`ordered_flat`, for maps kept in any order."""
+    return ordered_flat(slots)[0]
 
 
 def from_flat(payload: object, what: str) -> dict[str, int]:

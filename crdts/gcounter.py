@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from crdts._slots import from_flat, merge_max, prune_slot, to_flat
+from crdts._slots import from_flat, merge_max, ordered_flat, prune_slot
 from crdts.base import MAX_UINT, check_amount, check_replica
 from crdts.errors import InvalidOperation
 from crdts.operations import Arg, Logged, Mutator, Operations
@@ -58,21 +58,34 @@ class GCounter:
 
         Cost: O(1).
         """
-        # The type tests inline are the hot path; the checkers raise the errors.
-        if type(replica) is not str or not replica or not replica.isascii():
+        # The hot path is a replica that already has a slot: its id was
+        # checked in full when the slot was made, so only its type is tested
+        # here (a str subclass could hash and compare as anything).
+        if type(replica) is not str:
             check_replica(replica)
-        if type(amount) is not int or amount < 0:
-            check_amount(amount)
-        delta = _new(GCounter)
-        if amount:
-            count = self._slots.get(replica, 0) + amount
-            if count > MAX_UINT:
-                raise InvalidOperation(f"the slot of {replica!r} would pass 2**64 - 1")
-            self._slots[replica] = count
-            delta._slots = {replica: count}
+        if type(amount) is not int or amount <= 0:
+            return self._increment_by_nothing(replica, amount)
+        slots = self._slots
+        count = slots.get(replica)
+        if count is None:
+            check_replica(replica)  # first increment by this replica
+            count = amount
         else:
-            delta._slots = {}
+            count += amount
+        if count > MAX_UINT:
+            raise InvalidOperation(f"the slot of {replica!r} would pass 2**64 - 1")
+        slots[replica] = count
+        delta = _new(GCounter)
+        delta._slots = {replica: count}
         return delta
+
+    def _increment_by_nothing(self, replica: str, amount: object) -> GCounter:
+        # Off the hot path: a bad amount raises, and an increment by 0 (a
+        # valid replica id is still required) writes no slot, since a zero
+        # slot would give equal states two encodings.
+        check_replica(replica)
+        check_amount(amount)
+        return GCounter()
 
     def merge(self, other: GCounter) -> None:
         """Join ``other`` in place (pointwise max); ``other`` is unchanged.
@@ -149,8 +162,14 @@ class GCounter:
         return f"GCounter({dict(sorted(self._slots.items()))!r})"
 
     def to_payload(self) -> list[object]:
-        """``[replica, count, ...]`` in replica order. Cost: O(r log r)."""
-        return to_flat(self._slots)
+        """``[replica, count, ...]`` in replica order.
+
+        The slots are kept in that order once put in it, so encoding is a
+        flatten: O(r), or O(r log r) the first time after an id arrived out
+        of order (the order is not part of the state, only of its encoding).
+        """
+        flat, self._slots = ordered_flat(self._slots)
+        return flat
 
     @classmethod
     def from_payload(cls, payload: object, version: int) -> GCounter:
