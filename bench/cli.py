@@ -34,8 +34,9 @@ from bench.harness import Config, Row, render, write_json
 
 Benchmark = Callable[[Config, Random], list[Row]]
 
-#: Each benchmark with the name of its seed stream; the disjoint OR-Set and
-#: the peers share one, so they run on identical strings.
+#: Each benchmark with the name of its seed stream; each peer row
+#: (``bench.peers``) draws from the stream of the row it stands beside, so
+#: they run on identical strings and amounts.
 BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("orset-disjoint", sets.disjoint_merge),
     ("orset-interleaved", sets.interleaved_merge),
@@ -44,6 +45,7 @@ BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("mvregister-origins", origins.mvregister_origins),
     ("counter-merge", counters.counter_merge),
     ("counter-increment", counters.counter_increment),
+    ("counter-fold", counters.counter_fold),
     ("ormap-merge", maps.full_merge),
     ("ormap-delta", maps.delta_merge),
     ("codec-orset", codec.orset_codec),
@@ -106,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes: list[str] = []
     if "peers" in chosen:
         print("running peers ...", file=sys.stderr, flush=True)
-        peer_rows, notes = peers.peer_merge(config, Random(f"{args.seed}:orset-disjoint"))
+        peer_rows, notes = peers.peer_rows(config, args.seed)
         rows += peer_rows
     print(render(rows, notes))
     if args.json is not None:

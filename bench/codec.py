@@ -101,19 +101,25 @@ def _interleave(rng: Random, workloads: list[SetWorkload]) -> list[tuple[str, st
     return [next(cursors[i]) for i in turns]
 
 
-def orset_codec(config: Config, rng: Random) -> list[Row]:
-    """An OR-Set of ``codec_size`` live elements, added by four replicas that
-    then removed a tenth of their adds, so the context covers more dots than
-    the entries hold. Built three ways for the bytes check: replica after
-    replica on one state, with the replicas' operations shuffled together,
-    and as four replica states merged in reverse order."""
+def orset_workloads(config: Config, rng: Random) -> list[SetWorkload]:
+    """Four replicas' adds and removes leaving ``codec_size`` live elements
+    (shared with the peers in ``bench.peers``)."""
     live_each = config.codec_size // REPLICAS
     adds_each = round(live_each / (1 - REMOVE_FRACTION))
     workloads = []
     for i in range(REPLICAS):
         added = keys(rng, adds_each, f"{i}-")
         workloads.append(SetWorkload(f"r{i}", added, rng.sample(added, adds_each - live_each)))
+    return workloads
 
+
+def orset_codec(config: Config, rng: Random) -> list[Row]:
+    """An OR-Set of ``codec_size`` live elements, added by four replicas that
+    then removed a tenth of their adds, so the context covers more dots than
+    the entries hold. Built three ways for the bytes check: replica after
+    replica on one state, with the replicas' operations shuffled together,
+    and as four replica states merged in reverse order."""
+    workloads = orset_workloads(config, rng)
     in_order: ORSet[str] = ORSet()
     for h in workloads:
         for element in h.added:

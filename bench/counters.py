@@ -132,13 +132,68 @@ def counter_merge(config: Config, rng: Random) -> list[Row]:
     ]
 
 
+def increment_ops(config: Config, rng: Random) -> list[tuple[str, int]]:
+    """The increment workload: ``increments`` seeded (replica, amount) pairs
+    over ``replicas`` replicas (shared with the peers in ``bench.peers``)."""
+    ids, _ = replica_ids(rng, config.replicas, 0)
+    return [(rng.choice(ids), rng.randint(1, 10)) for _ in range(config.increments)]
+
+
+def fold_counts(config: Config, rng: Random) -> list[tuple[str, list[int]]]:
+    """The fold workload (PERFORMANCE.md): ``fold_replicas`` replicas, each
+    making ``fold_increments`` seeded increments of 1-10 on its own slot."""
+    ids, _ = replica_ids(rng, config.fold_replicas, 0)
+    return [(i, [rng.randint(1, 10) for _ in range(config.fold_increments)]) for i in ids]
+
+
+def counter_fold(config: Config, rng: Random) -> list[Row]:
+    """Fold every replica's G-Counter into one, as a reader gathering all
+    replicas does: one merge per replica into a fresh counter, against the
+    max-merge loop folding the same one-slot dicts. No target (PERFORMANCE.md
+    reports it for the peers)."""
+    workload = fold_counts(config, rng)
+    plain = [{replica: sum(amounts)} for replica, amounts in workload]
+    states = []
+    for replica, amounts in workload:
+        counter = GCounter()
+        for n in amounts:
+            counter.increment(replica, n)
+        states.append(counter)
+
+    def dict_fold(into: Slots) -> None:
+        for slots in plain:
+            _max_merge(into, slots)
+
+    def gcounter_fold(into: GCounter) -> None:
+        for state in states:
+            into.merge(state)
+
+    check = GCounter()
+    gcounter_fold(check)
+    if check.value != sum(sum(a) for _, a in workload):
+        raise RuntimeError("folding GCounters gave a wrong total")
+    floor, figure = compare(
+        Trial(dict, dict_fold, len(states)), Trial(GCounter, gcounter_fold, len(states)), config
+    )
+    return [
+        Row(
+            f"GCounter fold, {len(states):,} replicas x {config.fold_increments:,} increments",
+            "merge",
+            "the max-merge loop folding one-slot dicts",
+            floor,
+            figure,
+            None,
+            "each replica's state merged into one fresh counter; per merge",
+        )
+    ]
+
+
 def counter_increment(config: Config, rng: Random) -> list[Row]:
     """G-Counter increments: ``increments`` seeded (replica, amount) pairs over
     ``replicas`` replicas, applied in a loop, against the same loop of
     ``d[k] = d.get(k, 0) + n``. Target: at least a third of the floor's rate,
     i.e. a time ratio of at most 3 (each increment also builds its delta)."""
-    ids, _ = replica_ids(rng, config.replicas, 0)
-    ops = [(rng.choice(ids), rng.randint(1, 10)) for _ in range(config.increments)]
+    ops = increment_ops(config, rng)
 
     def dict_increments(d: Slots) -> None:
         for k, n in ops:

@@ -394,6 +394,34 @@ def scale_replicas(config: Config, rng: Random) -> list[Row]:
     the rounds). Building the replicas is not timed. Target: linear growth,
     per-replica time at the largest N within 2x of the smallest."""
     sizes = config.gossip_replicas
+    trials, rounds = _replica_trials(config, rng)
+    row = _scale_row(
+        f"gossip scale replicas, {sizes[-1]:,} vs {sizes[0]:,}, one update",
+        "replica",
+        sizes,
+        trials,
+        config,
+    )
+    spread = ", ".join(f"{n:,}: {rounds[n]}" for n in sizes)
+    per_round = row.ratio * rounds[sizes[0]] / rounds[sizes[-1]]
+    note = (
+        f"{row.note}; rounds {spread} (they grow as log N); "
+        f"per replica-round the ratio is {per_round:.2f}"
+    )
+    return [Row(row.name, row.per, row.floor_is, row.floor, row.figure, row.target, note)]
+
+
+def replica_points(config: Config, rng: Random) -> tuple[list[Timing], dict[int, int]]:
+    """The runs of :func:`scale_replicas` without the row (for ``bench.charts``):
+    the time per replica at each of ``config.gossip_replicas``, and the rounds."""
+    trials, rounds = _replica_trials(config, rng)
+    return alternate([trials(n) for n in config.gossip_replicas], config), rounds
+
+
+def _replica_trials(
+    config: Config, rng: Random
+) -> tuple[Callable[[int], Trial[Cluster]], dict[int, int]]:
+    sizes = config.gossip_replicas
     seeds = {n: rng.getrandbits(64) for n in sizes}
     rounds: dict[int, int] = {}
 
@@ -414,20 +442,7 @@ def scale_replicas(config: Config, rng: Random) -> list[Row]:
 
         return Trial(setup, run, n)
 
-    row = _scale_row(
-        f"gossip scale replicas, {sizes[-1]:,} vs {sizes[0]:,}, one update",
-        "replica",
-        sizes,
-        trial,
-        config,
-    )
-    spread = ", ".join(f"{n:,}: {rounds[n]}" for n in sizes)
-    per_round = row.ratio * rounds[sizes[0]] / rounds[sizes[-1]]
-    note = (
-        f"{row.note}; rounds {spread} (they grow as log N); "
-        f"per replica-round the ratio is {per_round:.2f}"
-    )
-    return [Row(row.name, row.per, row.floor_is, row.floor, row.figure, row.target, note)]
+    return trial, rounds
 
 
 def scale_state(config: Config, rng: Random) -> list[Row]:
@@ -436,6 +451,31 @@ def scale_state(config: Config, rng: Random) -> list[Row]:
     then the key converges across ``STATE_REPLICAS`` replicas. The adds are
     not timed. Target: linear growth, per-element time at the largest size
     within 2x of the smallest."""
+    sizes = config.gossip_elements
+    trials, sent = _state_trials(config, rng)
+    row = _scale_row(
+        f"gossip scale state, ORSet {sizes[-1]:,} vs {sizes[0]:,} elements, "
+        f"{STATE_REPLICAS} replicas",
+        "element",
+        sizes,
+        trials,
+        config,
+    )
+    per_element = ", ".join(f"{m:,}: {sent[m] / m:.1f} B" for m in sizes)
+    note = f"{row.note}; bytes sent per element {per_element}"
+    return [Row(row.name, row.per, row.floor_is, row.floor, row.figure, row.target, note)]
+
+
+def state_points(config: Config, rng: Random) -> tuple[list[Timing], dict[int, int]]:
+    """The runs of :func:`scale_state` without the row (for ``bench.charts``):
+    the time per element at each of ``config.gossip_elements``, and bytes sent."""
+    trials, sent = _state_trials(config, rng)
+    return alternate([trials(m) for m in config.gossip_elements], config), sent
+
+
+def _state_trials(
+    config: Config, rng: Random
+) -> tuple[Callable[[int], Trial[Cluster]], dict[int, int]]:
     sizes = config.gossip_elements
     seeds = {m: rng.getrandbits(64) for m in sizes}
     elements = {m: keys(rng, m, "e-") for m in sizes}
@@ -461,14 +501,4 @@ def scale_state(config: Config, rng: Random) -> list[Row]:
 
         return Trial(setup, run, m)
 
-    row = _scale_row(
-        f"gossip scale state, ORSet {sizes[-1]:,} vs {sizes[0]:,} elements, "
-        f"{STATE_REPLICAS} replicas",
-        "element",
-        sizes,
-        trial,
-        config,
-    )
-    per_element = ", ".join(f"{m:,}: {sent[m] / m:.1f} B" for m in sizes)
-    note = f"{row.note}; bytes sent per element {per_element}"
-    return [Row(row.name, row.per, row.floor_is, row.floor, row.figure, row.target, note)]
+    return trial, sent

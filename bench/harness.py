@@ -39,6 +39,8 @@ class Config:
     replicas: int  # replica slots in each counter state
     counter_merges: int  # counter merges per timed repetition (one is ~50 us)
     increments: int  # increments per timed repetition
+    fold_replicas: int  # counter fold: replicas whose states are folded into one
+    fold_increments: int  # counter fold: increments each replica made
     codec_size: int  # elements (or replicas) in the encoded states
     gossip_replicas: tuple[int, ...]  # cluster sizes for convergence and scale
     gossip_keys: int  # keys in the bytes-per-round keyspace
@@ -65,6 +67,8 @@ class Config:
             replicas=1_000,
             counter_merges=50,
             increments=100_000,
+            fold_replicas=100,
+            fold_increments=1_000,
             codec_size=100_000,
             gossip_replicas=(16, 64, 256, 1_024),
             gossip_keys=10_000,
@@ -92,6 +96,8 @@ class Config:
             replicas=200,
             counter_merges=5,
             increments=5_000,
+            fold_replicas=20,
+            fold_increments=50,
             codec_size=2_000,
             gossip_replicas=(16, 64),
             gossip_keys=1_000,
