@@ -73,8 +73,8 @@ __all__ = [
 ]
 
 #: The largest input ``decode`` reads unless told otherwise: 16 MiB. Decoding
-#: builds at most ``_COST_PER_BYTE`` (24) bytes of objects per input byte, so
-#: this bounds memory near 400 MB; pass a larger ``max_size`` for larger states
+#: builds at most ``_COST_PER_BYTE`` (36) bytes of objects per input byte, so
+#: this bounds memory near 600 MB; pass a larger ``max_size`` for larger states
 #: (an OR-Set element costs ~16 bytes).
 DEFAULT_MAX_SIZE = 16 * 1024 * 1024
 #: The deepest nesting a flat payload needs is 4; an OR-Map adds 2 per level
@@ -170,12 +170,17 @@ _SEMANTIC: dict[int, Any] = {
 # walked, and then decoded once with the bulk arrays spliced back in.
 
 #: Objects cbor2 may build per input byte: at most this many bytes of them
-#: (honest states: 5-13x for the built-in types, up to ~22x for a causal
-#: context of many short replica ids, whose every empty dot cloud is a list)...
-_COST_PER_BYTE = 24
+#: (honest states: 5-13x for the built-in types; a causal context of many
+#: short replica ids, whose every empty dot cloud is a list, up to ~32.5x:
+#: ``["ab", 3, []]`` is 6 bytes and 195 bytes of objects). At 24 a 256-node
+#: cluster's round openers (more than _SMALL bytes of such entries) were
+#: refused as too costly and `crdtkit demo --nodes 256` never converged...
+_COST_PER_BYTE = 36
 #: ... and at most one item per this many bytes (a flood of 1-byte items costs
-#: 8 bytes of list slot each, however cheap the item itself is).
-_BYTES_PER_ITEM = 2
+#: 8 bytes of list slot each, however cheap the item itself is). Honest data
+#: is as dense as 1.25: ``["a", 3, []]`` is 4 items in 5 bytes (at 2, a
+#: context of a hundred or more ids like "n42" was refused).
+_BYTES_PER_ITEM = 1.25
 #: Inputs up to this size get the bounds of an input this size: small states
 #: are denser (``[["a", 1, []]]``) and their total cost is small anyway.
 _SMALL = 1024
@@ -267,7 +272,7 @@ def _scan(data: bytes) -> list[tuple[int, int, list[object]]]:
     O(depth) memory besides what the bulk arrays hold.
     """
     room = max(len(data), _SMALL)
-    items = room // _BYTES_PER_ITEM - 1  # items left to the budget, the top one taken
+    items = int(room / _BYTES_PER_ITEM) - 1  # items left to the budget, the top one taken
     budget = room * _COST_PER_BYTE - _SLOT
     size_of, low_of, cost_of = _SIZE_OF, _LOW_OF, _COST_OF
     bulk: list[tuple[int, int, list[object]]] = []

@@ -211,3 +211,15 @@ def test_maps_tags_and_depth_are_refused_in_small_large_and_long_inputs() -> Non
                 codec.decode_plain(cbor2.dumps(value, canonical=True))
     with pytest.raises(DecodeError, match="float"):
         codec.decode_plain(cbor2.dumps([pad, 0.5], canonical=True))
+
+
+@pytest.mark.parametrize("name", ["r{:03}", "node-{}", "n{}", "{:02}", "{:x}"])
+def test_a_causal_context_of_many_short_replica_ids_decodes(name: str) -> None:
+    # An honest round opener of a large cluster: one [id, count, []] per
+    # replica. At 24 bytes of objects per input byte, 256 replicas named
+    # r000..r255 were refused as too costly, and `crdtkit demo --nodes 256`
+    # never converged; at one item per 2 bytes, ids like "n42" were refused.
+    context = [[name.format(i), 1 + i % 7, []] for i in range(300)]
+    data = cbor2.dumps(context, canonical=True)
+    assert len(data) > codec._SMALL
+    assert codec.decode_plain(data) == context
