@@ -14,7 +14,7 @@ import itertools
 import random
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,30 +29,18 @@ from replication.messages import Entry, Push, Reply, encode
 from replication.nats import NatsEndpoint, subject
 from replication.runtime import NodeRuntime
 from tests.conftest import NatsServer, start_nats_server, stop_nats_server
+from tests.test_tcp import Runtimes, run, until
 
 KEY = bytes(range(32))
 T = TypeVar("T")
 _clusters = itertools.count()
 
 
-def run(test: Callable[[], Awaitable[T]]) -> T:
-    return asyncio.run(asyncio.wait_for(test(), 30))
-
-
-async def until(check: Callable[[], bool], seconds: float = 5.0) -> bool:
-    """Poll ``check`` every 10 ms for at most ``seconds``."""
-    for _ in range(int(seconds / 0.01)):
-        if check():
-            return True
-        await asyncio.sleep(0.01)
-    return check()
-
-
 def increment(by: int) -> Callable[[GCounter, str], GCounter]:
     return lambda c, me: c.increment(me, by)
 
 
-class Cluster:
+class Cluster(Runtimes[NatsEndpoint]):
     """Replicas gossiping through one nats-server, under a cluster name of their own."""
 
     def __init__(
@@ -83,24 +71,6 @@ class Cluster:
         self.tasks = [asyncio.create_task(r.run(self.stop)) for r in self.runs.values()]
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        self.stop.set()
-        await asyncio.gather(*self.tasks)
-
-    def replica(self, node: str) -> Replicator:
-        replica = self.runs[node].node
-        assert isinstance(replica, Replicator)
-        return replica
-
-    def endpoint(self, node: str) -> NatsEndpoint:
-        return self.runs[node].endpoint
-
-    async def converges(self, key: str, value: int) -> bool:
-        def done() -> bool:
-            states = [self.replica(n).get(key) for n in self.runs]
-            return all(isinstance(s, GCounter) and s.value == value for s in states)
-
-        return await until(done)
 
 
 def test_replicas_converge_over_nats(nats_server: NatsServer) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import io
 import random
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from crdtkit.client import Client, live_snapshot
 from crdtkit.cluster import LocalCluster, converge, problems
 from replication.history import History, random_operation
 from snapshot.sec import check
+from tests.test_cluster import _until
 
 
 async def _operations(
@@ -29,14 +29,6 @@ async def _operations(
         key, type_name, kind, args = random_operation(rng)
         op = await clients[rng.choice(nodes)].update(key, type_name, kind, *args)
         history.operations.append(op)
-
-
-async def _until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        assert loop.time() < deadline, f"not within {timeout} s: {what}"
-        await asyncio.sleep(0.05)
 
 
 def test_nats_processes_converge_pass_sec_survive_a_sigkill_join_and_leave(

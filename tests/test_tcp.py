@@ -12,7 +12,7 @@ import random
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import pytest
 
@@ -21,10 +21,12 @@ from replication import Replicator
 from replication.auth import Handshake, Session
 from replication.messages import Entry, Push, Reply, encode
 from replication.tcp import Limits, NodeRuntime, TcpEndpoint
+from replication.transport import Transport
 
 KEY = bytes(range(32))
 CERTS = Path(__file__).parent / "certs"
 T = TypeVar("T")
+E = TypeVar("E", bound=Transport)
 
 
 # -- helpers --------------------------------------------------------------------------
@@ -43,7 +45,35 @@ def run(test: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(asyncio.wait_for(test(), 30))
 
 
-class Cluster:
+class Runtimes(Generic[E]):
+    """Replicas each driven by a ``NodeRuntime`` over an endpoint of type
+    ``E`` (the TCP and the NATS tests' clusters): stopping them, reading them."""
+
+    runs: dict[str, NodeRuntime[E]]
+    stop: asyncio.Event
+    tasks: list[asyncio.Task[None]]
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop.set()
+        await asyncio.gather(*self.tasks)
+
+    def replica(self, node: str) -> Replicator:
+        replica = self.runs[node].node
+        assert isinstance(replica, Replicator)
+        return replica
+
+    def endpoint(self, node: str) -> E:
+        return self.runs[node].endpoint
+
+    async def converges(self, key: str, value: int) -> bool:
+        def done() -> bool:
+            states = [self.replica(n).get(key) for n in self.runs]
+            return all(isinstance(s, GCounter) and s.value == value for s in states)
+
+        return await until(done)
+
+
+class Cluster(Runtimes[TcpEndpoint]):
     """Replicas ``a``, ``b`` (and more) gossiping over loopback."""
 
     def __init__(self, ids: list[str], limits: Limits | None = None) -> None:
@@ -68,24 +98,6 @@ class Cluster:
         self.tasks = [asyncio.create_task(r.run(self.stop)) for r in self.runs.values()]
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        self.stop.set()
-        await asyncio.gather(*self.tasks)
-
-    def replica(self, node: str) -> Replicator:
-        replica = self.runs[node].node
-        assert isinstance(replica, Replicator)
-        return replica
-
-    def endpoint(self, node: str) -> TcpEndpoint:
-        return self.runs[node].endpoint
-
-    async def converges(self, key: str, value: int) -> bool:
-        def done() -> bool:
-            states = [self.replica(n).get(key) for n in self.runs]
-            return all(isinstance(s, GCounter) and s.value == value for s in states)
-
-        return await until(done)
 
 
 async def handshake(
