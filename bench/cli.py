@@ -50,6 +50,7 @@ BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("ormap-delta", maps.delta_merge),
     ("codec-orset", codec.orset_codec),
     ("codec-gcounter", codec.gcounter_codec),
+    ("codec-gcounter-order", counters.gcounter_encode_order),
     ("codec-hostile", codec.hostile_decode),
     ("gossip-convergence", gossip.convergence),
     ("gossip-bytes", gossip.delta_bytes),

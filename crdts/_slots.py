@@ -64,6 +64,15 @@ def ordered_flat(slots: dict[str, int]) -> tuple[list[object], dict[str, int]]:
     return flat, slots
 
 
+def flatten(slots: dict[str, int]) -> list[object]:
+    """``[replica, count, ...]`` in the map's own order: the encoding of a map
+    kept in replica order. Two slice assignments at C speed; Cost: O(r)."""
+    flat: list[object] = [None] * (2 * len(slots))
+    flat[0::2] = slots
+    flat[1::2] = slots.values()
+    return flat
+
+
 def to_flat(slots: dict[str, int]) -> list[object]:
     """The flat array of :func:`ordered_flat`, for maps kept in any order."""
     return ordered_flat(slots)[0]
