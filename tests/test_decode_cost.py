@@ -77,9 +77,11 @@ def _peak(parse: Callable[[bytes], object], data: bytes) -> int:
 
 
 def _push_with_state(state: bytes) -> bytes:
-    """A push frame whose one entry carries ``state`` as its state bytes."""
-    fields = ["push", 1, "a", "b", -1, 1, 0, 1, 0, [], [["k", state, []]], -1]
-    return cbor2.dumps(fields, canonical=True)
+    """A push frame whose one entry carries ``state`` as its state, nested
+    in the frame as CBOR structure (frame version 4)."""
+    head = cbor2.dumps(["push", messages.VERSION, "a", "b", -1, 1, 0, 1, 0, []], canonical=True)
+    # The ten fields above, then the entries (one: [key, state, ranges]), ack and tally.
+    return b"\x8d" + head[1:] + b"\x81\x83\x61k" + state + b"\x80\x20\x80"
 
 
 PARSERS: dict[str, Callable[[bytes], object]] = {
