@@ -10,7 +10,11 @@ frame a replica receives is kept, and three kinds are timed:
   with entries, the one nearest 2 kB;
 - a *catch-up*: a push of whole keys (``start`` -1), the largest;
 - a *round opener*: an empty push asking for the peer's (the sender's clock
-  alone), the largest.
+  alone), the largest;
+- a *catch-up of a whole keyspace*: the first frame a replica of a smaller
+  cluster (4 replicas, 2,000 keys) sends a peer that holds nothing, over
+  64 KiB, so that the decoder's cost walk runs (frames up to 64 KiB are
+  decoded without it).
 
 The figure is :func:`replication.messages.parse` (what a replica does with a
 frame before it merges anything: size cap, canonical-form and cost checks,
@@ -31,7 +35,7 @@ from crdts import GCounter, LWWRegister, MVRegister, ORSet, PNCounter
 from crdts.base import CRDT
 from crdts.operations import Operations
 from replication import Replicator
-from replication.messages import Push, Reply, parse
+from replication.messages import Push, Reply, encode_entry, encode_interval, parse
 from replication.simnet import Faults, SimulatedNetwork
 from replication.transport import Outgoing
 
@@ -40,6 +44,8 @@ REPLICAS = 16
 KEYS_PER_TYPE = 50
 OPERATIONS = 2_000
 LOSS = 0.3
+#: Keys per type of the whole-keyspace catch-up (its own, smaller cluster).
+BIG_KEYS_PER_TYPE = 400
 #: The delta push timed is the one whose size is nearest this.
 DELTA_SIZE = 2_000
 TYPES: tuple[type[CRDT], ...] = (GCounter, PNCounter, ORSet, LWWRegister, MVRegister)
@@ -71,29 +77,51 @@ def _applying(
     return lambda state, me: table.apply(state, me, name, args)
 
 
-def workload_frames(rng: Random, operations: int = OPERATIONS) -> list[bytes]:
-    """Every frame received in a seeded run of the workload above."""
-    ids = [f"r{i:02d}" for i in range(REPLICAS)]
+def workload(
+    rng: Random,
+    operations: int = OPERATIONS,
+    *,
+    replicas: int = REPLICAS,
+    keys_per_type: int = KEYS_PER_TYPE,
+) -> tuple[list[bytes], list[Replicator]]:
+    """Every frame received in a seeded run of the workload above, and the
+    replicas at its end."""
+    ids = [f"r{i:02d}" for i in range(replicas)]
     frames: list[bytes] = []
     net = SimulatedNetwork(seed=rng.getrandbits(64), faults=Faults(loss=LOSS))
-    replicas = []
+    nodes = []
     for node in ids:
         replica = Replicator(node, ids, rng=Random(rng.getrandbits(64)))
-        replicas.append(replica)
+        nodes.append(replica)
         net.add(_Recorder(replica, frames))
-    keys = [(cls, f"{cls.TYPE_TAG}-{i}") for cls in TYPES for i in range(KEYS_PER_TYPE)]
+    keys = [(cls, f"{cls.TYPE_TAG}-{i}") for cls in TYPES for i in range(keys_per_type)]
     per_round = max(1, operations // 40)
     for done in range(operations):
         cls, key = rng.choice(keys)
         table = cls.OPERATIONS  # type: ignore[attr-defined]
         name, args = table.random(rng)
-        replica = rng.choice(replicas)
+        replica = rng.choice(nodes)
         replica.update(key, cls, _applying(table, name, args))
         if done % per_round == per_round - 1:
             net.run_round()
     net.faults = Faults()
     net.run_rounds(10)
-    return frames
+    return frames, nodes
+
+
+def workload_frames(rng: Random, operations: int = OPERATIONS) -> list[bytes]:
+    """Every frame received in a seeded run of the workload above."""
+    return workload(rng, operations)[0]
+
+
+def whole_catch_up(replica: Replicator, to: str) -> bytes:
+    """The first frame of the catch-up ``replica`` sends a peer that holds
+    nothing (a new or wiped one): its whole keyspace, as the replicator
+    packs it (``encode_interval``, frames of up to ``DEFAULT_FRAME`` bytes)."""
+    held = replica.keys()  # a list (sorted), not a dict view
+    entries = [entry for key in held if (entry := replica.entry(key)) is not None]
+    template = Push(replica.replica_id, to, -1, replica.head, 0, 1, Reply.PUSH, replica.context, ())
+    return encode_interval(template, [encode_entry(e) for e in entries])[0]
 
 
 def pick(frames: list[bytes]) -> dict[str, bytes]:
@@ -120,6 +148,13 @@ def frame_parse(config: Config, rng: Random) -> list[Row]:
     """``messages.parse`` of a delta push, a catch-up and a round opener,
     each against ``cbor2.loads`` of the same bytes."""
     chosen = pick(workload_frames(rng, OPERATIONS // 4 if config.quick else OPERATIONS))
+    # A fresh peer's catch-up of a larger keyspace: over 64 KiB, so walked
+    # by the decoder's cost pre-pass (smaller frames are not).
+    _, big = workload(
+        rng, OPERATIONS // 4 if config.quick else 2 * OPERATIONS, replicas=4,
+        keys_per_type=BIG_KEYS_PER_TYPE // (4 if config.quick else 1),
+    )
+    chosen["catch-up of a whole keyspace"] = whole_catch_up(big[0], "r99")
     rows = []
     for what, frame in chosen.items():
         message = parse(frame)

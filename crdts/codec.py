@@ -75,8 +75,8 @@ __all__ = [
 ]
 
 #: The largest input ``decode`` reads unless told otherwise: 16 MiB. Decoding
-#: builds at most ``_COST_PER_BYTE`` (36) bytes of objects per input byte, so
-#: this bounds memory near 600 MB; pass a larger ``max_size`` for larger states
+#: builds at most ``_COST_PER_BYTE`` (30) bytes of objects per input byte, so
+#: this bounds memory near 500 MB; pass a larger ``max_size`` for larger states
 #: (an OR-Set element costs ~16 bytes).
 DEFAULT_MAX_SIZE = 16 * 1024 * 1024
 #: The deepest nesting a flat payload needs is 4; an OR-Map adds 2 per level
@@ -136,7 +136,7 @@ def to_plain(state: CRDT) -> list[object]:
     >>> c = GCounter(); _ = c.increment("a", 3)
     >>> to_plain(c)
     ['GCounter', 1, ['a', 3]]
-    >>> encode_plain(["k", to_plain(c)]) == b"\x82" + encode_plain("k") + encode(c)
+    >>> encode_plain(["k", to_plain(c)]) == b"\\x82" + encode_plain("k") + encode(c)
     True
 
     Cost: the type's ``to_payload``, O(size log size).
@@ -188,13 +188,17 @@ _SEMANTIC: dict[int, Any] = {
 # That is where the bulk of every honest state lies (flat arrays); the rest is
 # walked, and then decoded once with the bulk arrays spliced back in.
 
-#: Objects cbor2 may build per input byte: at most this many bytes of them
-#: (honest states: 5-13x for the built-in types; a causal context of many
-#: short replica ids, whose every empty dot cloud is a list, up to ~32.5x:
-#: ``["ab", 3, []]`` is 6 bytes and 195 bytes of objects). At 24 a 256-node
-#: cluster's round openers (more than _SMALL bytes of such entries) were
-#: refused as too costly and `crdtkit demo --nodes 256` never converged...
-_COST_PER_BYTE = 36
+#: Objects cbor2 may build per input byte: at most this many bytes of them.
+#: Honest data, measured with this walk's own model (docs/frames.md): the
+#: built-in states 5-19x, up to ~26x for a causal context of many 2-character
+#: replica ids (``"ab", 3, []``: 5 bytes, 131 bytes of objects); a gossip
+#: frame's clock ~17x (``"ab", 3``), down from that ~26x since frame version
+#: 4 wrote it without a dot cloud per id; membership records of 2-character
+#: ids with no address ~29x (``["ab", "", 1, []]``). Was 36, for a shape no
+#: wire form has (``[["ab", 3, []], ...]``, 32.5x); at 24 a 256-node
+#: cluster's round openers were refused and `crdtkit demo --nodes 256` never
+#: converged...
+_COST_PER_BYTE = 30
 #: ... and at most one item per this many bytes (a flood of 1-byte items costs
 #: 8 bytes of list slot each, however cheap the item itself is). Honest data
 #: is as dense as 1.25: ``["a", 3, []]`` is 4 items in 5 bytes (at 2, a
