@@ -65,13 +65,7 @@ from enum import IntEnum
 from typing import TypeAlias
 
 from crdts import codec
-from crdts.base import (
-    CRDT,
-    expect_increasing,
-    expect_list,
-    expect_replica,
-    expect_uint,
-)
+from crdts.base import CRDT, expect_increasing, expect_list, expect_replica, expect_uint
 from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError
 from replication.dotranges import DotRanges
@@ -317,7 +311,7 @@ def parse_clock(raw: object, what: str) -> CausalContext:
     >>> parse_clock(["a", 2, "b", 1], "clock").vv
     {'a': 2, 'b': 1}
 
-    Cost: O(n), at C speed.
+    Cost: O(n), one tight pass.
     """
     flat = expect_list(raw, what)
     vv: dict[str, int] = {}
@@ -555,7 +549,10 @@ def parse_frame_entries(
         if measure:
             # Rare (a max_state below the frame size): the state's encoding,
             # before its type's checks.
-            length = len(codec.encode_plain(envelope))
+            try:
+                length = len(codec.encode_plain(envelope))
+            except Exception as exc:  # not plain data after all: bad bytes
+                raise DecodeError(f"entry: the state of {key!r:.40} does not encode") from exc
             if length > max_state:  # type: ignore[operator]
                 raise EntryTooLarge(
                     f"entry: the state of {key!r:.40} is {length} bytes,"

@@ -246,7 +246,8 @@ def test_the_cost_bound_is_what_honest_data_needs() -> None:
     # (frame version 4's clock has no array per id); a context of 2-character
     # ids needs ~26.2, a membership record with no address ~29.
     assert codec._COST_PER_BYTE == 30
-    ids = [f"{i:02}" for i in range(100)] + [chr(97 + i // 26) + chr(97 + i % 26) for i in range(300)]
+    ids = [f"{i:02}" for i in range(100)]
+    ids += [chr(97 + i // 26) + chr(97 + i % 26) for i in range(300)]
     context = CausalContext.from_dots((replica, 1) for replica in sorted(ids))
     data = cbor2.dumps(context.to_payload(), canonical=True)
     assert codec.decode_plain(data) == context.to_payload()
