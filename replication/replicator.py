@@ -146,8 +146,9 @@ from replication.messages import (
     encode,
     encode_interval,
     encode_keyspace,
+    entry_item,
     parse,
-    parse_entries,
+    parse_frame_entries,
     sent_by,
 )
 from replication.transport import Outgoing
@@ -1471,7 +1472,7 @@ class Replicator:
             if len(state) > self._max_state:
                 self.stats.oversize += 1
                 continue
-            items.append(codec.encode_plain([entry.key, state, entry.dots.to_payload()]))
+            items.append(entry_item(entry.key, state, entry.dots))
         return items
 
     def _on_piece(self, now: float, node: str, piece: Piece) -> list[Outgoing]:
@@ -1515,8 +1516,8 @@ class Replicator:
         del gathering[which]
         data = b"".join(held.chunks[i] for i in range(piece.count))
         try:
-            raw = codec.decode_plain(data, max_size=bound)
-            entries = parse_entries([raw], max_state=self._max_state)
+            raw = codec.decode_plain(data, max_size=bound, canonical=False)
+            entries = parse_frame_entries([raw], size=len(data), max_state=self._max_state)
             check_claims(piece.sender, piece.start, piece.context, entries)
         except EntryTooLarge:
             self.stats.oversize += 1
