@@ -20,6 +20,7 @@ from bench import (
     gossip,
     levels,
     maps,
+    memory,
     natsprocesses,
     origins,
     peers,
@@ -64,6 +65,7 @@ BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("levels", levels.levels),
     ("bounded-state", bookkeeping.bounded_state),
     ("pruning-opener", pruning.opener),
+    ("replicator-memory", memory.replicator_memory),
 ]
 
 
