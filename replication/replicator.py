@@ -111,6 +111,7 @@ markers expire.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from hashlib import blake2b
@@ -359,7 +360,9 @@ class Replicator:
         self._top: dict[str, int] = {}  # writer -> highest dot held, any key
         self._count: dict[str, int] = {}  # writer -> how many of its ops are held
         self._counter = 0  # dots issued by this replica id
-        self._log: dict[str, _Change] = {}  # one record per key, oldest first
+        # One record per key, oldest first. (An OrderedDict: records leave
+        # from the front, where a dict's iteration would step over the holes.)
+        self._log: OrderedDict[str, _Change] = OrderedDict()
         self._floor = 0  # log positions below it are unusable: content dropped
         self._held_by_all: int | None = None  # cached: see _everyone_holds
         self._head = 0
@@ -823,12 +826,39 @@ class Replicator:
         if len(self._log) > self._log_limit:
             dropped = self._log.pop(next(iter(self._log)))
             self._floor = max(self._floor, dropped.seq)
+        self._compact()
+
+    def _compact(self) -> None:
+        """Drop the oldest records while every peer with a log position (or
+        a catch-up on its way) holds them: no push to a positioned peer
+        would carry them, and the floor they raise sends any peer that turns
+        out to hold less a catch-up (as for a replaced record). So the log
+        holds what some peer still lacks, not every key that ever changed.
+        Cost: O(1) amortised (each record is dropped once)."""
+        log = self._log
+        if not log:
+            return
+        least = self._least_held()
+        last = next(reversed(log))
+        if log[last].seq <= least:
+            # All of it: clear() also frees the table, which deleting
+            # record by record would keep at its largest size.
+            self._floor = max(self._floor, log[last].seq)
+            log.clear()
+            return
+        while (first := log[next(iter(log))]).seq <= least:  # O(1): an OrderedDict's first
+            del log[first.key]
+            self._floor = max(self._floor, first.seq)
 
     def _everyone_holds(self, seq: int) -> bool:
         # Whether every peer with a log position (or a catch-up on its way)
         # holds our log up to ``seq``, so a record that old can be replaced.
         # A heuristic only: one that acks less later gets a catch-up (see
         # _floor), which costs more than a delta but loses nothing.
+        return self._least_held() >= seq
+
+    def _least_held(self) -> int:
+        # The least log position of a peer (see _everyone_holds), cached.
         least = self._held_by_all
         if least is None:
             # Peers only: a visitor's position would hold records back for good.
@@ -840,7 +870,7 @@ class Replicator:
             # With no peer positioned, every peer gets a catch-up: replace freely.
             least = min((p for p in positions if p is not None), default=_ANY)
             self._held_by_all = least
-        return least >= seq
+        return least
 
     def subscribe_pruning(self, hook: PruneHook) -> Callable[[], None]:
         """Call ``hook(key, removed, (hi, hi_dot), owner_dot)`` whenever this
@@ -1063,7 +1093,7 @@ class Replicator:
                 for hook in list(self._prune_hooks):
                     hook(key, writer, (span[2], span[3]), (me, self._counter))
             if changed:
-                self._record_whole(key)
+                self._record_whole(key, me)
             if changed or dropped:
                 self._notify(key)  # (its row changes: a store writes it again)
         if ready:
@@ -1074,14 +1104,18 @@ class Replicator:
             self._retired.pop(writer, None)
             self._asking.pop(writer, None)
 
-    def _record_whole(self, key: str) -> None:
-        """Log a change to ``key`` that no delta expresses (a pruning): the
-        key's record becomes the whole key, read live when pushed, which
-        holds whatever the old record held. Cost: O(1)."""
+    def _record_whole(self, key: str, origin: str | None) -> None:
+        """Log a change to ``key`` as the whole key, read live when pushed
+        (an index into the keyspace, no copy), which holds whatever the old
+        record held: a change no delta expresses (a pruning), or a whole
+        state taken in (a catch-up's entry). ``origin``: the replica id all
+        of the key came from, None if mixed. Cost: O(1)."""
         self._head += 1
         old = self._log.pop(key, None)
-        origin = None if old is not None and old.origin != self._replica else self._replica
+        if old is not None and old.origin != origin:
+            origin = None
         self._log[key] = _Change(self._head, key, None, None, origin)
+        self._compact()
 
     def _gossip(self, peer: str, *, reply: Reply) -> list[Outgoing]:
         state = self._peers.setdefault(peer, _Peer())
@@ -1232,9 +1266,11 @@ class Replicator:
             peer.tally = {}
             self._held_by_all = None
 
-    def _merge(self, entries: Iterable[Entry], origin: str) -> int:
+    def _merge(self, entries: Iterable[Entry], origin: str, *, whole: bool = False) -> int:
         """Merge the entries that bring news and follow what their key holds;
-        returns how many were gaps (left out). Cost: their merges."""
+        returns how many were gaps (left out). ``whole``: the entries are
+        whole states (a catch-up, a read's answer), logged as the key they
+        joined rather than kept as deltas. Cost: their merges."""
         gaps = 0
         empty = DotRanges()
         for arrived in entries:
@@ -1251,6 +1287,9 @@ class Replicator:
                 continue
             state = self._states.get(key)
             cleaned = False
+            # Whether the key is now exactly the entry: all of it came from
+            # ``origin`` (the entry's ranges hold all the key held).
+            sole = known is None or known.issubset(entry.dots)
             if state is None:
                 self._states[key] = entry.state.copy()
                 self._keys.add(key)
@@ -1260,7 +1299,12 @@ class Replicator:
                 state.merge(entry.state)
             self._hold(key, entry.dots)
             if cleaned or entry.dots.pruned:
-                self._record_whole(key)  # a delta cannot say what was cleaned
+                self._record_whole(key, self._replica)  # a delta cannot say what was cleaned
+            elif whole or sole:
+                # The log keeps an index, not a second copy of a state: the
+                # key itself is the entry (sole), or a superset of a whole
+                # state that would cost as much to keep as to send.
+                self._record_whole(key, origin if sole else None)
             else:
                 self._record(key, entry.state, entry.dots, origin)
             self.stats.merged += 1
@@ -1337,7 +1381,7 @@ class Replicator:
         if push.to == self._replica:  # else its ack is of another incarnation's log
             self._on_ack(node, push.ack)
         position = self._positions.get(push.sender, -1)
-        if self._merge(push.entries, push.sender):
+        if self._merge(push.entries, push.sender, whole=push.start < 0):
             # An entry needs operations we lack: forget our position in the
             # sender's log, so that it answers with a catch-up of whole keys.
             if position >= 0:
@@ -1523,6 +1567,7 @@ class Replicator:
         if position <= self._head:
             self._peers[node].acked = None if position < 0 else position
             self._held_by_all = None
+            self._compact()
             if position >= 0:
                 for hook in list(self._ack_hooks):
                     hook(node, position)
@@ -1680,7 +1725,7 @@ class Replicator:
             return []
         self.stats.answers += 1
         if result.entry is not None:
-            self._merge([result.entry], result.sender)
+            self._merge([result.entry], result.sender, whole=True)
         for hook in list(self._answer_hooks):
             hook(node, result.request, result.key, result.status != TOO_LARGE)
         return []
