@@ -284,6 +284,32 @@ def _since(held: _Assembly) -> float:
     return held.since
 
 
+#: A key's whole bookkeeping (every stretch from lo 0, no markers) as one
+#: flat tuple ``(writer, hi, hi_dot, ...)``: about 110 bytes for three
+#: writers, where a DotRanges (its object, its dict, a 4-tuple per writer)
+#: took about 470, the largest part of a G-Counter key. Keys with more
+#: writers than _FLAT_WRITERS, or with markers, keep their DotRanges, so
+#: that reading one writer's stretch stays O(1) where writers are many.
+_Flat = tuple[object, ...]
+_FLAT_WRITERS = 8
+
+
+def _unflat(flat: _Flat) -> DotRanges:
+    """The DotRanges a flat tuple stands for. Cost: O(writers)."""
+    return DotRanges({
+        flat[i]: (0, 0, flat[i + 1], flat[i + 2])  # type: ignore[misc]
+        for i in range(0, len(flat), 3)
+    })
+
+
+def _flat_top(flat: _Flat, writer: str) -> tuple[int, int]:
+    """``(hi, hi_dot)`` of ``writer`` in a flat tuple, (0, 0) if absent."""
+    for i in range(0, len(flat), 3):
+        if flat[i] == writer:
+            return flat[i + 1], flat[i + 2]  # type: ignore[return-value]
+    return 0, 0
+
+
 class Replicator:
     """One replica: a keyspace of CRDTs and the gossip state toward its peers.
 
@@ -354,7 +380,9 @@ class Replicator:
         self._chunk = chunk_size
         self._log_limit = log_limit
         self._states: dict[str, CRDT] = {}
-        self._ops: dict[str, DotRanges] = {}  # whole: every stretch from lo 0
+        # Whole: every stretch from lo 0. Kept compact (see _put): read
+        # through _ranges, write through _put.
+        self._ops: dict[str, DotRanges | _Flat] = {}
         self._keys: SortedList[str] = SortedList()
         self._context = CausalContext()  # the prefix clock: a version vector only
         self._top: dict[str, int] = {}  # writer -> highest dot held, any key
@@ -636,7 +664,7 @@ class Replicator:
         Cost: O(1).
         """
         state = self._states.get(key)
-        return None if state is None else Entry(key, state, self._ops[key])
+        return None if state is None else Entry(key, state, self._ranges(key))
 
     def ops(self, key: str) -> DotRanges:
         """A copy of the operations reflected under ``key``, as per-key dot
@@ -651,7 +679,44 @@ class Replicator:
         Cost: O(writers of the key).
         """
         held = self._ops.get(key)
-        return DotRanges() if held is None else held.copy()
+        if held is None:
+            return DotRanges()
+        return _unflat(held) if type(held) is tuple else held.copy()  # type: ignore[union-attr]
+
+    def _ranges(self, key: str) -> DotRanges:
+        """The bookkeeping of ``key`` (held) as DotRanges: the stored object
+        itself (changes to it are kept) or one made from the flat form (call
+        :meth:`_put` to keep changes). Cost: O(writers) when flat, else O(1)."""
+        held = self._ops[key]
+        return _unflat(held) if type(held) is tuple else held  # type: ignore[return-value]
+
+    def _put(self, key: str, ranges: DotRanges) -> None:
+        """Store ``ranges`` as the bookkeeping of ``key``, flat if it can be
+        (few writers, no markers, all whole). Cost: O(writers)."""
+        spans = ranges.spans
+        if ranges.pruned or len(spans) > _FLAT_WRITERS:
+            self._ops[key] = ranges
+            return
+        flat: list[object] = []
+        for writer, (lo, _, hi, hi_dot) in spans.items():
+            if lo:
+                self._ops[key] = ranges  # (never for a key's own: kept as it is)
+                return
+            flat += (writer, hi, hi_dot)
+        self._ops[key] = tuple(flat)
+
+    def _successor(self, key: str, counter: int) -> DotRanges:
+        """The stretch of this replica's next operation on ``key``, dot
+        ``counter`` (as ``DotRanges.successor``). Cost: O(writers) when flat."""
+        held = self._ops.get(key)
+        if held is None:
+            return DotRanges().successor(self._replica, counter)
+        if type(held) is tuple:
+            hi, hi_dot = _flat_top(held, self._replica)
+            if counter <= hi_dot:
+                raise ValueError(f"dot {counter} of {self._replica!r} is not after {hi_dot}")
+            return DotRanges({self._replica: (hi, hi_dot, hi + 1, counter)})
+        return held.successor(self._replica, counter)  # type: ignore[union-attr]
 
     def encode_keyspace(self) -> bytes:
         """The whole keyspace as canonical CBOR: equal keyspaces, equal bytes.
@@ -727,16 +792,13 @@ class Replicator:
         never issued twice, even if the operation is then abandoned);
         :meth:`_hold` then records it, :meth:`_record` logs it. Cost: O(1)."""
         self._counter += 1
-        held = self._ops.get(key)
-        return (DotRanges() if held is None else held).successor(self._replica, self._counter)
+        return self._successor(key, self._counter)
 
     def _hold(self, key: str, ops: DotRanges) -> None:
         """Record ``ops`` (which follow the key's bookkeeping: no hole) as
         held under ``key``, with the per-writer counts and tops that let the
         prefix clock rise. Cost: O(writers of ``ops``)."""
-        held = self._ops.get(key)
-        if held is None:
-            held = self._ops[key] = DotRanges()
+        held = DotRanges() if key not in self._ops else self._ranges(key)
         mine = self._replica
         digest = self._digest
         for writer, (_, _, hi, hi_dot) in ops.items():
@@ -758,6 +820,7 @@ class Replicator:
                 # failed staged update, names no operation anyone holds.)
                 self._context.vv[writer] = top
         held.merge(ops)
+        self._put(key, held)
         for writer in ops.pruned:
             if writer not in self._count and writer not in self._gone:
                 self._gone[writer] = self._now  # markers only: they expire
@@ -946,8 +1009,7 @@ class Replicator:
             else:
                 state.merge(delta)
             self._counter = counter
-            held = self._ops.get(key)
-            ops = (DotRanges() if held is None else held).successor(self._replica, counter)
+            ops = self._successor(key, counter)
             self._hold(key, ops)
             self._record(key, delta, ops, self._replica)
             self.stats.updates += 1
@@ -1074,7 +1136,10 @@ class Replicator:
         # of ids pruned longer than marker_ttl ago.
         me = self._replica
         for key in self._keys:
-            ops = self._ops[key]
+            held = self._ops[key]
+            if type(held) is tuple and (not ready or ready.isdisjoint(held[0::3])):
+                continue  # no markers to drop, no ready writer
+            ops = self._ranges(key)
             changed = False
             dropped = expired & ops.pruned.keys()
             for writer in dropped:
@@ -1085,6 +1150,7 @@ class Replicator:
                 span = ops.strip(writer)
                 assert span is not None
                 ops.mark(writer, span[2], span[3], me, base)
+                self._put(key, ops)  # (with a marker: kept as this object)
                 self._unhold(key, writer, span)
                 mine = self._issue(key)
                 self._hold(key, mine)
@@ -1092,6 +1158,8 @@ class Replicator:
                 changed = True
                 for hook in list(self._prune_hooks):
                     hook(key, writer, (span[2], span[3]), (me, self._counter))
+            if dropped:
+                self._put(key, ops)  # flat again once its markers are gone
             if changed:
                 self._record_whole(key, me)
             if changed or dropped:
@@ -1147,7 +1215,7 @@ class Replicator:
             if change.origin == to:
                 continue  # it all came from that peer: never send it back
             key = change.key
-            ops = self._ops[key] if change.dots is None else change.dots
+            ops = self._ranges(key) if change.dots is None else change.dots
             if ops.within(known.vv):
                 continue  # it reached that peer by another route
             delta = self._states[key] if change.delta is None else change.delta
@@ -1163,12 +1231,25 @@ class Replicator:
         self.stats.catch_ups += 1
         state.caught_up = self._head
         self._held_by_all = None
+        vv = known.vv
         entries = [
-            Entry(k, self._states[k], ops)
+            Entry(k, self._states[k], self._ranges(k))
             for k in self._keys
-            if not (ops := self._ops[k]).within(known.vv)
+            if not self._within(k, vv)
         ]
         return self._send(peer, to, -1, entries, reply)
+
+    def _within(self, key: str, vv: dict[str, int]) -> bool:
+        """Whether every operation ``key`` holds is at or below ``vv`` (as
+        ``DotRanges.within``, on the flat form too). Cost: O(writers)."""
+        held = self._ops[key]
+        if type(held) is tuple:
+            get = vv.get
+            return all(
+                held[i + 2] <= get(held[i], 0)  # type: ignore[call-overload]
+                for i in range(0, len(held), 3)
+            )
+        return held.within(vv)  # type: ignore[union-attr]
 
     def _send(
         self, peer: str, to: str, start: int, entries: list[Entry], reply: Reply
@@ -1275,7 +1356,7 @@ class Replicator:
         empty = DotRanges()
         for arrived in entries:
             key = arrived.key
-            known = self._ops.get(key)
+            known = self._ranges(key) if key in self._ops else None
             entry = arrived
             if known is not None and known.pruned:
                 entry = self._strip_late(arrived, known)
@@ -1296,6 +1377,8 @@ class Replicator:
             else:
                 if entry.dots.pruned and known is not None:
                     cleaned = self._clean(key, state, known, entry.dots)
+                    if cleaned:
+                        self._put(key, known)
                 state.merge(entry.state)
             self._hold(key, entry.dots)
             if cleaned or entry.dots.pruned:
@@ -1712,7 +1795,7 @@ class Replicator:
         if state is None:
             result = ReadResult(self._replica, read.sender, read.request, read.key, NOTHING)
             return [(node, encode(result))]
-        entry = Entry(read.key, state, self._ops[read.key])
+        entry = Entry(read.key, state, self._ranges(read.key))
         frame = encode(ReadResult(self._replica, read.sender, read.request, read.key, HELD, entry))
         if len(frame) > self._max_frame or len(codec.encode(state)) > self._max_state:
             result = ReadResult(self._replica, read.sender, read.request, read.key, TOO_LARGE)
@@ -1829,7 +1912,7 @@ class Staged:
             held = replica._states.get(key)
             _check_kind(key, held, new)
             state = new() if held is None else held.copy()
-            ops = DotRanges() if held is None else replica._ops[key].copy()
+            ops = DotRanges() if held is None else replica.ops(key)
         else:
             _check_kind(key, state, new)
             ops = self._ops[key]
@@ -1867,7 +1950,7 @@ class Staged:
             del self._states[key], self._ops[key]
             return
         state = (held.copy() if held is not None else earlier[0][0].copy())
-        ops = DotRanges() if held is None else replica._ops[key].copy()
+        ops = DotRanges() if held is None else replica.ops(key)
         for delta, dot in earlier:
             state.merge(delta)
             ops.merge(ops.successor(*dot))
