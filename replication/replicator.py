@@ -48,7 +48,14 @@ not by its history:
   gets a catch-up. If the two do not touch (a hole), the record becomes "the
   whole key", read live when pushed. A bounded log therefore only drops a
   change when there are more keys than ``log_limit`` (or when every peer
-  holds it), never because other keys were busy. Per-peer state is O(1).
+  holds it), never because other keys were busy. Records every positioned
+  peer holds leave the log at once (raising the floor the same way), and a
+  whole state taken in (a catch-up's entry) is logged as the key itself, so
+  the log holds what some peer lacks, as deltas or an index, never second
+  copies of states. Per-peer state is O(1).
+- A key's ranges are kept as one flat tuple ``(writer, hi, hi_dot, ...)``
+  while it has few writers and no markers (most keys): about a quarter of
+  a ``DotRanges`` (docs/bounded-state.md, "Memory per key").
 
 Gossip (Almeida, Shoker and Baquero 2018, with the fixes of Enes et al. 2019):
 
@@ -661,7 +668,8 @@ class Replicator:
         >>> r.entry("k").state.value, r.entry("other")
         (2, None)
 
-        Cost: O(1).
+        Cost: O(writers of the key): the ranges are built from their
+        compact form (a fresh object; the state is the live one).
         """
         state = self._states.get(key)
         return None if state is None else Entry(key, state, self._ranges(key))
