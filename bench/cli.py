@@ -21,6 +21,7 @@ from bench import (
     gossip,
     levels,
     maps,
+    memory,
     natsprocesses,
     origins,
     peers,
@@ -67,6 +68,7 @@ BENCHMARKS: list[tuple[str, Benchmark]] = [
     ("levels", levels.levels),
     ("bounded-state", bookkeeping.bounded_state),
     ("pruning-opener", pruning.opener),
+    ("replicator-memory", memory.replicator_memory),
 ]
 
 

@@ -59,6 +59,9 @@ Cost: O(writers) for every operation that looks at all spans, O(1) per writer.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from sys import intern
+from types import MappingProxyType
+from typing import cast
 
 from crdts.base import MAX_UINT, expect_increasing, expect_list, expect_replica, expect_uint
 from crdts.errors import DecodeError
@@ -69,6 +72,11 @@ __all__ = ["DotRanges", "Marker", "Span"]
 Span = tuple[int, int, int, int]
 #: ``(hi, hi_dot, owner, base)``: a pruning marker (the module docstring).
 Marker = tuple[int, int, str, int]
+
+#: The markers of ranges that have none (nearly all), shared: an empty dict
+#: per key cost 64 bytes. Read-only, so a mutation that forgot to copy
+#: raises instead of marking every key (:meth:`DotRanges.mark` copies).
+_NO_MARKERS = cast("dict[str, Marker]", MappingProxyType({}))
 
 
 class DotRanges:
@@ -90,7 +98,7 @@ class DotRanges:
         self.spans: dict[str, Span] = {} if spans is None else dict(spans)
         #: writer -> (hi, hi_dot, owner, base): its first ``hi`` operations on
         #: the key were pruned into ``owner`` (see the module docstring).
-        self.pruned: dict[str, Marker] = {} if pruned is None else dict(pruned)
+        self.pruned: dict[str, Marker] = dict(pruned) if pruned else _NO_MARKERS
 
     @classmethod
     def whole(cls, tops: Mapping[str, tuple[int, int]]) -> DotRanges:
@@ -334,6 +342,8 @@ class DotRanges:
         """
         held = self.pruned.get(replica)
         if held is None or hi > held[0]:
+            if self.pruned is _NO_MARKERS:
+                self.pruned = {}
             self.pruned[replica] = (hi, hi_dot, owner, base)
 
     def covers(self, other: DotRanges, replica: str) -> bool:
@@ -351,6 +361,10 @@ class DotRanges:
         marker = self.pruned.get(replica)
         span = other.spans.get(replica)
         return marker is not None and (span is None or span[2] <= marker[0])
+
+    def __reduce__(self) -> tuple[type[DotRanges], tuple[dict[str, Span], dict[str, Marker]]]:
+        # (copy.deepcopy and pickle: the shared empty markers cannot be pickled.)
+        return DotRanges, (dict(self.spans), dict(self.pruned))
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not DotRanges:
@@ -409,7 +423,9 @@ class DotRanges:
         expect_increasing(writers, what)
         out = cls()
         for i in range(0, len(flat), 5):
-            writer = flat[i]
+            # Interned: every key a writer wrote names it, and a decoded
+            # id is a new string each time (about 50 bytes per key).
+            writer = intern(cast(str, flat[i]))  # a replica id: checked above
             lo, lo_dot, hi, hi_dot = (expect_uint(x, what) for x in flat[i + 1 : i + 5])
             if hi_dot > MAX_UINT:
                 raise DecodeError(f"{what}: dot counter out of range")
@@ -420,7 +436,7 @@ class DotRanges:
                     f"{what}: stretch of {writer!r:.40} claims {hi - lo} operations "
                     f"in {hi_dot - lo_dot} dots"
                 )
-            out.spans[writer] = (lo, lo_dot, hi, hi_dot)  # type: ignore[index]
+            out.spans[writer] = (lo, lo_dot, hi, hi_dot)
         if markers is not None:
             out.pruned = _markers(markers, what, out.spans)
         return out
@@ -449,7 +465,7 @@ def _spans_at_c_speed(flat: list[object]) -> dict[str, Span] | None:
             and hi - lo <= hi_dot - lo_dot
         ):
             return None
-        spans[writer] = (lo, lo_dot, hi, hi_dot)
+        spans[intern(writer)] = (lo, lo_dot, hi, hi_dot)  # interned: see from_payload
         prev = writer
     return spans
 
@@ -466,11 +482,11 @@ def _markers(flat: list[object], what: str, spans: dict[str, Span]) -> dict[str,
     expect_increasing(writers, what)
     out: dict[str, Marker] = {}
     for i in range(0, len(flat), 5):
-        writer, owner = flat[i], expect_replica(flat[i + 3], what)
+        writer, owner = intern(cast(str, flat[i])), intern(expect_replica(flat[i + 3], what))
         if writer in spans:
             raise DecodeError(f"{what}: {writer!r:.40} has both a stretch and a marker")
         hi, hi_dot, base = (expect_uint(flat[i + j], what) for j in (1, 2, 4))
         if not 0 < hi <= hi_dot <= MAX_UINT or base > MAX_UINT or owner == writer:
             raise DecodeError(f"{what}: marker of {writer!r:.40} is not one a pruning leaves")
-        out[writer] = (hi, hi_dot, owner, base)  # type: ignore[index]
+        out[writer] = (hi, hi_dot, owner, base)
     return out

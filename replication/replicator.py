@@ -48,7 +48,14 @@ not by its history:
   gets a catch-up. If the two do not touch (a hole), the record becomes "the
   whole key", read live when pushed. A bounded log therefore only drops a
   change when there are more keys than ``log_limit`` (or when every peer
-  holds it), never because other keys were busy. Per-peer state is O(1).
+  holds it), never because other keys were busy. Records every positioned
+  peer holds leave the log at once (raising the floor the same way), and a
+  whole state taken in (a catch-up's entry) is logged as the key itself, so
+  the log holds what some peer lacks, as deltas or an index, never second
+  copies of states. Per-peer state is O(1).
+- A key's ranges are kept as one flat tuple ``(writer, hi, hi_dot, ...)``
+  while it has few writers and no markers (most keys): about a quarter of
+  a ``DotRanges`` (docs/bounded-state.md, "Memory per key").
 
 Gossip (Almeida, Shoker and Baquero 2018, with the fixes of Enes et al. 2019):
 
@@ -111,6 +118,7 @@ markers expire.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from hashlib import blake2b
@@ -284,6 +292,32 @@ def _since(held: _Assembly) -> float:
     return held.since
 
 
+#: A key's whole bookkeeping (every stretch from lo 0, no markers) as one
+#: flat tuple ``(writer, hi, hi_dot, ...)``: about 110 bytes for three
+#: writers, where a DotRanges (its object, its dict, a 4-tuple per writer)
+#: took about 470, the largest part of a G-Counter key. Keys with more
+#: writers than _FLAT_WRITERS, or with markers, keep their DotRanges, so
+#: that reading one writer's stretch stays O(1) where writers are many.
+_Flat = tuple[object, ...]
+_FLAT_WRITERS = 8
+
+
+def _unflat(flat: _Flat) -> DotRanges:
+    """The DotRanges a flat tuple stands for. Cost: O(writers)."""
+    return DotRanges({
+        flat[i]: (0, 0, flat[i + 1], flat[i + 2])  # type: ignore[misc]
+        for i in range(0, len(flat), 3)
+    })
+
+
+def _flat_top(flat: _Flat, writer: str) -> tuple[int, int]:
+    """``(hi, hi_dot)`` of ``writer`` in a flat tuple, (0, 0) if absent."""
+    for i in range(0, len(flat), 3):
+        if flat[i] == writer:
+            return flat[i + 1], flat[i + 2]  # type: ignore[return-value]
+    return 0, 0
+
+
 class Replicator:
     """One replica: a keyspace of CRDTs and the gossip state toward its peers.
 
@@ -354,13 +388,17 @@ class Replicator:
         self._chunk = chunk_size
         self._log_limit = log_limit
         self._states: dict[str, CRDT] = {}
-        self._ops: dict[str, DotRanges] = {}  # whole: every stretch from lo 0
+        # Whole: every stretch from lo 0. Kept compact (see _put): read
+        # through _ranges, write through _put.
+        self._ops: dict[str, DotRanges | _Flat] = {}
         self._keys: SortedList[str] = SortedList()
         self._context = CausalContext()  # the prefix clock: a version vector only
         self._top: dict[str, int] = {}  # writer -> highest dot held, any key
         self._count: dict[str, int] = {}  # writer -> how many of its ops are held
         self._counter = 0  # dots issued by this replica id
-        self._log: dict[str, _Change] = {}  # one record per key, oldest first
+        # One record per key, oldest first. (An OrderedDict: records leave
+        # from the front, where a dict's iteration would step over the holes.)
+        self._log: OrderedDict[str, _Change] = OrderedDict()
         self._floor = 0  # log positions below it are unusable: content dropped
         self._held_by_all: int | None = None  # cached: see _everyone_holds
         self._at_least = 0  # how many peers sit at that position
@@ -632,10 +670,11 @@ class Replicator:
         >>> r.entry("k").state.value, r.entry("other")
         (2, None)
 
-        Cost: O(1).
+        Cost: O(writers of the key): the ranges are built from their
+        compact form (a fresh object; the state is the live one).
         """
         state = self._states.get(key)
-        return None if state is None else Entry(key, state, self._ops[key])
+        return None if state is None else Entry(key, state, self._ranges(key))
 
     def ops(self, key: str) -> DotRanges:
         """A copy of the operations reflected under ``key``, as per-key dot
@@ -650,7 +689,44 @@ class Replicator:
         Cost: O(writers of the key).
         """
         held = self._ops.get(key)
-        return DotRanges() if held is None else held.copy()
+        if held is None:
+            return DotRanges()
+        return _unflat(held) if type(held) is tuple else held.copy()  # type: ignore[union-attr]
+
+    def _ranges(self, key: str) -> DotRanges:
+        """The bookkeeping of ``key`` (held) as DotRanges: the stored object
+        itself (changes to it are kept) or one made from the flat form (call
+        :meth:`_put` to keep changes). Cost: O(writers) when flat, else O(1)."""
+        held = self._ops[key]
+        return _unflat(held) if type(held) is tuple else held  # type: ignore[return-value]
+
+    def _put(self, key: str, ranges: DotRanges) -> None:
+        """Store ``ranges`` as the bookkeeping of ``key``, flat if it can be
+        (few writers, no markers, all whole). Cost: O(writers)."""
+        spans = ranges.spans
+        if ranges.pruned or len(spans) > _FLAT_WRITERS:
+            self._ops[key] = ranges
+            return
+        flat: list[object] = []
+        for writer, (lo, _, hi, hi_dot) in spans.items():
+            if lo:
+                self._ops[key] = ranges  # (never for a key's own: kept as it is)
+                return
+            flat += (writer, hi, hi_dot)
+        self._ops[key] = tuple(flat)
+
+    def _successor(self, key: str, counter: int) -> DotRanges:
+        """The stretch of this replica's next operation on ``key``, dot
+        ``counter`` (as ``DotRanges.successor``). Cost: O(writers) when flat."""
+        held = self._ops.get(key)
+        if held is None:
+            return DotRanges().successor(self._replica, counter)
+        if type(held) is tuple:
+            hi, hi_dot = _flat_top(held, self._replica)
+            if counter <= hi_dot:
+                raise ValueError(f"dot {counter} of {self._replica!r} is not after {hi_dot}")
+            return DotRanges({self._replica: (hi, hi_dot, hi + 1, counter)})
+        return held.successor(self._replica, counter)  # type: ignore[union-attr]
 
     def encode_keyspace(self) -> bytes:
         """The whole keyspace as canonical CBOR: equal keyspaces, equal bytes.
@@ -726,16 +802,13 @@ class Replicator:
         never issued twice, even if the operation is then abandoned);
         :meth:`_hold` then records it, :meth:`_record` logs it. Cost: O(1)."""
         self._counter += 1
-        held = self._ops.get(key)
-        return (DotRanges() if held is None else held).successor(self._replica, self._counter)
+        return self._successor(key, self._counter)
 
     def _hold(self, key: str, ops: DotRanges) -> None:
         """Record ``ops`` (which follow the key's bookkeeping: no hole) as
         held under ``key``, with the per-writer counts and tops that let the
         prefix clock rise. Cost: O(writers of ``ops``)."""
-        held = self._ops.get(key)
-        if held is None:
-            held = self._ops[key] = DotRanges()
+        held = DotRanges() if key not in self._ops else self._ranges(key)
         mine = self._replica
         digest = self._digest
         for writer, (_, _, hi, hi_dot) in ops.items():
@@ -757,6 +830,7 @@ class Replicator:
                 # failed staged update, names no operation anyone holds.)
                 self._context.vv[writer] = top
         held.merge(ops)
+        self._put(key, held)
         for writer in ops.pruned:
             if writer not in self._count and writer not in self._gone:
                 self._gone[writer] = self._now  # markers only: they expire
@@ -825,12 +899,39 @@ class Replicator:
         if len(self._log) > self._log_limit:
             dropped = self._log.pop(next(iter(self._log)))
             self._floor = max(self._floor, dropped.seq)
+        self._compact()
+
+    def _compact(self) -> None:
+        """Drop the oldest records while every peer with a log position (or
+        a catch-up on its way) holds them: no push to a positioned peer
+        would carry them, and the floor they raise sends any peer that turns
+        out to hold less a catch-up (as for a replaced record). So the log
+        holds what some peer still lacks, not every key that ever changed.
+        Cost: O(1) amortised (each record is dropped once)."""
+        log = self._log
+        if not log:
+            return
+        least = self._least_held()
+        last = next(reversed(log))
+        if log[last].seq <= least:
+            # All of it: clear() also frees the table, which deleting
+            # record by record would keep at its largest size.
+            self._floor = max(self._floor, log[last].seq)
+            log.clear()
+            return
+        while (first := log[next(iter(log))]).seq <= least:  # O(1): an OrderedDict's first
+            del log[first.key]
+            self._floor = max(self._floor, first.seq)
 
     def _everyone_holds(self, seq: int) -> bool:
         # Whether every peer with a log position (or a catch-up on its way)
         # holds our log up to ``seq``, so a record that old can be replaced.
         # A heuristic only: one that acks less later gets a catch-up (see
         # _floor), which costs more than a delta but loses nothing.
+        return self._least_held() >= seq
+
+    def _least_held(self) -> int:
+        # The least log position of a peer (see _everyone_holds), cached.
         least = self._held_by_all
         if least is None:
             # Peers only: a visitor's position would hold records back for good.
@@ -843,7 +944,7 @@ class Replicator:
             least = min((p for p in positions if p is not None), default=_ANY)
             self._held_by_all = least
             self._at_least = positions.count(least)
-        return least >= seq
+        return least
 
     def _moved(self, node: str, before: int | None) -> None:
         """Keep the least position of :meth:`_everyone_holds` as peer
@@ -943,8 +1044,7 @@ class Replicator:
             else:
                 state.merge(delta)
             self._counter = counter
-            held = self._ops.get(key)
-            ops = (DotRanges() if held is None else held).successor(self._replica, counter)
+            ops = self._successor(key, counter)
             self._hold(key, ops)
             self._record(key, delta, ops, self._replica)
             self.stats.updates += 1
@@ -1071,7 +1171,10 @@ class Replicator:
         # of ids pruned longer than marker_ttl ago.
         me = self._replica
         for key in self._keys:
-            ops = self._ops[key]
+            held = self._ops[key]
+            if type(held) is tuple and (not ready or ready.isdisjoint(held[0::3])):
+                continue  # no markers to drop, no ready writer
+            ops = self._ranges(key)
             changed = False
             dropped = expired & ops.pruned.keys()
             for writer in dropped:
@@ -1082,6 +1185,7 @@ class Replicator:
                 span = ops.strip(writer)
                 assert span is not None
                 ops.mark(writer, span[2], span[3], me, base)
+                self._put(key, ops)  # (with a marker: kept as this object)
                 self._unhold(key, writer, span)
                 mine = self._issue(key)
                 self._hold(key, mine)
@@ -1089,8 +1193,10 @@ class Replicator:
                 changed = True
                 for hook in list(self._prune_hooks):
                     hook(key, writer, (span[2], span[3]), (me, self._counter))
+            if dropped:
+                self._put(key, ops)  # flat again once its markers are gone
             if changed:
-                self._record_whole(key)
+                self._record_whole(key, me)
             if changed or dropped:
                 self._notify(key)  # (its row changes: a store writes it again)
         if ready:
@@ -1101,14 +1207,18 @@ class Replicator:
             self._retired.pop(writer, None)
             self._asking.pop(writer, None)
 
-    def _record_whole(self, key: str) -> None:
-        """Log a change to ``key`` that no delta expresses (a pruning): the
-        key's record becomes the whole key, read live when pushed, which
-        holds whatever the old record held. Cost: O(1)."""
+    def _record_whole(self, key: str, origin: str | None) -> None:
+        """Log a change to ``key`` as the whole key, read live when pushed
+        (an index into the keyspace, no copy), which holds whatever the old
+        record held: a change no delta expresses (a pruning), or a whole
+        state taken in (a catch-up's entry). ``origin``: the replica id all
+        of the key came from, None if mixed. Cost: O(1)."""
         self._head += 1
         old = self._log.pop(key, None)
-        origin = None if old is not None and old.origin != self._replica else self._replica
+        if old is not None and old.origin != origin:
+            origin = None
         self._log[key] = _Change(self._head, key, None, None, origin)
+        self._compact()
 
     def _gossip(self, peer: str, *, reply: Reply) -> list[Outgoing]:
         state = self._peers.setdefault(peer, _Peer())
@@ -1140,7 +1250,7 @@ class Replicator:
             if change.origin == to:
                 continue  # it all came from that peer: never send it back
             key = change.key
-            ops = self._ops[key] if change.dots is None else change.dots
+            ops = self._ranges(key) if change.dots is None else change.dots
             if ops.within(known.vv):
                 continue  # it reached that peer by another route
             delta = self._states[key] if change.delta is None else change.delta
@@ -1157,12 +1267,25 @@ class Replicator:
         before = state.acked if state.acked is not None else state.caught_up
         state.caught_up = self._head
         self._moved(peer, before)
+        vv = known.vv
         entries = [
-            Entry(k, self._states[k], ops)
+            Entry(k, self._states[k], self._ranges(k))
             for k in self._keys
-            if not (ops := self._ops[k]).within(known.vv)
+            if not self._within(k, vv)
         ]
         return self._send(peer, to, -1, entries, reply)
+
+    def _within(self, key: str, vv: dict[str, int]) -> bool:
+        """Whether every operation ``key`` holds is at or below ``vv`` (as
+        ``DotRanges.within``, on the flat form too). Cost: O(writers)."""
+        held = self._ops[key]
+        if type(held) is tuple:
+            get = vv.get
+            return all(
+                held[i + 2] <= get(held[i], 0)  # type: ignore[call-overload]
+                for i in range(0, len(held), 3)
+            )
+        return held.within(vv)  # type: ignore[union-attr]
 
     def _send(
         self, peer: str, to: str, start: int, entries: list[Entry], reply: Reply
@@ -1268,14 +1391,16 @@ class Replicator:
             peer.tally = {}
             self._held_by_all = None
 
-    def _merge(self, entries: Iterable[Entry], origin: str) -> int:
+    def _merge(self, entries: Iterable[Entry], origin: str, *, whole: bool = False) -> int:
         """Merge the entries that bring news and follow what their key holds;
-        returns how many were gaps (left out). Cost: their merges."""
+        returns how many were gaps (left out). ``whole``: the entries are
+        whole states (a catch-up, a read's answer), logged as the key they
+        joined rather than kept as deltas. Cost: their merges."""
         gaps = 0
         empty = DotRanges()
         for arrived in entries:
             key = arrived.key
-            known = self._ops.get(key)
+            known = self._ranges(key) if key in self._ops else None
             entry = arrived
             if known is not None and known.pruned:
                 entry = self._strip_late(arrived, known)
@@ -1287,16 +1412,26 @@ class Replicator:
                 continue
             state = self._states.get(key)
             cleaned = False
+            # Whether the key is now exactly the entry: all of it came from
+            # ``origin`` (the entry's ranges hold all the key held).
+            sole = known is None or known.issubset(entry.dots)
             if state is None:
                 self._states[key] = entry.state.copy()
                 self._keys.add(key)
             else:
                 if entry.dots.pruned and known is not None:
                     cleaned = self._clean(key, state, known, entry.dots)
+                    if cleaned:
+                        self._put(key, known)
                 state.merge(entry.state)
             self._hold(key, entry.dots)
             if cleaned or entry.dots.pruned:
-                self._record_whole(key)  # a delta cannot say what was cleaned
+                self._record_whole(key, self._replica)  # a delta cannot say what was cleaned
+            elif whole or sole:
+                # The log keeps an index, not a second copy of a state: the
+                # key itself is the entry (sole), or a superset of a whole
+                # state that would cost as much to keep as to send.
+                self._record_whole(key, origin if sole else None)
             else:
                 self._record(key, entry.state, entry.dots, origin)
             self.stats.merged += 1
@@ -1373,7 +1508,7 @@ class Replicator:
         if push.to == self._replica:  # else its ack is of another incarnation's log
             self._on_ack(node, push.ack)
         position = self._positions.get(push.sender, -1)
-        if self._merge(push.entries, push.sender):
+        if self._merge(push.entries, push.sender, whole=push.start < 0):
             # An entry needs operations we lack: forget our position in the
             # sender's log, so that it answers with a catch-up of whole keys.
             if position >= 0:
@@ -1561,6 +1696,7 @@ class Replicator:
             before = peer.acked if peer.acked is not None else peer.caught_up
             peer.acked = None if position < 0 else position
             self._moved(node, before)
+            self._compact()
             if position >= 0:
                 for hook in list(self._ack_hooks):
                     hook(node, position)
@@ -1705,7 +1841,7 @@ class Replicator:
         if state is None:
             result = ReadResult(self._replica, read.sender, read.request, read.key, NOTHING)
             return [(node, encode(result))]
-        entry = Entry(read.key, state, self._ops[read.key])
+        entry = Entry(read.key, state, self._ranges(read.key))
         frame = encode(ReadResult(self._replica, read.sender, read.request, read.key, HELD, entry))
         if len(frame) > self._max_frame or len(codec.encode(state)) > self._max_state:
             result = ReadResult(self._replica, read.sender, read.request, read.key, TOO_LARGE)
@@ -1718,7 +1854,7 @@ class Replicator:
             return []
         self.stats.answers += 1
         if result.entry is not None:
-            self._merge([result.entry], result.sender)
+            self._merge([result.entry], result.sender, whole=True)
         for hook in list(self._answer_hooks):
             hook(node, result.request, result.key, result.status != TOO_LARGE)
         return []
@@ -1822,7 +1958,7 @@ class Staged:
             held = replica._states.get(key)
             _check_kind(key, held, new)
             state = new() if held is None else held.copy()
-            ops = DotRanges() if held is None else replica._ops[key].copy()
+            ops = DotRanges() if held is None else replica.ops(key)
         else:
             _check_kind(key, state, new)
             ops = self._ops[key]
@@ -1860,7 +1996,7 @@ class Staged:
             del self._states[key], self._ops[key]
             return
         state = (held.copy() if held is not None else earlier[0][0].copy())
-        ops = DotRanges() if held is None else replica._ops[key].copy()
+        ops = DotRanges() if held is None else replica.ops(key)
         for delta, dot in earlier:
             state.merge(delta)
             ops.merge(ops.successor(*dot))

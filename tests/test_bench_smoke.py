@@ -63,6 +63,10 @@ EXPECTED = [
     "levels: update at majority, 5 processes",
     "levels: read at all, 5 processes",
     "levels: update at majority, 3 of 5 running",
+    "replicator memory: G-Counter keys",
+    "replicator memory: OR-Set keys",
+    "replicator memory: OR-Set of",
+    "replicator memory: change log",
 ]
 if nats_server_binary() is not None:  # else left out, with a line on stderr
     EXPECTED.append("nats frames through an endpoint")
@@ -85,6 +89,7 @@ UNITS = {
     "snapshot bytes": "B",
     "snapshot frames": "frames",
     "pruning": "B",
+    "replicator memory": "B",
 }
 
 
