@@ -46,7 +46,7 @@ from crdts import codec
 from crdts.errors import CallerError, CrdtkitError, DecodeError, InvalidOperation
 from crdts.operations import operations_of
 from replication.consistency import LEVELS
-from replication.history import History
+from replication.history import TYPES, History
 from snapshot.cut import GlobalSnapshot, LocalState, SnapshotId
 from snapshot.errors import SnapshotCorrupt
 from snapshot.files import read_verified, write_atomic, write_snapshot
@@ -577,7 +577,7 @@ def _demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     faults += f", {report.partitions} partitions" if c.partitions else ""
     lines = [
         f"crdtkit demo: {c.nodes} replicas, {c.operations:,} random operations on "
-        f"{6 * c.keys} keys of 6 types, seed {c.seed}",
+        f"{len(TYPES) * c.keys} keys of {len(TYPES)} types, seed {c.seed}",
         f"  network     {faults}",
         f"  gossip      {report.rounds} rounds; {net.sent:,} frames sent, "
         f"{net.delivered:,} delivered, {net.lost:,} lost, {net.duplicated:,} duplicated, "
