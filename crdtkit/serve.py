@@ -239,7 +239,7 @@ def request(args: argparse.Namespace, out: TextIO) -> int:
         try:
             wait = args.timeout + 10  # the node answers within its timeout
             if args.request == "update":
-                values = [int(v) if v.lstrip("-").isdigit() else v for v in args.values]
+                values = args.arguments  # (read by crdtkit.cli.operation_arguments)
                 call = client.update(args.key, args.type, args.kind, *values,
                                      level=args.write, timeout=args.timeout)
                 done = await asyncio.wait_for(call, wait)

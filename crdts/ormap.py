@@ -52,6 +52,7 @@ from crdts._rename import check_rename, prune_by_renaming, rename_context
 from crdts._slots import from_flat, to_flat
 from crdts.base import (
     CRDT,
+    Prunable,
     check_atom,
     check_replica,
     expect_atoms,
@@ -365,15 +366,19 @@ class ORMap(Generic[K, V]):
         block's base (``crdts.base.Prunable``, ``crdts._rename``): the keys
         and values are unchanged. Only ``owner`` may do this; every other
         replica renames the same way with :meth:`cleanup` and the base.
-        The lineage ids inside values are not renamed (docs/ormap.md).
+        The lineage ids ``removed`` acted under inside values are renamed
+        with the dots that started them, through each value type's own
+        prune (docs/ormap.md, "Pruning").
 
         >>> from crdts import GCounter
         >>> m: ORMap[str, GCounter] = ORMap()
         >>> _ = m.update("a~1", "n", GCounter, lambda c, me: c.increment(me))
         >>> m.prune("a~1", "a~2"), m.context, m.value
         (0, CausalContext(vv={'a~2': 1}, cloud={}), {'n': 1})
+        >>> m.get("n")                          # the lineage "a~1.1" inside, renamed
+        GCounter({'a~2.1': 1})
 
-        Cost: O(n log n) (through the payload).
+        Cost: O(n log n + size of the values holding ``removed``'s lineages).
         """
         return prune_by_renaming(self, removed, owner)
 
@@ -391,11 +396,13 @@ class ORMap(Generic[K, V]):
         >>> b.cleanup("a~1", "a~2", base); a.merge(b); a.value
         {}
 
-        Cost: O(n log n) (through the payload).
+        Cost: O(n log n + size of the values holding ``removed``'s lineages).
         """
         check_rename(removed, owner, base)
         # Lineages continue only on a proof that a renaming could forge.
         self._lineage.clear()
+        # (A value holds a lineage of ``removed`` only if its entry folds one
+        # of ``removed``'s updates, so ``folded`` tells where to look.)
         live = any(
             replica == removed or removed in folded
             for entries in self._entries.values()
@@ -409,13 +416,17 @@ class ORMap(Generic[K, V]):
         rows = [flat[i : i + _WIDTH] for i in range(0, len(flat), _WIDTH)]
         taken = {(r, c) for r, c, *_ in rows}
         for row in rows:
+            seen = from_flat(row[3], "ORMap folded")
+            if removed in seen:
+                row[6] = _renamed_lineages(
+                    self._entries[row[2]][(row[0], row[1])][0], row[6], removed, owner, base
+                )
             if row[0] == removed:
                 row[0], row[1] = owner, base + row[1]
                 if (owner, row[1]) in taken:
                     raise InvalidOperation(
                         f"renamed dots of {removed!r} collide with {owner!r}'s"
                     )
-            seen = from_flat(row[3], "ORMap folded")
             if removed in seen:
                 moved = base + seen.pop(removed)
                 seen[owner] = max(seen.get(owner, 0), moved)
@@ -530,6 +541,40 @@ class ORMap(Generic[K, V]):
             entries[dot] = (value, folded)
             out._where[dot] = atom
         return out
+
+
+def _renamed_lineages(value: Any, payload: object, removed: str, owner: str, base: int) -> object:
+    """``value``'s payload with every lineage ``"<removed>.<n>"`` it holds
+    renamed ``"<owner>.<base + n>"``, through the value type's own
+    :meth:`prune` (``crdts.base.Prunable``): the map renames the dot ``n``
+    that started the lineage to ``base + n`` the same way, so the new id
+    names a lineage nothing else acts under (the owner issues its dots above
+    the block, and its lineage memory is cleared), and folding into it is a
+    pure rename: the value is unchanged, and every replica, renaming the same
+    stored value the same way, gets the same bytes. Nested maps carry it
+    down through their own prune. A type that is not Prunable keeps its ids.
+    Cost: O(|v|) to find the lineages, plus the value's prune per lineage."""
+    if not isinstance(value, Prunable):
+        return payload
+    prefix = removed + "."
+    found: set[int] = set()
+    stack = [payload]
+    while stack:  # (iterative: payload depth is bounded by the codec, not trusted here)
+        item = stack.pop()
+        if type(item) is list:
+            stack.extend(item)
+        elif type(item) is str and item.startswith(prefix):
+            rest = item[len(prefix) :]
+            # Exactly a lineage id: "r.5", not "r.5.2" (a nested map's own
+            # lineage, renamed by that map) nor an element that looks alike.
+            if rest.isascii() and rest.isdigit() and str(int(rest)) == rest:
+                found.add(int(rest))
+    if not found:
+        return payload
+    out = value.copy()  # (stored values never change)
+    for n in sorted(found):
+        out.prune(f"{prefix}{n}", f"{owner}.{base + n}")
+    return out.to_payload()
 
 
 # -- the sequential specification -----------------------------------------------------

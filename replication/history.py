@@ -44,7 +44,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeAlias
 
-from crdts import GCounter, LWWRegister, MVRegister, ORSet, PNCounter, VectorClock, codec
+from crdts import GCounter, LWWRegister, MVRegister, ORMap, ORSet, PNCounter, VectorClock, codec
 from crdts.base import CRDT, expect_list, expect_replica, expect_uint
 from crdts.errors import DecodeError, InvalidOperation
 from crdts.operations import Operations, operations_of
@@ -73,7 +73,7 @@ Dot = tuple[str, int]
 #: are their own (``crdts.operations``): nothing here special-cases a type.
 TYPES: dict[str, type[CRDT]] = {
     cls.TYPE_TAG: cls
-    for cls in (GCounter, PNCounter, ORSet, LWWRegister, MVRegister, VectorClock)
+    for cls in (GCounter, PNCounter, ORSet, LWWRegister, MVRegister, VectorClock, ORMap)
 }
 
 

@@ -42,6 +42,7 @@ def test_every_builtin_type_declares_its_operations() -> None:
         "LWWRegister": ["assign"],
         "MVRegister": ["assign"],
         "VectorClock": ["increment"],
+        "ORMap": ["remove", "update"],
     }
     for cls in TYPES.values():
         assert isinstance(cls.OPERATIONS, Operations)  # type: ignore[attr-defined]
