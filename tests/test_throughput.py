@@ -1,0 +1,97 @@
+"""What an acknowledged update costs a node, beyond its commit (issue 9's
+performance part; the figures themselves are in ``bench/processes.py``):
+regression tests for work the node did per update that it need not do, and
+for the commit machinery that replaced the writer task and the thread pool.
+
+The node runs in-process (``NodeService``) on 127.0.0.1, in a temporary
+folder; every wait is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+
+from crdtkit.client import Client, NodeError
+from crdtkit.node import NodeService
+from crdts import GCounter, ORSet
+from replication.sqlite import SQLiteStore
+from tests.test_pipelining import _with_node
+
+
+def test_an_update_copies_its_key_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The node checked a key's type on a copy of its state (Replicator.get)
+    # before staging copied it again: O(size of the key) on the event loop
+    # per update, twice where once is needed.
+    copies: list[int] = []
+
+    async def work(client: Client, service: NodeService) -> None:
+        await asyncio.gather(*(client.update("big", "ORSet", "add", f"e{i}") for i in range(200)))
+        copy = ORSet.copy
+
+        def counted(self: ORSet[object]) -> ORSet[object]:
+            copies.append(len(self))
+            return copy(self)
+
+        monkeypatch.setattr(ORSet, "copy", counted)
+        await client.update("big", "ORSet", "add", "one more")
+        monkeypatch.setattr(ORSet, "copy", copy)
+        state = await client.get("big")
+        assert isinstance(state, ORSet) and len(state) == 201
+
+    _with_node(tmp_path, work)
+    # Staging copies the key once; the delta's copies are one element each.
+    assert [n for n in copies if n > 1] == [200]
+
+
+def test_commits_run_on_the_store_thread_and_answers_come_back(tmp_path: Path) -> None:
+    threads: set[threading.Thread] = set()
+
+    async def work(client: Client, service: NodeService) -> None:
+        commit = service.store.commit
+
+        def recorded(rows: object, answers: object = (), meta: object = None) -> None:
+            threads.add(threading.current_thread())
+            commit(rows, answers, meta)  # type: ignore[arg-type]
+
+        service.store.commit = recorded  # type: ignore[method-assign]
+        ops = await asyncio.gather(*(client.update("k", "GCounter", "increment", 1)
+                                     for _ in range(20)))
+        assert len({op.dot for op in ops}) == 20
+        await client.update("k", "GCounter", "increment", 1)  # one alone, after them
+
+    _with_node(tmp_path, work)
+    (thread,) = threads  # one thread, never the event loop's
+    assert thread is not threading.main_thread() and thread.name == "n0-store"
+
+
+def test_a_commit_that_breaks_answers_not_applied_and_the_node_goes_on(tmp_path: Path) -> None:
+    # A commit that raised something other than CommitFailed (a bug) ended
+    # the writer task: that update, and every one after it, was never
+    # answered.
+    async def work(client: Client, service: NodeService) -> None:
+        commit = service.store.commit
+        broken = [True]
+
+        def once(rows: object, answers: object = (), meta: object = None) -> None:
+            if broken.pop() if broken else False:
+                raise RuntimeError("a bug in the store")
+            commit(rows, answers, meta)  # type: ignore[arg-type]
+
+        service.store.commit = once  # type: ignore[method-assign]
+        with pytest.raises(NodeError, match="not applied"):
+            await asyncio.wait_for(client.update("k", "GCounter", "increment", 5), 10)
+        op = await asyncio.wait_for(client.update("k", "GCounter", "increment", 2), 10)
+        assert op.key == "k"
+        state = await client.get("k")
+        assert isinstance(state, GCounter) and state.value == 2
+
+    _with_node(tmp_path, work)
+    store = SQLiteStore(tmp_path, node="n0")
+    try:
+        (entry,) = store.load().entries
+        assert isinstance(entry.state, GCounter) and entry.state.value == 2
+    finally:
+        store.close()
