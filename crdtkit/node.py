@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from queue import SimpleQueue
 from random import Random
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar, overload
 
 from crdtkit import protocol
 from crdtkit.transports import MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, NodeTransport
@@ -124,15 +124,16 @@ T = TypeVar("T")
 class _Request:
     """An update waiting for the next commit: its arguments validated by
     ``mutator``'s table; ``reply``, the client protocol's request number and
-    the future its transport sends; ``done``, made for whoever else waits
-    (a retry while it commits, a write at a consistency level)."""
+    where its transport takes the answer's bytes; ``done``, made for
+    whoever else waits (a retry while it commits, a write at a consistency
+    level)."""
 
     key: str
     cls: type[CRDT]
     mutator: Mutator
     args: tuple[object, ...]
     request_id: bytes
-    reply: tuple[int, asyncio.Future[bytes]] | None = field(default=None, repr=False)
+    reply: tuple[int, Callable[[bytes], None]] | None = field(default=None, repr=False)
     done: asyncio.Future[_Answer] | None = field(default=None, repr=False)
 
     @property
@@ -571,8 +572,10 @@ class NodeService:
             del self._inflight[request.request_id]
         if request.reply is not None:
             number, reply = request.reply
-            if not reply.done():
-                reply.set_result(_done(number, answer))
+            try:
+                reply(_done(number, answer))
+            except Exception:  # the client's connection: never the commit's business
+                log.exception("%s: answering a client failed", self.node_id)
         if request.done is not None and not request.done.done():
             request.done.set_result(answer)
 
@@ -651,11 +654,11 @@ class NodeService:
         fields: list[object],
         *,
         fresh: bool = False,
-        reply: tuple[int, asyncio.Future[bytes]] | None = None,
+        reply: tuple[int, Callable[[bytes], None]] | None = None,
     ) -> asyncio.Future[_Answer] | None:
         """Queue an update for the next commit. With ``reply`` (the client
-        protocol's request number and the future its transport sends), the
-        commit sets that future itself and None is returned; otherwise, and
+        protocol's request number and where its transport takes the answer),
+        the commit hands the answer there itself and None is returned; otherwise, and
         for a retried request, the update's answer when it has one. A retried
         request gets the first one's (read back from the store if it was
         answered already), never a second application."""
@@ -697,26 +700,45 @@ class NodeService:
 
     # -- clients ---------------------------------------------------------------------
 
-    def serve(self, kind: str, request: int, fields: list[object]) -> Awaitable[bytes]:
+    @overload
+    def serve(self, kind: str, request: int, fields: list[object]) -> Awaitable[bytes]: ...
+
+    @overload
+    def serve(self, kind: str, request: int, fields: list[object],
+              send: Callable[[bytes], None]) -> Awaitable[bytes] | None: ...
+
+    def serve(self, kind: str, request: int, fields: list[object],
+              send: Callable[[bytes], None] | None = None) -> Awaitable[bytes] | None:
         """The answer to one client request, parsed (``protocol.parse``), as
-        its transport sends it: for an update a future, set by its commit
-        (no task, and no future between, per update); for the others a
-        coroutine. A request that cannot be served is answered with an
-        error, never raised. Cost: the request's."""
+        its transport sends it: for the others a coroutine; for an update a
+        future set by its commit (no task, and no future between, per
+        update), or, given ``send``, None: its commit hands the answer to
+        ``send`` then, which saves a transport a callback and a turn of the
+        event loop per update. A request that cannot be served is answered
+        with an error, never raised. Cost: the request's."""
         if kind == "update":
-            answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
             try:
                 level, timeout = _level(fields[5:])
                 if len(fields) > 5:  # at a consistency level: answered once it got there
                     waiting = self._submit(fields[:5])
                     assert waiting is not None  # (no reply given)
                     return self._update_at(request, waiting, level, timeout)
-                waiting = self._submit(fields[:5], reply=(request, answer))
+                if send is not None:
+                    waiting = self._submit(fields[:5], reply=(request, send))
+                    if waiting is None:  # queued: its commit answers
+                        return None
+                    answer: asyncio.Future[bytes] = loop.create_future()
+                else:
+                    answer = loop.create_future()
+                    waiting = self._submit(
+                        fields[:5], reply=(request, functools.partial(_settle, answer)))
+                    if waiting is None:
+                        return answer
             except (CrdtkitError, ValueError, TypeError) as exc:
-                answer.set_result(protocol.encode("error", request, f"{exc}"[:500]))
-                return answer
-            if waiting is None:  # queued: its commit answers
-                return answer
+                failed: asyncio.Future[bytes] = loop.create_future()
+                failed.set_result(protocol.encode("error", request, f"{exc}"[:500]))
+                return failed
 
             def answered(done: asyncio.Future[_Answer]) -> None:
                 if done.cancelled():
@@ -927,6 +949,11 @@ def _held_answers(stored: Stored, node_id: str) -> OrderedDict[bytes, bytes]:
             node_id, len(stored.answers) - len(kept),
         )
     return kept
+
+
+def _settle(future: asyncio.Future[bytes], data: bytes) -> None:
+    if not future.done():
+        future.set_result(data)
 
 
 def _done(request: int, answer: _Answer, reached: Reached | None = None) -> bytes:
