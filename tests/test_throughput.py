@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -95,3 +96,28 @@ def test_a_commit_that_breaks_answers_not_applied_and_the_node_goes_on(tmp_path:
         assert isinstance(entry.state, GCounter) and entry.state.value == 2
     finally:
         store.close()
+
+
+def test_a_client_that_waits_for_each_answer_reads_with_one_task(tmp_path: Path) -> None:
+    # Client made a reader task per call whenever no other call waited, so
+    # a client sending one update at a time paid a task per update.
+    readers: list[str] = []
+
+    async def work(client: Client, service: NodeService) -> None:
+        loop = asyncio.get_running_loop()
+
+        def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+            readers.extend(["reader"] if coro.__qualname__ == "Client._read" else [])
+            return asyncio.Task(coro, loop=loop, **kwargs)
+
+        loop.set_task_factory(factory)
+        try:
+            for i in range(10):
+                await client.update("k", "GCounter", "increment", i)
+            state = await client.get("k")
+            assert isinstance(state, GCounter) and state.value == 45
+        finally:
+            loop.set_task_factory(None)
+
+    _with_node(tmp_path, work)
+    assert len(readers) <= 1
