@@ -467,8 +467,10 @@ class NodeService:
             asyncio.get_running_loop().call_soon(self._start)
 
     def _flush_tick(self) -> None:
-        # Keys changed by gossip go into the first commit after their interval.
+        # Keys changed by gossip go into the first commit after their interval
+        # (due now, even if the timer fired a clock tick early).
         self._flush_timer = None
+        self._flush_due = min(self._flush_due, asyncio.get_running_loop().time())
         if not self._committing:
             self._start()
 

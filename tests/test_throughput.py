@@ -17,9 +17,10 @@ import pytest
 
 from crdtkit.client import Client, NodeError
 from crdtkit.node import NodeService
+from crdtkit.tcpnode import TcpNodeTransport
 from crdts import GCounter, ORSet
-from replication.sqlite import SQLiteStore
-from tests.test_pipelining import _with_node
+from replication.sqlite import SQLiteStore, read_store
+from tests.test_pipelining import KEY, _with_node
 
 
 def test_an_update_copies_its_key_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -121,3 +122,36 @@ def test_a_client_that_waits_for_each_answer_reads_with_one_task(tmp_path: Path)
 
     _with_node(tmp_path, work)
     assert len(readers) <= 1
+
+
+def test_keys_changed_by_gossip_are_written_every_flush_interval(tmp_path: Path) -> None:
+    # The commit machinery's timer: a key changed outside client updates
+    # (as gossip changes it) reaches the store within the interval, while
+    # the node runs and no client writes.
+    async def main() -> None:
+        service = NodeService("n0", tmp_path, flush_interval=0.05, transport=lambda rng:
+                              TcpNodeTransport("n0", KEY, rng=rng, listen=("127.0.0.1", 0)))
+        stop, ready = asyncio.Event(), asyncio.Event()
+        running = asyncio.create_task(service.run(stop, ready))
+        try:
+            await asyncio.wait_for(ready.wait(), 10)
+            for round_ in range(1, 4):
+                while True:  # (refused while a commit's batch is staged)
+                    try:
+                        service.replica.update("g", GCounter, lambda c, me: c.increment(me, 1))
+                        break
+                    except RuntimeError:
+                        await asyncio.sleep(0.001)
+                for _ in range(200):
+                    held = {e.key: e.state for e in read_store(tmp_path).entries}
+                    state = held.get("g")
+                    if isinstance(state, GCounter) and state.value == round_:
+                        break
+                    await asyncio.sleep(0.01)
+                else:
+                    raise AssertionError(f"round {round_}: not written within 2 s")
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, 30)
+
+    asyncio.run(main())
