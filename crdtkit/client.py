@@ -48,7 +48,6 @@ from crdtkit import protocol
 from crdts import codec
 from crdts.base import CRDT, expect_list, expect_replica, expect_uint
 from crdts.errors import DecodeError, PeerError
-from crdts.operations import operations_of
 from replication.auth import AuthError
 from replication.consistency import Level, Reached, check_level
 from replication.dotranges import DotRanges
@@ -348,7 +347,7 @@ class Client:
 
         Cost: a round trip and the node's commit (and, with a level, the
         node's push to the members and their acknowledgements)."""
-        items = list(operations_of(type_name)[1].validate(kind, args))
+        items = list(protocol.operations(type_name)[1].validate(kind, args))
         if request_id is None:
             self._ids += 1
             request_id = self._prefix + self._ids.to_bytes(8, "big")

@@ -70,7 +70,7 @@ from crdtkit.transports import MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, NodeTransport
 from crdts import codec
 from crdts.base import CRDT, expect_list
 from crdts.errors import CrdtkitError, DecodeError, InvalidOperation
-from crdts.operations import Mutator, operations_of
+from crdts.operations import Mutator
 from replication.consistency import Level, Quorum, Reached, check_level
 from replication.membership import (
     MemberEvent,
@@ -678,7 +678,7 @@ class NodeService:
         # does not take, or arguments it refuses, are answered with an error
         # before anything is queued (staging checks the type again: gossip
         # may bring the key meanwhile).
-        cls, table = operations_of(type_name)
+        cls, table = protocol.operations(type_name)
         mutator = table.mutator(kind)
         items = table.validate(kind, expect_list(args, "arguments"), max_size=self.max_state)
         held = self.replica.entry(key)  # not get(): a copy of the key, O(its size)
