@@ -89,6 +89,45 @@ def _bounded(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+#: ``crdtkit node``'s options for ``replication.tcp.Limits`` fields.
+LIMIT_OPTIONS = ("--max-clients", "--max-peers", "--startups", "--handshake-timeout")
+
+
+def _startups(text: str) -> tuple[int, int, int]:
+    parts = text.split(":")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected START:RATE:FULL, got {text!r}")
+    start, rate, full = (int(p) for p in parts)
+    if not (1 <= start <= full <= 65536 and rate <= 100):
+        raise argparse.ArgumentTypeError(
+            f"START:RATE:FULL needs 1 <= START <= FULL <= 65536 and RATE <= 100, got {text}"
+        )
+    return start, rate, full
+
+
+def _limit_options(node: argparse.ArgumentParser) -> None:
+    """The TCP runtime's connection limits (``replication.tcp.Limits``; its
+    defaults, which tests/test_cli.py checks these help texts against, apply
+    to what is not given: the CLI does not import the runtime to start)."""
+    node.add_argument(
+        "--max-clients", type=_bounded(1, 65536), metavar="N",
+        help="authenticated client connections at once (128)",
+    )
+    node.add_argument(
+        "--max-peers", type=_bounded(1, 65536), metavar="N",
+        help="authenticated inbound peer connections at once (64)",
+    )
+    node.add_argument(
+        "--startups", type=_startups, metavar="START:RATE:FULL",
+        help="connections not yet authenticated, as OpenSSH's MaxStartups: from START on, "
+        "drop one with RATE%% chance, rising to all at FULL (10:30:64)",
+    )
+    node.add_argument(
+        "--handshake-timeout", type=_seconds, metavar="SECONDS",
+        help="from accept to authenticated, TLS included (5 s)",
+    )
+
+
 def _address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -165,7 +204,9 @@ def _check_node(args: argparse.Namespace) -> None:
     if args.nats:
         tcp_only = [o for o, v in (("--listen", args.listen), ("--advertise", args.advertise),
                                    ("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key),
-                                   ("--tls-ca", args.tls_ca)) if v]
+                                   ("--tls-ca", args.tls_ca),
+                                   *((o, getattr(args, o[2:].replace("-", "_")))
+                                     for o in LIMIT_OPTIONS)) if v]
         if tcp_only:
             raise _Usage(f"{tcp_only[0]} is for the TCP runtime; over NATS use --nats-tls-* "
                          "(and peers and seeds are node ids)")
@@ -292,6 +333,7 @@ def _parser() -> _Parser:
         help="wait this long after a replica id is retired (an earlier incarnation, a "
         "removed member) before pruning it (300 s); longer than any frame is delayed",
     )
+    _limit_options(node)
     for option, text in (
         ("--tls-cert", "this node's certificate (PEM)"),
         ("--tls-key", "its private key (PEM)"),

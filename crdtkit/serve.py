@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib
 import logging
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 from random import Random
 from typing import Any, TextIO
 
+from crdtkit.cli import LIMIT_OPTIONS
 from crdtkit.client import Client, Gathered, live_snapshot
 from crdtkit.cluster import LocalCluster, LocalNatsServer, converge, problems
 from crdtkit.node import NodeService
@@ -29,6 +31,7 @@ from replication.auth import generate_key, load_key
 from replication.history import History, Operation, random_operation
 from replication.membership import MembershipSettings
 from replication.store import StoreDamaged, StoreError
+from replication.tcp import Limits
 from snapshot.sec import check
 
 __all__ = ["ask", "keygen", "request", "run_cluster", "serve"]
@@ -58,9 +61,26 @@ def _tcp_transport(
         return TcpNodeTransport(
             args.id, key, rng=rng, listen=args.listen, peers=dict(args.peer), seeds=args.seed,
             advertise=args.advertise, server_ssl=server_ssl, client_ssl=client_ssl,
+            limits=limits_of(args),
         )
 
     return make
+
+
+def limits_of(args: argparse.Namespace) -> Limits:
+    """The connection limits ``--max-clients``, ``--max-peers``,
+    ``--startups`` and ``--handshake-timeout`` ask for; ``Limits``' defaults
+    for the rest. Cost: O(1).
+
+    >>> limits_of(argparse.Namespace(max_clients=4, max_peers=None,
+    ...     startups=(2, 50, 8), handshake_timeout=None)) == Limits(max_clients=4,
+    ...     startups=(2, 50, 8))
+    True
+    """
+    given = {o[2:].replace("-", "_") for o in LIMIT_OPTIONS}
+    return dataclasses.replace(
+        Limits(), **{f: getattr(args, f) for f in given if getattr(args, f) is not None}
+    )
 
 
 def nats_options(args: argparse.Namespace) -> dict[str, Any]:

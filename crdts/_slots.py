@@ -64,6 +64,15 @@ def ordered_flat(slots: dict[str, int]) -> tuple[list[object], dict[str, int]]:
     return flat, slots
 
 
+def flatten(slots: dict[str, int]) -> list[object]:
+    """``[replica, count, ...]`` in the map's own order: the encoding of a map
+    kept in replica order. Two slice assignments at C speed; Cost: O(r)."""
+    flat: list[object] = [None] * (2 * len(slots))
+    flat[0::2] = slots
+    flat[1::2] = slots.values()
+    return flat
+
+
 def to_flat(slots: dict[str, int]) -> list[object]:
     """The flat array of :func:`ordered_flat`, for maps kept in any order."""
     return ordered_flat(slots)[0]
@@ -72,6 +81,10 @@ def to_flat(slots: dict[str, int]) -> list[object]:
 def from_flat(payload: object, what: str) -> dict[str, int]:
     """Inverse of :func:`to_flat` for untrusted input: canonical or DecodeError."""
     flat = expect_list(payload, what)
+    if len(flat) <= _FEW:
+        slots = _few_from_flat(flat)
+        if slots is not None:
+            return slots
     if len(flat) % 2:
         raise DecodeError(f"{what}: expected replica/count pairs")
     replicas, counts = flat[0::2], flat[1::2]
@@ -83,3 +96,25 @@ def from_flat(payload: object, what: str) -> dict[str, int]:
     # Zero slots are never written: a zero would give equal states two encodings.
     expect_uints(counts, what, low=1)
     return dict(zip(replicas, counts, strict=True))  # type: ignore[arg-type]
+
+
+#: Payloads up to this many items are checked in one tight pass, which beats
+#: the C-speed passes below on their fixed cost (a frame holds many small
+#: counters); longer ones the other way round.
+_FEW = 32
+
+
+def _few_from_flat(flat: list[object]) -> dict[str, int] | None:
+    """:func:`from_flat` of a short canonical payload; None if it is not
+    (then the full checks name what is wrong)."""
+    if len(flat) % 2:
+        return None
+    slots: dict[str, int] = {}
+    prev = ""  # below every non-empty str
+    it = iter(flat)
+    for replica, count in zip(it, it, strict=True):
+        if not (type(replica) is str and replica > prev and type(count) is int and count > 0):
+            return None
+        slots[replica] = count
+        prev = replica
+    return slots

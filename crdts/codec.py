@@ -68,13 +68,15 @@ __all__ = [
     "decode_plain",
     "encode",
     "encode_plain",
+    "from_plain",
     "register",
     "registered",
+    "to_plain",
 ]
 
 #: The largest input ``decode`` reads unless told otherwise: 16 MiB. Decoding
-#: builds at most ``_COST_PER_BYTE`` (36) bytes of objects per input byte, so
-#: this bounds memory near 600 MB; pass a larger ``max_size`` for larger states
+#: builds at most ``_COST_PER_BYTE`` (30) bytes of objects per input byte, so
+#: this bounds memory near 500 MB; pass a larger ``max_size`` for larger states
 #: (an OR-Set element costs ~16 bytes).
 DEFAULT_MAX_SIZE = 16 * 1024 * 1024
 #: The deepest nesting a flat payload needs is 4; an OR-Map adds 2 per level
@@ -121,11 +123,28 @@ def encode(state: CRDT) -> bytes:
 
     Cost: O(size log size) for the canonical ordering, then C speed.
     """
+    return cbor2.dumps(to_plain(state), canonical=True)
+
+
+def to_plain(state: CRDT) -> list[object]:
+    """The envelope ``[type-tag, format-version, payload]`` of ``state`` as
+    plain data: what :func:`encode` writes, for a caller that nests it in a
+    larger structure (a gossip frame), where its canonical CBOR is the same
+    bytes as :func:`encode`'s.
+
+    >>> from crdts import GCounter
+    >>> c = GCounter(); _ = c.increment("a", 3)
+    >>> to_plain(c)
+    ['GCounter', 1, ['a', 3]]
+    >>> encode_plain(["k", to_plain(c)]) == b"\\x82" + encode_plain("k") + encode(c)
+    True
+
+    Cost: the type's ``to_payload``, O(size log size).
+    """
     cls = type(state)
     if _REGISTRY.get(cls.TYPE_TAG) is not cls:
         raise TypeError(f"{cls.__name__} is not registered with crdts.codec")
-    envelope = [cls.TYPE_TAG, cls.FORMAT_VERSION, state.to_payload()]
-    return cbor2.dumps(envelope, canonical=True)
+    return [cls.TYPE_TAG, cls.FORMAT_VERSION, state.to_payload()]
 
 
 def _refuse_tag(decoder: object, *tag: object) -> object:
@@ -169,13 +188,17 @@ _SEMANTIC: dict[int, Any] = {
 # That is where the bulk of every honest state lies (flat arrays); the rest is
 # walked, and then decoded once with the bulk arrays spliced back in.
 
-#: Objects cbor2 may build per input byte: at most this many bytes of them
-#: (honest states: 5-13x for the built-in types; a causal context of many
-#: short replica ids, whose every empty dot cloud is a list, up to ~32.5x:
-#: ``["ab", 3, []]`` is 6 bytes and 195 bytes of objects). At 24 a 256-node
-#: cluster's round openers (more than _SMALL bytes of such entries) were
-#: refused as too costly and `crdtkit demo --nodes 256` never converged...
-_COST_PER_BYTE = 36
+#: Objects cbor2 may build per input byte: at most this many bytes of them.
+#: Honest data, measured with this walk's own model (docs/frames.md): the
+#: built-in states 5-19x, up to ~26x for a causal context of many 2-character
+#: replica ids (``"ab", 3, []``: 5 bytes, 131 bytes of objects); a gossip
+#: frame's clock ~17x (``"ab", 3``), down from that ~26x since frame version
+#: 4 wrote it without a dot cloud per id; membership records of 2-character
+#: ids with no address ~29x (``["ab", "", 1, []]``). Was 36, for a shape no
+#: wire form has (``[["ab", 3, []], ...]``, 32.5x); at 24 a 256-node
+#: cluster's round openers were refused and `crdtkit demo --nodes 256` never
+#: converged...
+_COST_PER_BYTE = 30
 #: ... and at most one item per this many bytes (a flood of 1-byte items costs
 #: 8 bytes of list slot each, however cheap the item itself is). Honest data
 #: is as dense as 1.25: ``["a", 3, []]`` is 4 items in 5 bytes (at 2, a
@@ -199,6 +222,10 @@ _BULK = 64
 #: bytes of objects per byte, 16 KiB. Like bulk arrays, they may hold
 #: canonical floats and simple values (every caller checks its types).
 _TINY = 256
+#: Frames (``decode_plain(..., canonical=False)``) up to this size are
+#: decoded without the walk: they cannot build more than 64 bytes of objects
+#: per byte, 256 KiB, and the walk would cost more than the decoding.
+_FRAME_TINY = 64 * 1024
 #: The tag that stands for an array decoded in bulk when the rest is decoded.
 _SPLICE = 0xC9E1
 
@@ -238,9 +265,10 @@ def _argument(data: bytes, pos: int, info: int) -> tuple[int, int]:
     return value, end
 
 
-def _bulk(data: bytes, pos: int) -> tuple[list[object], int] | None:
+def _bulk(data: bytes, pos: int, canonical: bool) -> tuple[list[object], int] | None:
     """The flat array at ``pos`` decoded by cbor2 and its end, if it is flat
-    and canonical; None to have it walked (which says what is wrong)."""
+    (and, if asked, canonical); None to have it walked (which says what is
+    wrong)."""
     stream = io.BytesIO(data)
     stream.seek(pos)
     try:
@@ -252,6 +280,10 @@ def _bulk(data: bytes, pos: int) -> tuple[list[object], int] | None:
             tag_hook=_refuse_tag,
             semantic_decoders=_SEMANTIC,
         ).decode()
+        if not canonical:
+            # Its end is where cbor2 stopped; its form is not checked
+            # (frames: nothing keeps or hashes their bytes).
+            return (items, stream.tell()) if type(items) is list else None
         again = cbor2.dumps(items, canonical=True)
     except Exception:
         return None
@@ -263,7 +295,7 @@ def _bulk(data: bytes, pos: int) -> tuple[list[object], int] | None:
     return items, pos + len(again)
 
 
-def _scan(data: bytes) -> list[tuple[int, int, list[object]]]:
+def _scan(data: bytes, canonical: bool = True) -> list[tuple[int, int, list[object]]]:
     """Refuse ``data`` unless it is one canonical CBOR item of plain data
     (arrays, ints, strings, false/true/null) within the depth and cost bounds;
     return the arrays decoded in bulk as ``(start, end, items)``, in order.
@@ -318,7 +350,7 @@ def _scan(data: bytes) -> list[tuple[int, int, list[object]]]:
                         raise DecodeError("input would cost too much to decode: refused")
                     worst = _LIST + _LEAF * value
                     if value >= _BULK and worst + end - after <= budget:
-                        got = _bulk(data, pos)
+                        got = _bulk(data, pos, canonical)
                         if got is not None:
                             bulk.append((pos, got[1], got[0]))
                             budget -= worst + got[1] - after
@@ -375,6 +407,27 @@ def _decode_tiny(data: bytes) -> object:
     return raw
 
 
+def _decode_small(data: bytes) -> object:
+    """Decode ``data`` of at most ``_FRAME_TINY`` bytes with every guard but
+    the canonical form (see :func:`decode_plain`): one item, nothing after it."""
+    stream = io.BytesIO(data)
+    try:
+        value = cbor2.CBORDecoder(
+            stream,
+            max_depth=MAX_DEPTH,
+            allow_indefinite=False,
+            strict_hashable_types=True,
+            tag_hook=_refuse_tag,
+            object_hook=_refuse_map,
+            semantic_decoders=_SEMANTIC,
+        ).decode()
+    except Exception as exc:  # cbor2 raises several kinds; all mean "bad bytes"
+        raise DecodeError(f"malformed CBOR: {exc}") from exc
+    if stream.tell() != len(data):
+        raise DecodeError("malformed CBOR: bytes after the item")
+    return value
+
+
 def _spliced(bulk: list[tuple[int, int, list[object]]], args: tuple[object, ...]) -> object:
     """The tag hook that puts the bulk arrays back (cbor2 5 passes the decoder
     and the tag, cbor2 6 the tag and a flag)."""
@@ -408,7 +461,10 @@ def encode_plain(value: object) -> bytes:
 
 
 def decode_plain(
-    data: bytes | bytearray | memoryview, *, max_size: int = DEFAULT_MAX_SIZE
+    data: bytes | bytearray | memoryview,
+    *,
+    max_size: int = DEFAULT_MAX_SIZE,
+    canonical: bool = True,
 ) -> object:
     """Parse untrusted bytes that must be the canonical CBOR of plain data.
 
@@ -423,6 +479,12 @@ def decode_plain(
     ...
     crdts.errors.DecodeError: not the canonical encoding of its value
 
+    With ``canonical=False`` (gossip frames: decoded once, their states
+    handed on as plain data, never kept or hashed as bytes) the form is not
+    checked where checking costs a second pass: inputs up to ``_FRAME_TINY``
+    bytes are decoded without the walk (their cost is bounded by their
+    size), and bulk arrays are not re-encoded. Every other guard holds.
+
     Cost: O(len(data)), and at most ``_COST_PER_BYTE`` bytes of objects per
     byte of input: anything costlier is refused before it is built.
     """
@@ -433,9 +495,11 @@ def decode_plain(
         raise DecodeError(f"input of {size} bytes is over the limit of {max_size}")
     if type(data) is not bytes:
         data = bytes(data)  # one copy; cbor2 would make it anyway
+    if not canonical and size <= _FRAME_TINY:
+        return _decode_small(data)
     if size <= _TINY:
         return _decode_tiny(data)
-    bulk = _scan(data)  # before cbor2 builds anything; it also checks canonical form
+    bulk = _scan(data, canonical)  # before cbor2 builds anything; it checks the form too
     try:
         if not bulk:
             return cbor2.loads(data, max_depth=MAX_DEPTH, tag_hook=_refuse_tag)
@@ -459,7 +523,26 @@ def decode(data: bytes | bytearray | memoryview, *, max_size: int = DEFAULT_MAX_
     Cost: O(len(data)); the input is refused before parsing if it is over
     ``max_size`` bytes.
     """
-    envelope = expect_list(decode_plain(data, max_size=max_size), "envelope")
+    return from_plain(decode_plain(data, max_size=max_size))
+
+
+def from_plain(value: object) -> CRDT:
+    """The state whose envelope is ``value`` (plain data from
+    :func:`decode_plain`, or nested in a frame); DecodeError if it is
+    anything else. The inverse of :func:`to_plain`: every invariant of the
+    type is checked, as by :func:`decode`, but not the form of the bytes it
+    came from.
+
+    >>> from_plain(["GCounter", 1, ["a", 3]]).value
+    3
+    >>> from_plain(["GCounter", 1, ["a", -3]])
+    Traceback (most recent call last):
+    ...
+    crdts.errors.DecodeError: GCounter: expected ints >= 1
+
+    Cost: the type's ``from_payload``, O(size).
+    """
+    envelope = expect_list(value, "envelope")
     if len(envelope) != 3:
         raise DecodeError("envelope: expected [type-tag, format-version, payload]")
     tag, version, payload = envelope

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from crdts._slots import from_flat, merge_max, ordered_flat, prune_slot
+from crdts._slots import flatten, from_flat, merge_max, ordered_flat, prune_slot
 from crdts.base import MAX_UINT, check_amount, check_replica
 from crdts.errors import InvalidOperation
 from crdts.operations import Arg, Logged, Mutator, Operations
@@ -35,7 +35,9 @@ class GCounter:
     4
     """
 
-    __slots__ = ("_slots",)
+    # ``_unordered``: an id may sit out of replica order in ``_slots`` (see
+    # ``to_payload``). Set by every path that can add an id.
+    __slots__ = ("_slots", "_unordered")
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     TYPE_TAG: ClassVar[str] = "GCounter"
@@ -45,6 +47,7 @@ class GCounter:
 
     def __init__(self) -> None:
         self._slots: dict[str, int] = {}
+        self._unordered = False
 
     def increment(self, replica: str, amount: int = 1) -> GCounter:
         """Add ``amount`` (an int >= 0) on behalf of ``replica``; return the delta.
@@ -58,34 +61,45 @@ class GCounter:
 
         Cost: O(1).
         """
-        # The hot path is a replica that already has a slot: its id was
-        # checked in full when the slot was made, so only its type is tested
-        # here (a str subclass could hash and compare as anything).
-        if type(replica) is not str:
-            check_replica(replica)
-        if type(amount) is not int or amount <= 0:
-            return self._increment_by_nothing(replica, amount)
+        # The hot path is a replica that already has a slot and a positive
+        # amount: its id was checked in full when the slot was made, so only
+        # its type is tested here (a str subclass could hash and compare as
+        # anything). Everything else takes the checked path, which raises or
+        # makes the slot.
+        if type(replica) is not str or type(amount) is not int or amount <= 0:
+            return self._increment_checked(replica, amount)
         slots = self._slots
         count = slots.get(replica)
         if count is None:
-            check_replica(replica)  # first increment by this replica
-            count = amount
-        else:
-            count += amount
+            return self._increment_checked(replica, amount)
+        count += amount
         if count > MAX_UINT:
             raise InvalidOperation(f"the slot of {replica!r} would pass 2**64 - 1")
         slots[replica] = count
         delta = _new(GCounter)
         delta._slots = {replica: count}
+        delta._unordered = False
         return delta
 
-    def _increment_by_nothing(self, replica: str, amount: object) -> GCounter:
-        # Off the hot path: a bad amount raises, and an increment by 0 (a
-        # valid replica id is still required) writes no slot, since a zero
-        # slot would give equal states two encodings.
+    def _increment_checked(self, replica: str, amount: int) -> GCounter:
+        # Off the hot path: a new replica, or input that raises (an unusable
+        # id, a bad amount), or an increment by 0, which writes no slot (a
+        # zero slot would give equal states two encodings).
         check_replica(replica)
         check_amount(amount)
-        return GCounter()
+        if not amount:
+            return GCounter()
+        slots = self._slots
+        count = slots.get(replica, 0) + amount
+        if count > MAX_UINT:
+            raise InvalidOperation(f"the slot of {replica!r} would pass 2**64 - 1")
+        if replica not in slots and slots and replica < next(reversed(slots)):
+            self._unordered = True  # the next encoding puts it in its place
+        slots[replica] = count
+        delta = _new(GCounter)
+        delta._slots = {replica: count}
+        delta._unordered = False
+        return delta
 
     def merge(self, other: GCounter) -> None:
         """Join ``other`` in place (pointwise max); ``other`` is unchanged.
@@ -99,7 +113,11 @@ class GCounter:
         """
         if type(other) is not GCounter:
             raise TypeError(f"cannot merge {type(other).__name__} into GCounter")
-        merge_max(self._slots, other._slots)
+        slots = self._slots
+        held = len(slots)
+        merge_max(slots, other._slots)
+        if len(slots) != held:
+            self._unordered = True  # new replicas, appended: see to_payload
 
     @property
     def value(self) -> int:
@@ -125,6 +143,7 @@ class GCounter:
         Cost: O(1).
         """
         prune_slot(self._slots, removed, owner)
+        self._unordered = True  # the owner's slot may be new, appended
         return 0  # nothing is renamed: see crdts.base.Prunable
 
     def cleanup(self, removed: str, owner: str, base: int) -> None:
@@ -149,8 +168,9 @@ class GCounter:
 
         Cost: O(r).
         """
-        out = GCounter()
+        out = _new(GCounter)
         out._slots = self._slots.copy()
+        out._unordered = self._unordered
         return out
 
     def __eq__(self, other: object) -> bool:
@@ -168,8 +188,13 @@ class GCounter:
         flatten: O(r), or O(r log r) the first time after an id arrived out
         of order (the order is not part of the state, only of its encoding).
         """
-        flat, self._slots = ordered_flat(self._slots)
-        return flat
+        if self._unordered:
+            # (Checked, not assumed: the flag may be up for an id that came
+            # in order after all, and then the map is kept as it is.)
+            flat, self._slots = ordered_flat(self._slots)
+            self._unordered = False
+            return flat
+        return flatten(self._slots)
 
     @classmethod
     def from_payload(cls, payload: object, version: int) -> GCounter:

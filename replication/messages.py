@@ -2,10 +2,16 @@
 
 Every message is a frozen dataclass; on the wire it is the canonical CBOR array
 ``[kind, version, sender, ...fields]`` written by ``crdts.codec.encode_plain``,
-with each CRDT state nested as its own ``crdts.codec`` encoding (bytes), so the
-hostile-input decoder checks every state. :func:`parse` turns untrusted bytes
-into a message or raises ``DecodeError``; it validates the whole frame before
-returning, so a caller never acts on half a message.
+with each CRDT state nested in it as CBOR structure: its envelope
+``[type-tag, format-version, payload]``, the very bytes of its
+``crdts.codec.encode``. :func:`parse` turns untrusted bytes into a message or
+raises ``DecodeError``; it decodes the frame once (the codec's size cap, cost
+bounds and guards, ``decode_plain``), checks every state's invariants on the
+plain data (``codec.from_plain``) and validates the whole frame before
+returning, so a caller never acts on half a message. The canonical form of a
+frame's bytes is not checked (docs/frames.md): nothing keeps or hashes them,
+and states are encoded afresh wherever bytes are kept or compared (the store,
+snapshot files, ``encode_keyspace``).
 
 The messages (see ``replication.replicator`` for the protocol):
 
@@ -34,7 +40,21 @@ entries into push frames of at most ``max_frame`` bytes, and cuts an entry
 larger than that into pieces. ``MAX_FRAME`` is the most any replicator may
 be configured to send; ``DEFAULT_FRAME`` what it sends unless told otherwise.
 
-Cost: encoding and parsing are O(frame size) plus the codec's cost per state.
+Wire form (``VERSION`` 4), fields after ``[kind, version, sender]``:
+
+- push: ``to, start, end, part, parts, reply, clock, entries, ack, tally``;
+- piece: ``to, start, end, part, parts, reply, clock, ack, index, count, chunk``;
+- ack: ``position``; read: ``request, key``;
+- result: ``to, request, key, status, entries or null``;
+
+where a clock is the flat ``[id, counter, id, counter, ...]`` in id order
+(a prefix clock has no dot cloud), an entry is ``[key, envelope, ranges]``
+and a chunk is bytes of an entry's encoding. Version 3 nested each state as
+bytes (CBOR in CBOR, decoded and re-encoded at every layer) and wrote the
+clock as ``[id, counter, [cloud...], ...]``, an empty array per id; readers
+refuse it.
+
+Cost: encoding and parsing are O(frame size) plus each type's checks.
 """
 
 from __future__ import annotations
@@ -67,13 +87,17 @@ __all__ = [
     "ReadResult",
     "Reply",
     "check_claims",
+    "clock_payload",
     "encode",
     "encode_entries",
     "encode_entry",
     "encode_interval",
     "encode_keyspace",
+    "entry_item",
     "parse",
+    "parse_clock",
     "parse_entries",
+    "parse_frame_entries",
     "sent_by",
 ]
 
@@ -88,7 +112,8 @@ MIN_FRAME = 4096
 #: 2: entries carry per-key dot ranges (``DotRanges``), not dot sets.
 #: 3: a push carries a tally of retired ids (its thirteenth field), and
 #: ranges may carry pruning markers (docs/pruning.md).
-VERSION = 3
+#: 4: states nested as CBOR structure, not bytes; clocks flat ``[id, n, ...]``.
+VERSION = 4
 #: The most retired ids a push's tally may name.
 MAX_TALLY = 256
 
@@ -250,8 +275,67 @@ def encode_keyspace(states: Iterable[tuple[str, CRDT]]) -> bytes:
 
 
 def encode_entries(entries: Iterable[Entry]) -> list[object]:
-    """``[[key, state bytes, dot ranges], ...]``: how entries travel and are saved."""
+    """``[[key, state bytes, dot ranges], ...]``: how entries are saved
+    (snapshot and checkpoint files); frames nest the states instead."""
     return [[e.key, codec.encode(e.state), e.dots.to_payload()] for e in entries]
+
+
+def _frame_entries(entries: Iterable[Entry]) -> list[object]:
+    # How entries travel: [[key, envelope, dot ranges], ...].
+    return [[e.key, codec.to_plain(e.state), e.dots.to_payload()] for e in entries]
+
+
+def clock_payload(clock: CausalContext) -> list[object]:
+    """A prefix clock as it travels: ``[id, counter, ...]`` in id order;
+    ValueError for a context with a dot cloud (a prefix clock has no gaps).
+
+    >>> c = CausalContext.from_dots([("b", 1), ("a", 1), ("a", 2)])
+    >>> clock_payload(c)
+    ['a', 2, 'b', 1]
+
+    Cost: O(n log n) for n ids.
+    """
+    if clock.cloud:
+        raise ValueError("a prefix clock has no gaps")
+    out: list[object] = []
+    for replica in sorted(clock.vv):
+        out += (replica, clock.vv[replica])
+    return out
+
+
+def parse_clock(raw: object, what: str) -> CausalContext:
+    """Inverse of :func:`clock_payload` for untrusted input: ids non-empty
+    strs in strictly increasing order, counters ints >= 1; DecodeError
+    otherwise.
+
+    >>> parse_clock(["a", 2, "b", 1], "clock").vv
+    {'a': 2, 'b': 1}
+
+    Cost: O(n), one tight pass.
+    """
+    flat = expect_list(raw, what)
+    vv: dict[str, int] = {}
+    prev = ""  # below every non-empty str
+    it = iter(flat)
+    for replica, count in zip(it, it, strict=False):  # one tight pass: every frame has one
+        if not (type(replica) is str and replica > prev and type(count) is int and count >= 1):
+            raise DecodeError(
+                f"{what}: expected non-empty replica ids in increasing order and counters >= 1"
+            )
+        vv[replica] = count
+        prev = replica
+    if len(flat) % 2:
+        raise DecodeError(f"{what}: expected replica/counter pairs")
+    out = CausalContext()
+    out.vv = vv
+    return out
+
+
+def entry_item(key: str, state: bytes, dots: DotRanges) -> bytes:
+    """One entry as it travels, from its state's :func:`crdts.codec.encode`
+    (which a sender has at hand to check its size): the canonical CBOR of
+    ``[key, envelope, ranges]`` (see :func:`encode_entry`). Cost: O(size)."""
+    return b"\x83" + codec.encode_plain(key) + state + codec.encode_plain(dots.to_payload())
 
 
 def encode(message: Message) -> bytes:
@@ -266,14 +350,14 @@ def encode(message: Message) -> bytes:
     fields: list[object]
     if isinstance(m, Push):
         fields = ["push", VERSION, m.sender, m.to, m.start, m.end, m.part, m.parts, m.reply]
-        fields += [m.context.to_payload(), encode_entries(m.entries), m.ack, _tally(m.tally)]
+        fields += [clock_payload(m.context), _frame_entries(m.entries), m.ack, _tally(m.tally)]
     elif isinstance(m, Piece):
         fields = ["piece", VERSION, m.sender, m.to, m.start, m.end, m.part, m.parts, m.reply]
-        fields += [m.context.to_payload(), m.ack, m.index, m.count, m.chunk]
+        fields += [clock_payload(m.context), m.ack, m.index, m.count, m.chunk]
     elif isinstance(m, Read):
         fields = ["read", VERSION, m.sender, m.request, m.key]
     elif isinstance(m, ReadResult):
-        held = None if m.entry is None else encode_entries([m.entry])
+        held = None if m.entry is None else _frame_entries([m.entry])
         fields = ["result", VERSION, m.sender, m.to, m.request, m.key, m.status, held]
     else:
         fields = ["ack", VERSION, m.sender, m.position]
@@ -334,7 +418,7 @@ def encode_interval(
     reply, clock, ack, tally = template.reply, template.context, template.ack, template.tally
     if max_frame < MIN_FRAME:
         raise ValueError(f"max_frame is at least {MIN_FRAME}")
-    base = [sender, to, start, end, 0, 0, reply, clock.to_payload()]
+    base = [sender, to, start, end, 0, 0, reply, clock_payload(clock)]
     opening = Push(sender, to, start, end, 0, 1, reply, clock, (), ack, tally)
     push_room = max_frame - len(encode(opening))
     piece_room = max_frame - len(codec.encode_plain(["piece", VERSION, *base, ack, 0, 0, b""]))
@@ -390,16 +474,17 @@ def encode_interval(
 
 
 def encode_entry(entry: Entry) -> bytes:
-    """One entry as it travels: the canonical CBOR of ``[key, state bytes,
-    dots]`` (an item of :func:`encode_entries`'s list).
+    """One entry as it travels: the canonical CBOR of ``[key, envelope,
+    dots]``, the state nested as CBOR structure (its envelope is the bytes
+    of ``codec.encode``).
 
     >>> from crdts import GCounter
-    >>> encode_entry(Entry("k", GCounter(), CausalContext())).hex()
-    '83616b4c836847436f756e746572018080'
+    >>> encode_entry(Entry("k", GCounter(), DotRanges())).hex()
+    '83616b836847436f756e746572018080'
 
     Cost: O(size of the state).
     """
-    return codec.encode_plain([entry.key, codec.encode(entry.state), entry.dots.to_payload()])
+    return entry_item(entry.key, codec.encode(entry.state), entry.dots)
 
 
 def _key(x: object) -> str:
@@ -432,7 +517,54 @@ def parse_entries(raw: object, *, max_state: int | None = None) -> tuple[Entry, 
     return tuple(out)
 
 
-def _parse_result(sender: str, f: list[object], max_state: int | None) -> ReadResult:
+def parse_frame_entries(
+    raw: object, *, size: int, max_state: int | None = None
+) -> tuple[Entry, ...]:
+    """The entries of a frame (``[[key, envelope, ranges], ...]``, decoded
+    by ``codec.decode_plain`` from ``size`` bytes) for untrusted input;
+    DecodeError otherwise, EntryTooLarge for a state whose encoding is over
+    ``max_state`` bytes (measured only when the frame is larger than that:
+    no state is larger than its frame).
+
+    >>> from crdts import GCounter
+    >>> raw = codec.decode_plain(encode_entry(Entry("k", GCounter(), DotRanges())))
+    >>> parse_frame_entries([raw], size=16)[0].state
+    GCounter({})
+
+    Cost: O(size), each type's checks on its payload.
+    """
+    out = []
+    seen: set[str] = set()
+    measure = max_state is not None and size > max_state
+    from_plain, from_payload = codec.from_plain, DotRanges.from_payload
+    for item in expect_list(raw, "entries"):
+        if type(item) is not list or len(item) != 3:
+            raise DecodeError("entry: expected [key, state, ops]")
+        key, envelope, dots = item
+        if type(key) is not str:
+            raise DecodeError("a key is a str")
+        if key in seen:
+            raise DecodeError(f"entry: key {key!r:.40} twice in one message")
+        seen.add(key)
+        if measure:
+            # Rare (a max_state below the frame size): the state's encoding,
+            # before its type's checks.
+            try:
+                length = len(codec.encode_plain(envelope))
+            except Exception as exc:  # not plain data after all: bad bytes
+                raise DecodeError(f"entry: the state of {key!r:.40} does not encode") from exc
+            if length > max_state:  # type: ignore[operator]
+                raise EntryTooLarge(
+                    f"entry: the state of {key!r:.40} is {length} bytes,"
+                    f" over the limit of {max_state}"
+                )
+        out.append(Entry(key, from_plain(envelope), from_payload(dots, "entry ops")))
+    return tuple(out)
+
+
+def _parse_result(
+    sender: str, f: list[object], max_state: int | None, size: int
+) -> ReadResult:
     to = expect_replica(f[0], "result to")
     request, key = expect_uint(f[1], "result request"), _key(f[2])
     status = f[3]
@@ -442,7 +574,7 @@ def _parse_result(sender: str, f: list[object], max_state: int | None) -> ReadRe
         raise DecodeError("result: an entry comes with a state held, and only then")
     if f[4] is None:
         return ReadResult(sender, to, request, key, status)
-    entries = parse_entries(f[4], max_state=max_state)
+    entries = parse_frame_entries(f[4], size=size, max_state=max_state)
     if len(entries) != 1 or entries[0].key != key or not entries[0].dots.is_whole():
         raise DecodeError("result: the entry is not the whole key asked for")
     return ReadResult(sender, to, request, key, status, entries[0])
@@ -468,6 +600,7 @@ def check_claims(
             )
 
 
+_REPLIES = {int(r): r for r in Reply}
 _ARITY = {"push": 13, "ack": 4, "piece": 14, "read": 5, "result": 8}
 
 
@@ -484,7 +617,7 @@ def parse(
 
     Cost: O(len(frame)); frames over ``max_size`` are refused before parsing.
     """
-    raw = expect_list(codec.decode_plain(frame, max_size=max_size), "frame")
+    raw = expect_list(codec.decode_plain(frame, max_size=max_size, canonical=False), "frame")
     if len(raw) < 3 or type(raw[0]) is not str or raw[0] not in _ARITY:
         raise DecodeError("frame: unknown message kind")
     kind = raw[0]
@@ -492,32 +625,46 @@ def parse(
         raise DecodeError(f"{kind}: unknown version {raw[1]!r:.20}")
     if len(raw) != _ARITY[kind]:
         raise DecodeError(f"{kind}: expected {_ARITY[kind]} fields")
-    sender = expect_replica(raw[2], f"{kind} sender")
+    sender = raw[2]
+    if type(sender) is not str or not sender:
+        raise DecodeError(f"{kind} sender: expected a non-empty replica id")
     f = raw[3:]
     if kind == "read":
         return Read(sender, expect_uint(f[0], "read request"), _key(f[1]))
     if kind == "result":
-        return _parse_result(sender, f, max_state)
+        return _parse_result(sender, f, max_state, len(frame))
     if kind != "ack":
-        to = expect_replica(f[0], f"{kind} to")
-        start, end = expect_uint(f[1], f"{kind} start", -1), expect_uint(f[2], f"{kind} end")
-        part, parts = expect_uint(f[3], f"{kind} part"), expect_uint(f[4], f"{kind} parts", 1)
-        if start > end or part >= parts or type(f[5]) is not int or f[5] not in (0, 1, 2):
-            raise DecodeError(f"{kind}: inconsistent interval or parts")
-        clock = CausalContext.from_payload(f[6], f"{kind} clock")
+        # No check is named until one fails: formatting every field's name
+        # cost as much as the checks (an opener is parsed every round).
+        to, start, end, part, parts, reply = f[:6]
+        if not (
+            type(to) is str
+            and to
+            and type(start) is int
+            and type(end) is int
+            and type(part) is int
+            and type(parts) is int
+            and -1 <= start <= end
+            and 0 <= part < parts
+            and type(reply) is int
+            and reply in _REPLIES
+        ):
+            raise DecodeError(f"{kind}: bad receiver, inconsistent interval or parts")
+        clock = parse_clock(f[6], "clock")
         if kind == "piece":
             ack = expect_uint(f[7], "piece ack", -1)
             index, count = expect_uint(f[8], "piece index"), expect_uint(f[9], "piece count", 1)
             if index >= count or type(f[10]) is not bytes or not f[10]:
                 raise DecodeError("piece: inconsistent index or empty chunk")
-            if clock.cloud:
-                raise DecodeError("piece clock: a prefix clock has no gaps")
             return Piece(
-                sender, to, start, end, part, parts, Reply(f[5]), clock, ack, index, count, f[10]
+                sender, to, start, end, part, parts, _REPLIES[reply], clock, ack, index, count,
+                f[10],
             )
-        entries = parse_entries(f[7], max_state=max_state)
+        entries = parse_frame_entries(f[7], size=len(frame), max_state=max_state)
         ack = expect_uint(f[8], "push ack", -1)
         check_claims(sender, start, clock, entries)
-        tally = _parse_tally(f[9])
-        return Push(sender, to, start, end, part, parts, Reply(f[5]), clock, entries, ack, tally)
+        tally = _parse_tally(f[9]) if f[9] != [] else ()
+        return Push(
+            sender, to, start, end, part, parts, _REPLIES[reply], clock, entries, ack, tally
+        )
     return Ack(sender, expect_uint(f[0], "ack position", -1))

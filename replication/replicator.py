@@ -146,8 +146,9 @@ from replication.messages import (
     encode,
     encode_interval,
     encode_keyspace,
+    entry_item,
     parse,
-    parse_entries,
+    parse_frame_entries,
     sent_by,
 )
 from replication.transport import Outgoing
@@ -362,6 +363,7 @@ class Replicator:
         self._log: dict[str, _Change] = {}  # one record per key, oldest first
         self._floor = 0  # log positions below it are unusable: content dropped
         self._held_by_all: int | None = None  # cached: see _everyone_holds
+        self._at_least = 0  # how many peers sit at that position
         self._head = 0
         self._peers: dict[str, _Peer] = {}  # made on first contact
         self._positions: dict[str, int] = {}  # replica id -> its log we hold up to
@@ -840,7 +842,32 @@ class Replicator:
             # With no peer positioned, every peer gets a catch-up: replace freely.
             least = min((p for p in positions if p is not None), default=_ANY)
             self._held_by_all = least
+            self._at_least = positions.count(least)
         return least >= seq
+
+    def _moved(self, node: str, before: int | None) -> None:
+        """Keep the least position of :meth:`_everyone_holds` as peer
+        ``node``'s moves from ``before`` (None: none), without a pass over
+        every peer: positions move with every push and ack, and a pass per
+        change recorded was O(peers met) each (issue 13). The pass is due
+        again only when the last peer at the least position leaves it.
+        Cost: O(1)."""
+        least = self._held_by_all
+        if least is None or node not in self._peer_set:
+            return
+        peer = self._peers[node]
+        after = peer.acked if peer.acked is not None else peer.caught_up
+        if after == before:
+            return
+        if after is not None and after < least:
+            self._held_by_all, self._at_least = after, 1
+            return
+        if after == least:
+            self._at_least += 1
+        if before == least:
+            self._at_least -= 1
+            if self._at_least <= 0:
+                self._held_by_all = None
 
     def subscribe_pruning(self, hook: PruneHook) -> Callable[[], None]:
         """Call ``hook(key, removed, (hi, hi_dot), owner_dot)`` whenever this
@@ -1127,8 +1154,9 @@ class Replicator:
         # The whole log interval (-1, head], as the keys it changed: every key
         # holding an operation the peer's prefix clock does not cover.
         self.stats.catch_ups += 1
+        before = state.acked if state.acked is not None else state.caught_up
         state.caught_up = self._head
-        self._held_by_all = None
+        self._moved(peer, before)
         entries = [
             Entry(k, self._states[k], ops)
             for k in self._keys
@@ -1147,6 +1175,14 @@ class Replicator:
         tally = self._tally(() if state is None else state.asked)
         clock = self._context
         template = Push(self._replica, to, start, self._head, 0, 1, reply, clock, (), held, tally)
+        if not items:
+            # Most pushes of a round carry nothing (the peer's clock covers
+            # all we hold): one frame, the bytes encode_interval writes for
+            # it, without sizing room for entries (a third of an idle
+            # round's time at any cluster size).
+            frame = encode(template)
+            if len(frame) <= self._max_frame:
+                return [(peer, frame)]
         frames = encode_interval(
             template, items, max_frame=self._max_frame, max_entries=self._chunk
         )
@@ -1436,7 +1472,7 @@ class Replicator:
             if len(state) > self._max_state:
                 self.stats.oversize += 1
                 continue
-            items.append(codec.encode_plain([entry.key, state, entry.dots.to_payload()]))
+            items.append(entry_item(entry.key, state, entry.dots))
         return items
 
     def _on_piece(self, now: float, node: str, piece: Piece) -> list[Outgoing]:
@@ -1480,8 +1516,8 @@ class Replicator:
         del gathering[which]
         data = b"".join(held.chunks[i] for i in range(piece.count))
         try:
-            raw = codec.decode_plain(data, max_size=bound)
-            entries = parse_entries([raw], max_state=self._max_state)
+            raw = codec.decode_plain(data, max_size=bound, canonical=False)
+            entries = parse_frame_entries([raw], size=len(data), max_state=self._max_state)
             check_claims(piece.sender, piece.start, piece.context, entries)
         except EntryTooLarge:
             self.stats.oversize += 1
@@ -1521,8 +1557,10 @@ class Replicator:
         # Set, not max: an ack reports the peer's true position, which drops
         # when it restarts from an older state. Positions we never reached are lies.
         if position <= self._head:
-            self._peers[node].acked = None if position < 0 else position
-            self._held_by_all = None
+            peer = self._peers[node]
+            before = peer.acked if peer.acked is not None else peer.caught_up
+            peer.acked = None if position < 0 else position
+            self._moved(node, before)
             if position >= 0:
                 for hook in list(self._ack_hooks):
                     hook(node, position)

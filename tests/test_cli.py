@@ -110,6 +110,33 @@ def test_check_fails_an_inconsistent_cut(tmp_path: Path) -> None:
     assert "consistent cut ............. FAILED: b holds 1 operation of a" in out
 
 
+_NODE = ["node", "--id", "a", "--listen", "127.0.0.1:1", "--key-file", "k", "--folder", "f"]
+
+
+def test_the_node_takes_its_connection_limits_and_its_help_states_the_defaults() -> None:
+    from crdtkit.cli import LIMIT_OPTIONS, _parser
+    from crdtkit.serve import limits_of
+    from replication.tcp import Limits
+
+    default = Limits()
+    assert limits_of(_parser().parse_args(_NODE)) == default
+    args = _parser().parse_args([*_NODE, "--max-clients", "4", "--max-peers", "2",
+                                 "--startups", "2:50:8", "--handshake-timeout", "0.5"])
+    assert limits_of(args) == Limits(max_clients=4, max_peers=2, startups=(2, 50, 8),
+                                     handshake_timeout=0.5)
+    commands = next(a for a in _parser()._actions if a.dest == "command").choices
+    assert isinstance(commands, dict)
+    node = commands["node"]
+    helps = {a.option_strings[0]: a.help or "" for a in node._actions if a.option_strings}
+    start, rate, full = default.startups
+    stated = {"--max-clients": f"({default.max_clients})", "--max-peers": f"({default.max_peers})",
+              "--startups": f"({start}:{rate}:{full})",
+              "--handshake-timeout": f"({default.handshake_timeout:g} s)"}
+    assert set(stated) == set(LIMIT_OPTIONS)
+    for option, text in stated.items():
+        assert helps[option].endswith(text), (option, helps[option])
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -123,6 +150,11 @@ def test_check_fails_an_inconsistent_cut(tmp_path: Path) -> None:
         (["demo", "--frobnicate"], "unrecognized arguments: --frobnicate"),
         (["check"], "the following arguments are required: FILE"),
         (["check", "a", "b"], "unrecognized arguments: b"),
+        ([*_NODE, "--startups", "10:30"], "--startups: expected START:RATE:FULL, got '10:30'"),
+        ([*_NODE, "--startups", "9:30:8"], "START:RATE:FULL needs 1 <= START <= FULL"),
+        ([*_NODE, "--max-clients", "0"], "--max-clients: must be between 1 and 65,536, got 0"),
+        (["node", "--id", "a", "--nats", "nats://127.0.0.1:1", "--cluster", "c", "--key-file",
+          "k", "--folder", "f", "--max-peers", "3"], "--max-peers is for the TCP runtime"),
     ],
 )
 def test_a_bad_argument_gets_one_line(argv: list[str], message: str) -> None:

@@ -26,6 +26,7 @@ from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError
 from replication import messages
 from replication.dotranges import DotRanges
+from replication.membership import Member, Status
 from replication.messages import Entry, Push, Reply
 
 MiB = 1024 * 1024
@@ -77,9 +78,11 @@ def _peak(parse: Callable[[bytes], object], data: bytes) -> int:
 
 
 def _push_with_state(state: bytes) -> bytes:
-    """A push frame whose one entry carries ``state`` as its state bytes."""
-    fields = ["push", 1, "a", "b", -1, 1, 0, 1, 0, [], [["k", state, []]], -1]
-    return cbor2.dumps(fields, canonical=True)
+    """A push frame whose one entry carries ``state`` as its state, nested
+    in the frame as CBOR structure (frame version 4)."""
+    head = cbor2.dumps(["push", messages.VERSION, "a", "b", -1, 1, 0, 1, 0, []], canonical=True)
+    # The ten fields above, then the entries (one: [key, state, ranges]), ack and tally.
+    return b"\x8d" + head[1:] + b"\x81\x83\x61k" + state + b"\x80\x20\x80"
 
 
 PARSERS: dict[str, Callable[[bytes], object]] = {
@@ -215,11 +218,36 @@ def test_maps_tags_and_depth_are_refused_in_small_large_and_long_inputs() -> Non
 
 @pytest.mark.parametrize("name", ["r{:03}", "node-{}", "n{}", "{:02}", "{:x}"])
 def test_a_causal_context_of_many_short_replica_ids_decodes(name: str) -> None:
-    # An honest round opener of a large cluster: one [id, count, []] per
-    # replica. At 24 bytes of objects per input byte, 256 replicas named
-    # r000..r255 were refused as too costly, and `crdtkit demo --nodes 256`
-    # never converged; at one item per 2 bytes, ids like "n42" were refused.
-    context = [[name.format(i), 1 + i % 7, []] for i in range(300)]
-    data = cbor2.dumps(context, canonical=True)
-    assert len(data) > codec._SMALL
-    assert codec.decode_plain(data) == context
+    # An honest round opener of a large cluster, and the states and
+    # membership of one. At 24 bytes of objects per input byte, 256 replicas
+    # named r000..r255 were refused as too costly, and `crdtkit demo --nodes
+    # 256` never converged; at one item per 2 bytes, ids like "n42" were
+    # refused. The wire shapes, each at its costliest: a state's context
+    # ([id, n, []] per id, ~26x for 2-character ids), a frame's clock since
+    # frame version 4 ([id, n], ~17x; version 3 wrote it as a context), a
+    # membership record with no address (~29x). (This test used to build
+    # [[id, n, []], ...], an array per id that no wire form has, 32.5x.)
+    ids = [name.format(i) for i in range(300)]
+    context = CausalContext.from_dots(
+        (replica, n) for i, replica in enumerate(ids) for n in range(1, 2 + i % 7)
+    )
+    records = [Member(replica, "", Status.UP).to_payload() for replica in ids]
+    for shape in (context.to_payload(), messages.clock_payload(context), records):
+        data = cbor2.dumps(shape, canonical=True)
+        assert len(data) > codec._SMALL
+        assert codec.decode_plain(data) == shape
+        assert codec.decode_plain(data, canonical=False) == shape
+    opener = Push("a", "b", 0, 0, 0, 1, Reply.PUSH_AND_ASK, context, ())
+    assert messages.parse(messages.encode(opener)) == opener
+
+
+def test_the_cost_bound_is_what_honest_data_needs() -> None:
+    # The bound came down from 36 to 30 bytes of objects per input byte
+    # (frame version 4's clock has no array per id); a context of 2-character
+    # ids needs ~26.2, a membership record with no address ~29.
+    assert codec._COST_PER_BYTE == 30
+    ids = [f"{i:02}" for i in range(100)]
+    ids += [chr(97 + i // 26) + chr(97 + i % 26) for i in range(300)]
+    context = CausalContext.from_dots((replica, 1) for replica in sorted(ids))
+    data = cbor2.dumps(context.to_payload(), canonical=True)
+    assert codec.decode_plain(data) == context.to_payload()

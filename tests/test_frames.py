@@ -137,9 +137,10 @@ def reassemble(frames: list[bytes]) -> list[tuple[int, int, tuple[Entry, ...]]]:
         assert message.index == len(pieces)
         pieces.append(message.chunk)
         if len(pieces) == message.count:
-            from replication.messages import parse_entries
+            from replication.messages import parse_frame_entries
 
-            entries = parse_entries([codec.decode_plain(b"".join(pieces))])
+            whole = b"".join(pieces)
+            entries = parse_frame_entries([codec.decode_plain(whole)], size=len(whole))
             out.append((message.part, message.parts, entries))
             pieces = []
     assert not pieces

@@ -56,6 +56,64 @@ def test_ids_out_of_order_after_an_encoding_still_encode_canonically() -> None:
     assert list(a._slots) == sorted(a._slots)
 
 
+def test_encoding_a_counter_kept_in_order_sorts_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression (issue 13): every encoding checked the order by sorting the
+    # ids again (a third of the encoding's time at 100,000 replicas, 2.8x
+    # the cbor2 floor); now a counter remembers when an id may have come
+    # out of order, and one kept in order is only flattened.
+    import crdts._slots
+
+    ids = sorted(_ids(300))
+    c = GCounter()
+    for i, replica in enumerate(ids):
+        c.increment(replica, i + 1)  # new ids in replica order
+    other = GCounter()
+    for replica in ids[::3]:
+        other.increment(replica, 1_000)  # no new id: the merge keeps the order
+    c.merge(other)
+    c.increment(ids[5], 7)
+    expected = codec.encode_plain(["GCounter", 1, [x for r in ids for x in (r, c._slots[r])]])
+
+    def no_sort(*args: object, **kwargs: object) -> object:
+        raise AssertionError("sorted the slots of a counter kept in order")
+
+    monkeypatch.setattr(crdts._slots, "sorted", no_sort, raising=False)
+    assert codec.encode(c) == expected
+    assert codec.encode(c.copy()) == expected
+    assert codec.encode(PNCounter()) == codec.encode(PNCounter())
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_every_way_an_id_arrives_keeps_the_encoding_canonical(seed: int) -> None:
+    # Whatever mix of increments, merges, prunings, cleanups and copies made
+    # a counter, with encodings in between, its bytes are those of the same
+    # slots written down in replica order, and its copies agree.
+    rng = Random(seed)
+    ids = _ids(12, seed)
+    states = [GCounter() for _ in range(3)]
+    for _ in range(60):
+        target = rng.choice(states)
+        kind = rng.randrange(6)
+        if kind <= 1:
+            target.increment(rng.choice(ids), rng.randint(0, 3))
+        elif kind == 2:
+            target.merge(rng.choice(states))
+        elif kind == 3:
+            removed, owner = rng.sample(ids, 2)
+            target.prune(removed, owner)
+        elif kind == 4:
+            target.cleanup(rng.choice(ids), rng.choice(ids), 0)
+        else:
+            states[rng.randrange(3)] = target.copy()
+        if rng.random() < 0.3:
+            codec.encode(rng.choice(states))
+        for state in states:
+            data = codec.encode(state)
+            plain = sorted(state._slots.items())
+            assert data == codec.encode_plain(["GCounter", 1, [x for row in plain for x in row]])
+            assert codec.decode(data) == state and codec.encode(state.copy()) == data
+
+
 def test_ordered_flat_leaves_a_map_in_order_as_it_is() -> None:
     from crdts._slots import ordered_flat, to_flat
 

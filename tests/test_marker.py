@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from crdts import GCounter, codec
 from replication import Replicator
 from replication.history import History, converged, random_operation
+from replication.messages import Ack, encode
 from replication.simnet import Faults, SimulatedNetwork
 from replication.store import MemoryStore, restore
 from replication.transport import Outgoing
@@ -268,7 +269,8 @@ def test_a_restarted_node_initiates_under_its_new_incarnation() -> None:
 
 
 def _frame(kind: int, colour: object, body: object) -> bytes:
-    return codec.encode_plain(["cl", 2, kind, colour, body])
+    # Version 3: a data frame's body is the replicator frame, nested as CBOR.
+    return codec.encode_plain(["cl", 3, kind, colour, body])
 
 
 @pytest.mark.parametrize(
@@ -276,9 +278,14 @@ def _frame(kind: int, colour: object, body: object) -> bytes:
     [
         b"",
         b"junk",
-        codec.encode_plain(["cl", 3, 0, 0, b""]),  # unknown version
+        codec.encode_plain(["cl", 4, 0, 0, b""]),  # unknown version
         codec.encode_plain(["cl", 1, 0, [], b""]),  # version 1: epochs, not a colour
-        _frame(0, 0, "not bytes"),
+        # Version 2: the replicator frame as a byte string, decoded twice.
+        codec.encode_plain(["cl", 2, 0, 0, encode(Ack("b", 0))]),
+        _frame(0, 0, "not a replicator frame"),  # refused by the replica
+        _frame(0, 0, ["ack", 3, "b", 0]),  # an old replicator frame: refused by it
+        b"\x85\x62cl\x03\x00\x00",  # a data frame with no body
+        b"\x85\x62cl\x03\x00\x18\x05" + encode(Ack("b", 0)),  # colour 5 in two bytes
         _frame(1, 0, b"x"),  # a marker has no body
         _frame(3, 0, b""),  # unknown kind
         _frame(0, -1, b""),  # colours start at 0
@@ -293,7 +300,7 @@ def test_a_malformed_frame_is_dropped_whole(frame: bytes) -> None:
     a.replica.update("hits", GCounter, lambda c, me: c.increment(me))
     before = a.replica.encode_keyspace()
     assert a.receive(0.0, "b", frame) == []
-    assert a.stats.malformed == 1
+    assert a.refusals == 1  # by the snapshot layer, or (a data frame's body) the replica
     assert a.stats.recorded == 0
     assert a.replica.encode_keyspace() == before
 
