@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import math
+import os
 import statistics
 import tempfile
 from collections.abc import Coroutine, Mapping, Sequence
@@ -271,6 +272,8 @@ class _Measured:
     figure: Timing  # seconds per update, through the node
     floor_cpu: Timing  # CPU seconds per update of the in-process floor
     node_cpu: Timing  # CPU seconds per update of the node process
+    client_cpu: Timing  # CPU seconds per update of this process, the clients
+    load: tuple[float, float]  # the machine's 1-minute load average, before and after
 
 
 async def _concurrent(
@@ -297,6 +300,8 @@ async def _concurrent(
     figure: list[float] = []
     floor_cpu: list[float] = []
     node_cpu: list[float] = []
+    client_cpu: list[float] = []
+    load_before = os.getloadavg()[0]
 
     async def send(client: Client, share: Sequence[Op]) -> None:
         for key, type_name, kind, args in share:
@@ -313,23 +318,27 @@ async def _concurrent(
             floor_s = (perf_counter() - start) / len(ops)
             floor_cpu_s = (process_time() - cpu) / len(ops)
             gc.collect()
-            start, cpu = perf_counter(), _cpu_seconds(node)
+            start, cpu, mine = perf_counter(), _cpu_seconds(node), process_time()
             await asyncio.gather(
                 *(send(client, ops[j::width]) for j, client in enumerate(clients))
             )
             figure_s = (perf_counter() - start) / len(ops)
             node_cpu_s = (_cpu_seconds(node) - cpu) / len(ops)
+            client_cpu_s = (process_time() - mine) / len(ops)
             if i >= config.warmup:
                 floor.append(floor_s)
                 figure.append(figure_s)
                 floor_cpu.append(floor_cpu_s)
                 node_cpu.append(node_cpu_s)
+                client_cpu.append(client_cpu_s)
     finally:
         store.close()
     await _check(clients[0], figure_history)
     if floor_history.problems([replica]):
         raise RuntimeError("the in-process floor replica does not match its updates")
-    return _Measured(*map(Timing.of, (floor, figure, floor_cpu, node_cpu)))
+    return _Measured(Timing.of(floor), Timing.of(figure), Timing.of(floor_cpu),
+                     Timing.of(node_cpu), Timing.of(client_cpu),
+                     (load_before, os.getloadavg()[0]))
 
 
 async def _on_node(
@@ -399,6 +408,8 @@ def _concurrent_rows(config: Config, sizes: _Sizes, floor: Timing, figure: Timin
 
 
 def _cpu_row(config: Config, measured: _Measured, what: str) -> Row:
+    both = measured.node_cpu.median + measured.client_cpu.median
+    cores = os.cpu_count() or 1
     return Row(
         f"tcp node CPU per update, {what}",
         "op",
@@ -413,7 +424,15 @@ def _cpu_row(config: Config, measured: _Measured, what: str) -> Row:
         "seconds per update it hardly moves when other work shares the machine; its "
         "inverse is the rate the node "
         f"could serve with a core of its own ({1 / measured.node_cpu.median:,.0f} updates/s "
-        "here)",
+        f"here). The clients (this process: encoding, MACs, decoding each answer's delta "
+        f"into an Operation) spent {measured.client_cpu.median * 1e6:.0f} us per update "
+        f"[{measured.client_cpu.low * 1e6:.0f}-{measured.client_cpu.high * 1e6:.0f}], so "
+        f"node and clients together need {both * 1e6:.0f} us of CPU per update: on this "
+        f"machine's {cores} cores, with nothing else running, at most "
+        f"{cores / both:,.0f} updates/s if they never waited for each other. The machine's "
+        f"load average (1 minute) read {measured.load[0]:.1f} before these repetitions "
+        f"and {measured.load[1]:.1f} after: above {cores} other work was taking cores from "
+        "both",
     )
 
 

@@ -64,10 +64,11 @@ Cost: O(message size).
 from __future__ import annotations
 
 from crdts import codec
-from crdts.base import expect_list, expect_uint
+from crdts.base import CRDT, expect_list, expect_uint
 from crdts.errors import DecodeError
+from crdts.operations import Operations, operations_of
 
-__all__ = ["MAX_MESSAGE", "encode", "parse"]
+__all__ = ["MAX_MESSAGE", "encode", "operations", "parse"]
 
 #: Client messages above this size are refused before parsing.
 MAX_MESSAGE = 64 * 1024 * 1024
@@ -120,3 +121,27 @@ def parse(data: bytes, *, max_size: int = MAX_MESSAGE) -> tuple[str, int, list[o
     if len(fields) not in _FIELDS[kind]:
         raise DecodeError(f"{kind}: wrong number of fields")
     return kind, request, fields
+
+
+#: Operation tables by type tag, as ``operations_of`` gives them: a tag once
+#: registered names one class for good, and ``operations_of`` copies the
+#: codec's registry on every call (a sixth of a pipelining client's CPU).
+_TABLES: dict[str, tuple[type[CRDT], Operations]] = {}
+
+
+def operations(type_name: object) -> tuple[type[CRDT], Operations]:
+    """``crdts.operations.operations_of(type_name)``, kept once found: the
+    class registered as ``type_name`` and its operation table;
+    InvalidOperation as ``operations_of`` raises it.
+
+    >>> cls, table = operations("GCounter"); cls.__name__, table.names()
+    ('GCounter', ['increment'])
+
+    Cost: O(1) once a type was found.
+    """
+    if not isinstance(type_name, str):
+        return operations_of(type_name)  # (it raises)
+    found = _TABLES.get(type_name)
+    if found is None:
+        found = _TABLES[type_name] = operations_of(type_name)
+    return found

@@ -46,6 +46,15 @@ class _Room:
         self._used = self._bytes = 0
         self._freed: asyncio.Future[None] | None = None
 
+    def take_now(self, size: int) -> bool:
+        """Take room for a request of ``size`` bytes if there is some now
+        (no coroutine per request, as :meth:`take` is)."""
+        if self._used >= self._count or (self._used and self._bytes + size > self._size):
+            return False
+        self._used += 1
+        self._bytes += size
+        return True
+
     async def take(self, size: int) -> None:
         while self._used >= self._count or (self._used and self._bytes + size > self._size):
             self._freed = asyncio.get_running_loop().create_future()
@@ -186,6 +195,10 @@ class TcpNodeTransport:
             if not done.cancelled():
                 channel.send_nowait(done.result())
 
+        def sent(size: int, answer: bytes) -> None:  # an update's, from its commit
+            room.give(size)
+            channel.send_nowait(answer)
+
         try:
             while True:
                 data = await channel.recv()
@@ -196,8 +209,11 @@ class TcpNodeTransport:
                                 name, exc)
                     return
                 size = len(data)
-                await room.take(size)
-                answer = requests.serve(kind, request, fields)
+                if not room.take_now(size):
+                    await room.take(size)
+                answer = requests.serve(kind, request, fields, functools.partial(sent, size))
+                if answer is None:  # an update: its commit calls sent()
+                    continue
                 if isinstance(answer, asyncio.Future):
                     answer.add_done_callback(functools.partial(answered, size))
                     continue

@@ -24,8 +24,8 @@ Cost: as the transport's.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol, overload
 
 from replication.transport import Transport
 
@@ -56,9 +56,19 @@ class Requests(Protocol):
         """The node's id."""
         ...
 
-    def serve(self, kind: str, request: int, fields: list[object]) -> Awaitable[bytes]:
+    @overload
+    def serve(self, kind: str, request: int, fields: list[object]) -> Awaitable[bytes]: ...
+
+    @overload
+    def serve(self, kind: str, request: int, fields: list[object],
+              send: Callable[[bytes], None]) -> Awaitable[bytes] | None: ...
+
+    def serve(self, kind: str, request: int, fields: list[object],
+              send: Callable[[bytes], None] | None = None) -> Awaitable[bytes] | None:
         """The answer to one parsed request (``crdtkit.protocol.parse``): a
-        future (an update, answered from its commit) or a coroutine."""
+        future (an update, answered from its commit) or a coroutine; given
+        ``send``, None for an update, whose commit hands its answer to
+        ``send`` (one callback and one turn of the event loop fewer)."""
         ...
 
 

@@ -1,0 +1,157 @@
+"""What an acknowledged update costs a node, beyond its commit (issue 9's
+performance part; the figures themselves are in ``bench/processes.py``):
+regression tests for work the node did per update that it need not do, and
+for the commit machinery that replaced the writer task and the thread pool.
+
+The node runs in-process (``NodeService``) on 127.0.0.1, in a temporary
+folder; every wait is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crdtkit.client import Client, NodeError
+from crdtkit.node import NodeService
+from crdtkit.tcpnode import TcpNodeTransport
+from crdts import GCounter, ORSet
+from replication.sqlite import SQLiteStore, read_store
+from tests.test_pipelining import KEY, _with_node
+
+
+def test_an_update_copies_its_key_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The node checked a key's type on a copy of its state (Replicator.get)
+    # before staging copied it again: O(size of the key) on the event loop
+    # per update, twice where once is needed.
+    copies: list[int] = []
+
+    async def work(client: Client, service: NodeService) -> None:
+        await asyncio.gather(*(client.update("big", "ORSet", "add", f"e{i}") for i in range(200)))
+        copy = ORSet.copy
+
+        def counted(self: ORSet[object]) -> ORSet[object]:
+            copies.append(len(self))
+            return copy(self)
+
+        monkeypatch.setattr(ORSet, "copy", counted)
+        await client.update("big", "ORSet", "add", "one more")
+        monkeypatch.setattr(ORSet, "copy", copy)
+        state = await client.get("big")
+        assert isinstance(state, ORSet) and len(state) == 201
+
+    _with_node(tmp_path, work)
+    # Staging copies the key once; the delta's copies are one element each.
+    assert [n for n in copies if n > 1] == [200]
+
+
+def test_commits_run_on_the_store_thread_and_answers_come_back(tmp_path: Path) -> None:
+    threads: set[threading.Thread] = set()
+
+    async def work(client: Client, service: NodeService) -> None:
+        commit = service.store.commit
+
+        def recorded(rows: object, answers: object = (), meta: object = None) -> None:
+            threads.add(threading.current_thread())
+            commit(rows, answers, meta)  # type: ignore[arg-type]
+
+        service.store.commit = recorded  # type: ignore[method-assign]
+        ops = await asyncio.gather(*(client.update("k", "GCounter", "increment", 1)
+                                     for _ in range(20)))
+        assert len({op.dot for op in ops}) == 20
+        await client.update("k", "GCounter", "increment", 1)  # one alone, after them
+
+    _with_node(tmp_path, work)
+    (thread,) = threads  # one thread, never the event loop's
+    assert thread is not threading.main_thread() and thread.name == "n0-store"
+
+
+def test_a_commit_that_breaks_answers_not_applied_and_the_node_goes_on(tmp_path: Path) -> None:
+    # A commit that raised something other than CommitFailed (a bug) ended
+    # the writer task: that update, and every one after it, was never
+    # answered.
+    async def work(client: Client, service: NodeService) -> None:
+        commit = service.store.commit
+        broken = [True]
+
+        def once(rows: object, answers: object = (), meta: object = None) -> None:
+            if broken.pop() if broken else False:
+                raise RuntimeError("a bug in the store")
+            commit(rows, answers, meta)  # type: ignore[arg-type]
+
+        service.store.commit = once  # type: ignore[method-assign]
+        with pytest.raises(NodeError, match="not applied"):
+            await asyncio.wait_for(client.update("k", "GCounter", "increment", 5), 10)
+        op = await asyncio.wait_for(client.update("k", "GCounter", "increment", 2), 10)
+        assert op.key == "k"
+        state = await client.get("k")
+        assert isinstance(state, GCounter) and state.value == 2
+
+    _with_node(tmp_path, work)
+    store = SQLiteStore(tmp_path, node="n0")
+    try:
+        (entry,) = store.load().entries
+        assert isinstance(entry.state, GCounter) and entry.state.value == 2
+    finally:
+        store.close()
+
+
+def test_a_client_that_waits_for_each_answer_reads_with_one_task(tmp_path: Path) -> None:
+    # Client made a reader task per call whenever no other call waited, so
+    # a client sending one update at a time paid a task per update.
+    readers: list[str] = []
+
+    async def work(client: Client, service: NodeService) -> None:
+        loop = asyncio.get_running_loop()
+
+        def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+            readers.extend(["reader"] if coro.__qualname__ == "Client._read" else [])
+            return asyncio.Task(coro, loop=loop, **kwargs)
+
+        loop.set_task_factory(factory)
+        try:
+            for i in range(10):
+                await client.update("k", "GCounter", "increment", i)
+            state = await client.get("k")
+            assert isinstance(state, GCounter) and state.value == 45
+        finally:
+            loop.set_task_factory(None)
+
+    _with_node(tmp_path, work)
+    assert len(readers) <= 1
+
+
+def test_keys_changed_by_gossip_are_written_every_flush_interval(tmp_path: Path) -> None:
+    # The commit machinery's timer: a key changed outside client updates
+    # (as gossip changes it) reaches the store within the interval, while
+    # the node runs and no client writes.
+    async def main() -> None:
+        service = NodeService("n0", tmp_path, flush_interval=0.05, transport=lambda rng:
+                              TcpNodeTransport("n0", KEY, rng=rng, listen=("127.0.0.1", 0)))
+        stop, ready = asyncio.Event(), asyncio.Event()
+        running = asyncio.create_task(service.run(stop, ready))
+        try:
+            await asyncio.wait_for(ready.wait(), 10)
+            for round_ in range(1, 4):
+                while True:  # (refused while a commit's batch is staged)
+                    try:
+                        service.replica.update("g", GCounter, lambda c, me: c.increment(me, 1))
+                        break
+                    except RuntimeError:
+                        await asyncio.sleep(0.001)
+                for _ in range(200):
+                    held = {e.key: e.state for e in read_store(tmp_path).entries}
+                    state = held.get("g")
+                    if isinstance(state, GCounter) and state.value == round_:
+                        break
+                    await asyncio.sleep(0.01)
+                else:
+                    raise AssertionError(f"round {round_}: not written within 2 s")
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, 30)
+
+    asyncio.run(main())
