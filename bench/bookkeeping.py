@@ -21,11 +21,9 @@ Nothing is timed: a row's floor and figure are byte counts.
 
 from __future__ import annotations
 
-import gc
-import tracemalloc
 from random import Random
 
-from bench.harness import Config, Row, Timing, size
+from bench.harness import Config, Row, Timing, size, traced
 from crdts import GCounter, codec
 from replication.messages import Entry, encode_entries
 from replication.replicator import Replicator
@@ -61,10 +59,7 @@ def run(updates: int, rng: Random, keys: int = BOUNDED_KEYS) -> tuple[int, int]:
     """``(saved bytes of a, traced memory of a and b)`` after ``updates``
     round-robin increments on ``keys`` keys. Cost: O(updates), slowed down by
     tracemalloc."""
-    gc.collect()
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
+    def build() -> tuple[Replicator, Replicator]:
         a = Replicator("a", ["b", "c"], rng=Random(rng.getrandbits(64)))
         b = Replicator("b", ["a"], rng=Random(rng.getrandbits(64)))
         names = [f"key-{i}" for i in range(keys)]
@@ -72,10 +67,9 @@ def run(updates: int, rng: Random, keys: int = BOUNDED_KEYS) -> tuple[int, int]:
             a.update(names[i % keys], GCounter, _increment)
             if i % EXCHANGE_EVERY == EXCHANGE_EVERY - 1:
                 _exchange(a, b)
-        gc.collect()
-        memory = tracemalloc.get_traced_memory()[0] - base
-    finally:
-        tracemalloc.stop()
+        return a, b
+
+    (a, _), memory = traced(build)
     return saved_bytes(a), memory
 
 

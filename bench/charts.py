@@ -29,17 +29,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import json
 import math
 import sys
-import tracemalloc
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from random import Random
 
 from bench import bookkeeping, gossip, peers, sets, snapshots
-from bench.harness import Config
+from bench.harness import Config, traced
 from bench.svg import Series, line_chart
 from bench.workloads import disjoint_workloads
 
@@ -118,21 +116,6 @@ def gossip_elements_chart(config: Config, rng: Random) -> Chart:
     return "gossip-elements.svg", svg, series
 
 
-def _traced(build: Callable[[], object]) -> int:
-    """Bytes ``build()`` leaves allocated (tracemalloc, garbage collected)."""
-    gc.collect()
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        kept = build()
-        gc.collect()
-        used: int = tracemalloc.get_traced_memory()[0] - base
-        del kept
-        return used
-    finally:
-        tracemalloc.stop()
-
-
 def memory_elements_chart(config: Config, seed: int) -> Chart:
     """Bytes per element: the OR-Set a replica holds after the disjoint
     workload, against a plain set of the same live strings."""
@@ -141,8 +124,8 @@ def memory_elements_chart(config: Config, seed: int) -> Chart:
     for n in sizes:
         (h,) = disjoint_workloads(Random(f"{seed}:chart-memory:{n}"), n, 0.1, ("a",))
         live = len(h.live())
-        series["plain set (floor)"].append((n, _traced(h.live) / live))
-        series["crdtkit ORSet"].append((n, _traced(h.replay) / live))
+        series["plain set (floor)"].append((n, traced(h.live)[1] / live))
+        series["crdtkit ORSet"].append((n, traced(h.replay)[1] / live))
     svg = line_chart(
         "Memory per element: OR-Set against a plain set",
         "elements added (10% then removed)",

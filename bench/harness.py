@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import statistics
+import tracemalloc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, Generic, TypeVar
 
 S = TypeVar("S")
 F = TypeVar("F")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,22 @@ class Timing:
     def to_json(self, unit: str = "s") -> dict[str, float]:
         suffix = "_s" if unit == "s" else ""
         return {f"median{suffix}": self.median, f"min{suffix}": self.low, f"max{suffix}": self.high}
+
+
+def traced(build: Callable[[], T]) -> tuple[T, int]:
+    """``build()`` and the bytes it leaves allocated: ``tracemalloc`` before
+    and after, garbage collected first both times. Cost: ``build()`` slowed
+    down by tracemalloc."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        kept = build()
+        gc.collect()
+        used: int = tracemalloc.get_traced_memory()[0] - base
+        return kept, used
+    finally:
+        tracemalloc.stop()
 
 
 def size(n: float) -> str:

@@ -33,7 +33,7 @@ import tracemalloc
 from collections.abc import Callable, Sequence
 from random import Random
 
-from bench.harness import Config, Row, Timing, size
+from bench.harness import Config, Row, Timing, size, traced
 from bench.workloads import disjoint_workloads
 from crdts import GCounter, ORSet
 from replication.replicator import Replicator
@@ -43,20 +43,6 @@ ELEMENTS = 2
 AMOUNT = 3
 #: Exchanges after the keyspaces agree, so every acknowledgement lands.
 SETTLE = 2
-
-
-def _traced(build: Callable[[], object]) -> tuple[object, int]:
-    """``build()`` and the bytes it leaves allocated (garbage collected)."""
-    gc.collect()
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        kept = build()
-        gc.collect()
-        used: int = tracemalloc.get_traced_memory()[0] - base
-        return kept, used
-    finally:
-        tracemalloc.stop()
 
 
 def _round(nodes: dict[str, Replicator], opener: str) -> None:
@@ -137,8 +123,8 @@ def key_memory(kind: str, n: int) -> tuple[int, int]:
     """``(floor, figure)``: bytes per key (rounded) of the plain dict and of
     one replica holding ``n`` keys of ``kind``, "GCounter" or "ORSet"."""
     build, floor = {"GCounter": (_counters, _counter_floor), "ORSet": (_sets, _set_floor)}[kind]
-    _, floor_bytes = _traced(lambda: floor(n))
-    _, figure_bytes = _traced(lambda: _one_replica(build, n))
+    _, floor_bytes = traced(lambda: floor(n))
+    _, figure_bytes = traced(lambda: _one_replica(build, n))
     return round(floor_bytes / n), round(figure_bytes / n)
 
 
@@ -147,8 +133,8 @@ def element_memory(n: int, rng: Random) -> tuple[float, float]:
     OR-Set of the disjoint workload (strings counted in neither)."""
     (workload,) = disjoint_workloads(rng, n, 0.1, ("a",))
     live = len(workload.live())
-    _, floor = _traced(workload.live)
-    _, figure = _traced(workload.replay)
+    _, floor = traced(workload.live)
+    _, figure = traced(workload.replay)
     return floor / live, figure / live
 
 
