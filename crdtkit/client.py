@@ -345,6 +345,11 @@ class Client:
         reached; the update is durable at the node either way and spreads
         on by gossip.
 
+        The operation's delta is kept as the bytes the node answered until
+        it is read: ``op.delta`` decodes it then (DecodeError if the node
+        sent a delta that does not decode), so logging updates costs no
+        decoding.
+
         Cost: a round trip and the node's commit (and, with a level, the
         node's push to the members and their acknowledgements)."""
         items = list(protocol.operations(type_name)[1].validate(kind, args))
@@ -360,7 +365,9 @@ class Client:
             raise DecodeError("an update's delta is bytes")
         dot = (expect_replica(replica, "dot"), expect_uint(counter, "dot", 1))
         context = DotRanges.from_payload(observed, "observed")
-        op = Operation(key, type_name, kind, tuple(items), dot, context, codec.decode(delta))
+        # The delta stays bytes until read (Operation.delta decodes and checks
+        # it then): a client that only logs its updates never decodes them.
+        op = Operation(key, type_name, kind, tuple(items), dot, context, delta)
         if level == "local":
             return op
         if len(out) != 5:
