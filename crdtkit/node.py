@@ -681,9 +681,9 @@ class NodeService:
         cls, table = protocol.operations(type_name)
         mutator = table.mutator(kind)
         items = table.validate(kind, expect_list(args, "arguments"), max_size=self.max_state)
-        held = self.replica.entry(key)  # not get(): a copy of the key, O(its size)
-        if held is not None and type(held.state) is not cls:
-            raise InvalidOperation(f"{key!r:.60} holds a {type(held.state).__name__}; "
+        held = self.replica.type_of(key)  # not get(): a copy of the key, O(its size)
+        if held is not None and held is not cls:
+            raise InvalidOperation(f"{key!r:.60} holds a {held.__name__}; "
                                    f"{type_name} operations do not apply to it")
         request = _Request(key, cls, mutator, items, request_id, reply)
         # Forgotten when answered (_finish), even if the client that asked

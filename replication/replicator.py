@@ -676,6 +676,22 @@ class Replicator:
         state = self._states.get(key)
         return None if state is None else Entry(key, state, self._ranges(key))
 
+    def type_of(self, key: str) -> type[CRDT] | None:
+        """The type of the state under ``key``, or None if it holds none:
+        what checking an update's type needs, without building the key's
+        ranges (:meth:`entry`) or copying its state (:meth:`get`).
+
+        >>> from crdts import GCounter
+        >>> r = Replicator("a", [], rng=Random(1))
+        >>> _ = r.update("k", GCounter, lambda c, me: c.increment(me, 2))
+        >>> r.type_of("k").__name__, r.type_of("other")
+        ('GCounter', None)
+
+        Cost: O(1).
+        """
+        state = self._states.get(key)
+        return None if state is None else type(state)
+
     def ops(self, key: str) -> DotRanges:
         """A copy of the operations reflected under ``key``, as per-key dot
         ranges (whole: each writer's first operations on the key).
@@ -1058,9 +1074,11 @@ class Replicator:
         mine = self._replica
         states = self._states
         for key, updates in by_key.items():
-            joined, first = updates[0]
+            # The batch's deltas are its callers' too (to read): the log
+            # takes a copy, one per key rather than one per update.
+            joined, first = updates[0][0].copy(), updates[0][1]
             for delta, _ in updates[1:]:
-                joined.merge(delta)  # (the batch's own copies: the log takes them)
+                joined.merge(delta)
             state = states.get(key)
             if state is None:
                 states[key] = joined.copy()
@@ -1961,7 +1979,9 @@ class Staged:
     ) -> tuple[C, tuple[str, int], DotRanges]:
         """Like :meth:`Replicator.update`, on this batch's copy of ``key``:
         returns the delta, the update's dot and (a copy of) the operations it
-        observed on its key. If ``mutate`` raises, nothing changes.
+        observed on its key. If ``mutate`` raises, nothing changes. The
+        delta is also the batch's (:meth:`Replicator.apply` joins it): read
+        or encode it, do not change it before the batch ends.
 
         >>> from random import Random
         >>> from crdts import PNCounter
@@ -1994,7 +2014,9 @@ class Staged:
         dot = (replica._replica, replica._counter + len(self._changes) + 1)
         ops.merge(ops.successor(*dot))
         self._states[key], self._ops[key] = state, ops
-        self._changes.append((key, delta.copy(), dot))
+        # The batch keeps the delta itself, not a copy per update: apply
+        # copies each key's join once for the log.
+        self._changes.append((key, delta, dot))
         return delta, dot, observed
 
     def undo(self) -> None:

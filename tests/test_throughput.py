@@ -24,6 +24,7 @@ from crdts.base import CRDT
 from crdts.errors import DecodeError
 from replication.dotranges import DotRanges
 from replication.history import History, Operation
+from replication.messages import Entry
 from replication.replicator import Replicator
 from replication.sqlite import SQLiteStore, read_store
 from tests.test_pipelining import KEY, _with_node
@@ -248,3 +249,52 @@ def _gossip(nodes: dict[str, Replicator]) -> None:
             source, destination, frame = frames.pop(0)
             frames += [(destination, to, reply)
                        for to, reply in nodes[destination].receive(now, source, frame)]
+
+
+def test_a_batch_copies_a_keys_deltas_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Staged.update copied every update's delta for the log, and apply then
+    # merged each copy in: the log takes one copy of each key's join.
+    replica = Replicator("a", [], rng=Random(1))
+    _ = replica.update("k", GCounter, lambda c, me: c.increment(me))
+    copies: list[int] = []
+    copy = GCounter.copy
+
+    def counted(self: GCounter) -> GCounter:
+        copies.append(self.value)
+        return copy(self)
+
+    monkeypatch.setattr(GCounter, "copy", counted)
+    batch = replica.stage()
+    deltas = [batch.update("k", GCounter, lambda c, me: c.increment(me, 2))[0]
+              for _ in range(50)]
+    replica.apply(batch)
+    monkeypatch.setattr(GCounter, "copy", copy)
+    assert len(copies) <= 2  # the key once for the batch, its join once for the log
+    state = replica.get("k")
+    assert isinstance(state, GCounter) and state.value == 101
+    assert all(delta.value == 2 * (i + 2) - 1 for i, delta in enumerate(deltas))
+
+
+def test_an_update_checks_its_keys_type_without_building_its_ranges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The node checked a key's type through Replicator.entry, which builds
+    # the key's ranges from their compact form: per update, for a type.
+    built: list[str] = []
+    entry = Replicator.entry
+
+    def counted(self: Replicator, key: str) -> Entry | None:
+        built.append(key)
+        return entry(self, key)
+
+    async def work(client: Client, service: NodeService) -> None:
+        await client.update("k", "GCounter", "increment", 1)
+        monkeypatch.setattr(Replicator, "entry", counted)
+        await asyncio.gather(*(client.update("k", "GCounter", "increment", 1)
+                               for _ in range(20)))
+        with pytest.raises(NodeError, match="holds a GCounter"):
+            await client.update("k", "ORSet", "add", "x")
+        monkeypatch.setattr(Replicator, "entry", entry)
+
+    _with_node(tmp_path, work)
+    assert built == []
