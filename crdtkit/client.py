@@ -345,10 +345,10 @@ class Client:
         reached; the update is durable at the node either way and spreads
         on by gossip.
 
-        The operation's delta is kept as the bytes the node answered until
-        it is read: ``op.delta`` decodes it then (DecodeError if the node
-        sent a delta that does not decode), so logging updates costs no
-        decoding.
+        The operation's delta and observed ranges are kept as the node
+        answered them until read: ``op.delta`` and ``op.observed`` decode
+        them then (DecodeError if the node sent something that does not
+        decode), so logging updates costs no decoding.
 
         Cost: a round trip and the node's commit (and, with a level, the
         node's push to the members and their acknowledgements)."""
@@ -364,10 +364,12 @@ class Client:
         if type(delta) is not bytes:
             raise DecodeError("an update's delta is bytes")
         dot = (expect_replica(replica, "dot"), expect_uint(counter, "dot", 1))
-        context = DotRanges.from_payload(observed, "observed")
-        # The delta stays bytes until read (Operation.delta decodes and checks
-        # it then): a client that only logs its updates never decodes them.
-        op = Operation(key, type_name, kind, tuple(items), dot, context, delta)
+        if type(observed) is not list:
+            raise DecodeError("an update's observed ranges are a list")
+        # The delta and the observed ranges stay as answered until read
+        # (Operation decodes and checks them then): a client that only logs
+        # its updates never decodes them.
+        op = Operation(key, type_name, kind, tuple(items), dot, observed, delta)
         if level == "local":
             return op
         if len(out) != 5:

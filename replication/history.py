@@ -81,10 +81,11 @@ class Operation:
     """One logged update: its key, type, operation and arguments, its dot,
     what it observed on its key, and its delta.
 
-    The delta may be given as its canonical CBOR bytes, as a node answers
-    it: it is then decoded (and checked, DecodeError) when first read, so a
+    The delta may be given as its canonical CBOR bytes, and what it observed
+    as its payload (``DotRanges.to_payload``), as a node answers them: each
+    is then decoded (and checked, DecodeError) when first read, so a
     client that only logs updates, as a pipelining one does by the
-    thousand, never pays for decoding deltas nobody reads (it was a quarter
+    thousand, never pays for decoding what nobody reads (it was a third
     of such a client's CPU).
 
     >>> from crdts import GCounter, codec
@@ -95,22 +96,23 @@ class Operation:
     ...                                 DotRanges(), delta)
     (2, True)
 
-    Cost: O(1); decoding a delta given as bytes, O(its size), once.
+    Cost: O(1); decoding a delta or observed ranges given encoded, O(their
+    size), once.
     """
 
-    __slots__ = ("_delta", "args", "dot", "key", "kind", "observed", "type_name")
+    __slots__ = ("_delta", "_observed", "args", "dot", "key", "kind", "type_name")
 
     key: str
     type_name: str
     kind: str
     args: tuple[Any, ...]
     dot: Dot
-    observed: DotRanges
+    _observed: DotRanges | list[object]
     _delta: CRDT | bytes
 
     def __init__(  # noqa: PLR0917 (positional, as the dataclass it was)
         self, key: str, type_name: str, kind: str, args: tuple[Any, ...], dot: Dot,
-        observed: DotRanges, delta: CRDT | bytes,
+        observed: DotRanges | list[object], delta: CRDT | bytes,
     ) -> None:
         set_ = object.__setattr__
         set_(self, "key", key)
@@ -118,8 +120,19 @@ class Operation:
         set_(self, "kind", kind)
         set_(self, "args", args)
         set_(self, "dot", dot)
-        set_(self, "observed", observed)
+        set_(self, "_observed", observed)
         set_(self, "_delta", delta)
+
+    @property
+    def observed(self) -> DotRanges:
+        """The operations it observed on its key (decoded now if they came
+        as a payload)."""
+        observed = self._observed
+        if type(observed) is list:
+            observed = DotRanges.from_payload(observed, "observed")
+            object.__setattr__(self, "_observed", observed)
+        assert isinstance(observed, DotRanges)
+        return observed
 
     @property
     def delta(self) -> CRDT:
@@ -158,7 +171,7 @@ class Operation:
         """This operation with another dot or observed. Cost: O(1)."""
         return Operation(self.key, self.type_name, self.kind, self.args,
                          self.dot if dot is None else dot,
-                         self.observed if observed is None else observed, self._delta)
+                         self._observed if observed is None else observed, self._delta)
 
     def entry(self) -> Entry:
         """The update as an entry: its key, its delta and its stretch (the

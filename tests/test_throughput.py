@@ -177,11 +177,20 @@ def test_a_client_does_not_decode_the_deltas_it_only_logs(
         decoded.append(data)
         return decode(data, **kwargs)
 
+    ranges: list[object] = []
+    from_payload = DotRanges.from_payload
+
+    def parsed(payload: object, what: str) -> DotRanges:
+        ranges.append(payload)
+        return from_payload(payload, what)
+
     async def work(client: Client, service: NodeService) -> None:
         monkeypatch.setattr(codec, "decode", counted)
+        monkeypatch.setattr(DotRanges, "from_payload", staticmethod(parsed))
         ops = await asyncio.gather(*(client.update("k", "GCounter", "increment", 1)
                                      for _ in range(20)))
-        assert decoded == []
+        assert decoded == [] and ranges == []
+        assert isinstance(ops[5].observed, DotRanges) and len(ranges) == 1
         delta = ops[0].delta
         assert isinstance(delta, GCounter) and delta.value == 1 and len(decoded) == 1
         assert ops[0].delta is delta and len(decoded) == 1  # once
@@ -192,9 +201,11 @@ def test_a_client_does_not_decode_the_deltas_it_only_logs(
 
 
 def test_a_delta_that_does_not_decode_raises_decode_error_when_read() -> None:
-    op = Operation("k", "GCounter", "increment", (1,), ("a", 1), DotRanges(), b"\xff")
+    op = Operation("k", "GCounter", "increment", (1,), ("a", 1), ["junk"], b"\xff")
     with pytest.raises(DecodeError):
         _ = op.delta
+    with pytest.raises(DecodeError):
+        _ = op.observed
     with pytest.raises(AttributeError):
         op.key = "other"
 
