@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from crdtkit import node, protocol
 from crdtkit.client import Client, NodeError
 from crdtkit.node import NodeService
 from crdtkit.tcpnode import TcpNodeTransport
@@ -309,3 +310,19 @@ def test_an_update_checks_its_keys_type_without_building_its_ranges(
 
     _with_node(tmp_path, work)
     assert built == []
+
+
+@pytest.mark.parametrize("size", [0, 1, 23, 24, 255, 256, 1000, 65_535, 65_536])
+def test_an_answer_spliced_from_the_stored_one_is_the_answer_encoded(size: int) -> None:
+    # The node encoded an update's answer twice: once as the store keeps it
+    # ([key, replica, counter, observed, delta]) and again as "done". It is
+    # now spliced from the first; the bytes must be the same.
+    key = ("é" * size)[: size // 2] + "k" * (size - size // 2)
+    delta = GCounter()
+    _ = delta.increment("n0~2", 5)
+    done: list[object] = ["n0~2", 7, DotRanges({"n0~2": (0, 0, 3, 6)}).to_payload(),
+                          codec.encode(delta)]
+    answer = node._Answer(True, codec.encode_plain([key, *done]), done, 9)
+    for request in (0, 23, 24, 1_000_000):
+        assert node._done(request, answer, key=key) == protocol.encode("done", request, *done)
+        assert node._done(request, answer) == protocol.encode("done", request, *done)
