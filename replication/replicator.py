@@ -2012,7 +2012,7 @@ class Staged:
             raise TypeError(f"the mutator returned {type(delta).__name__}, not a delta")
         observed = ops.copy()
         dot = (replica._replica, replica._counter + len(self._changes) + 1)
-        ops.merge(ops.successor(*dot))
+        ops.add(*dot)
         self._states[key], self._ops[key] = state, ops
         # The batch keeps the delta itself, not a copy per update: apply
         # copies each key's join once for the log.
