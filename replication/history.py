@@ -168,7 +168,15 @@ class Operation:
 
     def replace(self, *, dot: Dot | None = None, observed: DotRanges | None = None
                 ) -> Operation:
-        """This operation with another dot or observed. Cost: O(1)."""
+        """This operation with another dot or observed ranges (what
+        ``dataclasses.replace`` did when it was a dataclass).
+
+        >>> from crdts import GCounter
+        >>> op = Operation("k", "GCounter", "increment", (1,), ("a", 1), DotRanges(), GCounter())
+        >>> op.replace(dot=("b", 1)).dot, op.dot
+        (('b', 1), ('a', 1))
+
+        Cost: O(1)."""
         return Operation(self.key, self.type_name, self.kind, self.args,
                          self.dot if dot is None else dot,
                          self._observed if observed is None else observed, self._delta)
