@@ -345,6 +345,11 @@ class Client:
         reached; the update is durable at the node either way and spreads
         on by gossip.
 
+        The operation's delta and observed ranges are kept as the node
+        answered them until read: ``op.delta`` and ``op.observed`` decode
+        them then (DecodeError if the node sent something that does not
+        decode), so logging updates costs no decoding.
+
         Cost: a round trip and the node's commit (and, with a level, the
         node's push to the members and their acknowledgements)."""
         items = list(protocol.operations(type_name)[1].validate(kind, args))
@@ -359,8 +364,12 @@ class Client:
         if type(delta) is not bytes:
             raise DecodeError("an update's delta is bytes")
         dot = (expect_replica(replica, "dot"), expect_uint(counter, "dot", 1))
-        context = DotRanges.from_payload(observed, "observed")
-        op = Operation(key, type_name, kind, tuple(items), dot, context, codec.decode(delta))
+        if type(observed) is not list:
+            raise DecodeError("an update's observed ranges are a list")
+        # The delta and the observed ranges stay as answered until read
+        # (Operation decodes and checks them then): a client that only logs
+        # its updates never decodes them.
+        op = Operation(key, type_name, kind, tuple(items), dot, observed, delta)
         if level == "local":
             return op
         if len(out) != 5:

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from crdts import GCounter, LWWRegister, MVRegister, ORMap, ORSet, PNCounter, VectorClock, codec
@@ -77,17 +77,109 @@ TYPES: dict[str, type[CRDT]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
 class Operation:
-    """One logged update."""
+    """One logged update: its key, type, operation and arguments, its dot,
+    what it observed on its key, and its delta.
+
+    The delta may be given as its canonical CBOR bytes, and what it observed
+    as its payload (``DotRanges.to_payload``), as a node answers them: each
+    is then decoded (and checked, DecodeError) when first read, so a
+    client that only logs updates, as a pipelining one does by the
+    thousand, never pays for decoding what nobody reads (it was a third
+    of such a client's CPU).
+
+    >>> from crdts import GCounter, codec
+    >>> delta = GCounter(); _ = delta.increment("a", 2)
+    >>> op = Operation("k", "GCounter", "increment", (2,), ("a", 1), DotRanges(),
+    ...                codec.encode(delta))
+    >>> op.delta.value, op == Operation("k", "GCounter", "increment", (2,), ("a", 1),
+    ...                                 DotRanges(), delta)
+    (2, True)
+
+    Cost: O(1); decoding a delta or observed ranges given encoded, O(their
+    size), once.
+    """
+
+    __slots__ = ("_delta", "_observed", "args", "dot", "key", "kind", "type_name")
 
     key: str
     type_name: str
     kind: str
     args: tuple[Any, ...]
     dot: Dot
-    observed: DotRanges
-    delta: CRDT
+    _observed: DotRanges | list[object]
+    _delta: CRDT | bytes
+
+    def __init__(  # noqa: PLR0917 (positional, as the dataclass it was)
+        self, key: str, type_name: str, kind: str, args: tuple[Any, ...], dot: Dot,
+        observed: DotRanges | list[object], delta: CRDT | bytes,
+    ) -> None:
+        set_ = object.__setattr__
+        set_(self, "key", key)
+        set_(self, "type_name", type_name)
+        set_(self, "kind", kind)
+        set_(self, "args", args)
+        set_(self, "dot", dot)
+        set_(self, "_observed", observed)
+        set_(self, "_delta", delta)
+
+    @property
+    def observed(self) -> DotRanges:
+        """The operations it observed on its key (decoded now if they came
+        as a payload)."""
+        observed = self._observed
+        if type(observed) is list:
+            observed = DotRanges.from_payload(observed, "observed")
+            object.__setattr__(self, "_observed", observed)
+        assert isinstance(observed, DotRanges)
+        return observed
+
+    @property
+    def delta(self) -> CRDT:
+        """The update's delta (decoded now if it came as bytes)."""
+        delta = self._delta
+        if type(delta) is bytes:
+            delta = codec.decode(delta)
+            object.__setattr__(self, "_delta", delta)
+        assert isinstance(delta, CRDT)
+        return delta
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"an Operation is frozen: cannot set {name!r}")
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.key, self.type_name, self.kind, self.args, self.dot, self.observed,
+                self.delta)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Operation:
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:  # (equal operations share these)
+        return hash((self.key, self.type_name, self.kind, self.dot))
+
+    def __repr__(self) -> str:
+        return ("Operation(key={!r}, type_name={!r}, kind={!r}, args={!r}, dot={!r}, "
+                "observed={!r}, delta={!r})".format(*self._fields()))
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (Operation, self._fields())
+
+    def replace(self, *, dot: Dot | None = None, observed: DotRanges | None = None
+                ) -> Operation:
+        """This operation with another dot or observed ranges (what
+        ``dataclasses.replace`` did when it was a dataclass).
+
+        >>> from crdts import GCounter
+        >>> op = Operation("k", "GCounter", "increment", (1,), ("a", 1), DotRanges(), GCounter())
+        >>> op.replace(dot=("b", 1)).dot, op.dot
+        (('b', 1), ('a', 1))
+
+        Cost: O(1)."""
+        return Operation(self.key, self.type_name, self.kind, self.args,
+                         self.dot if dot is None else dot,
+                         self._observed if observed is None else observed, self._delta)
 
     def entry(self) -> Entry:
         """The update as an entry: its key, its delta and its stretch (the
@@ -302,9 +394,9 @@ class History:
             if holder is None:
                 continue
             if holder != op.dot[0] and self.spec(op.type_name).names_replicas:
-                op = replace(op, dot=(holder, op.dot[1]))  # noqa: PLW2901
+                op = op.replace(dot=(holder, op.dot[1]))  # noqa: PLW2901
             if folded or op.observed.pruned:
-                op = replace(op, observed=self._observed(key, op.observed, folded))  # noqa: PLW2901
+                op = op.replace(observed=self._observed(key, op.observed, folded))  # noqa: PLW2901
             out.append(op)
         return out
 

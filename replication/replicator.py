@@ -676,6 +676,22 @@ class Replicator:
         state = self._states.get(key)
         return None if state is None else Entry(key, state, self._ranges(key))
 
+    def type_of(self, key: str) -> type[CRDT] | None:
+        """The type of the state under ``key``, or None if it holds none:
+        what checking an update's type needs, without building the key's
+        ranges (:meth:`entry`) or copying its state (:meth:`get`).
+
+        >>> from crdts import GCounter
+        >>> r = Replicator("a", [], rng=Random(1))
+        >>> _ = r.update("k", GCounter, lambda c, me: c.increment(me, 2))
+        >>> r.type_of("k").__name__, r.type_of("other")
+        ('GCounter', None)
+
+        Cost: O(1).
+        """
+        state = self._states.get(key)
+        return None if state is None else type(state)
+
     def ops(self, key: str) -> DotRanges:
         """A copy of the operations reflected under ``key``, as per-key dot
         ranges (whole: each writer's first operations on the key).
@@ -1033,22 +1049,48 @@ class Replicator:
         >>> r.apply(batch); sorted(r.get("s")), r.replica_id in r.context.vv
         (['x'], True)
 
-        Cost: each delta's merge plus O(1) per update.
+        A key's updates in the batch are applied together, as one stretch
+        of this replica's operations on it with the join of their deltas:
+        the key is held, logged and its subscribers told once, not once per
+        update (exactly what update by update leaves, since the stretches
+        of one writer on a key join end to end and so do their deltas'
+        records in the log; a pipelining node applies hundreds of updates
+        of a few keys per commit).
+
+        Cost: each delta's merge plus O(writers of the key) per key.
         """
         self._end(batch)
-        for key, delta, (_, counter) in batch._changes:
-            state = self._states.get(key)
+        changes = batch._changes
+        if not changes:
+            return
+        by_key: dict[str, list[tuple[CRDT, int]]] = {}
+        for key, delta, (_, counter) in changes:
+            found = by_key.get(key)
+            if found is None:
+                by_key[key] = [(delta, counter)]
+            else:
+                found.append((delta, counter))
+        self._counter = changes[-1][2][1]
+        mine = self._replica
+        states = self._states
+        for key, updates in by_key.items():
+            # The batch's deltas are its callers' too (to read): the log
+            # takes a copy, one per key rather than one per update.
+            joined, first = updates[0][0].copy(), updates[0][1]
+            for delta, _ in updates[1:]:
+                joined.merge(delta)
+            state = states.get(key)
             if state is None:
-                self._states[key] = delta.copy()
+                states[key] = joined.copy()
                 self._keys.add(key)
             else:
-                state.merge(delta)
-            self._counter = counter
-            ops = self._successor(key, counter)
+                state.merge(joined)
+            lo, lo_dot, hi, _ = self._successor(key, first).spans[mine]
+            ops = DotRanges({mine: (lo, lo_dot, hi + len(updates) - 1, updates[-1][1])})
             self._hold(key, ops)
-            self._record(key, delta, ops, self._replica)
-            self.stats.updates += 1
+            self._record(key, joined, ops, mine)
             self._notify(key)
+        self.stats.updates += len(changes)
 
     def discard(self, batch: Staged) -> None:
         """End a staged batch without applying any of it. Its dots are not
@@ -1937,7 +1979,9 @@ class Staged:
     ) -> tuple[C, tuple[str, int], DotRanges]:
         """Like :meth:`Replicator.update`, on this batch's copy of ``key``:
         returns the delta, the update's dot and (a copy of) the operations it
-        observed on its key. If ``mutate`` raises, nothing changes.
+        observed on its key. If ``mutate`` raises, nothing changes. The
+        delta is also the batch's (:meth:`Replicator.apply` joins it): read
+        or encode it, do not change it before the batch ends.
 
         >>> from random import Random
         >>> from crdts import PNCounter
@@ -1968,9 +2012,11 @@ class Staged:
             raise TypeError(f"the mutator returned {type(delta).__name__}, not a delta")
         observed = ops.copy()
         dot = (replica._replica, replica._counter + len(self._changes) + 1)
-        ops.merge(ops.successor(*dot))
+        ops.add(*dot)
         self._states[key], self._ops[key] = state, ops
-        self._changes.append((key, delta.copy(), dot))
+        # The batch keeps the delta itself, not a copy per update: apply
+        # copies each key's join once for the log.
+        self._changes.append((key, delta, dot))
         return delta, dot, observed
 
     def undo(self) -> None:

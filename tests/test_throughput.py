@@ -11,14 +11,22 @@ from __future__ import annotations
 import asyncio
 import threading
 from pathlib import Path
+from random import Random
 from typing import Any
 
 import pytest
 
+from crdtkit import node, protocol
 from crdtkit.client import Client, NodeError
 from crdtkit.node import NodeService
 from crdtkit.tcpnode import TcpNodeTransport
-from crdts import GCounter, ORSet
+from crdts import GCounter, ORSet, codec
+from crdts.base import CRDT
+from crdts.errors import DecodeError
+from replication.dotranges import DotRanges
+from replication.history import History, Operation
+from replication.messages import Entry
+from replication.replicator import Replicator
 from replication.sqlite import SQLiteStore, read_store
 from tests.test_pipelining import KEY, _with_node
 
@@ -155,3 +163,166 @@ def test_keys_changed_by_gossip_are_written_every_flush_interval(tmp_path: Path)
             await asyncio.wait_for(running, 30)
 
     asyncio.run(main())
+
+
+def test_a_client_does_not_decode_the_deltas_it_only_logs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Client.update decoded each answer's delta into the Operation it
+    # returns: a quarter of a pipelining client's CPU, for deltas that a
+    # client logging its updates never reads. They are decoded when read.
+    decoded: list[bytes] = []
+    decode = codec.decode
+
+    def counted(data: bytes, **kwargs: Any) -> CRDT:
+        decoded.append(data)
+        return decode(data, **kwargs)
+
+    ranges: list[object] = []
+    from_payload = DotRanges.from_payload
+
+    def parsed(payload: object, what: str) -> DotRanges:
+        ranges.append(payload)
+        return from_payload(payload, what)
+
+    async def work(client: Client, service: NodeService) -> None:
+        monkeypatch.setattr(codec, "decode", counted)
+        monkeypatch.setattr(DotRanges, "from_payload", staticmethod(parsed))
+        ops = await asyncio.gather(*(client.update("k", "GCounter", "increment", 1)
+                                     for _ in range(20)))
+        assert decoded == [] and ranges == []
+        assert isinstance(ops[5].observed, DotRanges) and len(ranges) == 1
+        delta = ops[0].delta
+        assert isinstance(delta, GCounter) and delta.value == 1 and len(decoded) == 1
+        assert ops[0].delta is delta and len(decoded) == 1  # once
+        history = History(list(ops))
+        assert history.operations[0] == ops[0] and len({op.dot for op in ops}) == 20
+
+    _with_node(tmp_path, work)
+
+
+def test_a_delta_that_does_not_decode_raises_decode_error_when_read() -> None:
+    op = Operation("k", "GCounter", "increment", (1,), ("a", 1), ["junk"], b"\xff")
+    with pytest.raises(DecodeError):
+        _ = op.delta
+    with pytest.raises(DecodeError):
+        _ = op.observed
+    with pytest.raises(AttributeError):
+        op.key = "other"
+
+
+def test_a_batch_holds_and_logs_each_key_once() -> None:
+    # Replicator.apply held, logged and notified every update of a batch
+    # one at a time: a pipelining node's commit applies hundreds of updates
+    # of a few keys. The batch's updates of a key are applied as one
+    # stretch, which leaves the replica exactly as update by update does.
+    staged = Replicator("a", ["b"], rng=Random(1))
+    one_by_one = Replicator("a", ["b"], rng=Random(1))
+    told: list[str] = []
+    staged.subscribe(lambda key, state: told.append(key))
+    _ = one_by_one.update("s", ORSet, lambda s, me: s.add("old", me))
+    _ = staged.update("s", ORSet, lambda s, me: s.add("old", me))
+    told.clear()
+    batch = staged.stage()
+    for i in range(30):
+        for key in ("c", "s"):
+            if key == "c":
+                def bump(c: GCounter, me: str, n: int = i) -> GCounter:
+                    return c.increment(me, n + 1)
+                _ = batch.update(key, GCounter, bump)
+                _ = one_by_one.update(key, GCounter, bump)
+            else:
+                def add(s: ORSet[str], me: str, n: int = i) -> ORSet[str]:
+                    return s.add(f"e{n}", me) if n % 3 else s.remove("old")
+                _ = batch.update(key, ORSet, add)
+                _ = one_by_one.update(key, ORSet, add)
+    staged.apply(batch)
+    assert sorted(told) == ["c", "s"]  # once per key, not once per update
+    assert staged.encode_keyspace() == one_by_one.encode_keyspace()
+    for key in ("c", "s"):
+        assert staged.ops(key) == one_by_one.ops(key)
+    assert staged.context == one_by_one.context
+    assert staged.stats.updates == one_by_one.stats.updates == 61
+    # What gossip brings a peer is the same too.
+    for replica in (staged, one_by_one):
+        peer = Replicator("b", ["a"], rng=Random(2))
+        _gossip({"a": replica, "b": peer})
+        assert peer.encode_keyspace() == staged.encode_keyspace()
+        assert peer.ops("s") == staged.ops("s") and peer.context == staged.context
+
+
+def _gossip(nodes: dict[str, Replicator]) -> None:
+    """A few rounds among ``nodes``, losing nothing (bounded)."""
+    for now in range(1, 6):
+        frames = [(node, to, frame) for node, r in nodes.items() for to, frame in r.tick(now)]
+        for _ in range(10_000):
+            if not frames:
+                break
+            source, destination, frame = frames.pop(0)
+            frames += [(destination, to, reply)
+                       for to, reply in nodes[destination].receive(now, source, frame)]
+
+
+def test_a_batch_copies_a_keys_deltas_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Staged.update copied every update's delta for the log, and apply then
+    # merged each copy in: the log takes one copy of each key's join.
+    replica = Replicator("a", [], rng=Random(1))
+    _ = replica.update("k", GCounter, lambda c, me: c.increment(me))
+    copies: list[int] = []
+    copy = GCounter.copy
+
+    def counted(self: GCounter) -> GCounter:
+        copies.append(self.value)
+        return copy(self)
+
+    monkeypatch.setattr(GCounter, "copy", counted)
+    batch = replica.stage()
+    deltas = [batch.update("k", GCounter, lambda c, me: c.increment(me, 2))[0]
+              for _ in range(50)]
+    replica.apply(batch)
+    monkeypatch.setattr(GCounter, "copy", copy)
+    assert len(copies) <= 2  # the key once for the batch, its join once for the log
+    state = replica.get("k")
+    assert isinstance(state, GCounter) and state.value == 101
+    assert all(delta.value == 2 * (i + 2) - 1 for i, delta in enumerate(deltas))
+
+
+def test_an_update_checks_its_keys_type_without_building_its_ranges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The node checked a key's type through Replicator.entry, which builds
+    # the key's ranges from their compact form: per update, for a type.
+    built: list[str] = []
+    entry = Replicator.entry
+
+    def counted(self: Replicator, key: str) -> Entry | None:
+        built.append(key)
+        return entry(self, key)
+
+    async def work(client: Client, service: NodeService) -> None:
+        await client.update("k", "GCounter", "increment", 1)
+        monkeypatch.setattr(Replicator, "entry", counted)
+        await asyncio.gather(*(client.update("k", "GCounter", "increment", 1)
+                               for _ in range(20)))
+        with pytest.raises(NodeError, match="holds a GCounter"):
+            await client.update("k", "ORSet", "add", "x")
+        monkeypatch.setattr(Replicator, "entry", entry)
+
+    _with_node(tmp_path, work)
+    assert built == []
+
+
+@pytest.mark.parametrize("size", [0, 1, 23, 24, 255, 256, 1000, 65_535, 65_536])
+def test_an_answer_spliced_from_the_stored_one_is_the_answer_encoded(size: int) -> None:
+    # The node encoded an update's answer twice: once as the store keeps it
+    # ([key, replica, counter, observed, delta]) and again as "done". It is
+    # now spliced from the first; the bytes must be the same.
+    key = ("é" * size)[: size // 2] + "k" * (size - size // 2)
+    delta = GCounter()
+    _ = delta.increment("n0~2", 5)
+    done: list[object] = ["n0~2", 7, DotRanges({"n0~2": (0, 0, 3, 6)}).to_payload(),
+                          codec.encode(delta)]
+    answer = node._Answer(True, codec.encode_plain([key, *done]), done, 9)
+    for request in (0, 23, 24, 1_000_000):
+        assert node._done(request, answer, key=key) == protocol.encode("done", request, *done)
+        assert node._done(request, answer) == protocol.encode("done", request, *done)
