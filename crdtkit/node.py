@@ -626,7 +626,9 @@ class NodeService:
         if all(len(row) <= self.max_state for row in rows.values()):
             return batch, rows, staged
         self.replica.discard(batch)
-        batch, rows, kept = self.replica.stage(), {}, []
+        # Copies of the deltas: undo rebuilds a key from the earlier ones,
+        # which a user's type might share with the state the refused one changed.
+        batch, rows, kept = self.replica.stage(copies=True), {}, []
         for request, _ in staged:
             answer = self._stage(batch, request)  # as before: it staged then
             row = encode_row(batch.entry(request.key))

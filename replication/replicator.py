@@ -1013,7 +1013,7 @@ class Replicator:
         for callback in list(self._subscribers):
             callback(key, self._states[key])
 
-    def stage(self) -> Staged:
+    def stage(self, *, copies: bool = False) -> Staged:
         """Start a batch of updates made on copies of their keys: nothing of
         the replica changes until :meth:`apply` (a node writes the batch to
         its store first, and applies it only once that committed), and
@@ -1030,11 +1030,16 @@ class Replicator:
         >>> r.apply(batch); r.get("hits").value
         2
 
-        Cost: O(1); see :class:`Staged`.
+        With ``copies``, the batch keeps a copy of each update's delta: a
+        type whose delta shares objects with its state (a user's type may)
+        would otherwise let a later update of the key, even one taken back
+        with :meth:`Staged.undo`, reach an earlier update's delta.
+
+        Cost: O(1); see :class:`Staged` (``copies``: a copy of each delta).
         """
         if self._staged is not None:
             raise RuntimeError("a batch is staged already")
-        self._staged = Staged(self)
+        self._staged = Staged(self, copies=copies)
         return self._staged
 
     def apply(self, batch: Staged) -> None:
@@ -1963,10 +1968,11 @@ class Staged:
     each update is then the type's mutator plus O(1).
     """
 
-    __slots__ = ("_changes", "_ops", "_replica", "_states")
+    __slots__ = ("_changes", "_copies", "_ops", "_replica", "_states")
 
-    def __init__(self, replica: Replicator) -> None:
+    def __init__(self, replica: Replicator, *, copies: bool = False) -> None:
         self._replica = replica
+        self._copies = copies  # see Replicator.stage
         self._states: dict[str, CRDT] = {}  # the keys' states with the updates made
         self._ops: dict[str, DotRanges] = {}
         self._changes: list[tuple[str, CRDT, tuple[str, int]]] = []
@@ -2014,9 +2020,10 @@ class Staged:
         dot = (replica._replica, replica._counter + len(self._changes) + 1)
         ops.add(*dot)
         self._states[key], self._ops[key] = state, ops
-        # The batch keeps the delta itself, not a copy per update: apply
-        # copies each key's join once for the log.
-        self._changes.append((key, delta, dot))
+        # The batch keeps the delta itself, not a copy per update (unless
+        # asked: see Replicator.stage): apply copies each key's join once
+        # for the log.
+        self._changes.append((key, delta.copy() if self._copies else delta, dot))
         return delta, dot, observed
 
     def undo(self) -> None:
