@@ -302,6 +302,20 @@ _Flat = tuple[object, ...]
 _FLAT_WRITERS = 8
 
 
+def _within_lagging(ops: DotRanges, lagging: list[tuple[str, int]]) -> bool:
+    """``ops.within(vv)`` for ``ops`` held or logged here, given the writers
+    of which ``vv`` lacks something held here (``lagging``, with their
+    ``vv`` entries): every other writer of ``ops`` is covered whatever
+    ``ops`` holds of it (see ``Replicator._settled``), so only these are
+    compared. Cost: O(lagging writers), at most O(writers held)."""
+    spans = ops.spans
+    for writer, upto in lagging:
+        span = spans.get(writer)
+        if span is not None and span[3] > upto:
+            return False
+    return True
+
+
 def _unflat(flat: _Flat) -> DotRanges:
     """The DotRanges a flat tuple stands for. Cost: O(writers)."""
     return DotRanges({
@@ -1291,15 +1305,33 @@ class Replicator:
             return self._catch_up(peer, state, to, known, reply)
         acked = state.acked
         entries: list[Entry] = []
+        vv = known.vv
+        settled = self._settled(vv)
+        # The writers the peer lacks something of, with what it holds: only
+        # they can put a change outside its clock.
+        get = vv.get
+        lagging = [(w, get(w, 0)) for w in self._top if w not in settled]
+        held = self._ops
         for change in reversed(self._log.values()):
             if change.seq <= acked:
                 break
             if change.origin == to:
                 continue  # it all came from that peer: never send it back
             key = change.key
-            ops = self._ranges(key) if change.dots is None else change.dots
-            if ops.within(known.vv):
-                continue  # it reached that peer by another route
+            if change.dots is None:
+                flat = held[key]
+                if type(flat) is tuple:
+                    if settled.issuperset(flat[0::3]) or self._within(key, vv):
+                        continue  # it reached that peer by another route
+                    ops = _unflat(flat)
+                else:
+                    ops = flat  # type: ignore[assignment]
+                    if settled.issuperset(ops.spans) or _within_lagging(ops, lagging):
+                        continue
+            else:
+                ops = change.dots
+                if settled.issuperset(ops.spans) or _within_lagging(ops, lagging):
+                    continue
             delta = self._states[key] if change.delta is None else change.delta
             entries.append(Entry(key, delta, ops))
         entries.sort(key=lambda e: e.key)
@@ -1315,12 +1347,28 @@ class Replicator:
         state.caught_up = self._head
         self._moved(peer, before)
         vv = known.vv
-        entries = [
-            Entry(k, self._states[k], self._ranges(k))
-            for k in self._keys
-            if not self._within(k, vv)
-        ]
+        settled = self._settled(vv)
+        held = self._ops
+        entries = []
+        for k in self._keys:
+            flat = held[k]
+            writers = flat[0::3] if type(flat) is tuple else flat.spans  # type: ignore[union-attr]
+            if settled.issuperset(writers) or self._within(k, vv):
+                continue
+            entries.append(Entry(k, self._states[k], self._ranges(k)))
         return self._send(peer, to, -1, entries, reply)
+
+    def _settled(self, vv: dict[str, int]) -> set[str]:
+        """The writers whose every operation held here is at or below
+        ``vv``: a key (or logged delta) written only by them is within it,
+        told at C speed by a subset test instead of a comparison per writer
+        (which grew to a sixth of the demo's CPU at 20,000 operations, as
+        keys gain writers). Exact because every stretch held or logged ends
+        at or below ``_top`` of its writer, and a writer leaves ``_top``
+        only once no key holds it and every key that did is logged whole
+        again. Cost: O(writers held)."""
+        get = vv.get
+        return {w for w, top in self._top.items() if top <= get(w, 0)}
 
     def _within(self, key: str, vv: dict[str, int]) -> bool:
         """Whether every operation ``key`` holds is at or below ``vv`` (as
