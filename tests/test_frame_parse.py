@@ -299,3 +299,13 @@ def test_inline_range_checks_refuse_what_the_full_ones_refuse(ranges: list[objec
     )
     with pytest.raises(DecodeError):
         parse(frame)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [[-1, "a", "v"], [True, "a", "v"], [1, "", "v"], [1, 2, "v"], [1, "a", 1.5], [1, "a", []],
+     [1, "a"], [1, "a", "v", 2]],
+)
+def test_inline_register_checks_refuse_what_the_full_ones_refuse(payload: list[object]) -> None:
+    with pytest.raises(DecodeError):
+        codec.from_plain(["LWWRegister", 1, payload])
