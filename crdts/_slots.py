@@ -122,7 +122,7 @@ def _few_from_flat(flat: list[object]) -> dict[str, int] | None:
     slots: dict[str, int] = {}
     prev = ""  # below every non-empty str
     it = iter(flat)
-    for replica, count in zip(it, it, strict=True):
+    for replica, count in zip(it, it, strict=False):  # length checked above
         if not (type(replica) is str and replica > prev and type(count) is int and count > 0):
             return None
         slots[intern(replica)] = count

@@ -292,7 +292,7 @@ def _without_cloud(flat: list[object]) -> dict[str, int] | None:
     vv: dict[str, int] = {}
     prev = ""  # below every non-empty str
     it = iter(flat)
-    for replica, top, gaps in zip(it, it, it, strict=True):
+    for replica, top, gaps in zip(it, it, it, strict=False):  # length checked above
         if not (
             type(replica) is str and replica > prev and type(top) is int and top > 0 and gaps == []
         ):

@@ -266,7 +266,7 @@ def _few_entries(flat: list[object], ctx: CausalContext) -> dict[tuple[str, int]
     entries: dict[tuple[str, int], object] = {}
     prev_replica, prev_counter = "", 0
     it = iter(flat)
-    for replica, counter, value in zip(it, it, it, strict=True):
+    for replica, counter, value in zip(it, it, it, strict=False):  # length checked above
         if not (
             type(replica) is str
             and replica

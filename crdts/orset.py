@@ -646,7 +646,7 @@ def _few_dots(dots: list[object]) -> bool:
         return False
     prev = 0
     it = iter(dots)
-    for counter, element in zip(it, it, strict=True):
+    for counter, element in zip(it, it, strict=False):  # length checked above
         if not (type(counter) is int and counter > prev and type(element) in _ATOMS):
             return False
         prev = counter

@@ -466,10 +466,13 @@ def _spans_at_c_speed(flat: list[object]) -> dict[str, Span] | None:
         ):
             return {intern(writer): (lo, lo_dot, hi, hi_dot)}
         return None
+    if len(flat) % 5:
+        return None
     spans: dict[str, Span] = {}
     prev = ""  # below every non-empty str
     it = iter(flat)
-    for writer, lo, lo_dot, hi, hi_dot in zip(it, it, it, it, it, strict=True):
+    # The length is checked above; strict=True would cost more than the checks.
+    for writer, lo, lo_dot, hi, hi_dot in zip(it, it, it, it, it, strict=False):
         if not (
             type(writer) is str
             and writer > prev
