@@ -111,12 +111,18 @@ _FEW = 32
 def _few_from_flat(flat: list[object]) -> dict[str, int] | None:
     """:func:`from_flat` of a short canonical payload; None if it is not
     (then the full checks name what is wrong)."""
+    if len(flat) == 2:
+        # One slot (most deltas): unpacked, without the loop's setup.
+        replica, count = flat
+        if type(replica) is str and replica and type(count) is int and count > 0:
+            return {intern(replica): count}
+        return None
     if len(flat) % 2:
         return None
     slots: dict[str, int] = {}
     prev = ""  # below every non-empty str
     it = iter(flat)
-    for replica, count in zip(it, it, strict=True):
+    for replica, count in zip(it, it, strict=False):  # length checked above
         if not (type(replica) is str and replica > prev and type(count) is int and count > 0):
             return None
         slots[intern(replica)] = count

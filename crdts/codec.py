@@ -47,6 +47,8 @@ arrays (where states keep their bulk) and a Python loop over the other items.
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import cbor2
@@ -64,6 +66,7 @@ from crdts.vclock import VectorClock
 __all__ = [
     "DEFAULT_MAX_SIZE",
     "MAX_DEPTH",
+    "TYPES",
     "decode",
     "decode_plain",
     "encode",
@@ -103,6 +106,11 @@ def register(cls: K) -> K:
         raise ValueError(f"type tag {tag!r} is taken by {held.__name__}")
     _REGISTRY[tag] = cls
     return cls
+
+
+#: The registered classes by type tag, a live read-only view: for readers
+#: of many envelopes (a frame's entries) that look the tag up themselves.
+TYPES: Mapping[str, type[CRDT]] = MappingProxyType(_REGISTRY)
 
 
 def registered() -> dict[str, type[CRDT]]:

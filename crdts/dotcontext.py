@@ -250,8 +250,8 @@ class CausalContext:
         flat = expect_list(payload, what)
         fast = _without_cloud(flat)
         if fast is not None:
-            out = cls()
-            out.vv = fast
+            out = cls.__new__(cls)  # every state in a frame has one: no __init__
+            out.vv, out.cloud = fast, {}
             return out
         if len(flat) % 3:
             raise DecodeError(f"{what}: expected replica/vv/cloud triples")
@@ -281,12 +281,18 @@ def _without_cloud(flat: list[object]) -> dict[str, int] | None:
     """The version vector of a payload whose every dot cloud is empty, if it
     is canonical; None otherwise (then ``from_payload`` checks it in full
     and names what is wrong)."""
+    if len(flat) == 3:
+        # One id (most deltas): unpacked, without the loop's setup.
+        replica, top, gaps = flat
+        if type(replica) is str and replica and type(top) is int and top > 0 and gaps == []:
+            return {replica: top}
+        return None
     if len(flat) % 3:
         return None
     vv: dict[str, int] = {}
     prev = ""  # below every non-empty str
     it = iter(flat)
-    for replica, top, gaps in zip(it, it, it, strict=True):
+    for replica, top, gaps in zip(it, it, it, strict=False):  # length checked above
         if not (
             type(replica) is str and replica > prev and type(top) is int and top > 0 and gaps == []
         ):

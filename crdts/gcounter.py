@@ -13,7 +13,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from crdts._slots import flatten, from_flat, merge_max, ordered_flat, prune_slot
+from crdts._slots import (
+    _FEW,
+    _few_from_flat,
+    flatten,
+    from_flat,
+    merge_max,
+    ordered_flat,
+    prune_slot,
+)
 from crdts.base import MAX_UINT, check_amount, check_replica
 from crdts.errors import InvalidOperation
 from crdts.operations import Arg, Logged, Mutator, Operations
@@ -199,8 +207,12 @@ class GCounter:
     @classmethod
     def from_payload(cls, payload: object, version: int) -> GCounter:
         """Inverse of :meth:`to_payload`; raises DecodeError on anything else."""
-        out = cls()
-        out._slots = from_flat(payload, "GCounter")
+        out = cls.__new__(cls)  # __init__ would build a map only to drop it
+        out._unordered = False
+        # The short canonical case in one tight pass, without from_flat's
+        # layers: a frame carries many small counters.
+        few = _few_from_flat(payload) if type(payload) is list and len(payload) <= _FEW else None
+        out._slots = few if few is not None else from_flat(payload, "GCounter")
         return out
 
 

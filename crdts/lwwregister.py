@@ -220,8 +220,23 @@ class LWWRegister(Generic[T]):
     @classmethod
     def from_payload(cls, payload: object, version: int) -> LWWRegister[T]:
         """Inverse of :meth:`to_payload`; raises DecodeError on anything else."""
+        out: LWWRegister[T] = cls.__new__(cls)  # decoded: no clock, as __init__ leaves it
+        out._clock = None
+        if type(payload) is list and len(payload) == 3:
+            # The usual write, checked in one condition (a frame carries
+            # many registers); the checks below name what is wrong.
+            timestamp, replica, value = payload
+            if (
+                type(timestamp) is int
+                and timestamp >= 0
+                and type(replica) is str
+                and replica
+                and type(value) in (str, int, bytes)
+            ):
+                out._write = (timestamp, replica, value)
+                return out
+        out._write = None
         fields = expect_list(payload, "LWWRegister")
-        out: LWWRegister[T] = cls()
         if not fields:
             return out
         if len(fields) != 3:

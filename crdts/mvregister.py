@@ -214,6 +214,12 @@ class MVRegister(Generic[T]):
             raise DecodeError("MVRegister: expected [context, entries]")
         ctx = CausalContext.from_payload(parts[0], "MVRegister context")
         flat = expect_list(parts[1], "MVRegister entries")
+        out: MVRegister[T] = cls.__new__(cls)  # no throwaway context from __init__
+        out._ctx = ctx
+        few = _few_entries(flat, ctx)
+        if few is not None:
+            out._entries = few  # type: ignore[assignment]
+            return out
         if len(flat) % 3:
             raise DecodeError("MVRegister entries: expected replica/counter/value triples")
         replicas, counters, values = flat[0::3], flat[1::3], flat[2::3]
@@ -226,10 +232,54 @@ class MVRegister(Generic[T]):
             raise DecodeError("MVRegister entries: dots not in strictly increasing order")
         if not all(ctx.contains(*dot) for dot in dots):
             raise DecodeError("MVRegister: a dot lies outside the causal context")
-        out: MVRegister[T] = cls()
-        out._ctx = ctx
         out._entries = dict(zip(dots, values, strict=True))  # type: ignore[arg-type]
         return out
+
+
+#: Entries up to this many items are checked in one tight pass (a register
+#: holds one value, or a few concurrent ones); longer ones at C speed.
+_FEW = 24
+_ATOMS = (str, int, bytes)
+
+
+def _few_entries(flat: list[object], ctx: CausalContext) -> dict[tuple[str, int], object] | None:
+    """The entries of a short canonical ``[replica, counter, value, ...]``
+    whose every dot lies in ``ctx``, checked in one tight pass (frames carry
+    many small registers: the C-speed passes cost more on their fixed cost);
+    None to have the full checks name what is wrong."""
+    if len(flat) > _FEW or len(flat) % 3:
+        return None
+    vv, cloud = ctx.vv, ctx.cloud
+    if len(flat) == 3:
+        # One value (most registers): unpacked, without the loop's setup.
+        replica, counter, value = flat
+        if (
+            type(replica) is str
+            and replica
+            and type(counter) is int
+            and type(value) in _ATOMS
+            and counter >= 1
+            and (counter <= vv.get(replica, 0) or counter in cloud.get(replica, ()))
+        ):
+            return {(replica, counter): value}
+        return None
+    entries: dict[tuple[str, int], object] = {}
+    prev_replica, prev_counter = "", 0
+    it = iter(flat)
+    for replica, counter, value in zip(it, it, it, strict=False):  # length checked above
+        if not (
+            type(replica) is str
+            and replica
+            and type(counter) is int
+            and type(value) in _ATOMS
+            and (replica > prev_replica or (replica == prev_replica and counter > prev_counter))
+            and counter >= 1
+            and (counter <= vv.get(replica, 0) or counter in cloud.get(replica, ()))
+        ):
+            return None
+        entries[(replica, counter)] = value
+        prev_replica, prev_counter = replica, counter
+    return entries
 
 
 def _model(ops: Sequence[Logged]) -> frozenset[object]:

@@ -572,9 +572,23 @@ class ORSet(Generic[T]):
             for origin in origins:  # they raise, naming what is wrong
                 expect_replica(origin, "ORSet entries")
             expect_increasing(origins, "ORSet entries")
-        out: ORSet[T] = cls()
-        out._ctx = ctx
+        out: ORSet[T] = cls.__new__(cls)  # __init__ would build a context to drop
+        out._entries, out._owner, out._ctx, out._dropped = {}, {}, ctx, None
+        vv, cloud = ctx.vv, ctx.cloud
         for origin, group in zip(origins, flat[1::2], strict=True):
+            if type(group) is list and len(group) == 2:
+                # One dot (most deltas): checked inline, seen by the context
+                # included; the general path below names what is wrong.
+                counter, element = group
+                if (
+                    type(counter) is int
+                    and counter >= 1
+                    and type(element) in _ATOMS
+                    and (counter <= vv.get(origin, 0) or counter in cloud.get(origin, ()))  # type: ignore[call-overload]
+                ):
+                    out._entries[origin] = {element: counter}  # type: ignore[index]
+                    out._owner[origin] = {counter: element}  # type: ignore[index]
+                    continue
             dots = expect_list(group, "ORSet entries")
             counters, elements = dots[0::2], dots[1::2]
             if not _few_dots(dots):
@@ -632,7 +646,7 @@ def _few_dots(dots: list[object]) -> bool:
         return False
     prev = 0
     it = iter(dots)
-    for counter, element in zip(it, it, strict=True):
+    for counter, element in zip(it, it, strict=False):  # length checked above
         if not (type(counter) is int and counter > prev and type(element) in _ATOMS):
             return False
         prev = counter

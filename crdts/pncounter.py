@@ -151,7 +151,7 @@ class PNCounter:
         halves = expect_list(payload, "PNCounter")
         if len(halves) != 2:
             raise DecodeError("PNCounter: expected [increments, decrements]")
-        out = cls()
+        out = cls.__new__(cls)  # no throwaway halves from __init__
         out._p = GCounter.from_payload(halves[0], version)
         out._n = GCounter.from_payload(halves[1], version)
         return out

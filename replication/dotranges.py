@@ -417,8 +417,8 @@ class DotRanges:
         """
         flat = expect_list(payload, what)
         if len(flat) % 5 == 0 and (spans := _spans_at_c_speed(flat)) is not None:
-            out = cls()
-            out.spans = spans
+            out = cls.__new__(cls)  # every frame entry has one: no __init__ copies
+            out.spans, out.pruned = spans, _NO_MARKERS
             return out
         markers: list[object] | None = None
         if len(flat) % 5 == 1 and isinstance(last := flat[-1], list):
@@ -455,10 +455,32 @@ def _spans_at_c_speed(flat: list[object]) -> dict[str, Span] | None:
     one tight pass (every frame entry is parsed here: this is 3-5x faster
     than the checks one by one); None to have the loop in ``from_payload``
     find and name what is wrong."""
+    if len(flat) == 5:
+        # One writer (most deltas): unpacked, without the loop's setup, which
+        # costs more than the checks.
+        writer, lo, lo_dot, hi, hi_dot = flat
+        if (
+            type(writer) is str
+            and writer
+            and type(lo) is int
+            and type(lo_dot) is int
+            and type(hi) is int
+            and type(hi_dot) is int
+            and 0 <= lo < hi
+            and lo_dot >= 0
+            and hi_dot <= MAX_UINT
+            and (lo == 0) == (lo_dot == 0)
+            and hi - lo <= hi_dot - lo_dot
+        ):
+            return {intern(writer): (lo, lo_dot, hi, hi_dot)}
+        return None
+    if len(flat) % 5:
+        return None
     spans: dict[str, Span] = {}
     prev = ""  # below every non-empty str
     it = iter(flat)
-    for writer, lo, lo_dot, hi, hi_dot in zip(it, it, it, it, it, strict=True):
+    # The length is checked above; strict=True would cost more than the checks.
+    for writer, lo, lo_dot, hi, hi_dot in zip(it, it, it, it, it, strict=False):
         if not (
             type(writer) is str
             and writer > prev

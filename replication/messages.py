@@ -62,13 +62,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
+from operator import itemgetter
 from typing import TypeAlias
 
 from crdts import codec
 from crdts.base import CRDT, expect_increasing, expect_list, expect_replica, expect_uint
 from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError
+from replication.dotranges import _NO_MARKERS as NO_MARKERS
 from replication.dotranges import DotRanges
+from replication.dotranges import _spans_at_c_speed as fast_spans
 
 __all__ = [
     "DEFAULT_FRAME",
@@ -518,13 +521,18 @@ def parse_entries(raw: object, *, max_state: int | None = None) -> tuple[Entry, 
 
 
 def parse_frame_entries(
-    raw: object, *, size: int, max_state: int | None = None
+    raw: object,
+    *,
+    size: int,
+    max_state: int | None = None,
+    claims: tuple[str, int, CausalContext] | None = None,
 ) -> tuple[Entry, ...]:
     """The entries of a frame (``[[key, envelope, ranges], ...]``, decoded
     by ``codec.decode_plain`` from ``size`` bytes) for untrusted input;
     DecodeError otherwise, EntryTooLarge for a state whose encoding is over
     ``max_state`` bytes (measured only when the frame is larger than that:
-    no state is larger than its frame).
+    no state is larger than its frame). With ``claims`` (a push's sender,
+    start and clock), :func:`check_claims` in the same pass.
 
     >>> from crdts import GCounter
     >>> raw = codec.decode_plain(encode_entry(Entry("k", GCounter(), DotRanges())))
@@ -536,7 +544,12 @@ def parse_frame_entries(
     out = []
     seen: set[str] = set()
     measure = max_state is not None and size > max_state
-    from_plain, from_payload = codec.from_plain, DotRanges.from_payload
+    from_plain, from_payload, types = codec.from_plain, DotRanges.from_payload, codec.TYPES
+    if claims is not None:
+        sender, start, clock = claims
+        if clock.cloud:
+            raise DecodeError("push clock: a prefix clock has no gaps")
+        own, catch_up = clock.vv.get(sender, 0), start == -1
     for item in expect_list(raw, "entries"):
         if type(item) is not list or len(item) != 3:
             raise DecodeError("entry: expected [key, state, ops]")
@@ -558,7 +571,40 @@ def parse_frame_entries(
                     f"entry: the state of {key!r:.40} is {length} bytes,"
                     f" over the limit of {max_state}"
                 )
-        out.append(Entry(key, from_plain(envelope), from_payload(dots, "entry ops")))
+        # codec.from_plain and DotRanges.from_payload, their common case
+        # inline (a frame is mostly small entries, where each call layer
+        # costs as much as the checks); they name what is wrong otherwise.
+        cls = (
+            types.get(envelope[0])
+            if type(envelope) is list and len(envelope) == 3 and type(envelope[0]) is str
+            else None
+        )
+        version = envelope[1] if cls is not None else None
+        if cls is not None and type(version) is int and 1 <= version <= cls.FORMAT_VERSION:
+            try:
+                state = cls.from_payload(envelope[2], version)
+            except DecodeError:
+                raise
+            except Exception:  # a registered type's own checks failed unexpectedly
+                state = from_plain(envelope)  # raises DecodeError, naming it
+        else:
+            state = from_plain(envelope)
+        if type(dots) is list and not len(dots) % 5 and (spans := fast_spans(dots)) is not None:
+            ranges = DotRanges.__new__(DotRanges)
+            ranges.spans, ranges.pruned = spans, NO_MARKERS
+        else:
+            ranges = from_payload(dots, "entry ops")
+        if claims is not None:
+            # check_claims, inline: a catch-up carries whole keys, and no
+            # entry holds operations of its sender beyond the sender's clock.
+            spans = ranges.spans
+            if catch_up and any(map(_LO, spans.values())):
+                raise DecodeError(f"push: catch-up entry {key!r:.40} is not a whole key")
+            if (span := spans.get(sender)) is not None and span[3] > own:
+                raise DecodeError(
+                    f"push: entry {key!r:.40} claims operations of its sender beyond its clock"
+                )
+        out.append(Entry(key, state, ranges))
     return tuple(out)
 
 
@@ -601,6 +647,7 @@ def check_claims(
 
 
 _REPLIES = {int(r): r for r in Reply}
+_LO = itemgetter(0)  # a stretch's lo: 0 for a whole key's
 _ARITY = {"push": 13, "ack": 4, "piece": 14, "read": 5, "result": 8}
 
 
@@ -660,9 +707,14 @@ def parse(
                 sender, to, start, end, part, parts, _REPLIES[reply], clock, ack, index, count,
                 f[10],
             )
-        entries = parse_frame_entries(f[7], size=len(frame), max_state=max_state)
+        entries = (
+            parse_frame_entries(
+                f[7], size=len(frame), max_state=max_state, claims=(sender, start, clock)
+            )
+            if f[7] != [] or type(f[7]) is not list
+            else ()  # a round opener: nothing to check (a prefix clock has no gaps)
+        )
         ack = expect_uint(f[8], "push ack", -1)
-        check_claims(sender, start, clock, entries)
         tally = _parse_tally(f[9]) if f[9] != [] else ()
         return Push(
             sender, to, start, end, part, parts, _REPLIES[reply], clock, entries, ack, tally

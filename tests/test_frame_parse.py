@@ -180,3 +180,132 @@ def test_mutated_frames_are_refused_or_parsed_never_raised(
     inner = mutated[7:]  # what a data frame's replicator frame would be
     with contextlib.suppress(DecodeError):
         parse(inner)
+
+
+# -- the checks' own cost (issue 13 item 1, second pass) --------------------------
+#
+# After frames were decoded once, a push still cost ~6x ``cbor2.loads``: each
+# entry went through ~22 Python calls (the envelope, the type's payload, its
+# context, its helpers, the ranges, a second pass for the push's claims), each
+# costing as much as the check it made. Now the common shapes (one dot, one
+# slot, one writer, one value) are checked inline and the claims in the same
+# pass. The speed is in bench (frame-parse); this pins the work per entry.
+
+
+def _mixed_push(n: int) -> bytes:
+    """A push of ``n`` one-operation deltas of five types, as a replica
+    sends them between rounds."""
+    from crdts import LWWRegister, MVRegister, PNCounter
+
+    entries = []
+    for i in range(n):
+        me = f"r{i % 16:02d}"
+        state: object
+        if i % 5 == 0:
+            state = GCounter().increment(me, 3)
+        elif i % 5 == 1:
+            state = PNCounter().decrement(me, 2)
+        elif i % 5 == 2:
+            state = ORSet[str]().add("milk", me)
+        elif i % 5 == 3:
+            state = LWWRegister[str]().assign("v", me, timestamp=7)
+        else:
+            state = MVRegister[int]().assign(5, me)
+        entries.append(Entry(f"k{i:03d}", state, DotRanges({me: (0, 0, 1, 1)})))
+    clock = CausalContext()
+    clock.vv = {f"r{i:02d}": 1 for i in range(16)}
+    return messages.encode(Push("r00", "r99", 0, 9, 0, 1, Reply.NOTHING, clock, tuple(entries)))
+
+
+def test_regression_a_push_entry_costs_a_few_python_calls() -> None:
+    import sys
+
+    frame = _mixed_push(50)
+    parse(frame)
+    calls = [0]
+
+    def count(frame_: object, event: str, arg: object) -> None:
+        if event == "call":
+            calls[0] += 1
+
+    sys.setprofile(count)
+    try:
+        message = parse(frame)
+    finally:
+        sys.setprofile(None)
+    assert isinstance(message, Push) and len(message.entries) == 50
+    # Before: 19 per entry (952 here); now about 7.6.
+    assert calls[0] <= 50 * 10, f"{calls[0] / 50:.1f} Python calls per entry"
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        # One writer, one value, one dot, one slot: the inline paths refuse
+        # what the general ones do.
+        ["MVRegister", 1, [["a", 1, []], ["", 1, 5]]],  # empty replica id
+        ["MVRegister", 1, [["a", 1, []], ["a", 2, 5]]],  # dot outside the context
+        ["MVRegister", 1, [["a", 1, []], ["a", 0, 5]]],  # counter 0
+        ["MVRegister", 1, [["a", 1, []], ["a", True, 5]]],  # a bool for a counter
+        ["MVRegister", 1, [["a", 1, []], ["a", 1, 1.5]]],  # a float value
+        ["MVRegister", 1, [["a", 1, []], ["a", 1, [5]]]],  # an array value
+        ["ORSet", 1, [["a", 1, []], ["a", [2, "x"]]]],  # dot outside the context
+        ["ORSet", 1, [["a", 1, []], ["a", [0, "x"]]]],  # counter 0
+        ["ORSet", 1, [["a", 1, []], ["a", [1, ["x"]]]]],  # an array element
+        ["ORSet", 1, [["a", 1, []], ["a", [False, "x"]]]],  # a bool counter
+        ["GCounter", 1, ["", 3]],  # empty replica id
+        ["GCounter", 1, ["a", 0]],  # a zero slot
+        ["GCounter", 1, ["a", True]],  # a bool count
+        ["PNCounter", 1, [["a", 1], ["a", -1]]],
+        ["ORSet", 1, [["", 1, []], []]],  # empty id in the context
+        ["ORSet", 1, [["a", 0, []], []]],  # an empty context entry
+        ["ORSet", 1, [["a", 1, [3]], []]],  # a cloud dot the vv could absorb... or not
+    ],
+)
+def test_inline_checks_refuse_what_the_full_ones_refuse(envelope: list[object]) -> None:
+    ranges = ["a", 0, 0, 1, 1]
+    frame = cbor2.dumps(
+        ["push", messages.VERSION, "a", "b", 0, 1, 0, 1, 0, ["a", 9], [["k", envelope, ranges]],
+         -1, []],
+        canonical=True,
+    )
+    if envelope == ["ORSet", 1, [["a", 1, [3]], []]]:
+        parse(frame)  # canonical after all (3 > 1 + 1): the control
+        return
+    with pytest.raises(DecodeError):
+        parse(frame)
+    with pytest.raises(DecodeError):
+        codec.from_plain(envelope)
+
+
+@pytest.mark.parametrize(
+    "ranges",
+    [
+        ["", 0, 0, 1, 1],  # empty writer
+        ["a", 0, 0, 0, 0],  # lo == hi
+        ["a", 1, 0, 2, 2],  # lo without its predecessor link
+        ["a", 0, 0, 3, 2],  # more operations than dots
+        ["a", 0, 0, True, 1],  # a bool
+        ["a", 0, 0, 1, 10],  # beyond the sender's clock (a: 9)
+        ["a", 1, 1, 2, 2],  # a delta's stretch in a catch-up
+    ],
+)
+def test_inline_range_checks_refuse_what_the_full_ones_refuse(ranges: list[object]) -> None:
+    start = -1 if ranges == ["a", 1, 1, 2, 2] else 0
+    frame = cbor2.dumps(
+        ["push", messages.VERSION, "a", "b", start, 1, 0, 1, 0, ["a", 9],
+         [["k", ["GCounter", 1, ["a", 1]], ranges]], -1, []],
+        canonical=True,
+    )
+    with pytest.raises(DecodeError):
+        parse(frame)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [[-1, "a", "v"], [True, "a", "v"], [1, "", "v"], [1, 2, "v"], [1, "a", 1.5], [1, "a", []],
+     [1, "a"], [1, "a", "v", 2]],
+)
+def test_inline_register_checks_refuse_what_the_full_ones_refuse(payload: list[object]) -> None:
+    with pytest.raises(DecodeError):
+        codec.from_plain(["LWWRegister", 1, payload])
