@@ -393,20 +393,24 @@ def _refuse_map(*args: object) -> object:
     raise ValueError("a map is no part of the format")
 
 
+#: What cbor2 is told for a whole item decoded at once: the depth cap, no
+#: indefinite lengths, no tags (those it knows included), no maps.
+_GUARDS: dict[str, Any] = {
+    "max_depth": MAX_DEPTH,
+    "allow_indefinite": False,
+    "strict_hashable_types": True,
+    "tag_hook": _refuse_tag,
+    "object_hook": _refuse_map,
+    "semantic_decoders": _SEMANTIC,
+}
+
+
 def _decode_tiny(data: bytes) -> object:
     """Decode ``data`` of at most ``_TINY`` bytes and refuse it unless it
     re-encodes to itself: the way every input was decoded before the walk,
     and still the faster one for the many small states of a push."""
     try:
-        raw = cbor2.loads(
-            data,
-            max_depth=MAX_DEPTH,
-            allow_indefinite=False,
-            strict_hashable_types=True,
-            tag_hook=_refuse_tag,
-            object_hook=_refuse_map,
-            semantic_decoders=_SEMANTIC,
-        )
+        raw = cbor2.loads(data, **_GUARDS)
         canonical = cbor2.dumps(raw, canonical=True) == data
     except Exception as exc:  # cbor2 raises several kinds; all mean "bad bytes"
         raise DecodeError(f"malformed CBOR: {exc}") from exc
@@ -420,15 +424,7 @@ def _decode_small(data: bytes) -> object:
     the canonical form (see :func:`decode_plain`): one item, nothing after it."""
     stream = io.BytesIO(data)
     try:
-        value = cbor2.CBORDecoder(
-            stream,
-            max_depth=MAX_DEPTH,
-            allow_indefinite=False,
-            strict_hashable_types=True,
-            tag_hook=_refuse_tag,
-            object_hook=_refuse_map,
-            semantic_decoders=_SEMANTIC,
-        ).decode()
+        value = cbor2.CBORDecoder(stream, **_GUARDS).decode()
     except Exception as exc:  # cbor2 raises several kinds; all mean "bad bytes"
         raise DecodeError(f"malformed CBOR: {exc}") from exc
     if stream.tell() != len(data):
