@@ -3,9 +3,14 @@ and of a vector clock, shared here so that both stay one loop wide."""
 
 from __future__ import annotations
 
-from sys import intern
-
-from crdts.base import MAX_UINT, check_replica, expect_increasing, expect_list, expect_uints
+from crdts.base import (
+    MAX_UINT,
+    check_replica,
+    expect_increasing,
+    expect_list,
+    expect_uints,
+    share,
+)
 from crdts.errors import DecodeError, InvalidOperation
 
 
@@ -97,9 +102,10 @@ def from_flat(payload: object, what: str) -> dict[str, int]:
         raise DecodeError(f"{what}: empty replica id")
     # Zero slots are never written: a zero would give equal states two encodings.
     expect_uints(counts, what, low=1)
-    # Interned: a decoded id is a new string each time, and every key a
-    # replica wrote would keep its own copy (about 50 bytes per slot).
-    return dict(zip(map(intern, replicas), counts, strict=True))  # type: ignore[arg-type]
+    # Long payloads' ids are not shared (crdts.base.share, as short ones'
+    # are): hashing every id again cost 0.4x the cbor2 floor of decoding a
+    # 100,000-replica counter, whose ids are mostly its own.
+    return dict(zip(replicas, counts, strict=True))  # type: ignore[arg-type]
 
 
 #: Payloads up to this many items are checked in one tight pass, which beats
@@ -115,7 +121,7 @@ def _few_from_flat(flat: list[object]) -> dict[str, int] | None:
         # One slot (most deltas): unpacked, without the loop's setup.
         replica, count = flat
         if type(replica) is str and replica and type(count) is int and count > 0:
-            return {intern(replica): count}
+            return {share(replica): count}
         return None
     if len(flat) % 2:
         return None
@@ -125,6 +131,6 @@ def _few_from_flat(flat: list[object]) -> dict[str, int] | None:
     for replica, count in zip(it, it, strict=False):  # length checked above
         if not (type(replica) is str and replica > prev and type(count) is int and count > 0):
             return None
-        slots[intern(replica)] = count
+        slots[share(replica)] = count
         prev = replica
     return slots

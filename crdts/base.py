@@ -210,6 +210,35 @@ def expect_uint(x: object, what: str, low: int = 0) -> int:
     return x
 
 
+#: Replica ids decoded from the wire, shared (see :func:`share`).
+_SHARED: dict[str, str] = {}
+#: How many ids :func:`share` keeps before it starts afresh.
+SHARED_LIMIT = 1 << 16
+
+
+def share(replica: str) -> str:
+    """The one copy of ``replica`` kept for sharing: every key a replica
+    wrote names it, and an id decoded from a frame is a new string each time
+    (about 50 bytes per key and writer).
+
+    Not ``sys.intern``: interned strings were immortal in CPython 3.12.0 to
+    3.12.4 (cpython#113993), so ids a peer made up would never be freed, and
+    the interpreter's table only grows. This one holds at most
+    ``SHARED_LIMIT`` ids and is emptied when full: sharing only saves
+    memory, nothing depends on it.
+
+    >>> a, b = "".join(["n", "1"]), "".join(["n", "1"])
+    >>> a is b, share(a) is share(b)
+    (False, True)
+
+    Cost: O(len(replica)) to hash it, amortised O(1) otherwise.
+    """
+    kept = _SHARED.setdefault(replica, replica)
+    if len(_SHARED) > SHARED_LIMIT:
+        _SHARED.clear()
+    return kept
+
+
 def expect_replica(x: object, what: str) -> str:
     if type(x) is not str or not x:
         raise DecodeError(f"{what}: expected a non-empty replica id, got {x!r:.40}")

@@ -59,11 +59,17 @@ Cost: O(writers) for every operation that looks at all spans, O(1) per writer.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from sys import intern
 from types import MappingProxyType
 from typing import cast
 
-from crdts.base import MAX_UINT, expect_increasing, expect_list, expect_replica, expect_uint
+from crdts.base import (
+    MAX_UINT,
+    expect_increasing,
+    expect_list,
+    expect_replica,
+    expect_uint,
+    share,
+)
 from crdts.errors import DecodeError
 
 __all__ = ["DotRanges", "Marker", "Span"]
@@ -431,9 +437,8 @@ class DotRanges:
         expect_increasing(writers, what)
         out = cls()
         for i in range(0, len(flat), 5):
-            # Interned: every key a writer wrote names it, and a decoded
-            # id is a new string each time (about 50 bytes per key).
-            writer = intern(cast(str, flat[i]))  # a replica id: checked above
+            # Shared (crdts.base.share): every key a writer wrote names it.
+            writer = share(cast(str, flat[i]))  # a replica id: checked above
             lo, lo_dot, hi, hi_dot = (expect_uint(x, what) for x in flat[i + 1 : i + 5])
             if hi_dot > MAX_UINT:
                 raise DecodeError(f"{what}: dot counter out of range")
@@ -472,7 +477,7 @@ def _spans_at_c_speed(flat: list[object]) -> dict[str, Span] | None:
             and (lo == 0) == (lo_dot == 0)
             and hi - lo <= hi_dot - lo_dot
         ):
-            return {intern(writer): (lo, lo_dot, hi, hi_dot)}
+            return {share(writer): (lo, lo_dot, hi, hi_dot)}
         return None
     if len(flat) % 5:
         return None
@@ -495,7 +500,7 @@ def _spans_at_c_speed(flat: list[object]) -> dict[str, Span] | None:
             and hi - lo <= hi_dot - lo_dot
         ):
             return None
-        spans[intern(writer)] = (lo, lo_dot, hi, hi_dot)  # interned: see from_payload
+        spans[share(writer)] = (lo, lo_dot, hi, hi_dot)  # shared: see from_payload
         prev = writer
     return spans
 
@@ -512,7 +517,7 @@ def _markers(flat: list[object], what: str, spans: dict[str, Span]) -> dict[str,
     expect_increasing(writers, what)
     out: dict[str, Marker] = {}
     for i in range(0, len(flat), 5):
-        writer, owner = intern(cast(str, flat[i])), intern(expect_replica(flat[i + 3], what))
+        writer, owner = share(cast(str, flat[i])), share(expect_replica(flat[i + 3], what))
         if writer in spans:
             raise DecodeError(f"{what}: {writer!r:.40} has both a stretch and a marker")
         hi, hi_dot, base = (expect_uint(flat[i + j], what) for j in (1, 2, 4))

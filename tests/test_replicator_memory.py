@@ -9,11 +9,11 @@ nothing here is timed."""
 from __future__ import annotations
 
 import random
-import sys
 from collections.abc import Callable
 
 from bench.memory import catch_up_log, key_memory
-from crdts import GCounter, ORSet, codec
+from crdts import GCounter, ORSet, base, codec
+from crdts.base import share
 from replication.dotranges import DotRanges
 from replication.messages import Entry
 from replication.replicator import Replicator
@@ -68,15 +68,15 @@ def test_a_lone_replica_keeps_no_log() -> None:
 
 
 def test_replica_ids_from_the_wire_are_shared() -> None:
-    name = "".join(["node", "-17"])  # built at run time: not interned
+    name = "".join(["node", "-17"])  # built at run time: a string of its own
     ranges = DotRanges.from_payload(codec.decode_plain(codec.encode_plain([name, 0, 0, 1, 1])),
                                     "ops")
     (writer,) = ranges.spans
-    assert writer is sys.intern(name)
+    assert writer is share(name)
     counter = GCounter()
     counter.increment(name, 2)
     (slot,) = codec.decode(codec.encode(counter))._slots  # type: ignore[attr-defined]
-    assert slot is sys.intern(name)
+    assert slot is share(name)
 
 
 def test_a_counter_key_costs_a_small_multiple_of_a_plain_dict_entry() -> None:
@@ -110,3 +110,12 @@ def test_a_keys_bookkeeping_is_kept_flat_and_read_back_exactly() -> None:
 def test_the_log_is_a_small_share_of_a_node_after_a_catch_up() -> None:
     node, log = catch_up_log(100)
     assert log <= 0.02 * node, (node, log)
+
+
+def test_ids_a_peer_makes_up_are_never_kept_beyond_the_sharing_limit() -> None:
+    # Not sys.intern: interned strings were immortal in CPython 3.12.0-3.12.4,
+    # so a peer sending ever new replica ids would grow a node for good.
+    for i in range(base.SHARED_LIMIT + 10):
+        DotRanges.from_payload([f"made-up-{i}", 0, 0, 1, 1], "ops")
+    assert len(base._SHARED) <= base.SHARED_LIMIT
+    assert share("".join(["node", "-17"])) is share("".join(["node", "-17"]))
