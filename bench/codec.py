@@ -113,6 +113,19 @@ def orset_workloads(config: Config, rng: Random) -> list[SetWorkload]:
     return workloads
 
 
+def orset_plain(workloads: list[SetWorkload]) -> dict[str, list[int]]:
+    """The plain structure of the joined set, the floor of its codec rows:
+    each live element and its dot, the replica as its index and the counter
+    as the position of the add in that replica's history."""
+    plain: dict[str, list[int]] = {}
+    for i, h in enumerate(workloads):
+        live = h.live()
+        for counter, element in enumerate(h.added, start=1):
+            if element in live:
+                plain[element] = [i, counter]
+    return plain
+
+
 def orset_codec(config: Config, rng: Random) -> list[Row]:
     """An OR-Set of ``codec_size`` live elements, added by four replicas that
     then removed a tenth of their adds, so the context covers more dots than
@@ -136,14 +149,7 @@ def orset_codec(config: Config, rng: Random) -> list[Row]:
     for h in reversed(workloads):
         merged.merge(h.replay())
 
-    # The plain structure: each live element and its dot, the replica as its
-    # index and the counter as the position of the add in that replica's history.
-    plain: dict[str, list[int]] = {}
-    for i, h in enumerate(workloads):
-        live = h.live()
-        for counter, element in enumerate(h.added, start=1):
-            if element in live:
-                plain[element] = [i, counter]
+    plain = orset_plain(workloads)
     n = len(plain)
     return _codec_rows(
         f"ORSet {n:,} elements",

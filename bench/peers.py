@@ -40,7 +40,7 @@ from typing import Any
 
 import cbor2
 
-from bench.codec import orset_workloads
+from bench.codec import orset_plain, orset_workloads
 from bench.counters import Slots, _max_merge, fold_counts, increment_ops
 from bench.harness import Config, Row, Trial, compare
 from bench.workloads import ADD_SHARE, SetWorkload, disjoint_workloads, keys
@@ -379,12 +379,7 @@ def codec(config: Config, rng: Random, peers: list[Peer]) -> Rows:
     removes, joined), saved and loaded per element against cbor2 of the plain
     ``{element: [replica, counter]}``."""
     workloads = orset_workloads(config, rng)
-    plain: dict[str, list[int]] = {}
-    for i, h in enumerate(workloads):
-        live = h.live()
-        for counter, element in enumerate(h.added, start=1):
-            if element in live:
-                plain[element] = [i, counter]
+    plain = orset_plain(workloads)
     n = len(plain)
     plain_data = cbor2.dumps(plain)
     floor_is = f"{{str: [int, int]}} with {n:,} entries"
