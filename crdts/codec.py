@@ -65,8 +65,11 @@ from crdts.vclock import VectorClock
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
+    "FRAME_AT_ONCE",
+    "FRAME_WINDOW",
     "MAX_DEPTH",
     "TYPES",
+    "ItemReader",
     "decode",
     "decode_plain",
     "encode",
@@ -234,6 +237,9 @@ _TINY = 256
 #: decoded without the walk: they cannot build more than 64 bytes of objects
 #: per byte, 256 KiB, and the walk would cost more than the decoding.
 _FRAME_TINY = 64 * 1024
+#: The same, for readers of frames: larger ones are better read item by item
+#: (:class:`ItemReader`) than walked.
+FRAME_AT_ONCE = _FRAME_TINY
 #: The tag that stands for an array decoded in bulk when the rest is decoded.
 _SPLICE = 0xC9E1
 
@@ -303,21 +309,30 @@ def _bulk(data: bytes, pos: int, canonical: bool) -> tuple[list[object], int] | 
     return items, pos + len(again)
 
 
-def _scan(data: bytes, canonical: bool = True) -> list[tuple[int, int, list[object]]]:
+def _scan(
+    data: bytes, canonical: bool = True, *, start: int = 0, depth: int = 0, whole: bool = True
+) -> tuple[list[tuple[int, int, list[object]]], int]:
     """Refuse ``data`` unless it is one canonical CBOR item of plain data
     (arrays, ints, strings, false/true/null) within the depth and cost bounds;
-    return the arrays decoded in bulk as ``(start, end, items)``, in order.
+    return the arrays decoded in bulk as ``(start, end, items)``, in order,
+    and the item's end.
+
+    Not ``whole``: the item at ``start`` of a larger input read item by item
+    (:class:`ItemReader`), ``depth`` arrays deep in it; it may end before the
+    data does, and the bounds are those of an input of its own size.
 
     Cost: O(len(data)): a Python loop over the items outside bulk arrays,
     O(depth) memory besides what the bulk arrays hold.
     """
-    room = max(len(data), _SMALL)
+    room = max(len(data) - start, _SMALL)
     items = int(room / _BYTES_PER_ITEM) - 1  # items left to the budget, the top one taken
     budget = room * _COST_PER_BYTE - _SLOT
+    items_at_start, budget_at_start = items, budget
+    deepest = MAX_DEPTH - depth
     size_of, low_of, cost_of = _SIZE_OF, _LOW_OF, _COST_OF
     bulk: list[tuple[int, int, list[object]]] = []
     stack: list[int] = []
-    pos, left, end = 0, 1, len(data)
+    pos, left, end = start, 1, len(data)
     try:
         while True:
             while left:
@@ -351,7 +366,7 @@ def _scan(data: bytes, canonical: bool = True) -> list[tuple[int, int, list[obje
                     pos = after + value
                     budget -= value + (33 if major == 2 else 49)
                 elif major == 4:  # an array of one item or more
-                    if len(stack) >= MAX_DEPTH:
+                    if len(stack) >= deepest:
                         raise DecodeError("malformed CBOR: nested deeper than the format allows")
                     items -= value
                     if items < 0:
@@ -382,11 +397,19 @@ def _scan(data: bytes, canonical: bool = True) -> list[tuple[int, int, list[obje
             left = stack.pop()
     except IndexError:
         raise DecodeError("malformed CBOR: truncated") from None
-    if pos < end:
-        raise DecodeError("not the canonical encoding of its value")
     if pos > end:
         raise DecodeError("malformed CBOR: truncated")
-    return bulk
+    if whole and pos < end:
+        raise DecodeError("not the canonical encoding of its value")
+    if not whole:
+        # Charged against the whole rest of the input; held to its own size.
+        room = max(pos - start, _SMALL)
+        if (
+            budget_at_start - budget > room * _COST_PER_BYTE - _SLOT
+            or items_at_start - items > int(room / _BYTES_PER_ITEM) - 1
+        ):
+            raise DecodeError("input would cost too much to decode: refused")
+    return bulk, pos
 
 
 def _refuse_map(*args: object) -> object:
@@ -441,15 +464,37 @@ def _spliced(bulk: list[tuple[int, int, list[object]]], args: tuple[object, ...]
     return bulk[tag.value][2]
 
 
-def _splice(data: bytes, bulk: list[tuple[int, int, list[object]]]) -> bytes:
-    """``data`` with each bulk array replaced by tag ``_SPLICE`` over its index."""
+def _splice(
+    data: bytes, bulk: list[tuple[int, int, list[object]]], at: int = 0, end: int | None = None
+) -> bytes:
+    """``data[at:end]`` with each bulk array replaced by tag ``_SPLICE`` over its index."""
     parts: list[bytes] = []
-    at = 0
     for index, (start, stop, _) in enumerate(bulk):
         parts += (data[at:start], cbor2.dumps(cbor2.CBORTag(_SPLICE, index)))
         at = stop
-    parts.append(data[at:])
+    parts.append(data[at:end])
     return b"".join(parts)
+
+
+def _build(
+    data: bytes, bulk: list[tuple[int, int, list[object]]], at: int, end: int, depth: int
+) -> object:
+    """cbor2's decoding of the walked item ``data[at:end]``, ``depth``
+    arrays deep, with the bulk arrays spliced back in."""
+    try:
+        if not bulk:
+            return cbor2.loads(
+                data[at:end] if at or end != len(data) else data,
+                max_depth=MAX_DEPTH - depth,
+                tag_hook=_refuse_tag,
+            )
+        return cbor2.loads(
+            _splice(data, bulk, at, end),
+            max_depth=MAX_DEPTH - depth,
+            tag_hook=lambda *args: _spliced(bulk, args),
+        )
+    except Exception as exc:  # not expected after the walk; still "bad bytes"
+        raise DecodeError(f"malformed CBOR: {exc}") from exc
 
 
 def encode_plain(value: object) -> bytes:
@@ -503,17 +548,132 @@ def decode_plain(
         return _decode_small(data)
     if size <= _TINY:
         return _decode_tiny(data)
-    bulk = _scan(data, canonical)  # before cbor2 builds anything; it checks the form too
-    try:
-        if not bulk:
-            return cbor2.loads(data, max_depth=MAX_DEPTH, tag_hook=_refuse_tag)
-        return cbor2.loads(
-            _splice(data, bulk),
-            max_depth=MAX_DEPTH,
-            tag_hook=lambda *args: _spliced(bulk, args),
+    bulk, end = _scan(data, canonical)  # before cbor2 builds anything; it checks the form too
+    return _build(data, bulk, 0, end, 0)
+
+
+#: The window of :class:`ItemReader`: an item is decoded at once only if it
+#: ends within this many bytes of the window's start, so a window builds at
+#: most 64 bytes of objects per byte of it, 256 KiB, before the caller checks
+#: what it got. (At 64 KiB, the window's objects would be 4 MiB for an entry
+#: of 1 MiB of empty arrays, which is refused for 0.06 MiB when walked.)
+FRAME_WINDOW = 4096
+
+
+class ItemReader:
+    """Untrusted CBOR read one item at a time, for a caller that checks each
+    item before the next is built (a large gossip frame's entries).
+
+    The walk (``_scan``) bounds what cbor2 may build from a whole input
+    before it builds anything, and costs a Python loop over every array
+    head: a third of parsing a large frame. Read item by item instead, the
+    bound holds without the walk for items that fit a window: cbor2 is
+    handed ``window`` bytes at a time, so a window builds at most 64 bytes
+    of objects per byte of it, and the caller turns each item into a valid
+    state of honest cost (dropping the plain data) before it asks for the
+    next. An item that does not fit a window is walked by itself, with the
+    bounds of an input of its size, then built. The guards are those of
+    :func:`decode_plain` with ``canonical=False``: the depth cap (counted
+    from the top of the input), no tags, no maps, no indefinite lengths;
+    the form is not checked. Anything malformed raises
+    :class:`~crdts.errors.DecodeError`.
+
+    >>> reader = ItemReader(encode_plain([1, ["a", "b"], "x" * 100]), window=64)
+    >>> reader.array(), reader.item(), reader.array(), reader.item(), reader.item()
+    (3, 1, 2, 'a', 'b')
+    >>> len(reader.item()); reader.finish()  # over the window: walked, then built
+    100
+
+    Cost: O(len(data)) over the items read: each byte is decoded at most
+    twice (an item cut by a window's end is decoded again from the next
+    window), and walked instead where an item is larger than a window.
+    """
+
+    __slots__ = ("_base", "_data", "_decoder", "_depth", "_pos", "_stream", "_window")
+
+    def __init__(
+        self,
+        data: bytes | bytearray | memoryview,
+        *,
+        max_size: int = DEFAULT_MAX_SIZE,
+        window: int = FRAME_WINDOW,
+    ) -> None:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise DecodeError(f"expected bytes, got {type(data).__name__}")
+        size = data.nbytes if isinstance(data, memoryview) else len(data)
+        if size > max_size:
+            raise DecodeError(f"input of {size} bytes is over the limit of {max_size}")
+        self._data = data if type(data) is bytes else bytes(data)
+        self._window = window
+        self._depth = 0  # arrays opened by array()
+        self._pos = 0  # where the next item starts, while no window is open
+        self._base = 0
+        self._stream: io.BytesIO | None = None
+        self._decoder: Any = None
+
+    def _position(self) -> int:
+        stream = self._stream
+        return self._pos if stream is None else self._base + stream.tell()
+
+    def _open(self, at: int) -> io.BytesIO:
+        # A decoder on the window from ``at``: cbor2 cannot read past it.
+        self._base = at
+        self._stream = stream = io.BytesIO(self._data[at : at + self._window])
+        self._decoder = cbor2.CBORDecoder(
+            stream, **{**_GUARDS, "max_depth": MAX_DEPTH - self._depth}
         )
-    except Exception as exc:  # not expected after the scan; still "bad bytes"
-        raise DecodeError(f"malformed CBOR: {exc}") from exc
+        return stream
+
+    def array(self) -> int:
+        """The length of the array whose head is next (its items are read
+        next); DecodeError for anything else. Cost: O(1)."""
+        data = self._data
+        pos = self._position()
+        if pos >= len(data):
+            raise DecodeError("malformed CBOR: truncated")
+        head = data[pos]
+        if head >> 5 != 4:
+            raise DecodeError("expected an array")
+        if self._depth >= MAX_DEPTH:
+            raise DecodeError("malformed CBOR: nested deeper than the format allows")
+        info = head & 31
+        if info < 24:
+            length, after = info, pos + 1
+        elif info < 28:
+            length, after = _argument(data, pos, info)
+        else:
+            raise DecodeError("malformed CBOR: indefinite lengths are not allowed")
+        self._pos, self._stream = after, None
+        self._depth += 1
+        return length
+
+    def item(self) -> object:
+        """The next item, decoded; DecodeError if it is malformed or over the
+        cost bounds. Cost: O(its size)."""
+        stream = self._stream
+        if stream is None:
+            stream = self._open(self._pos)
+        start = stream.tell()
+        for _ in range(2):
+            try:
+                return self._decoder.decode()
+            except cbor2.CBORDecodeEOF:
+                # Cut by the window's end: decoded again from a window at its
+                # start, walked if it is larger than a window (or truncated).
+                if not start:
+                    break
+                stream, start = self._open(self._base + start), 0
+            except Exception as exc:  # cbor2 raises several kinds; all mean "bad bytes"
+                raise DecodeError(f"malformed CBOR: {exc}") from exc
+        at = self._base
+        bulk, end = _scan(self._data, False, start=at, depth=self._depth, whole=False)
+        self._pos, self._stream = end, None
+        return _build(self._data, bulk, at, end, self._depth)
+
+    def finish(self) -> None:
+        """DecodeError unless every byte has been read. Cost: O(1)."""
+        if self._position() != len(self._data):
+            raise DecodeError("malformed CBOR: bytes after the item")
 
 
 def decode(data: bytes | bytearray | memoryview, *, max_size: int = DEFAULT_MAX_SIZE) -> CRDT:

@@ -541,6 +541,17 @@ def parse_frame_entries(
 
     Cost: O(size), each type's checks on its payload.
     """
+    return _checked_entries(expect_list(raw, "entries"), size, max_state, claims)
+
+
+def _checked_entries(
+    items: Iterable[object],
+    size: int,
+    max_state: int | None,
+    claims: tuple[str, int, CausalContext] | None,
+) -> tuple[Entry, ...]:
+    # parse_frame_entries over ``items``, taken one at a time: each entry is
+    # checked before the next is asked for (codec.ItemReader decodes it then).
     out = []
     seen: set[str] = set()
     measure = max_state is not None and size > max_state
@@ -550,7 +561,7 @@ def parse_frame_entries(
         if clock.cloud:
             raise DecodeError("push clock: a prefix clock has no gaps")
         own, catch_up = clock.vv.get(sender, 0), start == -1
-    for item in expect_list(raw, "entries"):
+    for item in items:
         if type(item) is not list or len(item) != 3:
             raise DecodeError("entry: expected [key, state, ops]")
         key, envelope, dots = item
@@ -649,6 +660,8 @@ def check_claims(
 _REPLIES = {int(r): r for r in Reply}
 _LO = itemgetter(0)  # a stretch's lo: 0 for a whole key's
 _ARITY = {"push": 13, "ack": 4, "piece": 14, "read": 5, "result": 8}
+#: How every push frame opens: an array of 13, then "push".
+_PUSH_HEAD = b"\x8d\x64push"
 
 
 def parse(
@@ -664,7 +677,43 @@ def parse(
 
     Cost: O(len(frame)); frames over ``max_size`` are refused before parsing.
     """
+    if type(frame) is bytes and len(frame) > codec.FRAME_AT_ONCE and frame[:6] == _PUSH_HEAD:
+        # A large push is read entry by entry, each checked before the next
+        # is built, without the decoder's walk (docs/frames.md).
+        return _parse_push_by_entry(frame, max_size, max_state)
     raw = expect_list(codec.decode_plain(frame, max_size=max_size, canonical=False), "frame")
+    kind, sender = _kind_and_sender(raw)
+    f = raw[3:]
+    if kind == "read":
+        return Read(sender, expect_uint(f[0], "read request"), _key(f[1]))
+    if kind == "result":
+        return _parse_result(sender, f, max_state, len(frame))
+    if kind == "ack":
+        return Ack(sender, expect_uint(f[0], "ack position", -1))
+    to, start, end, part, parts, reply, clock = _interval(kind, f)
+    if kind == "piece":
+        ack = expect_uint(f[7], "piece ack", -1)
+        index, count = expect_uint(f[8], "piece index"), expect_uint(f[9], "piece count", 1)
+        if index >= count or type(f[10]) is not bytes or not f[10]:
+            raise DecodeError("piece: inconsistent index or empty chunk")
+        return Piece(
+            sender, to, start, end, part, parts, _REPLIES[reply], clock, ack, index, count, f[10]
+        )
+    entries = (
+        parse_frame_entries(
+            f[7], size=len(frame), max_state=max_state, claims=(sender, start, clock)
+        )
+        if f[7] != [] or type(f[7]) is not list
+        else ()  # a round opener: nothing to check (a prefix clock has no gaps)
+    )
+    ack = expect_uint(f[8], "push ack", -1)
+    tally = _parse_tally(f[9]) if f[9] != [] else ()
+    return Push(sender, to, start, end, part, parts, _REPLIES[reply], clock, entries, ack, tally)
+
+
+def _kind_and_sender(raw: list[object]) -> tuple[str, str]:
+    # The fields every message opens with: DecodeError unless they are sound
+    # and the message has its kind's number of fields.
     if len(raw) < 3 or type(raw[0]) is not str or raw[0] not in _ARITY:
         raise DecodeError("frame: unknown message kind")
     kind = raw[0]
@@ -675,48 +724,52 @@ def parse(
     sender = raw[2]
     if type(sender) is not str or not sender:
         raise DecodeError(f"{kind} sender: expected a non-empty replica id")
-    f = raw[3:]
-    if kind == "read":
-        return Read(sender, expect_uint(f[0], "read request"), _key(f[1]))
-    if kind == "result":
-        return _parse_result(sender, f, max_state, len(frame))
-    if kind != "ack":
-        # No check is named until one fails: formatting every field's name
-        # cost as much as the checks (an opener is parsed every round).
-        to, start, end, part, parts, reply = f[:6]
-        if not (
-            type(to) is str
-            and to
-            and type(start) is int
-            and type(end) is int
-            and type(part) is int
-            and type(parts) is int
-            and -1 <= start <= end
-            and 0 <= part < parts
-            and type(reply) is int
-            and reply in _REPLIES
-        ):
-            raise DecodeError(f"{kind}: bad receiver, inconsistent interval or parts")
-        clock = parse_clock(f[6], "clock")
-        if kind == "piece":
-            ack = expect_uint(f[7], "piece ack", -1)
-            index, count = expect_uint(f[8], "piece index"), expect_uint(f[9], "piece count", 1)
-            if index >= count or type(f[10]) is not bytes or not f[10]:
-                raise DecodeError("piece: inconsistent index or empty chunk")
-            return Piece(
-                sender, to, start, end, part, parts, _REPLIES[reply], clock, ack, index, count,
-                f[10],
-            )
-        entries = (
-            parse_frame_entries(
-                f[7], size=len(frame), max_state=max_state, claims=(sender, start, clock)
-            )
-            if f[7] != [] or type(f[7]) is not list
-            else ()  # a round opener: nothing to check (a prefix clock has no gaps)
-        )
-        ack = expect_uint(f[8], "push ack", -1)
-        tally = _parse_tally(f[9]) if f[9] != [] else ()
-        return Push(
-            sender, to, start, end, part, parts, _REPLIES[reply], clock, entries, ack, tally
-        )
-    return Ack(sender, expect_uint(f[0], "ack position", -1))
+    return kind, sender
+
+
+def _interval(
+    kind: str, f: list[object]
+) -> tuple[str, int, int, int, int, int, CausalContext]:
+    # A push's or a piece's receiver, interval, parts, reply and clock. No
+    # check is named until one fails: formatting every field's name cost as
+    # much as the checks (an opener is parsed every round).
+    to, start, end, part, parts, reply = f[:6]
+    if not (
+        type(to) is str
+        and to
+        and type(start) is int
+        and type(end) is int
+        and type(part) is int
+        and type(parts) is int
+        and -1 <= start <= end
+        and 0 <= part < parts
+        and type(reply) is int
+        and reply in _REPLIES
+    ):
+        raise DecodeError(f"{kind}: bad receiver, inconsistent interval or parts")
+    return to, start, end, part, parts, reply, parse_clock(f[6], "clock")
+
+
+def _parse_push_by_entry(frame: bytes, max_size: int, max_state: int | None) -> Push:
+    # A push read with codec.ItemReader: its fields up to the clock, then
+    # each entry decoded and checked (a valid state) before the next is
+    # decoded, so what accumulates is states of honest cost and at most one
+    # window of plain data, the cost bound of the decoder's walk without the
+    # walk. An entry larger than the reader's window is walked by itself.
+    reader = codec.ItemReader(frame, max_size=max_size)
+    reader.array()  # 13: the frame opens with _PUSH_HEAD
+    raw = [reader.item() for _ in range(10)]
+    raw += (None, None, None)  # the entries, ack and tally, read below
+    _, sender = _kind_and_sender(raw)
+    to, start, end, part, parts, reply, clock = _interval("push", raw[3:])
+    count = reader.array()
+    entries = _checked_entries(
+        (reader.item() for _ in range(count)), len(frame), max_state, (sender, start, clock)
+    )
+    ack = expect_uint(reader.item(), "push ack", -1)
+    tally = reader.item()
+    reader.finish()
+    return Push(
+        sender, to, start, end, part, parts, _REPLIES[reply], clock, entries, ack,
+        _parse_tally(tally) if tally != [] else (),
+    )

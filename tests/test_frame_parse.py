@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crdts import GCounter, ORSet, codec
+from crdts.codec import MAX_DEPTH
 from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError
 from replication import messages
@@ -309,3 +310,156 @@ def test_inline_range_checks_refuse_what_the_full_ones_refuse(ranges: list[objec
 def test_inline_register_checks_refuse_what_the_full_ones_refuse(payload: list[object]) -> None:
     with pytest.raises(DecodeError):
         codec.from_plain(["LWWRegister", 1, payload])
+
+
+# -- a large push read entry by entry (issue 13 item 1, third pass) ---------------
+#
+# A frame over 64 KiB was walked by the decoder's cost pass (``codec._scan``)
+# before cbor2 built it: a third of parsing it (the whole-keyspace catch-up
+# read 7-8x ``cbor2.loads``). Now a large push is read with
+# ``codec.ItemReader``: each entry decoded within a window and checked before
+# the next is built, so the walk's bound holds without the walk.
+
+
+def _large_push(n: int = 3000, *, start: int = -1) -> tuple[Push, bytes]:
+    entries = []
+    for i in range(n):
+        me = f"r{i % 7:02d}"
+        state: GCounter | ORSet[str]
+        if i % 2:
+            state = GCounter()
+            state.increment(me, i + 1)
+        else:
+            state = ORSet[str]()
+            state.add(f"item-{i}", me)
+        entries.append(Entry(f"key-{i:05d}", state, DotRanges({me: (0, 0, 1, i + 1)})))
+    clock = CausalContext()
+    clock.vv = {f"r{i:02d}": n + 1 for i in range(7)}
+    push = Push("r00", "r99", start, 9, 0, 1, Reply.PUSH, clock, tuple(entries), 3, ())
+    frame = messages.encode(push)
+    assert len(frame) > codec.FRAME_AT_ONCE * 1.5
+    return push, frame
+
+
+def test_regression_a_large_push_is_not_walked(monkeypatch: pytest.MonkeyPatch) -> None:
+    push, frame = _large_push()
+    walks: list[int] = []
+    real = codec._scan
+
+    def counting(*args: object, **kwargs: object) -> object:
+        walks.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(codec, "_scan", counting)
+    assert parse(frame) == push
+    assert walks == []  # main: walked once, a third of the parse
+
+
+def _replaced_entry(frame: bytes, index: int, item: object) -> bytes:
+    raw = cbor2.loads(frame)
+    raw[10][index] = item
+    return cbor2.dumps(raw, canonical=True)
+
+
+@pytest.mark.parametrize("index", [0, 1400, 2999])
+@pytest.mark.parametrize(
+    "item",
+    [
+        ["k", ["GCounter", 1, ["a", 0]], ["a", 0, 0, 1, 1]],  # a zero slot
+        ["k", ["GCounter", 1, ["a", 1]], ["a", 1, 1, 2, 2]],  # a delta in a catch-up
+        ["key-00001", ["GCounter", 1, ["a", 1]], ["a", 0, 0, 1, 1]],  # a key twice
+        ["k", ["GCounter", 1, ["a", 1]], [[]] * 20_000],  # a flood of empty arrays
+        ["k", ["GCounter", 1, ["a", 1]], ["x" * 100_000]],  # larger than the window
+    ],
+)
+def test_a_bad_entry_anywhere_in_a_large_push_refuses_it_whole(index: int, item: object) -> None:
+    _, frame = _large_push()
+    bad = _replaced_entry(frame, index, item)
+    node = Replicator("r99", ["r00"], rng=random.Random(1))
+    with pytest.raises(DecodeError):
+        parse(bad)
+    node.receive(0.0, "r00", bad)
+    assert node.refusals == 1 and node.keys() == []
+
+
+def test_a_large_push_with_an_entry_over_the_window_still_parses() -> None:
+    # An entry the window does not hold is decoded with the whole frame (and
+    # so walked), as every frame over 64 KiB was before.
+    push, _ = _large_push()
+    big = GCounter()
+    for i in range(10_000):
+        big.increment(f"replica-{i:05d}", 1)
+    whole = (Entry("a-big-one", big, DotRanges({"r00": (0, 0, 1, 1)})), *push.entries)
+    bigger = Push(push.sender, push.to, push.start, push.end, 0, 1, push.reply, push.context,
+                  whole, push.ack, ())
+    frame = messages.encode(bigger)
+    assert len(codec.encode(big)) > codec.FRAME_WINDOW
+    assert parse(frame) == bigger
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4),
+       st.integers(0, 10**6))
+def test_mutated_large_pushes_are_refused_or_parsed_never_raised(
+    flips: list[tuple[int, int]], cut: int
+) -> None:
+    data = bytearray(LARGE_PUSH)
+    for at, value in flips:
+        data[at % len(data)] = value
+    mutated = bytes(data[: max(1, len(data) - cut % 4096)])
+    with contextlib.suppress(DecodeError):
+        parse(mutated)
+
+
+LARGE_PUSH = _large_push()[1]
+
+
+def _nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("window", [8, codec.FRAME_WINDOW])  # walked, or decoded in its window
+def test_the_item_reader_keeps_the_depth_cap_of_the_whole_input(window: int) -> None:
+    for depth in range(MAX_DEPTH - 3, MAX_DEPTH + 2):
+        data = codec.encode_plain([["x"], _nested(depth)])
+        try:
+            whole = codec.decode_plain(data)
+        except DecodeError:
+            whole = None
+        reader = codec.ItemReader(data, window=window)
+        try:
+            items = [reader.item() for _ in range(reader.array())]
+            reader.finish()
+        except DecodeError:
+            items = None
+        assert items == whole, depth
+
+
+plain = st.recursive(
+    st.integers(-(2**64), 2**64 - 1) | st.text(max_size=30) | st.binary(max_size=30),
+    lambda inner: st.lists(inner, max_size=6),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(plain, max_size=8), st.integers(1, 64), st.integers(0, 2000), st.binary(max_size=3))
+def test_the_item_reader_reads_what_decode_plain_does(
+    items: list[object], window: int, cut: int, tail: bytes
+) -> None:
+    data = codec.encode_plain(items)
+    data = data[: max(1, len(data) - cut % 8)] + tail
+    try:
+        expected = codec.decode_plain(data, canonical=False)  # frames' guards
+    except DecodeError:
+        expected = None
+    reader = codec.ItemReader(data, window=window)
+    try:
+        got = [reader.item() for _ in range(reader.array())]
+        reader.finish()
+    except DecodeError:
+        got = None
+    assert got == expected
