@@ -9,7 +9,7 @@ from crdts.base import (
     expect_increasing,
     expect_list,
     expect_uints,
-    share,
+    share_at_c_speed,
 )
 from crdts.errors import DecodeError, InvalidOperation
 
@@ -121,7 +121,7 @@ def _few_from_flat(flat: list[object]) -> dict[str, int] | None:
         # One slot (most deltas): unpacked, without the loop's setup.
         replica, count = flat
         if type(replica) is str and replica and type(count) is int and count > 0:
-            return {share(replica): count}
+            return {share_at_c_speed(replica): count}
         return None
     if len(flat) % 2:
         return None
@@ -131,6 +131,6 @@ def _few_from_flat(flat: list[object]) -> dict[str, int] | None:
     for replica, count in zip(it, it, strict=False):  # length checked above
         if not (type(replica) is str and replica > prev and type(count) is int and count > 0):
             return None
-        slots[share(replica)] = count
+        slots[share_at_c_speed(replica)] = count
         prev = replica
     return slots
