@@ -47,7 +47,7 @@ arrays (where states keep their bulk) and a Python loop over the other items.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -669,6 +669,24 @@ class ItemReader:
         bulk, end = _scan(self._data, False, start=at, depth=self._depth, whole=False)
         self._pos, self._stream = end, None
         return _build(self._data, bulk, at, end, self._depth)
+
+    def items(self, count: int) -> Iterator[object]:
+        """The next ``count`` items, each decoded when asked for (as by
+        :meth:`item`, one layer less per item: a frame has thousands).
+        Cost: O(their size)."""
+        for _ in range(count):
+            stream = self._stream
+            if stream is not None:
+                start = stream.tell()
+                try:
+                    yield self._decoder.decode()
+                    continue
+                except cbor2.CBORDecodeEOF:
+                    # Cut by the window's end: item() starts over from it.
+                    self._open(self._base + start)
+                except Exception as exc:  # cbor2 raises several kinds; all mean "bad bytes"
+                    raise DecodeError(f"malformed CBOR: {exc}") from exc
+            yield self.item()
 
     def finish(self) -> None:
         """DecodeError unless every byte has been read. Cost: O(1)."""

@@ -23,7 +23,7 @@ from crdts.base import (
     expect_replica,
     expect_uints,
 )
-from crdts.dotcontext import CausalContext
+from crdts.dotcontext import CausalContext, context_of
 from crdts.errors import DecodeError, InvalidOperation
 from crdts.operations import SAMPLE_ATOMS, Arg, Logged, Mutator, Operations
 
@@ -212,7 +212,7 @@ class MVRegister(Generic[T]):
         parts = expect_list(payload, "MVRegister")
         if len(parts) != 2:
             raise DecodeError("MVRegister: expected [context, entries]")
-        ctx = CausalContext.from_payload(parts[0], "MVRegister context")
+        ctx = context_of(parts[0], "MVRegister context")
         flat = expect_list(parts[1], "MVRegister entries")
         out: MVRegister[T] = cls.__new__(cls)  # no throwaway context from __init__
         out._ctx = ctx

@@ -58,7 +58,7 @@ from crdts.base import (
     expect_replica,
     expect_uints,
 )
-from crdts.dotcontext import CausalContext
+from crdts.dotcontext import CausalContext, context_of
 from crdts.errors import DecodeError, InvalidOperation
 from crdts.operations import SAMPLE_ATOMS, Arg, Logged, Mutator, Operations
 
@@ -559,8 +559,26 @@ class ORSet(Generic[T]):
         parts = expect_list(payload, "ORSet")
         if len(parts) != 2:
             raise DecodeError("ORSet: expected [context, entries]")
-        ctx = CausalContext.from_payload(parts[0], "ORSet context")
+        ctx = context_of(parts[0], "ORSet context")
         flat = expect_list(parts[1], "ORSet entries")
+        if len(flat) == 2 and type(group := flat[1]) is list and len(group) == 2:
+            # One origin with one dot (most deltas): checked in one
+            # condition, without the slices and loops below (which name
+            # what is wrong otherwise).
+            origin, (counter, element) = flat[0], group
+            if (
+                type(origin) is str
+                and origin
+                and type(counter) is int
+                and counter >= 1
+                and type(element) in _ATOMS
+                and (counter <= ctx.vv.get(origin, 0) or counter in ctx.cloud.get(origin, ()))
+            ):
+                out: ORSet[T] = cls.__new__(cls)
+                out._entries = {origin: {element: counter}}
+                out._owner = {origin: {counter: element}}
+                out._ctx, out._dropped, out._index, out._len = ctx, None, None, None
+                return out
         if len(flat) % 2:
             raise DecodeError("ORSet entries: expected origin/dots pairs")
         origins = flat[0::2]
@@ -572,7 +590,7 @@ class ORSet(Generic[T]):
             for origin in origins:  # they raise, naming what is wrong
                 expect_replica(origin, "ORSet entries")
             expect_increasing(origins, "ORSet entries")
-        out: ORSet[T] = cls.__new__(cls)  # __init__ would build a context to drop
+        out = cls.__new__(cls)  # __init__ would build a context to drop
         out._entries, out._owner, out._ctx, out._dropped = {}, {}, ctx, None
         vv, cloud = ctx.vv, ctx.cloud
         for origin, group in zip(origins, flat[1::2], strict=True):
