@@ -593,6 +593,9 @@ def _checked_entries(
     seen: set[str] = set()
     measure = max_state is not None and size > max_state
     from_plain, from_payload, types = codec.from_plain, DotRanges.from_payload, codec.TYPES
+    # Whole keys' stretches first (a catch-up's, and most of a delta push's:
+    # a log record of a key grows to the key), on the shape that needs
+    # fewest checks; a delta's stretch then by the general ones.
     spans_of = fast_spans
     if claims is not None:
         sender, start, clock = claims
@@ -600,9 +603,7 @@ def _checked_entries(
             raise DecodeError("push clock: a prefix clock has no gaps")
         own = clock.vv.get(sender, 0)
         if start == -1:
-            # A catch-up carries whole keys (check_claims): checked with
-            # the ranges themselves, on the shape that needs fewest checks.
-            spans_of = whole_spans
+            spans_of = whole_spans  # a catch-up carries whole keys (check_claims)
     new, no_markers = object.__new__, NO_MARKERS
     for item in items:
         if type(item) is not list or len(item) != 3:
@@ -641,7 +642,10 @@ def _checked_entries(
                     pass  # from_plain below raises DecodeError, naming it
         if state is None:
             state = from_plain(envelope)
-        if type(dots) is list and (spans := spans_of(dots)) is not None:
+        if type(dots) is list and (
+            (spans := whole_spans(dots)) is not None
+            or (spans_of is fast_spans and (spans := fast_spans(dots)) is not None)
+        ):
             ranges = new(DotRanges)
             ranges.spans, ranges.pruned = spans, no_markers
         else:
