@@ -140,6 +140,7 @@ from replication.messages import (
     MAX_TALLY,
     MIN_FRAME,
     NOTHING,
+    PUSHED,
     TOO_LARGE,
     Ack,
     Entry,
@@ -2023,28 +2024,43 @@ class Replicator:
 
     def _on_read(self, node: str, read: Read) -> list[Outgoing]:
         # Answered with the whole key (its ranges from 0, which always
-        # follow what the asker holds) if it fits in one frame.
+        # follow what the asker holds). One too large for a frame goes
+        # ahead as a push in pieces, as gossip sends it, over an empty
+        # interval (-1, -1] so that it moves no log position; the answer
+        # then carries only its ranges, which the asker checks it holds
+        # (a piece lost on the way leaves the read incomplete, never wrong).
         self.stats.reads += 1
-        state = self._states.get(read.key)
+        key, asker = read.key, read.sender
+        state = self._states.get(key)
         if state is None:
-            result = ReadResult(self._replica, read.sender, read.request, read.key, NOTHING)
-            return [(node, encode(result))]
-        entry = Entry(read.key, state, self._ranges(read.key))
-        frame = encode(ReadResult(self._replica, read.sender, read.request, read.key, HELD, entry))
-        if len(frame) > self._max_frame or len(codec.encode(state)) > self._max_state:
-            result = ReadResult(self._replica, read.sender, read.request, read.key, TOO_LARGE)
-            frame = encode(result)
-        return [(node, frame)]
+            return [(node, encode(ReadResult(self._replica, asker, read.request, key, NOTHING)))]
+        if len(codec.encode(state)) > self._max_state:  # the asker would refuse it
+            return [(node, encode(ReadResult(self._replica, asker, read.request, key, TOO_LARGE)))]
+        ranges = self._ranges(key)
+        entry = Entry(key, state, ranges)
+        frame = encode(ReadResult(self._replica, asker, read.request, key, HELD, entry))
+        if len(frame) <= self._max_frame:
+            return [(node, frame)]
+        template = Push(self._replica, asker, -1, -1, 0, 1, Reply.NOTHING, self._context, (),
+                        self._acknowledged(asker))
+        frames = encode_interval(template, self._encode_entries([entry]),
+                                 max_frame=self._max_frame, max_entries=self._chunk)
+        result = ReadResult(self._replica, asker, read.request, key, PUSHED, None, ranges)
+        return [(node, f) for f in frames] + [(node, encode(result))]
 
     def _on_result(self, node: str, result: ReadResult) -> list[Outgoing]:
         if result.to != self._replica:
             self.stats.stale += 1  # an answer to an earlier incarnation's read
             return []
         self.stats.answers += 1
+        complete = result.status != TOO_LARGE
         if result.entry is not None:
             self._merge([result.entry], result.sender, whole=True)
+        elif result.ranges is not None:  # PUSHED: complete if its pieces all came
+            complete = result.key in self._ops and result.ranges.issubset(
+                self._ranges(result.key))
         for hook in list(self._answer_hooks):
-            hook(node, result.request, result.key, result.status != TOO_LARGE)
+            hook(node, result.request, result.key, complete)
         return []
 
     # -- restarting ---------------------------------------------------------------------
