@@ -242,6 +242,10 @@ class _Peer:
     # retired id -> (count, digest, when heard) of its operations the peer holds
     tally: dict[str, tuple[int, int, float]] = field(default_factory=dict)
     asked: tuple[str, ...] = ()  # retired ids its last opener asked us about
+    # What our last push to it said: our position in its log, and which
+    # state of our clock (see Replicator._quiet)
+    told: int | None = None
+    told_clock: int = -1
 
 
 class DurableMark(NamedTuple):
@@ -421,6 +425,7 @@ class Replicator:
         self._ops: dict[str, DotRanges | _Flat] = {}
         self._keys: SortedList[str] = SortedList()
         self._context = CausalContext()  # the prefix clock: a version vector only
+        self._clock_changes = 0  # how often it changed (see _quiet)
         self._top: dict[str, int] = {}  # writer -> highest dot held, any key
         self._count: dict[str, int] = {}  # writer -> how many of its ops are held
         self._counter = 0  # dots issued by this replica id
@@ -878,6 +883,7 @@ class Replicator:
                 # own are all here: a dot issued and never installed, by a
                 # failed staged update, names no operation anyone holds.)
                 self._context.vv[writer] = top
+                self._clock_changes += 1
         held.merge(ops)
         self._put(key, held)
         for writer in ops.pruned:
@@ -908,6 +914,7 @@ class Replicator:
         del self._count[writer], self._digest[writer]
         self._top.pop(writer, None)
         self._context.vv.pop(writer, None)
+        self._clock_changes += 1
         self._retired.pop(writer, None)
         self._asking.pop(writer, None)
         self._gone[writer] = self._now
@@ -1309,7 +1316,8 @@ class Replicator:
             # Before we have heard from it we can only address it by node id.
             at = 0 if state.acked is None else state.acked  # an empty interval
             to = peer if state.replica is None else state.replica
-            held = self._acknowledged(to)
+            held = state.told = self._acknowledged(to)
+            state.told_clock = self._clock_changes
             tally = self._tally(self._asking)
             request = Push(
                 self._replica, to, at, at, 0, 1, reply, self._context, (), held, tally
@@ -1410,6 +1418,8 @@ class Replicator:
         held = self._acknowledged(to)  # of the peer's log: an ack rides along
         items = self._encode_entries(entries)
         state = self._peers.get(peer)
+        if state is not None:
+            state.told, state.told_clock = held, self._clock_changes
         tally = self._tally(() if state is None else state.asked)
         clock = self._context
         template = Push(self._replica, to, start, self._head, 0, 1, reply, clock, (), held, tally)
@@ -1603,6 +1613,7 @@ class Replicator:
             bound = min(upto, self._top.get(writer, 0))
             if bound > mine.get(writer, 0):
                 mine[writer] = bound
+                self._clock_changes += 1
 
     def _on_push(self, node: str, push: Push) -> list[Outgoing]:
         if push.to != self._replica and push.entries:
@@ -1649,8 +1660,24 @@ class Replicator:
             else:
                 self._parts[push.sender] = (push.start, push.end, parts)
         if push.reply and push.part == 0:
+            if push.reply is Reply.PUSH and self._quiet(peer):
+                return []  # an exchange's last push would tell the peer nothing
             return self._gossip(node, reply=push.reply.answer)  # it carries our ack
         return [(node, encode(Ack(self._replica, self._acknowledged(push.sender))))]
+
+    def _quiet(self, peer: _Peer) -> bool:
+        """Whether the push that ends an exchange (and the ack it would
+        draw) would tell ``peer`` nothing: it holds all our log (so no entry
+        and no catch-up), asked about no retired id, and our last push to
+        it already said our position in its log and our clock as they are
+        now. Then an idle exchange takes two frames, not four. Cost: O(1)."""
+        return (
+            peer.acked == self._head
+            and not peer.asked
+            and peer.told_clock == self._clock_changes
+            and peer.replica is not None
+            and peer.told == self._acknowledged(peer.replica)
+        )
 
     # -- sizes: frames in bytes, entries in pieces, states under max_state ----------
 
