@@ -20,6 +20,13 @@ that its sender holds the cluster key (:func:`seal_request`):
   its own clock, and only once (it keeps the nonces it took within the
   window, at most ``MAX_NONCES``; past that it takes only requests newer
   than the oldest it remembers), so a recorded request cannot be replayed;
+- a request larger than the server's ``max_payload`` travels in parts,
+  each ``["rp", 1, client, nonce, sent_ms, index, count, chunk]`` sealed as
+  a request is (with its own tag, ``"rp"``), so the node checks each part's
+  MAC before it keeps any of it; the node puts a request's parts together
+  (at most ``MAX_ASSEMBLIES`` requests and ``MAX_ASSEMBLY_BYTES`` at once,
+  the oldest dropped for room, none kept beyond the window) and takes the
+  nonce once the request is whole;
 - an answer is ``["ra", 1, nonce, index, count, chunk]`` plus its MAC
   (over the node id too), cut in chunks that fit the server's
   ``max_payload``; the client takes only answers to nonces it sent, with a
@@ -35,7 +42,8 @@ is answered with an error. At most ``MAX_REQUESTS`` requests are in flight
 at a node; past that a request is answered "busy".
 
 Cost: two HMAC-SHA256 per request and answer (about 1 ms per MiB), and a
-NATS message each way (more for an answer over ``max_payload``).
+NATS message each way (more for a request or an answer over
+``max_payload``).
 """
 
 from __future__ import annotations
@@ -63,6 +71,8 @@ from replication.nats import NatsEndpoint, subject
 
 __all__ = [
     "CONNECT_TIMEOUT",
+    "MAX_ASSEMBLIES",
+    "MAX_ASSEMBLY_BYTES",
     "MAX_NONCES",
     "MAX_REQUESTS",
     "NATS_FRAME",
@@ -72,9 +82,11 @@ __all__ = [
     "NatsUnavailable",
     "NodeUnreachable",
     "RequestRefused",
+    "open_part",
     "open_request",
     "redact",
     "requests_subject",
+    "seal_parts",
     "seal_request",
 ]
 
@@ -84,6 +96,10 @@ log = logging.getLogger("crdtkit.node")
 MAX_NONCES = 100_000
 #: Requests a node serves at once over NATS.
 MAX_REQUESTS = 4096
+#: Requests in parts a node puts together at once, and their bytes in all:
+#: past either, the oldest is dropped (its client sends it again).
+MAX_ASSEMBLIES = 64
+MAX_ASSEMBLY_BYTES = 2 * protocol.MAX_MESSAGE
 #: Seconds a client waits for a NATS server to take its connection.
 CONNECT_TIMEOUT = 10.0
 #: Refusals answered per second (the rest are only counted).
@@ -210,6 +226,56 @@ def open_request(
     return client, nonce, expect_uint(sent_ms, "sent_ms"), body
 
 
+def seal_parts(
+    key: bytes, *, to: str, reply: str, client: str, nonce: bytes, sent_ms: int, body: bytes,
+    room: int,
+) -> list[bytes]:
+    """A request too large for one NATS message, in sealed parts of at most
+    ``room`` bytes of ``body`` each (at least two).
+
+    >>> parts = seal_parts(bytes(32), to="s", reply="r", client="c", nonce=bytes(16),
+    ...                    sent_ms=1, body=b"hello", room=2)
+    >>> [open_part(bytes(32), "s", "r", p)[3:] for p in parts]
+    [(0, 3, b'he'), (1, 3, b'll'), (2, 3, b'o')]
+
+    Cost: O(len(body)).
+    """
+    count = max(2, -(-len(body) // room))
+    client_key = _client_key(key)
+    sealed = []
+    for index in range(count):
+        payload = codec.encode_plain(["rp", _VERSION, client, nonce, sent_ms, index, count,
+                                      body[index * room:(index + 1) * room]])
+        sealed.append(payload + _mac(client_key, b"rp", to, reply, payload=payload))
+    return sealed
+
+
+def open_part(
+    key: bytes, to: str, reply: str, sealed: bytes
+) -> tuple[str, bytes, int, int, int, bytes]:
+    """``(client, nonce, sent_ms, index, count, chunk)`` of a sealed part
+    (:func:`seal_parts`); DecodeError if it is not one or its MAC is wrong.
+    Cost: O(len(sealed))."""
+    if len(sealed) <= _MAC:
+        raise DecodeError("not a sealed part")
+    payload, mac = sealed[:-_MAC], sealed[-_MAC:]
+    if not hmac.compare_digest(mac, _mac(_client_key(key), b"rp", to, reply,
+                                         payload=payload)):
+        raise DecodeError("bad MAC")
+    raw = expect_list(codec.decode_plain(payload, max_size=protocol.MAX_MESSAGE), "part")
+    if len(raw) != 8 or raw[:2] != ["rp", _VERSION]:
+        raise DecodeError("not a version 1 part")
+    _, _, client, nonce, sent_ms, index, count, chunk = raw
+    if type(client) is not str or type(nonce) is not bytes or len(nonce) != _NONCE \
+            or type(chunk) is not bytes:
+        raise DecodeError("a part is [rp, 1, client, nonce, sent_ms, index, count, chunk]")
+    count = expect_uint(count, "count", 2)
+    index = expect_uint(index, "index")
+    if index >= count:
+        raise DecodeError("a part's index is below its count")
+    return client, nonce, expect_uint(sent_ms, "sent_ms"), index, count, chunk
+
+
 def _seal_answer(key: bytes, node: str, nonce: bytes, part: tuple[int, int, bytes]) -> bytes:
     index, count, chunk = part
     payload = codec.encode_plain(["ra", _VERSION, nonce, index, count, chunk])
@@ -292,6 +358,9 @@ class NatsNodeTransport:
         self._servers = list(servers)
         self._clock = clock
         self._nonces = _Nonces()
+        # (reply subject, nonce) -> a request's parts so far, oldest first
+        self._assemblies: OrderedDict[tuple[str, bytes], _Assembly] = OrderedDict()
+        self._assembled = 0  # their bytes
         self._requests: Requests | None = None
         self._subscription: Any = None
         self._in_flight = 0
@@ -393,7 +462,13 @@ class NatsNodeTransport:
         reply: str = msg.reply or ""
         data: bytes = msg.data
         try:
-            _, nonce, sent_ms, body = open_request(self._key, self.subject, reply, data)
+            if data[:4] == _PART:
+                whole = self._part(reply, data)
+                if whole is None:
+                    return
+                nonce, sent_ms, body = whole
+            else:
+                _, nonce, sent_ms, body = open_request(self._key, self.subject, reply, data)
         except (DecodeError, ValueError) as exc:
             self._refuse(reply, None, "bad MAC" if str(exc) == "bad MAC" else "not a request")
             return
@@ -418,6 +493,48 @@ class NatsNodeTransport:
         answer = requests.serve(kind, request, fields)
         future = answer if isinstance(answer, asyncio.Future) else asyncio.ensure_future(answer)
         future.add_done_callback(lambda done: self._answered(reply, nonce, done))
+
+    def _part(self, reply: str, data: bytes) -> tuple[bytes, int, bytes] | None:
+        """Keep one authenticated part of a request; the request's nonce,
+        sending time and body once it is whole. Parts older than the window
+        are dropped, and the oldest requests for room."""
+        _, nonce, sent_ms, index, count, chunk = open_part(self._key, self.subject, reply, data)
+        now_ms = int(self._clock() * 1000)
+        assemblies = self._assemblies
+        while assemblies:  # the oldest first: drop those out of the window
+            oldest = next(iter(assemblies.values()))
+            if now_ms - oldest.sent_ms <= self._window_ms:
+                break
+            self._drop(next(iter(assemblies)), "parts expired")
+        if abs(now_ms - sent_ms) > self._window_ms:
+            self._refuse(reply, nonce, "stale")
+            return None
+        which = (reply, nonce)
+        held = assemblies.get(which)
+        if held is None:
+            held = assemblies[which] = _Assembly(sent_ms, count)
+        if (held.sent_ms, held.count) != (sent_ms, count):
+            raise DecodeError("parts of one request disagree")
+        if index in held.chunks:
+            return None  # a duplicate
+        held.chunks[index] = chunk
+        held.size += len(chunk)
+        self._assembled += len(chunk)
+        if held.size > protocol.MAX_MESSAGE:
+            self._drop(which, "too large")
+            return None
+        while len(assemblies) > MAX_ASSEMBLIES or self._assembled > MAX_ASSEMBLY_BYTES:
+            self._drop(next(iter(assemblies)), "parts dropped for room")
+        if which not in assemblies or len(held.chunks) < count:
+            return None
+        self._drop(which, None)
+        return nonce, sent_ms, b"".join(held.chunks[i] for i in range(count))
+
+    def _drop(self, which: tuple[str, bytes], why: str | None) -> None:
+        held = self._assemblies.pop(which)
+        self._assembled -= held.size
+        if why is not None:
+            self.refusals[why] += 1
 
     def _answered(self, reply: str, nonce: bytes, done: asyncio.Future[bytes]) -> None:
         self._in_flight -= 1
@@ -549,17 +666,22 @@ class NatsChannel:
 
     async def _publish(self, asked: _Asked) -> None:
         nonce = os.urandom(_NONCE)
-        sealed = seal_request(self._raw_key, to=self._subject, reply=self._inbox,
-                              client=self._name, nonce=nonce,
-                              sent_ms=int(self._clock() * 1000), body=asked.body)
-        if len(sealed) > self._connection.max_payload:
-            raise RequestRefused(
-                f"a request of {len(sealed):,} bytes is over the NATS server's max_payload "
-                f"({self._connection.max_payload:,})")
+        sent_ms = int(self._clock() * 1000)
+        sealed = [seal_request(self._raw_key, to=self._subject, reply=self._inbox,
+                               client=self._name, nonce=nonce, sent_ms=sent_ms, body=asked.body)]
+        room = self._connection.max_payload
+        if len(sealed[0]) > room:  # in parts, each within max_payload
+            if len(asked.body) > protocol.MAX_MESSAGE:
+                raise RequestRefused(f"a request of {len(asked.body):,} bytes is over the most "
+                                     f"a node takes ({protocol.MAX_MESSAGE:,})")
+            sealed = seal_parts(self._raw_key, to=self._subject, reply=self._inbox,
+                                client=self._name, nonce=nonce, sent_ms=sent_ms,
+                                body=asked.body, room=max(1024, room - _ENVELOPE))
         self._asked[nonce] = (asked, {})
         asked.nonces.append(nonce)
-        await self._connection.publish(self._subject, sealed, reply=self._inbox)
-        self.bytes_sent += len(sealed)
+        for data in sealed:
+            await self._connection.publish(self._subject, data, reply=self._inbox)
+            self.bytes_sent += len(data)
 
     async def _retry(self, asked: _Asked) -> None:
         for attempt in range(MAX_RETRIES):  # bounded: about two minutes in all
@@ -650,6 +772,20 @@ class NatsChannel:
     def _forget(self, asked: _Asked) -> None:
         for nonce in asked.nonces:
             self._asked.pop(nonce, None)
+
+
+#: How a part's CBOR opens: an array of 8, then the text "rp".
+_PART = b"\x88\x62rp"
+
+
+@dataclass(slots=True)
+class _Assembly:
+    """The parts of one request that arrived so far."""
+
+    sent_ms: int
+    count: int
+    chunks: dict[int, bytes] = field(default_factory=dict)
+    size: int = 0
 
 
 @dataclass(slots=True)

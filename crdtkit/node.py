@@ -27,8 +27,13 @@ NATS; the service never learns which), keeps its state in a
   answer repeats its request's number), so updates sent without waiting
   share commits (a TCP client may pipeline up to ``MAX_IN_FLIGHT`` on its
   connection).
-- Keys changed by gossip are written every ``flush_interval`` seconds, and
-  on shutdown: writing costs O(changed keys), never O(state).
+- Keys changed by gossip are written at the end of the turn of the event
+  loop that changed them (grouped with whatever else is committed, one
+  commit at a time; after a failed commit, every ``flush_interval``
+  seconds), and on shutdown: writing costs O(changed keys), never O(state).
+  Acknowledgements to peers report only what the store holds
+  (``Replicator(durable_acks=True)``), so a write at a consistency level
+  survives the crash of the members it counted.
 - An update whose key would encode to more than ``max_state`` bytes is
   refused before anything is written.
 - Clients can start a Chandy-Lamport snapshot and fetch the node's part of it.
@@ -79,7 +84,7 @@ from replication.membership import (
     MembershipSettings,
     Status,
 )
-from replication.replicator import Replicator, Staged
+from replication.replicator import DurableMark, Replicator, Staged
 from replication.runtime import NodeRuntime
 from replication.sqlite import SQLiteStore
 from replication.store import (
@@ -166,8 +171,9 @@ class _Answer(NamedTuple):
 class _Commit(NamedTuple):
     """A commit handed to the store's thread: the batch, the rows and
     answers it writes (and the metadata), the staged requests with their
-    answers, the keys gossip had changed that it writes too, and the
-    snapshot colour it records."""
+    answers, the keys gossip had changed that it writes too, the snapshot
+    colour it records, and (when it writes every changed key) what the
+    replica held, which its acks may report once it commits."""
 
     batch: Staged
     rows: dict[str, bytes]
@@ -176,6 +182,7 @@ class _Commit(NamedTuple):
     answers: list[tuple[bytes, bytes]]
     meta: dict[str, bytes]
     colour: int
+    mark: DurableMark | None
 
 
 #: What the store's thread is given: the loop to answer on, the work, and
@@ -285,7 +292,9 @@ class NodeService:
             rng = Random(os.urandom(16))  # incarnations must not repeat across restarts
             self.transport = transport(rng)
             peers = self.transport.peers
-            replica = restore(stored, node_id, peers, rng=rng, max_state=max_state,
+            # Acks report only what the store holds (docs/consistency.md).
+            replica = restore(stored, node_id, peers, rng=rng, durable_acks=True,
+                              max_state=max_state,
                               prune_after=prune_after, max_frame=self.transport.max_frame)
             # The runtime's time is the event loop's (monotonic); the hybrid
             # clock's physical half is wall time, so LWW timestamps of
@@ -325,6 +334,9 @@ class NodeService:
         self._inflight: dict[bytes, _Request] = {}
         self._queue: list[_Request] = []
         self._changes = WriteBehind(replica)
+        replica.subscribe(self._write_soon)
+        self._soon = False  # a write of gossip's changes is due this turn
+        self._failing = False  # the last commit failed: gossip waits for the timer
         self._written_colour = self.node.colour
         self._written_identity = False
         # Group commit (_enqueue, _start, _committed): one commit at a time
@@ -466,6 +478,24 @@ class NodeService:
             self._starting = True
             asyncio.get_running_loop().call_soon(self._start)
 
+    def _write_soon(self, key: str, state: object) -> None:
+        # Gossip changed a key: write it at the end of this turn of the loop
+        # (with whatever else changed in it), not after the flush interval:
+        # the peer that pushed it waits for our acknowledgement, which
+        # reports only what the store holds (and a write at a consistency
+        # level waits with it). Commits are grouped, one at a time. After a
+        # failed commit (a full disk), only every flush interval.
+        if self._changes.paused or self._soon or self._closed or self._failing:
+            return
+        self._soon = True
+        asyncio.get_running_loop().call_soon(self._write_now)
+
+    def _write_now(self) -> None:
+        self._soon = False
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+        self._flush_tick()
+
     def _flush_tick(self) -> None:
         # Keys changed by gossip go into the first commit after their interval
         # (due now, even if the timer fired a clock tick early).
@@ -526,7 +556,10 @@ class NodeService:
         if colour != self._written_colour:
             meta["colour"] = codec.encode_plain(colour)
         answers = [(request.request_id, answer) for request, (answer, _) in staged]
-        return _Commit(batch, rows, staged, written, answers, meta, colour)
+        # Every change is in this commit or written already: once it commits,
+        # acks may report all the replica holds now.
+        mark = replica.durable_mark() if not changes.keys else None
+        return _Commit(batch, rows, staged, written, answers, meta, colour, mark)
 
     def _committed(self, job: _Commit, _: object, error: BaseException | None) -> None:
         """The store's thread is done with ``job`` (``error`` if its commit
@@ -534,6 +567,7 @@ class NodeService:
         applied"; then start the next commit if anything waits."""
         self._committing = False
         replica = self.replica
+        self._failing = error is not None
         if error is not None:
             replica.discard(job.batch)
             self._changes.keys |= job.written
@@ -554,6 +588,12 @@ class NodeService:
                 changes.paused = False
             self._written_colour = job.colour
             self._written_identity = True
+            # Nothing waits to be written: acks may report all the replica
+            # holds (the batch just applied included); else what the commit held.
+            mark = replica.durable_mark() if not changes.keys else job.mark
+            acks = [] if mark is None else replica.written(mark)
+            if acks and not self._closing:  # (stopping: the endpoint is closed)
+                self._send_now(acks)
             head = replica.head
             window = self._window
             for request, (answer, done) in job.staged:

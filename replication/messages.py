@@ -33,7 +33,10 @@ The messages (see ``replication.replicator`` for the protocol):
 - :class:`Read` and :class:`ReadResult`: a read at a consistency level
   (docs/consistency.md) asks a replica for its whole state under one key,
   and the answer carries it (or says it holds nothing there, or that the
-  state is too large for one frame), for the asker to merge.
+  state is over its ``max_state``), for the asker to merge; a state too
+  large for one frame travels just before the answer as a push in pieces
+  that moves no log position (interval ``(-1, -1]``), and the answer
+  carries the key's ranges, which the asker then checks it holds.
 
 Frames are bounded in bytes: :func:`encode_interval` packs an interval's
 entries into push frames of at most ``max_frame`` bytes, and cuts an entry
@@ -80,6 +83,7 @@ __all__ = [
     "MAX_FRAME",
     "MAX_TALLY",
     "NOTHING",
+    "PUSHED",
     "TOO_LARGE",
     "Ack",
     "Entry",
@@ -266,8 +270,10 @@ class Read:
 
 
 #: What a :class:`ReadResult` says of the key: nothing held under it, its
-#: state (in ``entry``), or a state too large to travel in one frame.
-NOTHING, HELD, TOO_LARGE = 0, 1, 2
+#: state (in ``entry``), a state over the sender's ``max_state``, or a
+#: state too large for one frame, pushed in pieces just before (its ranges
+#: in ``ranges``).
+NOTHING, HELD, TOO_LARGE, PUSHED = 0, 1, 2, 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +281,8 @@ class ReadResult:
     """The answer to a :class:`Read` of ``key`` by replica ``to`` (the
     asker's incarnation: another one's answers are of no use to it):
     ``status`` :data:`NOTHING`, :data:`HELD` with the key's whole state and
-    ranges in ``entry``, or :data:`TOO_LARGE`."""
+    ranges in ``entry``, :data:`TOO_LARGE`, or :data:`PUSHED` with the
+    key's whole ranges in ``ranges`` (the state went ahead in pieces)."""
 
     sender: str
     to: str
@@ -283,6 +290,7 @@ class ReadResult:
     key: str
     status: int
     entry: Entry | None = None
+    ranges: DotRanges | None = None
 
 
 Message: TypeAlias = Push | Ack | Piece | Read | ReadResult
@@ -397,7 +405,11 @@ def encode(message: Message) -> bytes:
     elif isinstance(m, Read):
         fields = ["read", VERSION, m.sender, m.request, m.key]
     elif isinstance(m, ReadResult):
-        held = None if m.entry is None else _frame_entries([m.entry])
+        held: object = None
+        if m.entry is not None:
+            held = _frame_entries([m.entry])
+        elif m.ranges is not None:
+            held = m.ranges.to_payload()
         fields = ["result", VERSION, m.sender, m.to, m.request, m.key, m.status, held]
     else:
         fields = ["ack", VERSION, m.sender, m.position]
@@ -675,12 +687,17 @@ def _parse_result(
     to = expect_replica(f[0], "result to")
     request, key = expect_uint(f[1], "result request"), _key(f[2])
     status = f[3]
-    if type(status) is not int or status not in (NOTHING, HELD, TOO_LARGE):
+    if type(status) is not int or status not in (NOTHING, HELD, TOO_LARGE, PUSHED):
         raise DecodeError("result: unknown status")
-    if (f[4] is None) != (status != HELD):
-        raise DecodeError("result: an entry comes with a state held, and only then")
+    if (f[4] is None) != (status not in (HELD, PUSHED)):
+        raise DecodeError("result: an entry comes with a state held or pushed, and only then")
     if f[4] is None:
         return ReadResult(sender, to, request, key, status)
+    if status == PUSHED:
+        ranges = DotRanges.from_payload(f[4], "result ranges")
+        if not ranges.is_whole():
+            raise DecodeError("result: the ranges pushed are not a whole key's")
+        return ReadResult(sender, to, request, key, status, None, ranges)
     entries = parse_frame_entries(f[4], size=size, max_state=max_state)
     if len(entries) != 1 or entries[0].key != key or not entries[0].dots.is_whole():
         raise DecodeError("result: the entry is not the whole key asked for")

@@ -123,7 +123,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from hashlib import blake2b
 from random import Random
-from typing import Any, TypeGuard, TypeVar
+from typing import Any, NamedTuple, TypeGuard, TypeVar
 
 from sortedcontainers import SortedList
 
@@ -140,6 +140,7 @@ from replication.messages import (
     MAX_TALLY,
     MIN_FRAME,
     NOTHING,
+    PUSHED,
     TOO_LARGE,
     Ack,
     Entry,
@@ -165,6 +166,7 @@ __all__ = [
     "DEFAULT_MAX_STATE",
     "AckHook",
     "AnswerHook",
+    "DurableMark",
     "PruneHook",
     "Replicator",
     "ReplicatorStats",
@@ -240,6 +242,19 @@ class _Peer:
     # retired id -> (count, digest, when heard) of its operations the peer holds
     tally: dict[str, tuple[int, int, float]] = field(default_factory=dict)
     asked: tuple[str, ...] = ()  # retired ids its last opener asked us about
+    # What our last push to it said: our position in its log, and which
+    # state of our clock (see Replicator._quiet)
+    told: int | None = None
+    told_clock: int = -1
+
+
+class DurableMark(NamedTuple):
+    """What a replica held when its driver took the keys to write
+    (:meth:`Replicator.durable_mark`): how many changes it had seen, and its
+    position in each peer's log."""
+
+    version: int
+    positions: dict[str, int]
 
 
 @dataclass(slots=True)
@@ -365,6 +380,7 @@ class Replicator:
         prune_after: float = 300.0,
         marker_ttl: float = 21_600.0,
         max_offset: int = DEFAULT_MAX_OFFSET,
+        durable_acks: bool = False,
     ) -> None:
         """A replica for node ``node_id`` gossiping with ``peers`` (node ids).
 
@@ -385,7 +401,9 @@ class Replicator:
         ``max-pruning-dissemination`` and ``pruning-marker-time-to-live``.
         The replica's hybrid logical clock (:attr:`hlc`) is fed the time
         given to :meth:`tick` and :meth:`receive`; an explicit LWW timestamp
-        more than ``max_offset`` nanoseconds ahead of it is refused.
+        more than ``max_offset`` nanoseconds ahead of it is refused. With
+        ``durable_acks``, it acknowledges a peer's log only as far as its
+        driver's store has written (:meth:`written`).
         """
         check_replica(node_id)
         if fanout < 1 or chunk_size < 1 or log_limit < 1:
@@ -407,6 +425,7 @@ class Replicator:
         self._ops: dict[str, DotRanges | _Flat] = {}
         self._keys: SortedList[str] = SortedList()
         self._context = CausalContext()  # the prefix clock: a version vector only
+        self._clock_changes = 0  # how often it changed (see _quiet)
         self._top: dict[str, int] = {}  # writer -> highest dot held, any key
         self._count: dict[str, int] = {}  # writer -> how many of its ops are held
         self._counter = 0  # dots issued by this replica id
@@ -441,6 +460,11 @@ class Replicator:
         self._ack_hooks: list[AckHook] = []
         self._answer_hooks: list[AnswerHook] = []
         self._asked = 0
+        # Durable acknowledgements (see written): positions acknowledged as
+        # written, by replica id, and how many changes the store has seen.
+        self._written: dict[str, int] | None = {} if durable_acks else None
+        self._version = 0  # changes to keys so far (each _notify)
+        self._written_version = 0
 
     # -- identity and reads ------------------------------------------------------
 
@@ -859,6 +883,7 @@ class Replicator:
                 # own are all here: a dot issued and never installed, by a
                 # failed staged update, names no operation anyone holds.)
                 self._context.vv[writer] = top
+                self._clock_changes += 1
         held.merge(ops)
         self._put(key, held)
         for writer in ops.pruned:
@@ -889,6 +914,7 @@ class Replicator:
         del self._count[writer], self._digest[writer]
         self._top.pop(writer, None)
         self._context.vv.pop(writer, None)
+        self._clock_changes += 1
         self._retired.pop(writer, None)
         self._asking.pop(writer, None)
         self._gone[writer] = self._now
@@ -1024,6 +1050,7 @@ class Replicator:
         return lambda: self._prune_hooks.remove(hook)
 
     def _notify(self, key: str) -> None:
+        self._version += 1
         for callback in list(self._subscribers):
             callback(key, self._states[key])
 
@@ -1289,7 +1316,8 @@ class Replicator:
             # Before we have heard from it we can only address it by node id.
             at = 0 if state.acked is None else state.acked  # an empty interval
             to = peer if state.replica is None else state.replica
-            held = self._positions.get(to, -1)
+            held = state.told = self._acknowledged(to)
+            state.told_clock = self._clock_changes
             tally = self._tally(self._asking)
             request = Push(
                 self._replica, to, at, at, 0, 1, reply, self._context, (), held, tally
@@ -1387,9 +1415,11 @@ class Replicator:
     ) -> list[Outgoing]:
         # Frames bounded in bytes (messages.encode_interval), entries over
         # max_state left out: the peer would refuse them.
-        held = self._positions.get(to, -1)  # of the peer's log: an ack rides along
+        held = self._acknowledged(to)  # of the peer's log: an ack rides along
         items = self._encode_entries(entries)
         state = self._peers.get(peer)
+        if state is not None:
+            state.told, state.told_clock = held, self._clock_changes
         tally = self._tally(() if state is None else state.asked)
         clock = self._context
         template = Push(self._replica, to, start, self._head, 0, 1, reply, clock, (), held, tally)
@@ -1479,6 +1509,8 @@ class Replicator:
             if peer.replica is not None:
                 self._positions.pop(peer.replica, None)
                 self._parts.pop(peer.replica, None)
+                if self._written is not None:
+                    self._written.pop(peer.replica, None)
             peer.replica = replica
             peer.acked = None
             peer.context = None
@@ -1581,6 +1613,7 @@ class Replicator:
             bound = min(upto, self._top.get(writer, 0))
             if bound > mine.get(writer, 0):
                 mine[writer] = bound
+                self._clock_changes += 1
 
     def _on_push(self, node: str, push: Push) -> list[Outgoing]:
         if push.to != self._replica and push.entries:
@@ -1589,7 +1622,7 @@ class Replicator:
             # incarnation, which makes the peer forget what the old one held.
             # (An opener carries nothing, so it is answered as usual.)
             self.stats.stale += 1
-            return [(node, encode(Ack(self._replica, self._positions.get(push.sender, -1))))]
+            return [(node, encode(Ack(self._replica, self._acknowledged(push.sender))))]
         peer = self._peers[node]
         peer.context = push.context
         if push.tally:
@@ -1627,8 +1660,24 @@ class Replicator:
             else:
                 self._parts[push.sender] = (push.start, push.end, parts)
         if push.reply and push.part == 0:
+            if push.reply is Reply.PUSH and self._quiet(peer):
+                return []  # an exchange's last push would tell the peer nothing
             return self._gossip(node, reply=push.reply.answer)  # it carries our ack
-        return [(node, encode(Ack(self._replica, self._positions.get(push.sender, -1))))]
+        return [(node, encode(Ack(self._replica, self._acknowledged(push.sender))))]
+
+    def _quiet(self, peer: _Peer) -> bool:
+        """Whether the push that ends an exchange (and the ack it would
+        draw) would tell ``peer`` nothing: it holds all our log (so no entry
+        and no catch-up), asked about no retired id, and our last push to
+        it already said our position in its log and our clock as they are
+        now. Then an idle exchange takes two frames, not four. Cost: O(1)."""
+        return (
+            peer.acked == self._head
+            and not peer.asked
+            and peer.told_clock == self._clock_changes
+            and peer.replica is not None
+            and peer.told == self._acknowledged(peer.replica)
+        )
 
     # -- sizes: frames in bytes, entries in pieces, states under max_state ----------
 
@@ -1796,6 +1845,78 @@ class Replicator:
                 for hook in list(self._ack_hooks):
                     hook(node, position)
 
+    # -- durable acknowledgements ---------------------------------------------------
+
+    def _acknowledged(self, replica: str) -> int:
+        # The position in ``replica``'s log an ack reports: all we hold, or
+        # with durable_acks what the store has written of it. While every
+        # change is written, all we hold is written: it is noted as such, so
+        # that what was reported never goes back.
+        position = self._positions.get(replica, -1)
+        written = self._written
+        if written is None:
+            return position
+        if self._written_version == self._version:
+            if position > written.get(replica, -1):
+                written[replica] = position
+            return position
+        return min(position, written.get(replica, -1))
+
+    def durable_mark(self) -> DurableMark:
+        """What this replica holds now, for :meth:`written` once a store has
+        written every key changed so far (a node takes it with the keys of
+        a commit, when no other change waits to be written).
+
+        >>> Replicator("a", ["b"], rng=Random(1), durable_acks=True).durable_mark()
+        DurableMark(version=0, positions={})
+
+        Cost: O(peers' incarnations heard).
+        """
+        return DurableMark(self._version, dict(self._positions))
+
+    def written(self, mark: DurableMark) -> list[Outgoing]:
+        """Note that a store holds everything ``mark`` (:meth:`durable_mark`)
+        saw; returns the acknowledgements it releases, to send like
+        :meth:`tick`'s frames. With ``durable_acks`` a replica acknowledges a
+        peer's log only as far as it is written (Akka's durable keys: a
+        replica answers a write only once its store wrote it), so that a
+        write at a consistency level survives the crash of the members it
+        counted; until then acks report the position last written. Without
+        ``durable_acks``: nothing to do, ``[]``.
+
+        >>> from crdts import GCounter
+        >>> a = Replicator("a", ["b"], rng=Random(1))
+        >>> b = Replicator("b", ["a"], rng=Random(2), durable_acks=True)
+        >>> _ = a.update("k", GCounter, lambda c, me: c.increment(me))
+        >>> frames = [("a", dest, f) for dest, f in a.tick(0.0)]
+        >>> while frames:
+        ...     sender, dest, frame = frames.pop(0)
+        ...     node = {"a": a, "b": b}[dest]
+        ...     frames += [(dest, d, f) for d, f in node.receive(0.0, sender, frame)]
+        >>> b.get("k").value, a.holders(a.head)   # merged, not written: no ack
+        (1, [])
+        >>> for dest, frame in b.written(b.durable_mark()):
+        ...     _ = a.receive(0.0, "b", frame)
+        >>> a.holders(a.head)
+        ['b']
+
+        Cost: O(peers).
+        """
+        written = self._written
+        if written is None:
+            return []
+        self._written_version = max(self._written_version, mark.version)
+        raised = set()
+        for replica, position in mark.positions.items():
+            if position > written.get(replica, -1):
+                written[replica] = position
+                raised.add(replica)
+        return [
+            (node, encode(Ack(self._replica, self._acknowledged(peer.replica))))
+            for node, peer in sorted(self._peers.items())
+            if peer.replica in raised
+        ]
+
     # -- consistency levels: direct replication, acks, reads -------------------------
 
     @property
@@ -1930,28 +2051,43 @@ class Replicator:
 
     def _on_read(self, node: str, read: Read) -> list[Outgoing]:
         # Answered with the whole key (its ranges from 0, which always
-        # follow what the asker holds) if it fits in one frame.
+        # follow what the asker holds). One too large for a frame goes
+        # ahead as a push in pieces, as gossip sends it, over an empty
+        # interval (-1, -1] so that it moves no log position; the answer
+        # then carries only its ranges, which the asker checks it holds
+        # (a piece lost on the way leaves the read incomplete, never wrong).
         self.stats.reads += 1
-        state = self._states.get(read.key)
+        key, asker = read.key, read.sender
+        state = self._states.get(key)
         if state is None:
-            result = ReadResult(self._replica, read.sender, read.request, read.key, NOTHING)
-            return [(node, encode(result))]
-        entry = Entry(read.key, state, self._ranges(read.key))
-        frame = encode(ReadResult(self._replica, read.sender, read.request, read.key, HELD, entry))
-        if len(frame) > self._max_frame or len(codec.encode(state)) > self._max_state:
-            result = ReadResult(self._replica, read.sender, read.request, read.key, TOO_LARGE)
-            frame = encode(result)
-        return [(node, frame)]
+            return [(node, encode(ReadResult(self._replica, asker, read.request, key, NOTHING)))]
+        if len(codec.encode(state)) > self._max_state:  # the asker would refuse it
+            return [(node, encode(ReadResult(self._replica, asker, read.request, key, TOO_LARGE)))]
+        ranges = self._ranges(key)
+        entry = Entry(key, state, ranges)
+        frame = encode(ReadResult(self._replica, asker, read.request, key, HELD, entry))
+        if len(frame) <= self._max_frame:
+            return [(node, frame)]
+        template = Push(self._replica, asker, -1, -1, 0, 1, Reply.NOTHING, self._context, (),
+                        self._acknowledged(asker))
+        frames = encode_interval(template, self._encode_entries([entry]),
+                                 max_frame=self._max_frame, max_entries=self._chunk)
+        result = ReadResult(self._replica, asker, read.request, key, PUSHED, None, ranges)
+        return [(node, f) for f in frames] + [(node, encode(result))]
 
     def _on_result(self, node: str, result: ReadResult) -> list[Outgoing]:
         if result.to != self._replica:
             self.stats.stale += 1  # an answer to an earlier incarnation's read
             return []
         self.stats.answers += 1
+        complete = result.status != TOO_LARGE
         if result.entry is not None:
             self._merge([result.entry], result.sender, whole=True)
+        elif result.ranges is not None:  # PUSHED: complete if its pieces all came
+            complete = result.key in self._ops and result.ranges.issubset(
+                self._ranges(result.key))
         for hook in list(self._answer_hooks):
-            hook(node, result.request, result.key, result.status != TOO_LARGE)
+            hook(node, result.request, result.key, complete)
         return []
 
     # -- restarting ---------------------------------------------------------------------
@@ -1996,6 +2132,7 @@ class Replicator:
             replica._states[entry.key] = entry.state
             replica._keys.add(entry.key)
             replica._hold(entry.key, entry.dots)
+        replica._written_version = replica._version  # restored: written already
         return replica
 
 

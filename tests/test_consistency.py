@@ -18,6 +18,7 @@ from replication.dotranges import DotRanges
 from replication.messages import (
     HELD,
     NOTHING,
+    PUSHED,
     TOO_LARGE,
     Entry,
     Read,
@@ -185,16 +186,24 @@ def test_read_through_snapshot_nodes_keeps_colours() -> None:
     assert nodes["n0"].colour == 1  # the answer carried n1's colour: n0 recorded first
 
 
-def test_a_state_too_large_for_a_frame_is_answered_so() -> None:
+def _big_set(replica: Replicator, n: int = 600) -> None:
+    for i in range(n):
+        _ = replica.update(
+            "set", ORSet, lambda s, me, i=i: s.add(f"element-{i:05}", me)  # type: ignore[misc]
+        )
+
+
+def test_a_state_too_large_for_a_frame_is_answered_in_pieces() -> None:
+    """A key larger than one frame is read at a level too: it travels as a
+    push in pieces (moving no log position), then the answer with its
+    ranges, which the asker checks it holds. (It was answered "too large",
+    which never counted: such a key could not be read at a level.)"""
     net = SimulatedNetwork(seed=1)
     a = Replicator("a", ["b"], rng=Random(1))
     b = Replicator("b", ["a"], rng=Random(2), max_frame=4096)
     net.add(a)
     net.add(b)
-    for i in range(600):
-        _ = b.update(
-            "set", ORSet, lambda s, me, i=i: s.add(f"element-{i:05}", me)  # type: ignore[misc]
-        )
+    _big_set(b)
     seen: list[tuple[str, str, bool]] = []
     stop = a.subscribe_answers(lambda node, _, key, complete: seen.append((node, key, complete)))
     _, frames = a.ask("set", ["b"])
@@ -202,6 +211,41 @@ def test_a_state_too_large_for_a_frame_is_answered_so() -> None:
         net.send("a", dest, frame)
     net.advance(1.0)
     stop()
+    assert seen == [("b", "set", True)]
+    assert a.get("set") == b.get("set")
+    assert b.stats.reads == 1 and a.stats.pieces == 1
+    # No log position moved: a acknowledged nothing of b's log (its state
+    # came whole; b's next push to it is a catch-up, as before the read).
+    assert b.holders(b.head) == []
+
+
+def test_a_read_whose_pieces_are_lost_is_incomplete_never_wrong() -> None:
+    a = Replicator("a", ["b"], rng=Random(1))
+    b = Replicator("b", ["a"], rng=Random(2), max_frame=4096)
+    _big_set(b)
+    seen: list[bool] = []
+    a.subscribe_answers(lambda node, _, key, complete: seen.append(complete))
+    _, [(_, read)] = a.ask("set", ["b"])
+    answer = b.receive(0.0, "a", read)
+    assert len(answer) > 2 and isinstance(parse(answer[-1][1]), ReadResult)
+    for _, frame in answer[:1] + answer[2:]:  # the second piece lost
+        a.receive(0.0, "b", frame)
+    assert seen == [False] and a.get("set") is None
+
+
+def test_a_state_over_max_state_is_answered_too_large() -> None:
+    net = SimulatedNetwork(seed=1)
+    a = Replicator("a", ["b"], rng=Random(1))
+    b = Replicator("b", ["a"], rng=Random(2), max_frame=4096, max_state=2048)
+    net.add(a)
+    net.add(b)
+    _big_set(b)  # update() does not check sizes (check_size does)
+    seen: list[tuple[str, str, bool]] = []
+    a.subscribe_answers(lambda node, _, key, complete: seen.append((node, key, complete)))
+    _, frames = a.ask("set", ["b"])
+    for dest, frame in frames:
+        net.send("a", dest, frame)
+    net.advance(1.0)
     assert seen == [("b", "set", False)]
     assert a.get("set") is None
 
@@ -235,6 +279,8 @@ def test_hostile_reads_and_answers_are_refused_and_counted() -> None:
         codec.encode_plain(["read", 3, "b", -1, "k"]),
         codec.encode_plain(["read", 3, "b", 1, 5]),
         codec.encode_plain(["result", 3, "b", "a", 1, "k", 0]),
+        encode(ReadResult("b", "a", 1, "k", PUSHED)),
+        encode(ReadResult("b", "a", 1, "k", PUSHED, None, delta.dots)),
     ]
     for frame in frames:
         assert a.receive(0.0, "b", frame) == []
@@ -253,6 +299,7 @@ def test_read_and_result_frames_round_trip() -> None:
         ReadResult("b", "a", 1, "k", HELD, whole),
         ReadResult("b", "a", 1, "k", NOTHING),
         ReadResult("b", "a", 1, "k", TOO_LARGE),
+        ReadResult("b", "a", 1, "k", PUSHED, None, DotRanges.whole({"b": (1, 1)})),
     ):
         assert parse(encode(message)) == message
 

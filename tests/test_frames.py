@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -73,7 +74,7 @@ def converged(replicas: list[Replicator]) -> bool:
 
 
 def pair(
-    seed: int, faults: Faults | None = None, **options: int
+    seed: int, faults: Faults | None = None, **options: Any
 ) -> tuple[SimulatedNetwork, Replicator, Replicator, list[int]]:
     """Two replicas on a simulated network, and the sizes of the frames they send."""
     net = SimulatedNetwork(seed=seed, faults=faults)

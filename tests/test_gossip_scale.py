@@ -141,3 +141,34 @@ def test_the_kept_least_position_is_the_one_a_walk_finds() -> None:
             a.update("k", GCounter, _bump)  # records: computes the least if it was dropped
             if a._held_by_all is not None:
                 assert (a._held_by_all, a._at_least) == _least_by_walking(a)
+
+
+def _exchange(nodes: dict[str, Replicator], opener: str) -> int:
+    """One exchange opened by ``opener`` on a perfect network: its frames."""
+    queue = [(opener, dest, frame) for dest, frame in nodes[opener].tick(0.0)]
+    for count in range(100):
+        if not queue:
+            return count
+        source, dest, frame = queue.pop(0)
+        queue += [(dest, d, f) for d, f in nodes[dest].receive(0.0, source, frame)]
+    raise AssertionError("the exchange did not settle")
+
+
+def test_an_idle_exchange_takes_two_frames_not_four() -> None:
+    """Opener, push, push, ack: the last two told the peer nothing once a
+    pair has settled (its position in our log at our head, our position in
+    its log and our clock as our last push said). An idle cluster's gossip
+    costs half as much (172 -> 93 us of CPU per replica-round at 16
+    replicas), and anything new still travels."""
+    nodes = {n: Replicator(n, ["a", "b"], rng=Random(i)) for i, n in enumerate("ab")}
+    nodes["a"].update("k", GCounter, lambda c, me: c.increment(me))
+    # The first quiet exchange still says the positions once.
+    assert [_exchange(nodes, opener) for opener in "aaabb"] == [4, 4, 2, 2, 2]
+    # Something new on either side: the exchange carries it, then quiets.
+    nodes["b"].update("k", GCounter, lambda c, me: c.increment(me, 5))
+    assert [_exchange(nodes, opener) for opener in "aab"] == [4, 2, 2]
+    assert nodes["a"].get("k") == nodes["b"].get("k")
+    nodes["a"].update("j", GCounter, lambda c, me: c.increment(me))
+    assert [_exchange(nodes, opener) for opener in "aab"] == [4, 4, 2]
+    assert nodes["b"].get("j") == nodes["a"].get("j")
+    assert nodes["a"].holders(nodes["a"].head) == ["b"]

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import io
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 
 from crdtkit.client import Client, NodeError
 from crdtkit.natsnode import (
+    MAX_ASSEMBLIES,
     MAX_NONCES,
     NatsChannel,
     NatsNodeTransport,
@@ -28,8 +30,10 @@ from crdtkit.natsnode import (
     RequestRefused,
     _Asked,
     _Nonces,
+    open_part,
     open_request,
     requests_subject,
+    seal_parts,
     seal_request,
 )
 from crdtkit.node import NodeService
@@ -58,6 +62,21 @@ def test_a_request_opens_only_with_the_key_the_subject_and_the_reply_it_was_seal
     for junk in (b"", b"x" * 10, os.urandom(64)):
         with pytest.raises(DecodeError):
             open_request(KEY, "s", "r", junk)
+
+
+def test_a_part_opens_only_with_the_key_the_subject_and_the_reply_it_was_sealed_for() -> None:
+    parts = seal_parts(KEY, to="s", reply="r", client="c", nonce=bytes(16), sent_ms=5,
+                       body=b"x" * 5000, room=2048)
+    assert [open_part(KEY, "s", "r", p)[3:5] for p in parts] == [(0, 3), (1, 3), (2, 3)]
+    assert b"".join(open_part(KEY, "s", "r", p)[5] for p in parts) == b"x" * 5000
+    for key, to, reply in ((bytes(32), "s", "r"), (KEY, "other", "r"), (KEY, "s", "other")):
+        with pytest.raises(DecodeError, match="bad MAC"):
+            open_part(key, to, reply, parts[0])
+    # A part is no request, nor a request a part: each has its own tag.
+    with pytest.raises(DecodeError, match="bad MAC"):
+        open_request(KEY, "s", "r", parts[0])
+    with pytest.raises(DecodeError, match="bad MAC"):
+        open_part(KEY, "s", "r", _sealed())
 
 
 def test_a_nonce_is_taken_once_and_only_within_the_window() -> None:
@@ -128,13 +147,19 @@ def test_requests_over_nats_are_served_and_their_answers_checked(nats_server: An
             assert retry.dot == again.dot  # answered again, applied once
             with pytest.raises(NodeError, match="does not answer"):
                 await client._call("members", "extra")  # a request the node cannot serve
+            # A request larger than a NATS message (1 MiB) travels in parts:
+            # it was refused before ("over the NATS server's max_payload").
+            large = "y" * 1_500_000
+            await client.update("big", "ORSet", "add", large)
+            held = await client.get("big")
+            assert held is not None and list(held) == [large]  # type: ignore[call-overload]
             # An answer larger than a NATS message travels in chunks.
             big = "x" * 700_000
             await client.update("a", "MVRegister", "assign", big)
             await client.update("b", "MVRegister", "assign", big)
             assert await client.keyspace() == service.replica.encode_keyspace()
             stats = await client.stats()
-            assert stats["requests_served"] >= 56 and stats["requests_refused"] == 0
+            assert stats["requests_served"] >= 58 and stats["requests_refused"] == 0
         finally:
             client.close()
 
@@ -193,6 +218,54 @@ def test_hostile_requests_are_refused_and_counted_never_served(nats_server: Any,
             forger.close()
 
     _with_node(nats_server.url, tmp_path, "rq2", work)
+
+
+def test_requests_in_parts_are_checked_part_by_part_and_bounded(nats_server: Any,
+                                                                 tmp_path: Path) -> None:
+    import nats
+
+    async def work(service: NodeService, transport: NatsNodeTransport) -> None:
+        subject = requests_subject("rq4", "n0")
+        honest = await Client.over_nats("n0", KEY, servers=[nats_server.url], cluster="rq4")
+        spy = await nats.connect(servers=[nats_server.url])
+        seen: list[Any] = []
+        tap = await spy.subscribe(subject, cb=functools.partial(_append, seen))
+        try:
+            await honest.update("big", "ORSet", "add", "z" * 1_200_000)
+            await spy.flush()
+            parts = seen[-2:]
+            assert len(seen) == 2 and all(len(m.data) <= (1 << 20) for m in parts)
+            # Replayed whole, and with a part forged by a key it lacks.
+            for msg in parts:
+                await spy.publish(subject, msg.data, reply=msg.reply)
+            forged = seal_parts(bytes(32), to=subject, reply=parts[0].reply, client="c",
+                                nonce=bytes(16), sent_ms=0, body=b"q" * 2000, room=1024)
+            await spy.publish(subject, forged[0], reply=parts[0].reply)
+            # First parts of more requests than the node puts together at once:
+            # the oldest are dropped, never served.
+            inbox = spy.new_inbox()
+            now_ms = int(time.time() * 1000)
+            for n in range(MAX_ASSEMBLIES + 3):
+                first = seal_parts(KEY, to=subject, reply=inbox, client="c",
+                                   nonce=n.to_bytes(16, "big"), sent_ms=now_ms,
+                                   body=b"q" * 2048, room=1024)[0]
+                await spy.publish(subject, first, reply=inbox)
+            await spy.flush()
+            for _ in range(100):  # bounded: at most 2 s
+                if sum(transport.refusals.values()) >= 5:
+                    break
+                await asyncio.sleep(0.02)
+            refused = dict(transport.refusals)
+            assert refused == {"replayed": 1, "bad MAC": 1, "parts dropped for room": 3}, \
+                refused
+            assert len(transport._assemblies) == MAX_ASSEMBLIES
+            assert service.replica.stats.updates == 1
+        finally:
+            await tap.unsubscribe()
+            await spy.close()
+            honest.close()
+
+    _with_node(nats_server.url, tmp_path, "rq4", work)
 
 
 async def _append(into: list[Any], msg: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,7 @@ from replication.store import MemoryStore, decode_row, restore
 CHAOS = Faults(loss=0.3, duplication=0.05, reorder=True, long_delay=0.02)
 
 
-def cluster(n: int, seed: int, faults: Faults | None = None, **options: int) -> tuple[
+def cluster(n: int, seed: int, faults: Faults | None = None, **options: Any) -> tuple[
     SimulatedNetwork, list[Replicator]
 ]:
     rng = random.Random(seed)
