@@ -210,20 +210,8 @@ def open_request(
 
     Cost: O(len(sealed)).
     """
-    payload, mac = sealed[:-_MAC], sealed[-_MAC:]
-    if len(sealed) <= _MAC:
-        raise DecodeError("not a sealed request")
-    if not hmac.compare_digest(mac, _mac(_client_key(key), b"rq", to, reply,
-                                         payload=payload)):
-        raise DecodeError("bad MAC")
-    raw = expect_list(codec.decode_plain(payload, max_size=protocol.MAX_MESSAGE), "request")
-    if len(raw) != 6 or raw[:2] != ["rq", _VERSION]:
-        raise DecodeError("not a version 1 request")
-    _, _, client, nonce, sent_ms, body = raw
-    if type(client) is not str or type(nonce) is not bytes or len(nonce) != _NONCE \
-            or type(body) is not bytes:
-        raise DecodeError("a request is [rq, 1, client, nonce, sent_ms, body]")
-    return client, nonce, expect_uint(sent_ms, "sent_ms"), body
+    _, _, client, nonce, sent_ms, body = _opened(key, "rq", to, reply, sealed, arity=6)
+    return client, nonce, sent_ms, body
 
 
 def seal_parts(
@@ -256,24 +244,35 @@ def open_part(
     """``(client, nonce, sent_ms, index, count, chunk)`` of a sealed part
     (:func:`seal_parts`); DecodeError if it is not one or its MAC is wrong.
     Cost: O(len(sealed))."""
-    if len(sealed) <= _MAC:
-        raise DecodeError("not a sealed part")
-    payload, mac = sealed[:-_MAC], sealed[-_MAC:]
-    if not hmac.compare_digest(mac, _mac(_client_key(key), b"rp", to, reply,
-                                         payload=payload)):
-        raise DecodeError("bad MAC")
-    raw = expect_list(codec.decode_plain(payload, max_size=protocol.MAX_MESSAGE), "part")
-    if len(raw) != 8 or raw[:2] != ["rp", _VERSION]:
-        raise DecodeError("not a version 1 part")
-    _, _, client, nonce, sent_ms, index, count, chunk = raw
-    if type(client) is not str or type(nonce) is not bytes or len(nonce) != _NONCE \
-            or type(chunk) is not bytes:
-        raise DecodeError("a part is [rp, 1, client, nonce, sent_ms, index, count, chunk]")
+    fields = _opened(key, "rp", to, reply, sealed, arity=8)
+    _, _, client, nonce, sent_ms, index, count, chunk = fields
     count = expect_uint(count, "count", 2)
     index = expect_uint(index, "index")
     if index >= count:
         raise DecodeError("a part's index is below its count")
-    return client, nonce, expect_uint(sent_ms, "sent_ms"), index, count, chunk
+    return client, nonce, sent_ms, index, count, chunk
+
+
+def _opened(key: bytes, kind: str, to: str, reply: str, sealed: bytes, *, arity: int) -> Any:
+    """The fields of a sealed request or part (``kind`` ``"rq"`` or
+    ``"rp"``, its tag in the MAC too): ``[kind, 1, client, nonce, sent_ms,
+    ..., body]``, the client, nonce, time and body checked; DecodeError if
+    its MAC is wrong or it is not one."""
+    if len(sealed) <= _MAC:
+        raise DecodeError(f"not a sealed {kind}")
+    payload, mac = sealed[:-_MAC], sealed[-_MAC:]
+    if not hmac.compare_digest(mac, _mac(_client_key(key), kind.encode(), to, reply,
+                                         payload=payload)):
+        raise DecodeError("bad MAC")
+    raw = expect_list(codec.decode_plain(payload, max_size=protocol.MAX_MESSAGE), kind)
+    if len(raw) != arity or raw[:2] != [kind, _VERSION]:
+        raise DecodeError(f"not a version 1 {kind}")
+    client, nonce, sent_ms, body = raw[2], raw[3], raw[4], raw[-1]
+    if type(client) is not str or type(nonce) is not bytes or len(nonce) != _NONCE \
+            or type(body) is not bytes:
+        raise DecodeError(f"a {kind} is [{kind}, 1, client, nonce, sent_ms, ..., bytes]")
+    expect_uint(sent_ms, "sent_ms")
+    return raw
 
 
 def _seal_answer(key: bytes, node: str, nonce: bytes, part: tuple[int, int, bytes]) -> bytes:

@@ -17,27 +17,18 @@ from crdts import GCounter
 from replication.messages import Ack, parse
 from replication.replicator import Replicator
 from replication.sqlite import SQLiteStore
+from tests.test_gossip_scale import deliver
 
 
 def _increment(counter: GCounter, me: str) -> GCounter:
     return counter.increment(me, 1)
 
 
-def _deliver(replicas: dict[str, Replicator], frames: list[tuple[str, str, bytes]]) -> None:
-    """Deliver ``(sender, destination, frame)`` until none are left (bounded)."""
-    for _ in range(100):
-        if not frames:
-            return
-        sender, dest, frame = frames.pop(0)
-        frames += [(dest, d, f) for d, f in replicas[dest].receive(0.0, sender, frame)]
-    raise AssertionError("the exchange did not end")
-
-
 def test_a_durable_replica_acknowledges_only_what_it_marked_written() -> None:
     a = Replicator("a", ["b"], rng=Random(1))
     b = Replicator("b", ["a"], rng=Random(2), durable_acks=True)
     replicas = {"a": a, "b": b}
-    _deliver(replicas, [("b", "a", f) for _, f in b.tick(0.0)])  # b meets a
+    deliver(replicas, "b", b.tick(0.0))  # b meets a
     a.update("k", GCounter, _increment)
     head = a.head
     out = a.replicate(["b"])
@@ -63,9 +54,9 @@ def test_without_durable_acks_a_replica_acknowledges_what_it_merged() -> None:
     a = Replicator("a", ["b"], rng=Random(1))
     b = Replicator("b", ["a"], rng=Random(2))
     replicas = {"a": a, "b": b}
-    _deliver(replicas, [("b", "a", f) for _, f in b.tick(0.0)])
+    deliver(replicas, "b", b.tick(0.0))
     a.update("k", GCounter, _increment)
-    _deliver(replicas, [("a", d, f) for d, f in a.replicate(["b"])])
+    deliver(replicas, "a", a.replicate(["b"]))
     assert a.holders(a.head) == ["b"]
     assert b.written(b.durable_mark()) == []  # nothing held back
 

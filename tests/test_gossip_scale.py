@@ -29,8 +29,9 @@ class _CountingPeers(dict):  # type: ignore[type-arg]
         return super().items()
 
 
-def _deliver(nodes: dict[str, Replicator], sender: str, frames: list[Outgoing]) -> None:
-    # A perfect network, breadth first, bounded.
+def deliver(nodes: dict[str, Replicator], sender: str, frames: list[Outgoing]) -> None:
+    """Deliver ``frames`` from ``sender`` on a perfect network, breadth
+    first, with every answer, until none are left (bounded)."""
     queue = [(sender, dest, frame) for dest, frame in frames]
     for _ in range(10_000):
         if not queue:
@@ -54,17 +55,17 @@ def test_recording_a_change_does_not_walk_every_peer_after_each_ack() -> None:
     a = nodes["n000"]
     peers = ids[1:]
     a.update("k", GCounter, _bump)
-    _deliver(nodes, "n000", a.replicate(peers))  # every peer positioned
+    deliver(nodes, "n000", a.replicate(peers))  # every peer positioned
     assert a.holders(a.head) == peers
     table = a._peers = _CountingPeers(a._peers)
     rng = Random(5)
     for _ in range(PEERS):
         a.update("k", GCounter, _bump)  # records the change: is the log record held by all?
         peer = rng.choice(peers)
-        _deliver(nodes, "n000", a.replicate([peer]))  # its ack moves one position
+        deliver(nodes, "n000", a.replicate([peer]))  # its ack moves one position
     assert table.visited <= 4 * PEERS, table.visited
     # And the answer is still right: the lagging peers are the ones not replicated to.
-    _deliver(nodes, "n000", a.replicate(peers))
+    deliver(nodes, "n000", a.replicate(peers))
     assert a.holders(a.head) == peers
     assert all(nodes[p].get("k") == a.get("k") for p in peers)
 
