@@ -653,10 +653,10 @@ class NatsChannel:
         channel._subscription = await connection.subscribe(channel._inbox, cb=channel._on_answer)
         return channel
 
-    async def send(self, body: bytes) -> None:
+    async def send(self, body: bytes, *, alone: bool = False) -> None:
         """Send ``body`` as a sealed request, and again under a new nonce
-        while no answer comes (:data:`RETRY_AFTER`). Cost: O(len(body)) per
-        sending."""
+        while no answer comes (:data:`RETRY_AFTER`); each is published at
+        once, ``alone`` or not. Cost: O(len(body)) per sending."""
         asked = _Asked(body)
         await self._publish(asked)
         task = asyncio.get_running_loop().create_task(self._retry(asked))

@@ -62,7 +62,7 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -342,7 +342,10 @@ class NodeService:
         # Group commit (_enqueue, _start, _committed): one commit at a time
         # with the store's thread, the next one staged as it ends.
         self._committing = False  # a commit is with the store's thread
-        self._starting = False  # a _start is scheduled
+        self._starting: asyncio.Handle | None = None  # a _start, scheduled
+        # The loop it runs on, from run(): asyncio.get_running_loop() per
+        # request cost a getpid() each on Python 3.11.
+        self._loop: asyncio.AbstractEventLoop
         self._closing = self._closed = False  # stopping: the last commits / none
         self._flush_due = 0.0
         self._flush_timer: asyncio.TimerHandle | None = None
@@ -388,6 +391,7 @@ class NodeService:
         what is left and release the folder. ``ready`` is set once it listens.
         Cost: for as long as it runs."""
         halt = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         self._store_thread = _StoreThread(self._thread_name)
         try:
             await self.transport.start(self)
@@ -474,9 +478,26 @@ class NodeService:
             self._finish(request, _Answer(False, b"not applied: the node is stopping"))
             return
         self._queue.append(request)
-        if not self._committing and not self._starting:
-            self._starting = True
-            asyncio.get_running_loop().call_soon(self._start)
+        if not self._committing and self._starting is None:
+            self._starting = self._loop.call_soon(self._start)
+
+    def idle(self) -> None:
+        """Called by a transport that has served every request it had at
+        hand and waits to read more: a commit due at the end of this turn
+        of the event loop starts now if nothing else is to run in the turn
+        (nothing could join it there), a turn sooner; a client waiting for
+        each answer waited that turn on every update. Cost: O(1)."""
+        starting = self._starting
+        if starting is None:
+            return
+        # The loop's callbacks due: only that _start, or others that a
+        # request might join it from. Read where asyncio's own loops keep
+        # them (a private attribute, only read: a loop without it, uvloop
+        # for one, starts the commit at the end of the turn, as before).
+        ready: deque[asyncio.Handle] = getattr(self._loop, "_ready", deque())
+        if len(ready) == 1 and ready[0] is starting:
+            starting.cancel()  # (a cancelled handle is skipped when its turn comes)
+            self._start()
 
     def _write_soon(self, key: str, state: object) -> None:
         # Gossip changed a key: write it at the end of this turn of the loop
@@ -508,10 +529,10 @@ class NodeService:
         """Stage what is queued (and, once the flush interval is over or the
         node stops, the keys gossip changed) and hand its rows to the
         store's thread; :meth:`_committed` takes it from there."""
-        self._starting = False
+        self._starting = None
         if self._committing:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         flush = self._closing or loop.time() >= self._flush_due
         requests, self._queue = self._queue, []
         if not requests and not flush:
@@ -580,6 +601,14 @@ class NodeService:
             for request, _ in job.staged:
                 self._finish(request, _Answer(False, f"not applied: {error}".encode()))
         else:
+            # Clients hear first, then the batch is applied, in this same
+            # callback: nothing can read the replica in between (a client's
+            # next request is read after it), and each client goes on while
+            # the node applies instead of after (a sequential client waited
+            # for the apply on every update).
+            for request, (answer, done) in job.staged:
+                if request.reply is not None:
+                    self._reply_to(request, _Answer(True, answer, done))
             changes = self._changes
             changes.paused = True  # what the batch changes is written already
             try:
@@ -598,28 +627,33 @@ class NodeService:
             window = self._window
             for request, (answer, done) in job.staged:
                 window.add(request.request_id, len(answer))
-                self._finish(request, _Answer(True, answer, done, head))
+                self._finish(request, _Answer(True, answer, done, head), replied=True)
         if self._queue or (
             self._flush_timer is None and not self._closing
-            and asyncio.get_running_loop().time() >= self._flush_due
+            and self._loop.time() >= self._flush_due
         ):
             self._start()
         if not self._committing:
             self._idle.set()
 
-    def _finish(self, request: _Request, answer: _Answer) -> None:
-        """Answer ``request`` (its client directly, and whoever else waits
-        for it); a retry of it is then answered from the window."""
+    def _finish(self, request: _Request, answer: _Answer, *, replied: bool = False) -> None:
+        """Answer ``request`` (its client directly, unless ``replied``
+        already, and whoever else waits for it); a retry of it is then
+        answered from the window."""
         if self._inflight.get(request.request_id) is request:
             del self._inflight[request.request_id]
-        if request.reply is not None:
-            number, reply = request.reply
-            try:
-                reply(_done(number, answer, key=request.key))
-            except Exception:  # the client's connection: never the commit's business
-                log.exception("%s: answering a client failed", self.node_id)
+        if request.reply is not None and not replied:
+            self._reply_to(request, answer)
         if request.done is not None and not request.done.done():
             request.done.set_result(answer)
+
+    def _reply_to(self, request: _Request, answer: _Answer) -> None:
+        assert request.reply is not None
+        number, reply = request.reply
+        try:
+            reply(_done(number, answer, key=request.key))
+        except Exception:  # the client's connection: never the commit's business
+            log.exception("%s: answering a client failed", self.node_id)
 
     async def _drain(self) -> None:
         """The last commits, once the node stops: what is queued, and every
@@ -761,7 +795,7 @@ class NodeService:
         event loop per update. A request that cannot be served is answered
         with an error, never raised. Cost: the request's."""
         if kind == "update":
-            loop = asyncio.get_running_loop()
+            loop = self._loop
             try:
                 level, timeout = _level(fields[5:])
                 if len(fields) > 5:  # at a consistency level: answered once it got there

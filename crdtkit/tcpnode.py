@@ -62,6 +62,11 @@ class _Room:
         self._used += 1
         self._bytes += size
 
+    @property
+    def empty(self) -> bool:
+        """Whether no request is in flight. Cost: O(1)."""
+        return not self._used
+
     def give(self, size: int) -> None:
         self._used -= 1
         self._bytes -= size
@@ -197,7 +202,7 @@ class TcpNodeTransport:
 
         def sent(size: int, answer: bytes) -> None:  # an update's, from its commit
             room.give(size)
-            channel.send_nowait(answer)
+            channel.send_nowait(answer, alone=room.empty)
 
         try:
             while True:
@@ -213,6 +218,8 @@ class TcpNodeTransport:
                     await room.take(size)
                 answer = requests.serve(kind, request, fields, functools.partial(sent, size))
                 if answer is None:  # an update: its commit calls sent()
+                    if not channel.buffered:  # all read: its commit may start
+                        requests.idle()
                     continue
                 if isinstance(answer, asyncio.Future):
                     answer.add_done_callback(functools.partial(answered, size))

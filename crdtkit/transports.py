@@ -71,6 +71,12 @@ class Requests(Protocol):
         ``send`` (one callback and one turn of the event loop fewer)."""
         ...
 
+    def idle(self) -> None:
+        """The transport served every request it had at hand and waits to
+        read more (optional to call: a commit may start a turn of the event
+        loop sooner)."""
+        ...
+
 
 class NodeTransport(Protocol):
     """A node's way onto a network: frames to peers, requests from clients."""

@@ -74,6 +74,7 @@ import secrets
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
+from typing import Protocol, cast
 
 from crdts import codec
 from crdts.base import check_replica, expect_list, expect_replica, expect_uint
@@ -396,6 +397,25 @@ class Handshake:
         return Session(self._key, first, second, initiator=self._initiator)
 
 
+def _keyed(key: bytes) -> _MAC:
+    """An HMAC-SHA256 keyed with ``key``, to copy for each frame: OpenSSL's
+    own HMAC object, as ``hmac.new`` wraps it, where there is one."""
+    try:
+        from _hashlib import hmac_new
+
+        return cast(_MAC, hmac_new(key, digestmod="sha256"))
+    except (ImportError, ValueError):  # no OpenSSL, or no SHA-256 in it (FIPS)
+        return hmac.new(key, digestmod=sha256)
+
+
+class _MAC(Protocol):
+    def copy(self) -> _MAC: ...
+
+    def update(self, data: bytes | memoryview, /) -> None: ...
+
+    def digest(self) -> bytes: ...
+
+
 class Session:
     """An authenticated connection after the handshake: seals the frames we
     send and opens the ones we receive, in order, each exactly once.
@@ -432,9 +452,11 @@ class Session:
         r_to_i = _mac(key, _SESSION, b"R>I", initiator_hello, responder_hello)
         send, recv = (i_to_r, r_to_i) if initiator else (r_to_i, i_to_r)
         # Keyed once: each frame's MAC starts from a copy (a third cheaper
-        # than keying HMAC again for every frame).
-        self._send_mac = hmac.new(send, digestmod=sha256)
-        self._recv_mac = hmac.new(recv, digestmod=sha256)
+        # than keying HMAC again for every frame), of OpenSSL's own HMAC
+        # object where there is one: hmac.HMAC's Python wrapper made a
+        # 120-byte frame's MAC cost 3.3 us instead of 1.3.
+        self._send_mac = _keyed(send)
+        self._recv_mac = _keyed(recv)
         self._send_seq = 0
         self._recv_seq = 0
 
@@ -492,6 +514,32 @@ class Session:
         self._send_seq = seq + 1
         return b"".join((head, body, tag))
 
+    def seal_frame(self, body: bytes) -> bytes:
+        """:meth:`seal`'s frame behind its length (4 bytes, big-endian), as
+        a stream carries it, made in one piece: a stream's every frame cost
+        a second copy and a second small object otherwise.
+
+        >>> ha = Hello("a", "peer", bytes(32)).to_bytes()
+        >>> hb = Hello("b", "peer", bytes([1]) * 32).to_bytes()
+        >>> sa = Session(bytes(16), ha, hb, initiator=True)
+        >>> sb = Session(bytes(16), ha, hb, initiator=False)
+        >>> framed = sa.seal_frame(b"hi")
+        >>> framed[:4], sb.open(framed[4:])
+        (b'\\x00\\x00\\x00*', b'hi')
+
+        Cost: as :meth:`seal`.
+        """
+        seq = self._send_seq
+        if seq > _MAX_SEQ:
+            raise AuthError("sequence numbers exhausted: open a new connection")
+        head = (len(body) + OVERHEAD).to_bytes(4, "big") + seq.to_bytes(_SEQ, "big")
+        mac = self._send_mac.copy()
+        mac.update(head[4:])
+        mac.update(body)
+        tag = mac.digest()
+        self._send_seq = seq + 1
+        return b"".join((head, body, tag))
+
     def open(self, frame: bytes | bytearray | memoryview) -> bytes:
         """The body of ``frame`` if it verifies and is the next in sequence.
 
@@ -519,8 +567,11 @@ class Session:
         if size < OVERHEAD:
             raise AuthError(f"frame too short: {size} bytes, need at least {OVERHEAD}")
         mac = self._recv_mac.copy()
-        with memoryview(frame) as view:  # (the MAC reads the frame in place)
-            mac.update(view[:-_TAG])
+        if size <= 4096:  # a small frame's copy costs less than a view
+            mac.update(frame[:-_TAG])
+        else:
+            with memoryview(frame) as view:  # (the MAC reads the frame in place)
+                mac.update(view[:-_TAG])
         if not hmac.compare_digest(mac.digest(), frame[-_TAG:]):
             raise AuthError("bad MAC")
         seq = int.from_bytes(frame[:_SEQ], "big")

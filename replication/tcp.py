@@ -67,6 +67,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from random import Random, SystemRandom
+from typing import Any
 
 from crdts.errors import PeerError, ProtocolError
 from replication.auth import AuthError, Handshake, Hello, Session
@@ -293,11 +294,35 @@ class FrameReader:
     Cost: O(length) per frame, once its length is accepted.
     """
 
-    __slots__ = ("_buffer", "_reader")
+    __slots__ = ("_buffer", "_deadline", "_expired", "_loop", "_reader", "_timer", "_waiting")
 
     def __init__(self, reader: asyncio.StreamReader) -> None:
         self._reader = reader
         self._buffer = bytearray()  # read, not yet taken as frames
+        # Deadlines by one timer that moves lazily (see _read), not one
+        # asyncio.timeout per read: that cost each side of a request and
+        # its answer about 10 us (a timer made and cancelled, two lookups
+        # of the running loop, each a getpid() on Python 3.11).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._deadline = 0.0  # of the read waiting, if one is
+        self._timer: asyncio.TimerHandle | None = None  # due at or before it
+        self._waiting: asyncio.Task[Any] | None = None  # the task in a read
+        self._expired: asyncio.Task[Any] | None = None  # cancelled by its deadline
+
+    @property
+    def buffered(self) -> int:
+        """Bytes read ahead, not yet taken as frames.
+
+        >>> async def demo():
+        ...     reader = asyncio.StreamReader()
+        ...     reader.feed_data(b"\\x00\\x00\\x00\\x01!\\x00\\x00")
+        ...     frames = FrameReader(reader)
+        ...     return await frames.next(16, 1.0, 1.0), frames.buffered
+        >>> asyncio.run(demo())
+        (b'!', 2)
+
+        Cost: O(1)."""
+        return len(self._buffer)
 
     async def next(self, max_frame: int, header_timeout: float, body_timeout: float) -> bytes:
         """The next frame's body; the errors and timeouts of :func:`read_frame`.
@@ -325,13 +350,68 @@ class FrameReader:
                 want = end - len(buffer)
             else:
                 want = _LENGTH - len(buffer)
-            async with asyncio.timeout(body_timeout if buffer else header_timeout):
-                data = await self._reader.read(max(want, _CHUNK))
+            data = await self._read(max(want, _CHUNK), body_timeout if buffer else header_timeout)
             if not data:
+                self.close()
                 if buffer:
                     raise asyncio.IncompleteReadError(bytes(buffer), None)
                 raise PeerClosed("the peer closed the connection between frames")
             buffer += data
+
+    async def _read(self, size: int, timeout: float) -> bytes:
+        # What asyncio.timeout does, with one timer kept for every read: it
+        # is moved only when a deadline comes sooner than it, and when it
+        # fires before the deadline of the read then waiting.
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        deadline = self._deadline = loop.time() + timeout
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(deadline, self._expire)
+        task = self._waiting = asyncio.current_task(loop)
+        try:
+            return await self._reader.read(size)
+        except asyncio.CancelledError:
+            if self._expired is task and task is not None:
+                self._expired = None
+                if task.uncancel() == 0:  # no one else cancelled it: our deadline
+                    raise TimeoutError from None
+            raise
+        finally:
+            self._waiting = None
+
+    def _expire(self) -> None:
+        timer, self._timer = self._timer, None
+        task, loop = self._waiting, self._loop
+        if task is None or loop is None:  # no read waits: the next one sets its timer
+            return
+        if timer is not None and self._deadline > timer.when():  # a later read's
+            self._timer = loop.call_at(self._deadline, self._expire)
+            return
+        self._expired = task
+        task.cancel()
+
+    def close(self) -> None:
+        """Drop the timer of its deadlines (the stream ended, or is given
+        up); a later :meth:`next` sets it again.
+
+        >>> async def demo():
+        ...     reader = asyncio.StreamReader()
+        ...     frames = FrameReader(reader)
+        ...     reader.feed_data(b"\\x00\\x00\\x00\\x01!")
+        ...     got = await frames.next(16, 1.0, 1.0)
+        ...     frames.close()
+        ...     return got
+        >>> asyncio.run(demo())
+        b'!'
+
+        Cost: O(1)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def _write_frame(writer: asyncio.StreamWriter, body: bytes) -> None:
@@ -865,13 +945,29 @@ class Channel:
         limits: Limits,
     ) -> None:
         self._reader, self._writer, self._session, self._limits = reader, writer, session, limits
-        self._out: list[bytes] = []  # sealed frames for the next write
+        self._loop = asyncio.get_running_loop()
+        # asyncio's socket transports read up to 256 KiB at a time: a buffer
+        # that glibc maps and unmaps for every read (over its 128 KiB
+        # threshold), a fifth of a client's CPU per answer. The frame
+        # reader asks for 64 KiB at a time anyway.
+        transport = writer.transport
+        if getattr(transport, "max_size", 0) > _CHUNK:
+            transport.max_size = _CHUNK  # type: ignore[attr-defined]
+        # Frames sealed in this turn of the event loop after its first (sent
+        # at once), for one write at its end; None: none sent in this turn.
+        self._out: list[bytes] | None = None
         self._frames = FrameReader(reader)
 
     @property
     def peer(self) -> Hello:
         """Who is at the other end (authenticated). Cost: O(1)."""
         return self._session.peer
+
+    @property
+    def buffered(self) -> bool:
+        """Whether bytes of a next frame were read already (:meth:`recv`
+        may return without waiting). Cost: O(1)."""
+        return self._frames.buffered > 0
 
     async def recv(self, timeout: float | None = None) -> bytes:
         """The next frame's body; PeerClosed at a clean end, AuthError,
@@ -882,31 +978,44 @@ class Channel:
         sealed = await self._frames.next(limits.max_client_frame, idle, limits.read_timeout)
         return self._session.open(sealed)
 
-    async def send(self, body: bytes) -> None:
-        """Seal and send ``body``, waiting while the connection's buffer is
-        full. Cost: O(len(body))."""
-        self.send_nowait(body)
+    async def send(self, body: bytes, *, alone: bool = False) -> None:
+        """Seal and send ``body`` (as :meth:`send_nowait`), waiting while
+        the connection's buffer is full. Cost: O(len(body))."""
+        self.send_nowait(body, alone=alone)
         await self._writer.drain()
 
-    def send_nowait(self, body: bytes) -> None:
-        """Seal ``body`` and send it with every other frame sealed in this
-        turn of the event loop: one write for all of them (a pipelining
-        peer's answers would cost a system call each). Frames go out in the
-        order sealed; on a closed connection they are dropped.
+    def send_nowait(self, body: bytes, *, alone: bool = False) -> None:
+        """Seal ``body`` and send it: the first frame of a turn of the event
+        loop at once, the others sealed in that turn together at its end, in
+        one write (a pipelining peer's answers would cost a system call
+        each). Writing the first at once saves an answer, and a request, a
+        turn of the loop each way. ``alone``: the caller expects no other
+        frame in this turn (a client with no other call waiting, a node
+        answering a connection's last request in flight), so none waits for
+        the turn's end at all (which cost a turn of the loop per frame).
+        Frames go out in the order sealed; on a closed connection they are
+        dropped.
         Cost: O(len(body))."""
-        sealed = self._session.seal(body)
-        if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._out += (len(sealed).to_bytes(_LENGTH, "big"), sealed)
+        framed = self._session.seal_frame(body)
+        out = self._out
+        if out is not None:  # a frame went out in this turn: wait for its end
+            out.append(framed)
+            return
+        if not alone:
+            self._out = []
+            self._loop.call_soon(self._flush)
+        if not self._writer.is_closing():
+            self._writer.write(framed)
 
     def _flush(self) -> None:
-        out, self._out = self._out, []
+        out, self._out = self._out, None
         if out and not self._writer.is_closing():
             self._writer.write(b"".join(out))
 
     def close(self) -> None:
         """Send what is sealed, then close the connection. Cost: O(1)."""
         self._flush()
+        self._frames.close()
         self._writer.close()
 
 
