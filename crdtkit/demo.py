@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from replication.history import History, converged, random_operation
-from replication.keyspacesize import KeyspaceSize
+from replication.keyspacesize import EntrySizes, KeyspaceSize
 from replication.replicator import Replicator
 from replication.simnet import Faults, NetworkStats, SimulatedNetwork
 from snapshot.cut import GlobalSnapshot
@@ -144,7 +144,10 @@ def run_demo(config: DemoConfig, progress: Callable[[str], None] | None = None) 
     full = 0
     # Each replica's encoded size, kept per key as gossip changes it: encoding
     # every keyspace every round cost a quarter to a half of the demo's CPU.
-    sizes = [KeyspaceSize(r) for r in replicas]
+    # One EntrySizes for all: a state that reaches every replica is encoded
+    # once, not once per replica.
+    shared = EntrySizes()
+    sizes = [KeyspaceSize(r, shared) for r in replicas]
 
     def gossip() -> None:
         nonlocal full
