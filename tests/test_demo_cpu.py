@@ -14,9 +14,9 @@ full-state figure encoded each key state once per replica that came to
 hold it (92% of those encodings repeated one already made), and the
 cyclic garbage collector's full passes re-scanned a heap that grows with
 the operations (48 passes at 20,000 operations, 3 at 1,000). And a replica
-encoded the same entry again for every peer it pushed it to, and again in
-catch-ups and after losses (62-67% of the entries the demo encoded): it
-now remembers the last entry sent per key by the operations it claims.
+encoded a log record's entry again for every peer it pushed it to, and
+again after losses (48% of the entries the demo pushed): the record now
+remembers the entry it last sent, by the operations it claimed.
 """
 
 from __future__ import annotations
