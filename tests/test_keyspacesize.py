@@ -14,7 +14,7 @@ from crdtkit.demo import DemoConfig, run_demo
 from crdts import GCounter, ORSet
 from replication import Replicator
 from replication.history import History, random_operation
-from replication.keyspacesize import KeyspaceSize
+from replication.keyspacesize import EntrySizes, KeyspaceSize
 from replication.messages import Entry
 from replication.simnet import Faults, SimulatedNetwork
 
@@ -41,8 +41,11 @@ def test_the_demo_does_not_encode_every_keyspace_every_round(
     assert calls <= 2 * report.rounds + config.nodes
 
 
-@pytest.mark.parametrize("seed", range(2))
-def test_equals_the_encoded_length_every_round_under_faults(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "shared"), [(0, False), (1, False), (0, True), (1, True)])
+def test_equals_the_encoded_length_every_round_under_faults(seed: int, shared: bool) -> None:
+    # shared: one EntrySizes for all (as the demo has), which sizes a state
+    # by the operations its key holds: exact only if equal operations mean
+    # equal bytes on every replica, under loss, duplication and reordering.
     rng = random.Random(seed)
     faults = Faults(loss=0.3, duplication=0.05, reorder=True, long_delay=0.02)
     net = SimulatedNetwork(seed=rng.getrandbits(32), faults=faults)
@@ -51,18 +54,21 @@ def test_equals_the_encoded_length_every_round_under_faults(seed: int) -> None:
     for replica in replicas:
         net.add(replica)
     history = History()
-    sizes = [KeyspaceSize(r) for r in replicas[:3]]
+    memo = EntrySizes(per_key=4) if shared else None  # 4: forgetting is exercised too
+    sizes = [KeyspaceSize(r, memo) for r in replicas[:3]]
     for round_ in range(40):
         if round_ < 25:
             for _ in range(rng.randint(0, 12)):
                 key, type_name, kind, args = random_operation(rng, 5)  # 30 keys: a 2-byte head
                 history.apply(rng.choice(replicas), key, type_name, kind, *args)
         if round_ == 10:  # one that starts on a replica already holding keys
-            sizes.append(KeyspaceSize(replicas[3]))
+            sizes.append(KeyspaceSize(replicas[3], memo))
         net.run_round()
         for size, replica in zip(sizes, replicas, strict=False):
             assert size.nbytes == len(replica.encode_keyspace())
     assert len(replicas[0].keys()) >= 24
+    if memo is not None:
+        assert memo.found > memo.encoded  # states did repeat across replicas
 
 
 def adding(count: int) -> Callable[[ORSet[str], str], ORSet[str]]:
@@ -103,6 +109,40 @@ def test_follows_pruning() -> None:
     b.tick(1.0)
     assert b.encode_keyspace() != a.encode_keyspace()  # it did prune
     assert size.nbytes == len(b.encode_keyspace()) != before
+
+
+def test_shared_sizes_follow_pruning() -> None:
+    # The same operations under markers of pruned ids are another state (the
+    # pruned slots cleaned out), so the markers are part of what is looked up.
+    a = Replicator("a", [], rng=random.Random(1))
+    a.update("k", GCounter, lambda c, me: c.increment(me, 2))
+    state = a.get("k")
+    assert state is not None
+    b = Replicator.from_entries(
+        "a", [Entry("k", state, a.ops("k"))], [], rng=random.Random(2), incarnation=5, prune_after=0
+    )
+    memo = EntrySizes()
+    of_a, of_b = KeyspaceSize(a, memo), KeyspaceSize(b, memo)
+    assert of_a.nbytes == of_b.nbytes == len(a.encode_keyspace())
+    assert (memo.encoded, memo.found) == (1, 1)
+    b.tick(0.0)
+    b.tick(1.0)
+    assert b.ops("k").pruned  # it did prune, and keeps a marker
+    assert of_b.nbytes == len(b.encode_keyspace()) != of_a.nbytes
+    assert memo.encoded == 2
+
+
+def test_shared_sizes_are_bounded_per_key() -> None:
+    replica = Replicator("a", [], rng=random.Random(1))
+    memo = EntrySizes(per_key=2)
+    size = KeyspaceSize(replica, memo)
+    for _ in range(5):
+        replica.update("k", GCounter, lambda c, me: c.increment(me))
+        assert size.nbytes == len(replica.encode_keyspace())
+    assert memo.encoded == 5
+    assert len(memo._by_key["k"]) == 2
+    with pytest.raises(ValueError, match="per_key"):
+        EntrySizes(per_key=0)
 
 
 def test_close_stops_following() -> None:
