@@ -93,9 +93,9 @@ def test_every_head_length_counts(key: str) -> None:
     assert size.nbytes == len(replica.encode_keyspace())
 
 
-def test_follows_pruning() -> None:
-    # Pruning rewrites a key's state (an old incarnation's slot folded into a
-    # live one) without a new update: it must be noted too.
+def _restarted() -> tuple[Replicator, Replicator]:
+    """A replica with one key, and its restart under a new incarnation that
+    prunes the old one's id at its second tick."""
     a = Replicator("a", [], rng=random.Random(1))
     a.update("k", GCounter, lambda c, me: c.increment(me, 2))
     state = a.get("k")
@@ -103,6 +103,13 @@ def test_follows_pruning() -> None:
     b = Replicator.from_entries(
         "a", [Entry("k", state, a.ops("k"))], [], rng=random.Random(2), incarnation=5, prune_after=0
     )
+    return a, b
+
+
+def test_follows_pruning() -> None:
+    # Pruning rewrites a key's state (an old incarnation's slot folded into a
+    # live one) without a new update: it must be noted too.
+    a, b = _restarted()
     size = KeyspaceSize(b)
     before = size.nbytes
     b.tick(0.0)
@@ -114,13 +121,7 @@ def test_follows_pruning() -> None:
 def test_shared_sizes_follow_pruning() -> None:
     # The same operations under markers of pruned ids are another state (the
     # pruned slots cleaned out), so the markers are part of what is looked up.
-    a = Replicator("a", [], rng=random.Random(1))
-    a.update("k", GCounter, lambda c, me: c.increment(me, 2))
-    state = a.get("k")
-    assert state is not None
-    b = Replicator.from_entries(
-        "a", [Entry("k", state, a.ops("k"))], [], rng=random.Random(2), incarnation=5, prune_after=0
-    )
+    a, b = _restarted()
     memo = EntrySizes()
     of_a, of_b = KeyspaceSize(a, memo), KeyspaceSize(b, memo)
     assert of_a.nbytes == of_b.nbytes == len(a.encode_keyspace())

@@ -200,11 +200,7 @@ def test_hostile_requests_are_refused_and_counted_never_served(nats_server: Any,
                 await spy.publish(subject, junk, reply=inbox)
                 await spy.publish(subject, junk)
             await spy.flush()
-            for _ in range(100):  # bounded: at most 2 s
-                if sum(transport.refusals.values()) >= 9:
-                    break
-                await asyncio.sleep(0.02)
-            refused = dict(transport.refusals)
+            refused = await _refusals(transport, 9)
             assert refused.get("replayed") == 1 and refused.get("bad MAC", 0) >= 2, refused
             assert sum(refused.values()) == 9, refused
             state = await honest.get("k")
@@ -251,11 +247,7 @@ def test_requests_in_parts_are_checked_part_by_part_and_bounded(nats_server: Any
                                    body=b"q" * 2048, room=1024)[0]
                 await spy.publish(subject, first, reply=inbox)
             await spy.flush()
-            for _ in range(100):  # bounded: at most 2 s
-                if sum(transport.refusals.values()) >= 5:
-                    break
-                await asyncio.sleep(0.02)
-            refused = dict(transport.refusals)
+            refused = await _refusals(transport, 5)
             assert refused == {"replayed": 1, "bad MAC": 1, "parts dropped for room": 3}, \
                 refused
             assert len(transport._assemblies) == MAX_ASSEMBLIES
@@ -266,6 +258,15 @@ def test_requests_in_parts_are_checked_part_by_part_and_bounded(nats_server: Any
             honest.close()
 
     _with_node(nats_server.url, tmp_path, "rq4", work)
+
+
+async def _refusals(transport: NatsNodeTransport, at_least: int) -> dict[str, int]:
+    """The node's refusals by reason, once they count ``at_least`` (or after 2 s)."""
+    for _ in range(100):  # bounded: at most 2 s
+        if sum(transport.refusals.values()) >= at_least:
+            break
+        await asyncio.sleep(0.02)
+    return dict(transport.refusals)
 
 
 async def _append(into: list[Any], msg: Any) -> None:
