@@ -335,7 +335,6 @@ class NodeService:
         self._queue: list[_Request] = []
         self._changes = WriteBehind(replica)
         replica.subscribe(self._write_soon)
-        self._soon = False  # a write of gossip's changes is due this turn
         self._failing = False  # the last commit failed: gossip waits for the timer
         self._written_colour = self.node.colour
         self._written_identity = False
@@ -506,22 +505,17 @@ class NodeService:
         # reports only what the store holds (and a write at a consistency
         # level waits with it). Commits are grouped, one at a time. After a
         # failed commit (a full disk), only every flush interval.
-        if self._changes.paused or self._soon or self._closed or self._failing:
+        if self._changes.paused or self._closed or self._failing:
             return
-        self._soon = True
-        asyncio.get_running_loop().call_soon(self._write_now)
-
-    def _write_now(self) -> None:
-        self._soon = False
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-        self._flush_tick()
+        self._flush_due = min(self._flush_due, self._loop.time())
+        if not self._committing and self._starting is None:
+            self._starting = self._loop.call_soon(self._start)
 
     def _flush_tick(self) -> None:
         # Keys changed by gossip go into the first commit after their interval
         # (due now, even if the timer fired a clock tick early).
         self._flush_timer = None
-        self._flush_due = min(self._flush_due, asyncio.get_running_loop().time())
+        self._flush_due = min(self._flush_due, self._loop.time())
         if not self._committing:
             self._start()
 
@@ -628,10 +622,7 @@ class NodeService:
             for request, (answer, done) in job.staged:
                 window.add(request.request_id, len(answer))
                 self._finish(request, _Answer(True, answer, done, head), replied=True)
-        if self._queue or (
-            self._flush_timer is None and not self._closing
-            and self._loop.time() >= self._flush_due
-        ):
+        if self._queue or (not self._closing and self._loop.time() >= self._flush_due):
             self._start()
         if not self._committing:
             self._idle.set()
