@@ -187,6 +187,19 @@ class DotRanges:
         """
         return iter(self.spans.items())
 
+    def claims(self) -> object:
+        """The operations covered and the markers, as a hashable value: equal
+        ranges, equal claims. A key's state (or a logged delta) is exactly the
+        join of what its ranges claim, so this names a state's bytes.
+
+        >>> DotRanges.whole({"a": (3, 9)}).claims() == DotRanges({"a": (0, 0, 3, 9)}).claims()
+        True
+
+        Cost: O(writers).
+        """
+        held = frozenset(self.spans.items())
+        return (held, frozenset(self.pruned.items())) if self.pruned else held
+
     def is_whole(self) -> bool:
         """Whether every stretch starts at the writer's first operation on the
         key (a key's bookkeeping, or a whole state), not a delta's.

@@ -103,8 +103,7 @@ class EntrySizes:
         for ``state`` held under ``key`` with the operations ``ops``.
         Cost: O(writers of the key), plus an encoding of ``state`` unless a
         replica's state with the same operations was sized before."""
-        held = frozenset(ops.spans.items())
-        named: object = (held, frozenset(ops.pruned.items())) if ops.pruned else held
+        named = ops.claims()
         known = self._by_key.get(key)
         if known is None:
             known = self._by_key[key] = {}

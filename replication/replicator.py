@@ -1771,10 +1771,7 @@ class Replicator:
             record = None if records is None else records[i]
             claims: object = None
             if record is not None:
-                dots = entry.dots
-                claims = frozenset(dots.spans.items())
-                if dots.pruned:
-                    claims = (claims, frozenset(dots.pruned.items()))
+                claims = entry.dots.claims()
                 sent = record.sent
                 if sent is not None and sent[0] == claims:
                     items.append(sent[1])
