@@ -2093,17 +2093,20 @@ class Replicator:
         state = self._states.get(key)
         if state is None:
             return [(node, encode(ReadResult(self._replica, asker, read.request, key, NOTHING)))]
-        if len(codec.encode(state)) > self._max_state:  # the asker would refuse it
+        data = codec.encode(state)
+        if len(data) > self._max_state:  # the asker would refuse it
             return [(node, encode(ReadResult(self._replica, asker, read.request, key, TOO_LARGE)))]
         ranges = self._ranges(key)
-        entry = Entry(key, state, ranges)
-        frame = encode(ReadResult(self._replica, asker, read.request, key, HELD, entry))
-        if len(frame) <= self._max_frame:
-            return [(node, frame)]
+        item = entry_item(key, data, ranges)  # the entry as a push carries it
+        if len(item) < self._max_frame:  # (else no answer frame could hold it)
+            entry = Entry(key, state, ranges)
+            frame = encode(ReadResult(self._replica, asker, read.request, key, HELD, entry))
+            if len(frame) <= self._max_frame:
+                return [(node, frame)]
         template = Push(self._replica, asker, -1, -1, 0, 1, Reply.NOTHING, self._context, (),
                         self._acknowledged(asker))
-        frames = encode_interval(template, self._encode_entries([entry]),
-                                 max_frame=self._max_frame, max_entries=self._chunk)
+        frames = encode_interval(template, [item], max_frame=self._max_frame,
+                                 max_entries=self._chunk)
         result = ReadResult(self._replica, asker, read.request, key, PUSHED, None, ranges)
         return [(node, f) for f in frames] + [(node, encode(result))]
 
