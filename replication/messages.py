@@ -43,7 +43,7 @@ entries into push frames of at most ``max_frame`` bytes, and cuts an entry
 larger than that into pieces. ``MAX_FRAME`` is the most any replicator may
 be configured to send; ``DEFAULT_FRAME`` what it sends unless told otherwise.
 
-Wire form (``VERSION`` 4), fields after ``[kind, version, sender]``:
+Wire form (``VERSION`` 5), fields after ``[kind, version, sender]``:
 
 - push: ``to, start, end, part, parts, reply, clock, entries, ack, tally``;
 - piece: ``to, start, end, part, parts, reply, clock, ack, index, count, chunk``;
@@ -52,7 +52,13 @@ Wire form (``VERSION`` 4), fields after ``[kind, version, sender]``:
 
 where a clock is the flat ``[id, counter, id, counter, ...]`` in id order
 (a prefix clock has no dot cloud), an entry is ``[key, envelope, ranges]``
-and a chunk is bytes of an entry's encoding. Version 3 nested each state as
+and a chunk is bytes of an entry's encoding. A round opener is a push with
+no entries over an empty interval ``(h, h]``: ``h`` is how far the sender's
+log holds nothing beyond its clock (its head while it holds a prefix of
+every writer, else -1), which a receiver whose clock covers the sender's
+takes as its position in that log. Version 4 wrote there the position the
+receiver had acknowledged, which nothing read; version 4 frames are refused.
+Version 3 nested each state as
 bytes (CBOR in CBOR, decoded and re-encoded at every layer) and wrote the
 clock as ``[id, counter, [cloud...], ...]``, an empty array per id; readers
 refuse it.
@@ -121,7 +127,7 @@ MIN_FRAME = 4096
 #: 3: a push carries a tally of retired ids (its thirteenth field), and
 #: ranges may carry pruning markers (docs/pruning.md).
 #: 4: states nested as CBOR structure, not bytes; clocks flat ``[id, n, ...]``.
-VERSION = 4
+VERSION = 5
 #: The most retired ids a push's tally may name.
 MAX_TALLY = 256
 
@@ -176,7 +182,9 @@ class Push:
     its operations up to that counter is held; a version vector, no gaps),
     so that the answer leaves out what the sender already has. ``reply``: what
     the sender asks of the receiver (:class:`Reply`; a round opens with an
-    empty push asking ``PUSH_AND_ASK``). ``to`` is the receiver's replica id the push was
+    empty push asking ``PUSH_AND_ASK``, whose empty interval ``(h, h]``
+    says the sender's log up to ``h`` holds nothing beyond ``context``, -1
+    for no such claim). ``to`` is the receiver's replica id the push was
     computed for: it leaves out what that incarnation held, which a restarted
     one may have lost, so another incarnation must not take it. ``ack`` is an
     :class:`Ack` riding along: the sender holds the receiver's log up to it.

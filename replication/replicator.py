@@ -1317,7 +1317,14 @@ class Replicator:
             # Open with our clock alone: the peer answers with only what we
             # lack and asks for ours, which we then filter by its fresh clock.
             # Before we have heard from it we can only address it by node id.
-            at = 0 if state.acked is None else state.acked  # an empty interval
+            # The empty interval (at, at] says how far our log holds nothing
+            # beyond that clock: all of it while we hold a prefix of every
+            # writer (the clock is then all we hold), else no position. A peer
+            # whose clock covers ours takes that as its position in our log
+            # (_on_push), so a pair that has nothing to send each other
+            # settles in one two-frame exchange, not four frames and two
+            # catch-ups.
+            at = self._head if self._context.vv == self._top else -1
             to = peer if state.replica is None else state.replica
             held = state.told = self._acknowledged(to)
             state.told_clock = self._clock_changes
@@ -1333,6 +1340,11 @@ class Replicator:
         to, known = state.replica, state.context
         assert to is not None and known is not None
         if state.acked is None or state.acked < self._floor:
+            if self._covered_by(known.vv):
+                # It holds all we hold: nothing to send, and no catch-up for
+                # the key scan it would cost. The empty interval (head, head]
+                # moves no position (the peer takes one from our opener).
+                return self._send(peer, to, self._head, [], reply)
             return self._catch_up(peer, state, to, known, reply)
         acked = state.acked
         entries: list[Entry] = []
@@ -1393,6 +1405,12 @@ class Replicator:
                 continue
             entries.append(Entry(k, self._states[k], self._ranges(k)))
         return self._send(peer, to, -1, entries, reply)
+
+    def _covered_by(self, vv: dict[str, int]) -> bool:
+        """Whether a prefix clock ``vv`` covers every operation held here
+        (each writer's top at or below it). Cost: O(writers held)."""
+        get = vv.get
+        return all(top <= get(w, 0) for w, top in self._top.items())
 
     def _settled(self, vv: dict[str, int]) -> set[str]:
         """The writers whose every operation held here is at or below
@@ -1614,6 +1632,11 @@ class Replicator:
             cleaned = True
         return cleaned
 
+    def _covers(self, vv: dict[str, int]) -> bool:
+        # Whether our prefix clock is at or above ``vv`` for every writer.
+        get = self._context.vv.get
+        return all(get(w, 0) >= n for w, n in vv.items())
+
     def _learn(self, clock: CausalContext) -> None:
         # We hold everything a peer held when it sent an interval we now have
         # whole, so its prefix clock too; capped at the highest dot we hold
@@ -1646,6 +1669,16 @@ class Replicator:
         if push.to == self._replica:  # else its ack is of another incarnation's log
             self._on_ack(node, push.ack)
         position = self._positions.get(push.sender, -1)
+        if (
+            push.reply is Reply.PUSH_AND_ASK
+            and push.start > position
+            and self._covers(push.context.vv)
+        ):
+            # An opener: the sender's log up to start holds nothing beyond
+            # its clock (see _gossip), and we hold all of that clock, so all
+            # of that log. Sound for any incarnation of ours: it is what we
+            # hold now, not what the sender thinks we hold.
+            position = self._positions[push.sender] = push.start
         if self._merge(push.entries, push.sender, whole=push.start < 0):
             # An entry needs operations we lack: forget our position in the
             # sender's log, so that it answers with a catch-up of whole keys.

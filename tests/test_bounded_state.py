@@ -166,8 +166,10 @@ def test_joined_log_records_never_claim_a_hole() -> None:
     assert record.dots == stale_ops  # the stale stretch of a, (0, 1], with c's
     # a's third starts at 2: a hole after the record's stretch of a, (0, 1].
     third = a.update("k", GCounter, increment)
+    # (With a's true ack of b's log: an ack of -1 would say a holds none of
+    # it, and b could then drop every record.)
     push = Push("a", "b", a._head - 1, a._head, 0, 1, Reply.NOTHING, a.context,
-                (Entry("k", third, DotRanges({"a": (2, 2, 3, 3)})),))
+                (Entry("k", third, DotRanges({"a": (2, 2, 3, 3)})),), a._acknowledged("b"))
     b.receive(0.0, "a", encode(push))
     record = b._log["k"]
     assert record.delta is None and record.dots is None  # the whole key from now on

@@ -84,7 +84,7 @@ def test_states_are_nested_as_cbor_structure_with_their_own_bytes() -> None:
     push = Push("a", "b", -1, 1, 0, 1, Reply.NOTHING, _clock(), (entry,))
     frame = messages.encode(push)
     raw = cbor2.loads(frame)
-    assert raw[:2] == ["push", messages.VERSION] and messages.VERSION == 4
+    assert raw[:2] == ["push", messages.VERSION] and messages.VERSION == 5
     assert raw[9] == ["a", 1]  # the clock: flat [id, counter, ...], no dot clouds
     assert raw[10] == [["k", ["GCounter", 1, ["a", 3]], ["a", 0, 0, 1, 1]]]
     assert codec.encode(c) in frame  # the state's bytes, as stored and hashed

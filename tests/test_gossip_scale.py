@@ -14,6 +14,7 @@ from random import Random
 
 from crdts import GCounter
 from replication import Replicator
+from replication.messages import Entry, Push, Reply, encode, parse
 from replication.transport import Outgoing
 
 PEERS = 200
@@ -144,9 +145,12 @@ def test_the_kept_least_position_is_the_one_a_walk_finds() -> None:
                 assert (a._held_by_all, a._at_least) == _least_by_walking(a)
 
 
-def _exchange(nodes: dict[str, Replicator], opener: str) -> int:
-    """One exchange opened by ``opener`` on a perfect network: its frames."""
-    queue = [(opener, dest, frame) for dest, frame in nodes[opener].tick(0.0)]
+def _exchange(nodes: dict[str, Replicator], opener: str, peer: str | None = None) -> int:
+    """One exchange opened by ``opener`` (with ``peer``, else a round's pick)
+    on a perfect network: its frames."""
+    first = nodes[opener]
+    opened = first.tick(0.0) if peer is None else first._gossip(peer, reply=Reply.PUSH_AND_ASK)
+    queue = [(opener, dest, frame) for dest, frame in opened]
     for count in range(100):
         if not queue:
             return count
@@ -163,8 +167,9 @@ def test_an_idle_exchange_takes_two_frames_not_four() -> None:
     replicas), and anything new still travels."""
     nodes = {n: Replicator(n, ["a", "b"], rng=Random(i)) for i, n in enumerate("ab")}
     nodes["a"].update("k", GCounter, lambda c, me: c.increment(me))
-    # The first quiet exchange still says the positions once.
-    assert [_exchange(nodes, opener) for opener in "aaabb"] == [4, 4, 2, 2, 2]
+    # The first carries the update; the next is quiet already: b takes its
+    # position in a's log from a's opener, its clock covering a's.
+    assert [_exchange(nodes, opener) for opener in "aaabb"] == [4, 2, 2, 2, 2]
     # Something new on either side: the exchange carries it, then quiets.
     nodes["b"].update("k", GCounter, lambda c, me: c.increment(me, 5))
     assert [_exchange(nodes, opener) for opener in "aab"] == [4, 2, 2]
@@ -173,3 +178,61 @@ def test_an_idle_exchange_takes_two_frames_not_four() -> None:
     assert [_exchange(nodes, opener) for opener in "aab"] == [4, 4, 2]
     assert nodes["b"].get("j") == nodes["a"].get("j")
     assert nodes["a"].holders(nodes["a"].head) == ["b"]
+
+
+def test_a_fresh_pair_with_nothing_to_send_settles_in_two_frames() -> None:
+    """A pair's first exchange, when neither holds anything the other
+    lacks, is opener and push: the opener's interval (head, head] says its
+    log holds nothing beyond its clock, which the peer's clock covers, so
+    the peer takes that position and acknowledges it at once; and the
+    peer's clock covering all the opener holds, the opener's answer would
+    carry nothing. It took four frames and two catch-ups: at 1,024 replicas
+    almost every exchange is a pair's first (docs/gossip-scale.md)."""
+    ids = ["a", "b", "c"]
+    nodes = {n: Replicator(n, ids, rng=Random(i)) for i, n in enumerate(ids)}
+    nodes["c"].update("k", GCounter, lambda c, me: c.increment(me))
+    for opener, peer in (("c", "a"), ("c", "b")):
+        deliver(nodes, opener, nodes[opener]._gossip(peer, reply=Reply.PUSH_AND_ASK))
+    catch_ups = sum(n.stats.catch_ups for n in nodes.values())
+    # a and b hold the same (c's update), and have never met.
+    assert _exchange(nodes, "a", "b") == 2
+    assert sum(n.stats.catch_ups for n in nodes.values()) == catch_ups
+    assert nodes["b"]._positions["a"] == nodes["a"].head
+    assert nodes["a"].head > 0 and "b" in nodes["a"].holders(nodes["a"].head)
+    # A pair of empty replicas: the same.
+    empty = {n: Replicator(n, ["x", "y"], rng=Random(i)) for i, n in enumerate("xy")}
+    assert _exchange(empty, "x", "y") == 2
+
+
+def test_an_opener_gives_a_position_only_when_its_log_is_covered() -> None:
+    """The position an opener offers is taken only by a peer whose clock
+    covers the opener's, and offered only while the opener holds nothing
+    beyond its clock: else the peer would hold a position in a log whose
+    operations it lacks, and never be sent them."""
+    ids = ["a", "b", "c", "d"]
+    nodes = {n: Replicator(n, ids, rng=Random(i)) for i, n in enumerate(ids)}
+    a, b, c, d = (nodes[n] for n in ids)
+    a.update("k", GCounter, lambda s, me: s.increment(me))
+    # b lacks a's update: a's opener offers a's head, b does not take it.
+    b.receive(0.0, "a", a._gossip("b", reply=Reply.PUSH_AND_ASK)[0][1])
+    assert b._positions.get("a", -1) == -1
+    assert _exchange(nodes, "a", "b") == 4  # the update travels, then positions
+    assert b.get("k") == a.get("k") and b._positions["a"] == a.head
+    # c's third operation reaches d without the two before it (another key's):
+    # d holds c:3 beyond its prefix clock, so its openers offer no position.
+    for key in ("j", "j", "m"):
+        c.update(key, GCounter, lambda s, me: s.increment(me))
+    state, ops = c.get("m"), c.ops("m")
+    assert state is not None
+    d.receive(0.0, "c", encode(Push("c", "d", 2, 3, 0, 1, Reply.NOTHING, c.context,
+                                    (Entry("m", state, ops),))))
+    assert d.get("m") == state and d.context.vv.get("c", 0) < 3
+    opener = parse(d._gossip("b", reply=Reply.PUSH_AND_ASK)[0][1])
+    assert isinstance(opener, Push) and (opener.start, opener.end) == (-1, -1)
+    b.receive(0.0, "d", encode(opener))
+    assert b._positions.get("d", -1) == -1  # b's clock covers d's, but not c:3
+    # Once d holds a prefix of every writer again, its opener offers its head.
+    deliver(nodes, "c", c._gossip("d", reply=Reply.PUSH_AND_ASK))
+    opener = parse(d._gossip("b", reply=Reply.PUSH_AND_ASK)[0][1])
+    assert isinstance(opener, Push) and opener.start == opener.end == d.head
+
