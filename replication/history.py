@@ -207,21 +207,22 @@ class History:
     def holder(self, key: str, ops: DotRanges, dot: Dot) -> str | None:
         """The replica id under which the bookkeeping ``ops`` of ``key``
         holds the operation ``dot``: its own writer, the owner it was folded
-        into (and so on, through the chain of foldings), or None if it is
-        not held. Cost: O(length of the chain x foldings of a writer)."""
-        seen = 0
-        while not ops.contains(*dot):
+        into (and so on, through the chains of foldings), or None if it is
+        not held. An operation may have been folded more than once: an
+        owner that folded it and crashed before its folding spread is a
+        new incarnation, which folds it again into an operation of its own.
+        Cost: O(foldings reachable from ``dot``)."""
+        todo, seen = [dot], {dot}
+        while todo:
+            dot = todo.pop()
+            if ops.contains(*dot):
+                return dot[0]
             writer, counter = dot
-            folded = [
-                owner
-                for upto, owner in self.foldings.get((key, writer), ())
-                if counter <= upto
-            ]
-            if not folded or seen > 64:
-                return None
-            dot = folded[0]  # (an operation is folded once: by its id's one owner)
-            seen += 1
-        return dot[0]
+            for upto, owner in self.foldings.get((key, writer), ()):
+                if counter <= upto and owner not in seen:
+                    seen.add(owner)
+                    todo.append(owner)
+        return None
 
     def to_bytes(self) -> bytes:
         """The log of the built-in types' operations as canonical CBOR, for

@@ -379,3 +379,18 @@ def test_a_retired_node_that_joins_again_is_live_again() -> None:
     assert "b~9" not in a.retired
     net.run_rounds(5)
     assert _get(a, "k").value == 5 and "b~9" in _writers(a)
+
+
+def test_an_operation_folded_twice_is_held_through_the_folding_that_spread() -> None:
+    # An owner folds a retired id's operations into one of its own and
+    # crashes before that spreads; its next incarnation folds them again.
+    # The history must follow either folding: the soak's seed 75 reported
+    # the retired id's operations "lost" while every replica held them
+    # through the second one (the checker followed only the first).
+    history = History()
+    history.pruned("k", "r04", (2, 10), ("r04~1", 24))  # gone with r04~1's crash
+    history.pruned("k", "r04", (2, 10), ("r04~2", 21))
+    held = DotRanges({"r04~2": (0, 0, 2, 21)})
+    assert history.holder("k", held, ("r04", 10)) == "r04~2"
+    assert history.holder("k", held, ("r04", 11)) is None  # beyond what was folded
+    assert history.holder("k", DotRanges({"r00": (0, 0, 1, 1)}), ("r04", 10)) is None

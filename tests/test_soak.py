@@ -150,3 +150,11 @@ def test_soak_converges_to_the_specification(seed: int) -> None:
     rounds, problems = soak(seed)
     assert rounds is not None, "no convergence within 30 rounds of the last heal"
     assert problems == []
+
+
+def test_soak_seed_75_an_owner_that_crashed_after_folding() -> None:
+    # Regression: a pruning owner crashed after folding an old incarnation's
+    # operations, and its next incarnation folded them again; the checker
+    # followed only the first folding and reported them lost.
+    rounds, problems = soak(75)
+    assert rounds is not None and problems == []
