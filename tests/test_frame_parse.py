@@ -104,6 +104,16 @@ def test_a_version_3_frame_is_refused() -> None:
         parse(cbor2.dumps(old, canonical=True))
 
 
+def test_a_version_4_opener_is_refused() -> None:
+    # Version 4's opener put the receiver's last ack in its empty interval;
+    # version 5's offers a position in the sender's log there: a node must
+    # not read one as the other (README, "Upgrading").
+    old = ["push", 4, "a", "b", 7, 7, 0, 1, 2, ["a", 1], [], -1, []]
+    with pytest.raises(DecodeError, match="version"):
+        parse(cbor2.dumps(old, canonical=True))
+    assert isinstance(parse(cbor2.dumps([*old[:1], 5, *old[2:]], canonical=True)), Push)
+
+
 @pytest.mark.parametrize(
     "clock",
     [["a"], ["a", 0], ["", 1], ["b", 1, "a", 1], ["a", 1, "a", 2], ["a", True], [1, 1], "a"],
