@@ -128,6 +128,7 @@ from typing import Any, NamedTuple, TypeGuard, TypeVar
 from sortedcontainers import SortedList
 
 from crdts import codec
+from crdts._slots import leq_slots
 from crdts.base import CRDT, Prunable, check_replica, check_text
 from crdts.dotcontext import CausalContext
 from crdts.errors import DecodeError, InvalidOperation, StateTooLarge
@@ -1340,8 +1341,9 @@ class Replicator:
         to, known = state.replica, state.context
         assert to is not None and known is not None
         if state.acked is None or state.acked < self._floor:
-            if self._covered_by(known.vv):
-                # It holds all we hold: nothing to send, and no catch-up for
+            if leq_slots(self._top, known.vv):
+                # Its prefix clock covers every writer's top held here, so
+                # it holds all we hold: nothing to send, and no catch-up for
                 # the key scan it would cost. The empty interval (head, head]
                 # moves no position (the peer takes one from our opener).
                 return self._send(peer, to, self._head, [], reply)
@@ -1405,12 +1407,6 @@ class Replicator:
                 continue
             entries.append(Entry(k, self._states[k], self._ranges(k)))
         return self._send(peer, to, -1, entries, reply)
-
-    def _covered_by(self, vv: dict[str, int]) -> bool:
-        """Whether a prefix clock ``vv`` covers every operation held here
-        (each writer's top at or below it). Cost: O(writers held)."""
-        get = vv.get
-        return all(top <= get(w, 0) for w, top in self._top.items())
 
     def _settled(self, vv: dict[str, int]) -> set[str]:
         """The writers whose every operation held here is at or below
@@ -1632,11 +1628,6 @@ class Replicator:
             cleaned = True
         return cleaned
 
-    def _covers(self, vv: dict[str, int]) -> bool:
-        # Whether our prefix clock is at or above ``vv`` for every writer.
-        get = self._context.vv.get
-        return all(get(w, 0) >= n for w, n in vv.items())
-
     def _learn(self, clock: CausalContext) -> None:
         # We hold everything a peer held when it sent an interval we now have
         # whole, so its prefix clock too; capped at the highest dot we hold
@@ -1672,7 +1663,7 @@ class Replicator:
         if (
             push.reply is Reply.PUSH_AND_ASK
             and push.start > position
-            and self._covers(push.context.vv)
+            and leq_slots(push.context.vv, self._context.vv)
         ):
             # An opener: the sender's log up to start holds nothing beyond
             # its clock (see _gossip), and we hold all of that clock, so all
