@@ -34,18 +34,23 @@ from replication.transport import Outgoing
 from snapshot.marker import SnapshotNode
 
 
-@pytest.fixture
-def decodes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """Counts ``codec.decode_plain`` calls (``codec.decode`` goes through it)."""
+def _count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """Counts calls of ``codec.<name>`` (a 1 appended per call) from now on."""
     calls: list[int] = []
-    real = codec.decode_plain
+    real = getattr(codec, name)
 
     def counting(*args: object, **kwargs: object) -> object:
         calls.append(1)
-        return real(*args, **kwargs)  # type: ignore[arg-type]
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(codec, "decode_plain", counting)
-    yield calls
+    monkeypatch.setattr(codec, name, counting)
+    return calls
+
+
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Counts ``codec.decode_plain`` calls (``codec.decode`` goes through it)."""
+    yield _count_calls(monkeypatch, "decode_plain")
 
 
 def _exchange(a: SnapshotNode, b: SnapshotNode, frames: list[Outgoing]) -> Iterator[int]:
@@ -353,14 +358,7 @@ def _large_push(n: int = 3000, *, start: int = -1) -> tuple[Push, bytes]:
 
 def test_regression_a_large_push_is_not_walked(monkeypatch: pytest.MonkeyPatch) -> None:
     push, frame = _large_push()
-    walks: list[int] = []
-    real = codec._scan
-
-    def counting(*args: object, **kwargs: object) -> object:
-        walks.append(1)
-        return real(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(codec, "_scan", counting)
+    walks = _count_calls(monkeypatch, "_scan")
     assert parse(frame) == push
     assert walks == []  # main: walked once, a third of the parse
 
